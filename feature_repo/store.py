@@ -1,0 +1,66 @@
+"""Open the Feast store the settings describe, and apply the repository to it."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from string import Template
+from urllib.parse import urlparse
+
+import yaml
+from feast import FeatureStore, RepoConfig
+
+from feature_repo.definitions import ITEM_VIEW, build_definitions
+from streamrank.settings import Settings
+
+log = logging.getLogger(__name__)
+REPO_DIR = Path(__file__).resolve().parent
+
+
+def redis_connection_string(url: str) -> str:
+    """``redis://[:password@]host:port/db`` -> Feast's ``host:port,db=N[,password=...]``."""
+    parsed = urlparse(url)
+    parts = [f"{parsed.hostname or '127.0.0.1'}:{parsed.port or 6379}"]
+    db = parsed.path.lstrip("/")
+    if db:
+        parts.append(f"db={int(db)}")
+    if parsed.password:
+        parts.append(f"password={parsed.password}")
+    if parsed.scheme == "rediss":
+        parts.append("ssl=true")
+    return ",".join(parts)
+
+
+def repo_config(settings: Settings, project: str | None = None) -> RepoConfig:
+    name = "feature_store.yaml" if settings.online_store == "sqlite" else "feature_store.redis.yaml"
+    text = Template((REPO_DIR / name).read_text()).substitute(
+        project=project or settings.feast_project,
+        home=settings.home_dir,
+        redis_connection=redis_connection_string(settings.redis_url),
+        ttl_seconds=settings.profile_ttl_days * 86_400,
+    )
+    raw = yaml.safe_load(text)
+    return RepoConfig(repo_path=settings.home_dir, **raw)
+
+
+def open_store(settings: Settings, project: str | None = None) -> FeatureStore:
+    return FeatureStore(config=repo_config(settings, project))
+
+
+def apply_repo(settings: Settings, project: str | None = None) -> FeatureStore:
+    """``feast apply`` in code: register every object and create the online tables."""
+    store = open_store(settings, project)
+    (settings.home_dir / "offline").mkdir(exist_ok=True)
+    store.apply(build_definitions(settings.home_dir, timedelta(days=settings.profile_ttl_days)))
+    log.info("feast repository applied (project %s)", store.project)
+    return store
+
+
+def materialize_items(store: FeatureStore) -> None:
+    """Load the catalog parquet into the online ``item`` view (Feast materialization)."""
+    store.materialize(
+        start_date=datetime(1970, 1, 2, tzinfo=UTC),
+        end_date=datetime.now(UTC) + timedelta(minutes=1),
+        feature_views=[ITEM_VIEW],
+    )

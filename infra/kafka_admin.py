@@ -1,0 +1,89 @@
+"""Questions to the broker that orchestration and tests ask: has a group read this far?
+
+The targets are offsets the producer's delivery reports returned, not the partitions'
+high watermarks: Tansu answers ListOffsets(latest) with the base offset of the last record
+batch + 1, which is below the log end whenever a batch holds several records.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+
+def committed_offsets(
+    bootstrap: str, group: str, topic: str, partitions: list[int]
+) -> dict[int, int]:
+    """The next offset ``group`` will read, per partition (-1 where nothing is committed)."""
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False}
+    )
+    try:
+        committed = consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=10)
+        return {tp.partition: tp.offset for tp in committed}
+    finally:
+        consumer.close()
+
+
+def wait_until_consumed(
+    bootstrap: str,
+    group: str,
+    topic: str,
+    delivered: Mapping[int, int],
+    timeout: float = 300.0,
+    poll_s: float = 0.25,
+) -> float:
+    """Block until ``group`` has committed past every ``delivered`` offset (partition ->
+    last offset produced); returns the seconds waited."""
+    started = time.monotonic()
+    partitions = sorted(delivered)
+    while True:
+        committed = committed_offsets(bootstrap, group, topic, partitions)
+        pending = [p for p in partitions if committed.get(p, -1) <= delivered[p]]
+        waited = time.monotonic() - started
+        if not pending:
+            return waited
+        if waited > timeout:
+            raise TimeoutError(f"group {group} has not committed {topic} up to {dict(delivered)}")
+        time.sleep(poll_s)
+
+
+@dataclass(frozen=True)
+class Record:
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: dict[str, str]
+
+
+def read_topic(
+    bootstrap: str, topic: str, max_messages: int, timeout: float = 10.0
+) -> list[Record]:
+    """Read a topic from the beginning without joining any group (for checks and the demo)."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"streamrank-reader-{time.monotonic_ns()}",
+            "enable.auto.commit": False,
+        }
+    )
+    try:
+        metadata = consumer.list_topics(topic, timeout=timeout)
+        consumer.assign(
+            [TopicPartition(topic, p, OFFSET_BEGINNING) for p in metadata.topics[topic].partitions]
+        )
+        records: list[Record] = []
+        deadline = time.monotonic() + timeout
+        while len(records) < max_messages and time.monotonic() < deadline:
+            msg = consumer.poll(0.2)
+            if msg is None or msg.error():
+                continue
+            headers = {k: (v or b"").decode(errors="replace") for k, v in msg.headers() or []}
+            records.append(Record(msg.partition(), msg.offset(), msg.key(), msg.value(), headers))
+        return records
+    finally:
+        consumer.close()

@@ -1,0 +1,55 @@
+"""Child processes that never outlive their parent: start in their own session, stop as a
+group (SIGTERM, then SIGKILL), and find free ports for them."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+from collections.abc import Iterator
+
+log = logging.getLogger(__name__)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def stop_process(process: subprocess.Popen, name: str, timeout: float = 10.0) -> None:  # type: ignore[type-arg]
+    """Stop a child started with ``start_new_session=True`` and everything it spawned."""
+    if process.poll() is not None:
+        return
+    try:
+        pgid = os.getpgid(process.pid)
+    except ProcessLookupError:
+        return
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(wait)
+            log.info("%s (pid %d) stopped", name, process.pid)
+            return
+        except subprocess.TimeoutExpired:
+            log.warning("%s (pid %d) ignored %s", name, process.pid, sig.name)
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """So that SIGTERM, like Ctrl-C, runs every ``finally`` and leaves no orphan."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -1,0 +1,155 @@
+"""The Ray Serve application: a FastAPI ingress composed with a batched scorer.
+
+(No ``from __future__ import annotations`` here: FastAPI must see the real types.)
+
+    client ──HTTP──▶ Api (profile, candidates, rules) ──handle──▶ Scorer (@serve.batch)
+"""
+
+import json
+import logging
+import os
+import signal
+import threading
+
+import numpy as np
+from fastapi import FastAPI
+from fastapi.responses import PlainTextResponse
+from prometheus_client import Counter, Histogram, generate_latest
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from serving.api import (
+    RecommendationRequest,
+    RecommendationResponse,
+    ScoreRequest,
+    ScoreResponse,
+)
+from serving.scorer import Scorer, ScoreTask
+from streamrank.catalog import MANIFEST_FILE, Catalog
+from streamrank.settings import Settings
+
+log = logging.getLogger(__name__)
+
+api = FastAPI(
+    title="streamrank",
+    description="Real-time recommendations from live behaviour profiles",
+    version="0.1.0",
+)
+
+REQUESTS = Counter("streamrank_serve_requests_total", "API requests", ["endpoint", "strategy"])
+LATENCY = Histogram(
+    "streamrank_serve_latency_seconds",
+    "End-to-end latency inside the ingress",
+    ["endpoint"],
+    buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+
+
+def model_version(settings: Settings) -> str:
+    manifest = json.loads((settings.home_dir / MANIFEST_FILE).read_text())
+    return f"minilm-l6-v2-pretrained+{manifest['fingerprint']}"
+
+
+@serve.deployment(name="api")
+@serve.ingress(api)
+class Api:
+    def __init__(self, scorer: DeploymentHandle, settings: Settings):
+        from feature_repo.store import open_store
+        from serving.recommender import Recommender
+        from streams.sink import FeastProfileStore
+
+        self.scorer = scorer
+
+        async def score(task: ScoreTask) -> np.ndarray | None:
+            return await self.scorer.score.remote(task)
+
+        self.recommender = Recommender(
+            catalog=Catalog.load(settings.home_dir),
+            profiles=FeastProfileStore(open_store(settings)),
+            score=score,
+            partitions=settings.events_partitions,
+            model_version=model_version(settings),
+            n_popular=settings.candidates_popular,
+            n_interest=settings.candidates_similar,
+            popular_refresh_s=settings.popular_refresh_s,
+        )
+
+    @api.post("/v1/recommendations", response_model=RecommendationResponse)
+    async def recommendations(self, request: RecommendationRequest) -> RecommendationResponse:
+        with LATENCY.labels("recommendations").time():
+            response = await self.recommender.recommend(request)
+        REQUESTS.labels("recommendations", response.strategy).inc()
+        return response
+
+    @api.post("/v1/score", response_model=ScoreResponse)
+    async def score(self, request: ScoreRequest) -> ScoreResponse:
+        with LATENCY.labels("score").time():
+            response = await self.recommender.score(request)
+        REQUESTS.labels("score", "model").inc()
+        return response
+
+    @api.get("/healthz")
+    async def healthz(self) -> dict[str, object]:
+        return {
+            "status": "ok",
+            "model_version": self.recommender.model_version,
+            "items": len(self.recommender.catalog),
+        }
+
+    @api.get("/metrics", response_class=PlainTextResponse)
+    async def metrics(self) -> str:
+        return generate_latest().decode()
+
+
+def build_app(settings: Settings) -> serve.Application:
+    scorer = Scorer.options(
+        ray_actor_options={
+            "num_cpus": settings.serve_num_cpus,
+            "num_gpus": settings.scorer_num_gpus,
+        }
+    ).bind(settings)
+    return Api.options(ray_actor_options={"num_cpus": settings.serve_num_cpus}).bind(
+        scorer, settings
+    )
+
+
+def start(settings: Settings, num_cpus: int | None = None) -> str:
+    """Start Ray (locally) and Serve; returns the base URL. Pair with ``stop()``."""
+    import ray
+
+    env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **settings.as_env()}
+    if not ray.is_initialized():
+        ray.init(
+            num_cpus=num_cpus or os.cpu_count() or 2,
+            include_dashboard=False,
+            runtime_env={"env_vars": env},
+            logging_level=logging.WARNING,
+            log_to_driver=False,
+        )
+    serve.start(http_options={"host": settings.serve_host, "port": settings.serve_port})
+    serve.run(build_app(settings), name="streamrank", route_prefix="/", blocking=False)
+    url = f"http://{settings.serve_host}:{settings.serve_port}"
+    log.info("Ray Serve application ready at %s", url)
+    return url
+
+
+def stop() -> None:
+    import ray
+
+    try:
+        serve.shutdown()
+    finally:
+        ray.shutdown()
+
+
+def run_forever(settings: Settings) -> None:
+    """``streamrank serve``: run until SIGTERM/SIGINT, then shut Ray down cleanly."""
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    url = start(settings)
+    print(f"serving on {url} (docs at {url}/docs); Ctrl-C stops it", flush=True)
+    try:
+        done.wait()
+    finally:
+        stop()

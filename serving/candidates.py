@@ -1,0 +1,76 @@
+"""Candidate generation: which items are worth scoring for this request.
+
+Sources, each remembered on the candidate for the explanation shown to the user:
+``requested`` (the caller's list), ``popular`` (stream-kept popularity), ``interest``
+(nearest items to the user's interest vector), ``similar`` (nearest items to one of the
+user's recent items or to the item in view).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from streamrank.catalog import Catalog
+from streams.profile import ProfileFeatures
+
+RECENT_ANCHORS = 3
+NEIGHBOURS_PER_ANCHOR = 20
+
+
+@dataclass
+class Candidate:
+    row: int
+    source: str
+    anchor: str | None = None  # the item that brought this one in, for "because you viewed"
+
+
+def nearest(embeddings: np.ndarray, vector: np.ndarray, n: int) -> np.ndarray:
+    """Rows of the ``n`` items with the highest dot product (unordered)."""
+    n = min(n, len(embeddings))
+    scores = embeddings @ vector.astype(np.float32)
+    return np.argpartition(-scores, n - 1)[:n]
+
+
+class CandidateGenerator:
+    def __init__(self, catalog: Catalog, n_popular: int = 200, n_interest: int = 200):
+        self.catalog = catalog
+        self.n_popular = n_popular
+        self.n_interest = n_interest
+
+    def requested(self, item_ids: list[str]) -> dict[int, Candidate]:
+        index = self.catalog.index
+        return {index[i]: Candidate(index[i], "requested") for i in item_ids if i in index}
+
+    def generate(
+        self,
+        features: ProfileFeatures | None,
+        popular: list[tuple[str, float]],
+        context_item: str | None = None,
+    ) -> dict[int, Candidate]:
+        found: dict[int, Candidate] = {}
+
+        def add(row: int, source: str, anchor: str | None = None) -> None:
+            found.setdefault(int(row), Candidate(int(row), source, anchor))
+
+        embeddings = self.catalog.embeddings
+        index = self.catalog.index
+        if context_item in index:
+            anchor_row = index[context_item]
+            for row in nearest(embeddings, embeddings[anchor_row], NEIGHBOURS_PER_ANCHOR + 1):
+                add(row, "similar", context_item)
+        if features is not None:
+            for item in (features.recent_carted + features.recent_viewed)[:RECENT_ANCHORS]:
+                if item in index:
+                    for row in nearest(embeddings, embeddings[index[item]], NEIGHBOURS_PER_ANCHOR):
+                        add(row, "similar", item)
+            if features.interest is not None:
+                for row in nearest(embeddings, features.interest, self.n_interest):
+                    add(row, "interest")
+        popular_rows = [index[i] for i, _ in popular if i in index][: self.n_popular]
+        if not popular_rows:  # nothing streamed yet: the catalog's own order
+            popular_rows = list(range(min(self.n_popular, len(self.catalog))))
+        for row in popular_rows:
+            add(row, "popular")
+        return found

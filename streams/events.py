@@ -1,0 +1,162 @@
+"""The event schema and the wire format of the ``events`` topic.
+
+A message on ``events`` carries either one event (a JSON object, as any producer may send)
+or a JSON array of events. The SDK and the collector send arrays: one message per partition
+batch, because a Faust agent handles a few thousand *messages* per second but folds hundreds
+of thousands of events per second when each message carries many (see DESIGN.md). Every
+event of an array is validated on its own, so one bad element never costs its neighbours.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+Id = Annotated[str, StringConstraints(min_length=1, max_length=128, strip_whitespace=True)]
+
+
+class EventType(StrEnum):
+    VIEW = "view"
+    CLICK = "click"
+    ADD_TO_CART = "add_to_cart"
+    PURCHASE = "purchase"
+    SEARCH = "search"
+
+
+class Event(BaseModel):
+    """One thing a shopper did, at event time ``ts`` (UTC)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    event_id: Id
+    user_id: Id
+    type: EventType
+    ts: datetime
+    item_id: Id | None = None
+    query: Annotated[str, StringConstraints(max_length=256, strip_whitespace=True)] | None = None
+    session_id: Id | None = None
+    price: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
+    context: dict[Id, Annotated[str, StringConstraints(max_length=256)]] | None = Field(
+        default=None, max_length=16
+    )
+
+    @field_validator("ts")
+    @classmethod
+    def _utc(cls, value: datetime) -> datetime:
+        """Naive timestamps are taken as UTC; aware ones are converted to it."""
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+    @model_validator(mode="after")
+    def _item_or_query(self) -> Event:
+        if self.type is EventType.SEARCH:
+            if not self.query:
+                raise ValueError("a search event needs a non-empty 'query'")
+        elif self.item_id is None:
+            raise ValueError(f"a {self.type.value} event needs an 'item_id'")
+        return self
+
+    @property
+    def epoch(self) -> float:
+        return self.ts.timestamp()
+
+    def to_wire(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A message or array element that failed validation, with the reason, for ``events.dlq``."""
+
+    raw: bytes
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedMessage:
+    events: list[Event]
+    dead: list[DeadLetter]
+
+
+def _reason(error: ValidationError) -> str:
+    parts = []
+    for err in error.errors(include_url=False):
+        loc = ".".join(str(p) for p in err["loc"]) or "event"
+        parts.append(f"{loc}: {err['msg']}")
+    return "schema: " + "; ".join(parts)
+
+
+def validate_event(
+    obj: Any, *, now: float, max_future_skew_s: float, max_event_bytes: int
+) -> Event | DeadLetter:
+    """Validate one decoded JSON value; ``now`` is injected so replay stays deterministic."""
+    if not isinstance(obj, dict):
+        return DeadLetter(_dump(obj), f"schema: expected a JSON object, got {type(obj).__name__}")
+    raw = _dump(obj)
+    if len(raw) > max_event_bytes:
+        return DeadLetter(raw[:1024], f"size: event of {len(raw)} bytes > {max_event_bytes}")
+    try:
+        event = Event.model_validate(obj)
+    except ValidationError as exc:
+        return DeadLetter(raw, _reason(exc))
+    if event.epoch > now + max_future_skew_s:
+        return DeadLetter(raw, f"time: ts {event.ts.isoformat()} is in the future")
+    return event
+
+
+def decode_message(
+    value: bytes | None,
+    *,
+    now: float,
+    max_future_skew_s: float = 300.0,
+    max_event_bytes: int = 64 * 1024,
+    max_message_bytes: int = 4 * 1024 * 1024,
+) -> DecodedMessage:
+    """Turn one ``events`` message into valid events and dead letters."""
+    if value is None:
+        return DecodedMessage([], [DeadLetter(b"", "empty: message has no value")])
+    if len(value) > max_message_bytes:
+        reason = f"size: message of {len(value)} bytes > {max_message_bytes}"
+        return DecodedMessage([], [DeadLetter(value[:1024], reason)])
+    try:
+        decoded = json.loads(value)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return DecodedMessage([], [DeadLetter(value, f"json: {exc}")])
+    items = decoded if isinstance(decoded, list) else [decoded]
+    events: list[Event] = []
+    dead: list[DeadLetter] = []
+    for item in items:
+        result = validate_event(
+            item, now=now, max_future_skew_s=max_future_skew_s, max_event_bytes=max_event_bytes
+        )
+        (events if isinstance(result, Event) else dead).append(result)  # type: ignore[arg-type]
+    return DecodedMessage(events, dead)
+
+
+def encode_event(event: Event) -> bytes:
+    """The wire form of a single event: a JSON object."""
+    return _dump(event.to_wire())
+
+
+def encode_events(events: Iterable[Event | dict[str, Any]]) -> bytes:
+    """The wire form of a batch: a JSON array of events."""
+    return _dump([e.to_wire() if isinstance(e, Event) else e for e in events])
+
+
+def _dump(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), default=str).encode()

@@ -1,0 +1,27 @@
+"""Prometheus metrics of the profile worker (exposed at the worker's ``/metrics`` page)."""
+
+from prometheus_client import Counter, Gauge, Histogram
+
+EVENTS = Counter(
+    "streamrank_events_total",
+    "Events seen by the profile worker, by outcome",
+    ["outcome"],  # applied | duplicate | redelivered | dead
+)
+MESSAGES = Counter("streamrank_messages_total", "Kafka messages consumed from the events topic")
+DEAD_LETTERS = Counter(
+    "streamrank_dead_letters_total", "Messages or events sent to the dead-letter topic", ["kind"]
+)
+BATCH_SIZE = Histogram(
+    "streamrank_batch_messages",
+    "Messages per processed batch",
+    buckets=(1, 10, 50, 100, 500, 1000, 2000, 5000),
+)
+FLUSH_SECONDS = Histogram(
+    "streamrank_flush_seconds",
+    "Time to write one batch of profiles to the online store",
+    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+PROFILES_WRITTEN = Counter("streamrank_profiles_written_total", "Profile rows written")
+EVENT_LAG_SECONDS = Gauge(
+    "streamrank_last_event_age_seconds", "Wall-clock age of the newest event of the last batch"
+)

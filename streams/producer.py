@@ -1,0 +1,164 @@
+"""The producer SDK the site's backends use to send events (confluent-kafka).
+
+Idempotent, ``acks=all``. Events are grouped per partition and sent as one message per
+group (a JSON array, in order), because the profile worker's cost is per message, not per
+event. The partition is the one Kafka's default partitioner (murmur2, as in the Java client
+and aiokafka) gives the user id, so a user's events land in one partition whether they come
+from this SDK, in batches, or from any other producer, one per message keyed by user id.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from aiokafka.partitioner import murmur2
+from confluent_kafka import KafkaException, Producer
+
+from streams.events import Event, encode_event, encode_events
+
+log = logging.getLogger(__name__)
+
+
+def partition_for(user_id: str, partitions: int) -> int:
+    """Kafka's default key partitioner: ``toPositive(murmur2(key)) % partitions``."""
+    return (murmur2(user_id.encode()) & 0x7FFFFFFF) % partitions
+
+
+class EventProducer:
+    """Send events to the ``events`` topic; call ``flush`` (or use ``with``) before exit."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str = "events",
+        *,
+        batch_events: int = 200,
+        linger_ms: int = 20,
+        config: Mapping[str, Any] | None = None,
+    ):
+        self.topic = topic
+        self.batch_events = max(1, batch_events)
+        self.linger_s = linger_ms / 1000
+        self._producer = Producer(
+            {
+                "bootstrap.servers": bootstrap,
+                "enable.idempotence": True,
+                "acks": "all",
+                "partitioner": "murmur2_random",
+                "linger.ms": 5,
+                "compression.type": "lz4",
+                **(config or {}),
+            }
+        )
+        self._partitions = self._partition_count()
+        self._buffers: dict[int, list[dict[str, Any]]] = {}
+        self._first_buffered: dict[int, float] = {}
+        self._lock = threading.Lock()
+        self._errors: list[str] = []
+        self.sent_events = 0
+        self.sent_messages = 0
+        self.delivered_offsets: dict[int, int] = {}
+        """Highest offset the broker acknowledged, per partition (for "has it all been read?")."""
+        self._stop = threading.Event()
+        self._linger_thread: threading.Thread | None = None
+        if self.batch_events > 1:
+            self._linger_thread = threading.Thread(
+                target=self._linger_loop, name="streamrank-producer-linger", daemon=True
+            )
+            self._linger_thread.start()
+
+    def _partition_count(self) -> int:
+        metadata = self._producer.list_topics(self.topic, timeout=10)
+        topic = metadata.topics.get(self.topic)
+        if topic is None or topic.error is not None or not topic.partitions:
+            raise KafkaException(f"topic {self.topic!r} is not available: {topic and topic.error}")
+        return len(topic.partitions)
+
+    # --- sending ---------------------------------------------------------------------------
+    def send(self, event: Event | Mapping[str, Any]) -> None:
+        """Queue one event. A dict is validated first: a bad event raises here, at the edge."""
+        if not isinstance(event, Event):
+            event = Event.model_validate(event)
+        if self.batch_events == 1:
+            self._produce(event.user_id.encode(), encode_event(event), None)
+            return
+        partition = partition_for(event.user_id, self._partitions)
+        with self._lock:
+            buffer = self._buffers.setdefault(partition, [])
+            if not buffer:
+                self._first_buffered[partition] = time.monotonic()
+            buffer.append(event.to_wire())
+            if len(buffer) >= self.batch_events:
+                self._send_partition(partition)
+        self._producer.poll(0)
+
+    def send_many(self, events: Iterable[Event | Mapping[str, Any]]) -> None:
+        for event in events:
+            self.send(event)
+
+    def _send_partition(self, partition: int) -> None:
+        """Caller holds the lock."""
+        batch = self._buffers.pop(partition, None)
+        self._first_buffered.pop(partition, None)
+        if batch:
+            self._produce(None, encode_events(batch), partition, count=len(batch))
+
+    def _produce(self, key: bytes | None, value: bytes, partition: int | None, count: int = 1):  # type: ignore[no-untyped-def]
+        kwargs: dict[str, Any] = {"key": key, "value": value, "on_delivery": self._on_delivery}
+        if partition is not None:
+            kwargs["partition"] = partition
+        while True:
+            try:
+                self._producer.produce(self.topic, **kwargs)
+                break
+            except BufferError:  # local queue full: let deliveries drain, then retry
+                self._producer.poll(0.1)
+        self.sent_events += count
+        self.sent_messages += 1
+
+    def _on_delivery(self, err, msg) -> None:  # type: ignore[no-untyped-def]
+        if err is not None:
+            log.error("delivery to %s failed: %s", msg.topic(), err)
+            self._errors.append(str(err))
+            return
+        partition, offset = msg.partition(), msg.offset()
+        if offset > self.delivered_offsets.get(partition, -1):
+            self.delivered_offsets[partition] = offset
+
+    def _linger_loop(self) -> None:
+        while not self._stop.wait(self.linger_s / 2 or 0.005):
+            deadline = time.monotonic() - self.linger_s
+            with self._lock:
+                for partition, since in list(self._first_buffered.items()):
+                    if since <= deadline:
+                        self._send_partition(partition)
+            self._producer.poll(0)
+
+    # --- lifecycle -------------------------------------------------------------------------
+    def flush(self, timeout: float = 30.0) -> None:
+        """Send everything buffered and wait until the broker has acknowledged it all."""
+        with self._lock:
+            for partition in list(self._buffers):
+                self._send_partition(partition)
+        remaining = self._producer.flush(timeout)
+        if remaining:
+            raise KafkaException(f"{remaining} messages not delivered within {timeout}s")
+        if self._errors:
+            errors, self._errors = self._errors, []
+            raise KafkaException(f"{len(errors)} deliveries failed, first: {errors[0]}")
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._linger_thread is not None:
+            self._linger_thread.join(timeout=1)
+        self.flush()
+
+    def __enter__(self) -> EventProducer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

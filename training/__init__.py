@@ -1,0 +1,1 @@
+"""The model: the sentence encoder today; fine-tuning, baselines and evaluation later."""

