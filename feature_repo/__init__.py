@@ -1,1 +1,1 @@
-
+"""The Feast repository: store configurations, entities, feature views, push sources."""

@@ -1,1 +1,1 @@
-
+"""Launchers for the embedded stack (Tansu broker) and process/broker plumbing."""

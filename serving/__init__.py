@@ -1,1 +1,1 @@
-
+"""The Ray Serve application: API models, candidates, scorer, ranking rules."""

@@ -48,7 +48,9 @@ class FeastProfileStore:
             features=PROFILE_FEATURES, entity_rows=[{"user_id": u} for u in user_ids]
         ).to_dict()
         columns = list(result)
-        rows = (dict(zip(columns, values, strict=True)) for values in zip(*result.values(), strict=True))
+        rows = (
+            dict(zip(columns, values, strict=True)) for values in zip(*result.values(), strict=True)
+        )
         return {row["user_id"]: UserProfile.from_row(row) for row in rows}
 
     def write_profiles(self, profiles: Iterable[UserProfile]) -> int:

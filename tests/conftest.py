@@ -1,0 +1,90 @@
+"""Fixtures shared by the whole suite. Servers are real and start on free ports:
+the Tansu broker once per session, Faust workers and Ray Serve per module that needs them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from infra.broker import EmbeddedBroker, ensure_topics
+from infra.processes import free_port
+from streamrank.catalog import CATALOG_FILE, EMBEDDINGS_FILE, MANIFEST_FILE, Catalog
+from streamrank.datasets import Dataset, load_dataset
+from streamrank.settings import Settings
+
+
+@pytest.fixture(scope="session")
+def dataset() -> Dataset:
+    settings = Settings()
+    if settings.dataset_dir is None and settings.events_file is None:
+        pytest.skip("no data set: ../shared/data/movielens-100k not found")
+    return load_dataset(settings)
+
+
+@pytest.fixture(scope="session")
+def catalog_home(tmp_path_factory: pytest.TempPathFactory, dataset: Dataset) -> Path:
+    """Catalog + embeddings encoded once per session (the encoder is the slow part)."""
+    from streamrank.catalog import prepare_catalog
+
+    home = tmp_path_factory.mktemp("catalog")
+    prepare_catalog(dataset.catalog, home)
+    return home
+
+
+@pytest.fixture(scope="session")
+def catalog(catalog_home: Path) -> Catalog:
+    return Catalog.load(catalog_home)
+
+
+def make_home(base: Path, catalog_home: Path) -> Path:
+    """A fresh runtime home that reuses the session's catalog artifacts."""
+    base.mkdir(parents=True, exist_ok=True)
+    for name in (CATALOG_FILE, EMBEDDINGS_FILE, MANIFEST_FILE):
+        shutil.copy(catalog_home / name, base / name)
+    return base
+
+
+@pytest.fixture
+def home(tmp_path: Path, catalog_home: Path) -> Path:
+    return make_home(tmp_path / "home", catalog_home)
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
+    log_path = tmp_path_factory.mktemp("broker") / "tansu.log"
+    with EmbeddedBroker(log_path=log_path) as running:
+        yield running
+
+
+def isolated_settings(home: Path, bootstrap: str | None = None, **overrides: object) -> Settings:
+    """Settings with their own topics, group and ports, so tests never see each other."""
+    tag = uuid.uuid4().hex[:8]
+    values: dict[str, object] = {
+        "home": home,
+        "kafka_bootstrap": bootstrap,
+        "events_topic": f"events-{tag}",
+        "dlq_topic": f"events-{tag}.dlq",
+        "consumer_group": f"profiles-{tag}",
+        "feast_project": f"t{tag}",
+        "serve_port": free_port(),
+        "worker_web_port": free_port(),
+        "worker_batch_within_s": 0.1,
+    }
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def settings(home: Path, broker: EmbeddedBroker) -> Settings:
+    s = isolated_settings(home, broker.bootstrap)
+    ensure_topics(s.bootstrap(), {s.events_topic: s.events_partitions, s.dlq_topic: 1})
+    return s

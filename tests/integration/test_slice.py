@@ -1,0 +1,255 @@
+"""The real path, end to end: producer SDK -> Tansu -> Faust worker (a real subprocess)
+-> Feast SQLite online store -> Ray Serve -> HTTP. Nothing is mocked."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+
+from feature_repo.store import open_store
+from infra.broker import EmbeddedBroker, ensure_topics
+from infra.kafka_admin import read_topic, wait_until_consumed
+from infra.processes import stop_process
+from streamrank.catalog import Catalog
+from streamrank.demo import send_raw, start_worker
+from streamrank.prepare import prepare
+from streamrank.settings import Settings
+from streams.events import Event
+from streams.producer import EventProducer
+from streams.profile import UserProfile, apply_event
+from streams.sink import FeastProfileStore
+from tests.conftest import isolated_settings, make_home
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class Stack:
+    settings: Settings
+    url: str
+    catalog: Catalog
+    store: FeastProfileStore
+    worker: object
+
+
+@pytest.fixture(scope="module")
+def stack(
+    tmp_path_factory: pytest.TempPathFactory,
+    catalog_home: Path,
+    broker: EmbeddedBroker,
+    dataset,
+) -> Iterator[Stack]:
+    from serving import app as serve_app
+
+    home = make_home(tmp_path_factory.mktemp("stack") / "home", catalog_home)
+    settings = isolated_settings(home, broker.bootstrap)
+    prepare(settings, dataset)
+    ensure_topics(
+        settings.bootstrap(),
+        {settings.events_topic: settings.events_partitions, settings.dlq_topic: 1},
+    )
+    running = Stack(settings, "", Catalog.load(home), FeastProfileStore(open_store(settings)), None)
+    running.worker = start_worker(settings)
+    try:
+        running.url = serve_app.start(settings, num_cpus=2)
+        try:
+            yield running
+        finally:
+            serve_app.stop()
+    finally:
+        stop_process(running.worker, "faust worker")  # type: ignore[arg-type]
+        log = home / "logs" / "worker.log"
+        assert "Traceback" not in log.read_text(errors="replace"), log.read_text()[-3000:]
+
+
+def items_in(catalog: Catalog, category: str, n: int) -> list[str]:
+    """Items whose only category is ``category``."""
+    chosen = [i for i in catalog.ids if tuple(catalog.categories(i)) == (category,)]
+    assert len(chosen) >= n, category
+    return chosen[:n]
+
+
+def send(settings: Settings, events: list[Event]) -> dict[int, int]:
+    with EventProducer(settings.bootstrap(), settings.events_topic, batch_events=50) as producer:
+        producer.send_many(events)
+        producer.flush()
+        return dict(producer.delivered_offsets)
+
+
+def behaviour(user: str, views: list[str], buys: list[str]) -> list[Event]:
+    now = datetime.now(UTC) - timedelta(minutes=10)
+    actions = [("view", i) for i in views] + [("purchase", i) for i in buys]
+    return [
+        Event(
+            event_id=f"{user}-{n}",
+            user_id=user,
+            type=kind,  # type: ignore[arg-type]
+            item_id=item,
+            ts=now + timedelta(seconds=n),
+        )
+        for n, (kind, item) in enumerate(actions)
+    ]
+
+
+def wait(stack: Stack, delivered: dict[int, int]) -> None:
+    s = stack.settings
+    wait_until_consumed(s.bootstrap(), s.consumer_group, s.events_topic, delivered, timeout=120)
+
+
+def recommend(stack: Stack, user: str, **body: object) -> dict:
+    reply = httpx.post(
+        f"{stack.url}/v1/recommendations", json={"user_id": user, "k": 10, **body}, timeout=30
+    )
+    assert reply.status_code == 200, reply.text
+    return reply.json()
+
+
+def share_with(items: list[dict], categories: set[str]) -> float:
+    return sum(bool(categories & set(i["categories"])) for i in items) / len(items)
+
+
+def test_recommendations_reflect_what_each_user_did(stack: Stack) -> None:
+    horror = items_in(stack.catalog, "Horror", 8)
+    kids = [i for i in stack.catalog.ids if "Children's" in stack.catalog.categories(i)][:8]
+    delivered = send(
+        stack.settings,
+        behaviour("it-horror", horror[:6], horror[6:8]) + behaviour("it-kids", kids[:6], kids[6:8]),
+    )
+    wait(stack, delivered)
+
+    profile = stack.store.read_profiles(["it-horror"])["it-horror"]
+    assert profile.totals["view"] == 6
+    assert profile.totals["purchase"] == 2
+    assert max(profile.categories, key=profile.categories.get) == "Horror"  # type: ignore[arg-type]
+
+    scary = recommend(stack, "it-horror")
+    assert scary["strategy"] == "personalized"
+    assert scary["profile"]["events"] == 8
+    assert len(scary["items"]) == 10
+    assert not {i["item_id"] for i in scary["items"]} & set(horror)  # seen and bought are out
+    assert share_with(scary["items"], {"Horror"}) >= 0.5, scary["items"]
+    assert all(i["reason"] for i in scary["items"])
+
+    family = recommend(stack, "it-kids")
+    assert share_with(family["items"], {"Children's", "Animation"}) >= 0.5, family["items"]
+    assert share_with(family["items"], {"Horror"}) < share_with(scary["items"], {"Horror"})
+
+
+def test_new_visitors_get_popular_items_not_errors(stack: Stack) -> None:
+    reply = recommend(stack, "never-seen-before")
+    assert reply["strategy"] == "cold_start"
+    assert len(reply["items"]) == 10
+    assert reply["profile"] is None
+    searched = recommend(stack, "never-seen-either", context={"query": "haunted house horror"})
+    assert searched["strategy"] == "personalized"
+    assert share_with(searched["items"], {"Horror"}) >= 0.5
+
+
+def test_malformed_messages_go_to_the_dlq_and_valid_ones_still_count(stack: Stack) -> None:
+    s = stack.settings
+    valid = behaviour("it-dlq", stack.catalog.ids[:5], [])
+    event = valid[0].to_wire()
+    malformed = [
+        b"{broken json",
+        json.dumps({**event, "event_id": "m1", "type": "teleport"}).encode(),
+        json.dumps({"event_id": "m2", "type": "view"}).encode(),
+        json.dumps({**event, "event_id": "m3", "ts": "2999-01-01T00:00:00Z"}).encode(),
+        json.dumps({**event, "event_id": "m4", "query": "x" * 70_000, "type": "search"}).encode(),
+        # a batch: two valid elements and one invalid, sent by "another producer"
+        json.dumps(
+            [
+                {**event, "event_id": "it-dlq-b1"},
+                {"event_id": "m5", "user_id": "it-dlq", "type": "view", "ts": event["ts"]},
+                {**event, "event_id": "it-dlq-b2"},
+            ]
+        ).encode(),
+    ]
+    delivered = send(s, valid[:2])
+    for part, off in send_raw(s, malformed).items():
+        delivered[part] = max(delivered.get(part, -1), off)
+    for part, off in send(s, valid[2:]).items():
+        delivered[part] = max(delivered.get(part, -1), off)
+    wait(stack, delivered)
+
+    dead = read_topic(s.bootstrap(), s.dlq_topic, 100, timeout=5)
+    reasons = sorted(r.headers["reason"].split(":")[0] for r in dead)
+    assert reasons == ["json", "schema", "schema", "schema", "size", "time"]
+    assert all("source_offset" in r.headers for r in dead)
+    profile = stack.store.read_profiles(["it-dlq"])["it-dlq"]
+    assert profile.totals["view"] == 5 + 2
+
+
+def test_bad_requests_are_4xx_with_reasons(stack: Stack) -> None:
+    post = lambda body: httpx.post(f"{stack.url}/v1/recommendations", json=body, timeout=30)  # noqa: E731
+    assert post({"user_id": "u", "k": 0}).status_code == 422
+    assert post({"k": 3}).status_code == 422
+    assert post({"user_id": "u", "k": 3, "surprise": 1}).status_code == 422
+    assert post({"user_id": "u", "candidate_ids": ["1"] * 501}).status_code == 422
+    bad_json = httpx.post(
+        f"{stack.url}/v1/recommendations",
+        content=b"{nope",
+        headers={"content-type": "application/json"},
+        timeout=30,
+    )
+    assert bad_json.status_code == 422
+    assert "user_id" in post({"k": 3}).text
+
+    ranked = post({"user_id": "it-horror", "candidate_ids": ["1", "2", "unknown-item"], "k": 5})
+    assert ranked.status_code == 200
+    assert {i["item_id"] for i in ranked.json()["items"]} <= {"1", "2"}
+
+    scored = httpx.post(
+        f"{stack.url}/v1/score", json={"user_id": "it-horror", "item_ids": ["1", "zzz"]}, timeout=30
+    ).json()
+    assert scored["scores"][0]["score"] is not None
+    assert scored["scores"][1] == {"item_id": "zzz", "score": None}
+    assert httpx.get(f"{stack.url}/healthz", timeout=30).json()["status"] == "ok"
+    assert "streamrank_serve_requests_total" in httpx.get(f"{stack.url}/metrics", timeout=30).text
+
+
+def test_a_killed_worker_neither_loses_nor_double_counts(stack: Stack) -> None:
+    """SIGKILL mid-stream, restart: every profile equals the offline fold of its events."""
+    s = stack.settings
+    items = stack.catalog.ids
+    start = datetime.now(UTC) - timedelta(hours=2)  # all 4000 seconds stay in the past
+    events = [
+        Event(
+            event_id=f"crash-{n}",
+            user_id=f"crash-u{n % 40}",
+            type=("view", "click", "add_to_cart", "purchase")[n % 4],  # type: ignore[arg-type]
+            item_id=items[(n * 7) % len(items)],
+            ts=start + timedelta(seconds=n),
+        )
+        for n in range(4000)
+    ]
+    dead_before = len(read_topic(s.bootstrap(), s.dlq_topic, 1000, timeout=2))
+    delivered = send(s, events[:2000])
+    time.sleep(1.0)  # let the worker get part-way through
+    os.killpg(os.getpgid(stack.worker.pid), signal.SIGKILL)  # type: ignore[attr-defined]
+    stack.worker.wait(10)  # type: ignore[attr-defined]
+    stack.worker = start_worker(s)
+    for part, off in send(s, events[2000:]).items():
+        delivered[part] = max(delivered.get(part, -1), off)
+    wait(stack, delivered)
+    assert len(read_topic(s.bootstrap(), s.dlq_topic, 1000, timeout=2)) == dead_before
+
+    truth: dict[str, UserProfile] = {}
+    for event in events:
+        apply_event(
+            truth.setdefault(event.user_id, UserProfile(event.user_id)), event, stack.catalog
+        )
+    stored = stack.store.read_profiles(sorted(truth))
+    for user, expected in truth.items():
+        assert stored[user].totals == expected.totals, user
+        assert stored[user].recent == expected.recent, user
+        for name, value in expected.decayed.items():
+            assert stored[user].decayed[name] == pytest.approx(value, rel=1e-9), (user, name)

@@ -1,0 +1,73 @@
+"""The README's demo, as a user runs it: a subprocess, start to finish, and Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.conftest import make_home
+
+pytestmark = pytest.mark.integration
+
+
+def leftovers(home: Path) -> list[str]:
+    """Processes still carrying this demo's home in their environment (broker, worker, Ray)."""
+    found = []
+    for proc in psutil.process_iter(["pid", "name"]):
+        try:
+            if proc.environ().get("STREAMRANK_HOME") == str(home):
+                found.append(f"{proc.pid} {proc.name()}")
+        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def demo(home: Path, *args: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "STREAMRANK_HOME": str(home), "PYTHONUNBUFFERED": "1"}
+    env.pop("STREAMRANK_KAFKA_BOOTSTRAP", None)
+    return subprocess.Popen(
+        [sys.executable, "-m", "streamrank", "demo", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def test_demo_prints_recommendations_and_cleans_up(tmp_path: Path, catalog_home: Path) -> None:
+    home = make_home(tmp_path / "home", catalog_home)
+    proc = demo(home, "--events", "3000", "--users", "2")
+    out, _ = proc.communicate(timeout=420)
+    assert proc.returncode == 0, out[-4000:]
+    assert out.count("=== user") == 3  # two active users and a new visitor
+    assert "(personalized" in out and "(cold_start" in out
+    assert "events.dlq: json:" in out
+    assert "[5/5] done" in out
+    time.sleep(2)
+    assert leftovers(home) == []
+
+
+def test_ctrl_c_stops_every_process(tmp_path: Path, catalog_home: Path) -> None:
+    home = make_home(tmp_path / "home", catalog_home)
+    proc = demo(home, "--events", "50000")
+    assert proc.stdout is not None
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("[3/5]"):
+            break
+    else:
+        pytest.fail("".join(lines)[-3000:])
+    time.sleep(1)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out[-3000:]
+    time.sleep(2)
+    assert leftovers(home) == []

@@ -1,0 +1,114 @@
+import math
+import random
+
+import numpy as np
+import pytest
+
+from streams.profile import (
+    COUNT_WINDOWS,
+    RECENT_N,
+    UserProfile,
+    apply_event,
+    derive_features,
+)
+from tests.factories import ITEMS, T0, ev, fold
+
+
+def test_counts_totals_and_last_event_time() -> None:
+    p = fold([ev(1), ev(2, "click", "b", 10), ev(3, "purchase", "c", 20), ev(4, "search", dt=30)])
+    assert p.totals == {"view": 1, "click": 1, "add_to_cart": 0, "purchase": 1, "search": 1}
+    assert p.as_of == T0 + 30
+    assert p.recent["purchased"][0][0] == "c"
+    assert p.recent["viewed"][0][0] == "b"  # newest first
+    assert p.recent_queries == [("shoes", T0 + 30)]
+
+
+def test_decayed_counters_follow_exponential_decay() -> None:
+    p = fold([ev(1, dt=0), ev(2, "view", "b", dt=3600)])
+    # the first view is one hour old when the second arrives
+    assert p.decayed["view_1h"] == pytest.approx(1 + math.exp(-1))
+    assert p.decayed["view_24h"] == pytest.approx(1 + math.exp(-3600 / 86400))
+    later = derive_features(p, now=T0 + 2 * 3600)
+    assert later.counts["view_1h"] == pytest.approx((1 + math.exp(-1)) * math.exp(-1))
+
+
+def test_duplicate_event_ids_are_applied_once() -> None:
+    p = UserProfile(user_id="u")
+    assert apply_event(p, ev(1), ITEMS)
+    assert not apply_event(p, ev(1), ITEMS)
+    assert p.totals["view"] == 1
+
+
+def test_out_of_order_events_give_the_same_profile() -> None:
+    rng = random.Random(7)
+    types = ["view", "click", "add_to_cart", "purchase"]
+    events = [
+        ev(i, rng.choice(types), rng.choice("abc"), dt=rng.uniform(0, 5 * 86400))
+        for i in range(200)
+    ]
+    in_order = fold(sorted(events, key=lambda e: e.ts))
+    shuffled = fold(rng.sample(events, len(events)))
+    assert shuffled.totals == in_order.totals
+    assert shuffled.as_of == in_order.as_of
+    for name in in_order.decayed:
+        assert shuffled.decayed[name] == pytest.approx(in_order.decayed[name], rel=1e-9)
+    for cat, weight in in_order.categories.items():
+        assert shuffled.categories[cat] == pytest.approx(weight, rel=1e-9)
+    assert shuffled.recent == in_order.recent
+    np.testing.assert_allclose(shuffled.interest_sum, in_order.interest_sum, rtol=1e-9)
+
+
+def test_recent_lists_are_bounded_unique_and_newest_first() -> None:
+    items = [f"x{i}" for i in range(RECENT_N + 5)]
+    events = [ev(i, "view", item, dt=i) for i, item in enumerate(items)]
+    events.append(ev(999, "view", "x0", dt=1000))  # re-view moves x0 to the front
+    p = fold(events)
+    viewed = [i for i, _ in p.recent["viewed"]]
+    assert len(viewed) == RECENT_N
+    assert viewed[0] == "x0"
+    assert len(set(viewed)) == RECENT_N
+
+
+def test_category_affinity_and_interest_vector_follow_engagement() -> None:
+    p = fold([ev(1, "purchase", "a"), ev(2, "view", "b"), ev(3, "view", "c")])
+    features = derive_features(p, now=T0)
+    top = dict(features.top_categories)
+    assert features.top_categories[0][0] == "Horror"
+    assert sum(top.values()) == pytest.approx(1.0)
+    # purchase weight 6 on "a" vs view weight 1 on "b" and "c"
+    assert features.interest is not None
+    assert np.argmax(features.interest) == 0
+    assert np.linalg.norm(features.interest) == pytest.approx(1.0, rel=1e-6)
+
+
+def test_unknown_items_count_but_add_no_taste() -> None:
+    p = fold([ev(1, "view", "not-in-catalog")])
+    assert p.totals["view"] == 1
+    assert p.categories == {}
+    assert p.interest_sum is None
+    assert derive_features(p, now=T0).interest is None
+
+
+def test_row_round_trip_is_lossless_for_state() -> None:
+    p = fold([ev(1, "purchase", "a"), ev(2, "search", dt=5), ev(3, "add_to_cart", "b", dt=9)])
+    p.applied_offsets = {0: 41, 3: 7}
+    back = UserProfile.from_row(p.to_row())
+    assert back.totals == p.totals
+    assert back.decayed == p.decayed
+    assert back.recent == p.recent
+    assert back.recent_queries == p.recent_queries
+    assert back.categories == p.categories
+    assert back.applied_offsets == p.applied_offsets
+    assert back.recent_event_ids == p.recent_event_ids
+    np.testing.assert_allclose(back.interest_sum, p.interest_sum, rtol=1e-6)
+
+
+def test_an_empty_row_is_an_empty_profile() -> None:
+    empty = UserProfile.from_row({"user_id": "nobody", "as_of": None})
+    assert empty.event_count == 0
+    assert derive_features(empty, now=T0).interest is None
+
+
+def test_every_window_has_a_counter_per_type() -> None:
+    p = UserProfile(user_id="u")
+    assert len(p.decayed) == 5 * len(COUNT_WINDOWS)
