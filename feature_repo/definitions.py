@@ -1,8 +1,9 @@
-"""Feast objects: entities ``user`` and ``item``, the ``user_profile`` view fed by a push
-source, the catalog's ``item`` view, and the stream's ``popular_items`` view.
+"""Feast objects: entities ``user``, ``item`` and ``partition``; the views the stream writes
+(``user_profile``, ``popular_items``, ``covisitation``, ``stream_checkpoint``), each fed by
+a push source; and the catalog's ``item`` view.
 
-The column list of ``user_profile`` is the row that ``streams.profile.UserProfile.to_row``
-writes; a test keeps the two equal.
+Each stream view's columns are exactly the row its state class writes (``to_row``); tests
+keep the two equal.
 """
 
 from __future__ import annotations
@@ -14,13 +15,20 @@ from feast import Entity, FeatureView, Field, FileSource, PushSource, ValueType
 from feast.types import Array, Float32, Float64, Int64, String
 
 from streams.events import EventType
+from streams.popularity import POPULARITY_WINDOWS
 from streams.profile import COUNT_WINDOWS, RECENT_LISTS, counter_name
 
 USER_PROFILE_VIEW = "user_profile"
-USER_PROFILE_PUSH = "user_profile_push"
 ITEM_VIEW = "item"
 POPULAR_VIEW = "popular_items"
-POPULAR_PUSH = "popular_items_push"
+COVISIT_VIEW = "covisitation"
+CHECKPOINT_VIEW = "stream_checkpoint"
+STREAM_VIEWS = (USER_PROFILE_VIEW, POPULAR_VIEW, COVISIT_VIEW, CHECKPOINT_VIEW)
+
+
+def push_source_name(view: str) -> str:
+    return f"{view}_push"
+
 
 user = Entity(name="user", join_keys=["user_id"], value_type=ValueType.STRING)
 item = Entity(name="item", join_keys=["item_id"], value_type=ValueType.STRING)
@@ -50,29 +58,79 @@ def user_profile_schema() -> list[Field]:
         Field(name="category_weights", dtype=Array(Float64)),
         Field(name="interest_sum", dtype=Array(Float32)),
         Field(name="interest_weight", dtype=Float64),
+        Field(name="session_id", dtype=String),
+        Field(name="session_start", dtype=Float64),
+        Field(name="session_events", dtype=Int64),
+        Field(name="sessions", dtype=Int64),
         Field(name="applied_offsets", dtype=String),
         Field(name="recent_event_ids", dtype=Array(String)),
     ]
     return fields
 
 
-def build_definitions(home: Path, profile_ttl: timedelta) -> list[object]:
-    """Every Feast object, with sources under the runtime ``home``."""
-    profile_log = FileSource(
-        name="user_profile_log",
-        path=str(home / "offline" / "user_profiles.parquet"),
+def popular_items_schema() -> list[Field]:
+    fields = [Field(name="as_of", dtype=Float64), Field(name="applied_offset", dtype=Int64)]
+    for window in POPULARITY_WINDOWS:
+        fields += [
+            Field(name=f"items_{window}", dtype=Array(String)),
+            Field(name=f"scores_{window}", dtype=Array(Float64)),
+        ]
+    return fields
+
+
+def covisitation_schema() -> list[Field]:
+    return [
+        Field(name="as_of", dtype=Float64),
+        Field(name="neighbours", dtype=Array(String)),
+        Field(name="weights", dtype=Array(Float64)),
+        Field(name="applied_offset", dtype=Int64),
+    ]
+
+
+def checkpoint_schema() -> list[Field]:
+    return [Field(name="applied_offset", dtype=Int64)]
+
+
+STREAM_SCHEMAS = {
+    USER_PROFILE_VIEW: user_profile_schema,
+    POPULAR_VIEW: popular_items_schema,
+    COVISIT_VIEW: covisitation_schema,
+    CHECKPOINT_VIEW: checkpoint_schema,
+}
+
+
+def _stream_view(
+    home: Path, name: str, entities: list[Entity], ttl: timedelta, description: str
+) -> tuple[PushSource, FeatureView]:
+    """A view the stream writes: a push source (with a parquet log as its batch source)."""
+    log = FileSource(
+        name=f"{name}_log",
+        path=str(home / "offline" / f"{name}.parquet"),
         timestamp_field="updated_at",
     )
-    profile_push = PushSource(name=USER_PROFILE_PUSH, batch_source=profile_log)
-    user_profile = FeatureView(
-        name=USER_PROFILE_VIEW,
-        entities=[user],
-        ttl=profile_ttl,
-        schema=user_profile_schema(),
-        source=profile_push,
+    push = PushSource(name=push_source_name(name), batch_source=log)
+    view = FeatureView(
+        name=name,
+        entities=entities,
+        ttl=ttl,
+        schema=STREAM_SCHEMAS[name](),
+        source=push,
         online=True,
-        description="live behaviour profile, written by the Faust worker",
+        description=description,
     )
+    return push, view
+
+
+def build_definitions(home: Path, profile_ttl: timedelta) -> list[object]:
+    """Every Feast object, with sources under the runtime ``home``."""
+    objects: list[object] = [user, item, partition]
+    for name, entities, description in (
+        (USER_PROFILE_VIEW, [user], "live behaviour profile, written by the Faust worker"),
+        (POPULAR_VIEW, [partition], "decayed item popularity per events partition and window"),
+        (COVISIT_VIEW, [partition, item], "users who engaged with item then with neighbours"),
+        (CHECKPOINT_VIEW, [partition], "last events offset whose effects are all written"),
+    ):
+        objects.extend(_stream_view(home, name, entities, profile_ttl, description))
     catalog_source = FileSource(
         name="catalog",
         path=str(home / "catalog.parquet"),
@@ -91,34 +149,5 @@ def build_definitions(home: Path, profile_ttl: timedelta) -> list[object]:
         online=True,
         description="item catalog attributes",
     )
-    popular_log = FileSource(
-        name="popular_items_log",
-        path=str(home / "offline" / "popular_items.parquet"),
-        timestamp_field="updated_at",
-    )
-    popular_push = PushSource(name=POPULAR_PUSH, batch_source=popular_log)
-    popular_view = FeatureView(
-        name=POPULAR_VIEW,
-        entities=[partition],
-        ttl=profile_ttl,
-        schema=[
-            Field(name="as_of", dtype=Float64),
-            Field(name="item_ids", dtype=Array(String)),
-            Field(name="scores", dtype=Array(Float64)),
-            Field(name="applied_offset", dtype=Int64),
-        ],
-        source=popular_push,
-        online=True,
-        description="decayed item popularity per events partition (top items), by the stream",
-    )
-    return [
-        user,
-        item,
-        partition,
-        profile_push,
-        user_profile,
-        catalog_source,
-        item_view,
-        popular_push,
-        popular_view,
-    ]
+    objects.extend([catalog_source, item_view])
+    return objects

@@ -1,13 +1,15 @@
 """Candidate generation: which items are worth scoring for this request.
 
 Sources, each remembered on the candidate for the explanation shown to the user:
-``requested`` (the caller's list), ``popular`` (stream-kept popularity), ``interest``
-(nearest items to the user's interest vector), ``similar`` (nearest items to one of the
-user's recent items or to the item in view).
+``requested`` (the caller's list), ``popular`` (stream-kept popularity), ``covisit``
+(stream-kept "engaged with A, then with B" for the user's recent items and the item in
+view), ``interest`` (nearest items to the user's interest vector), ``similar`` (nearest
+items by text to one of the user's recent items or to the item in view).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +19,7 @@ from streams.profile import ProfileFeatures
 
 RECENT_ANCHORS = 3
 NEIGHBOURS_PER_ANCHOR = 20
+COVISITS_PER_ANCHOR = 30
 
 
 @dataclass
@@ -43,11 +46,18 @@ class CandidateGenerator:
         index = self.catalog.index
         return {index[i]: Candidate(index[i], "requested") for i in item_ids if i in index}
 
+    @staticmethod
+    def anchors(features: ProfileFeatures | None, context_item: str | None) -> list[str]:
+        """The items whose neighbours are worth a look: the one in view, then recent ones."""
+        recent = features.engaged[:RECENT_ANCHORS] if features is not None else []
+        return list(dict.fromkeys([context_item, *recent] if context_item else recent))
+
     def generate(
         self,
         features: ProfileFeatures | None,
         popular: list[tuple[str, float]],
         context_item: str | None = None,
+        covisits: Mapping[str, list[tuple[str, float]]] | None = None,
     ) -> dict[int, Candidate]:
         found: dict[int, Candidate] = {}
 
@@ -56,12 +66,16 @@ class CandidateGenerator:
 
         embeddings = self.catalog.embeddings
         index = self.catalog.index
+        for anchor, neighbours in (covisits or {}).items():
+            for item, _ in neighbours[:COVISITS_PER_ANCHOR]:
+                if item in index:
+                    add(index[item], "covisit", anchor)
         if context_item in index:
             anchor_row = index[context_item]
             for row in nearest(embeddings, embeddings[anchor_row], NEIGHBOURS_PER_ANCHOR + 1):
                 add(row, "similar", context_item)
         if features is not None:
-            for item in (features.recent_carted + features.recent_viewed)[:RECENT_ANCHORS]:
+            for item in features.engaged[:RECENT_ANCHORS]:
                 if item in index:
                     for row in nearest(embeddings, embeddings[index[item]], NEIGHBOURS_PER_ANCHOR):
                         add(row, "similar", item)

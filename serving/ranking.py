@@ -19,7 +19,7 @@ def blocked_items(
     something new), the caller's exclusions, and the item already in view."""
     blocked = set(exclude)
     if features is not None:
-        blocked.update(features.purchased, features.recent_carted, features.recent_viewed)
+        blocked.update(features.purchased, features.engaged)
     if context_item:
         blocked.add(context_item)
     return blocked
@@ -27,7 +27,7 @@ def blocked_items(
 
 def closest_recent(row: int, catalog: Catalog, features: ProfileFeatures) -> str | None:
     """The recently engaged item most similar to candidate ``row``: the honest "because"."""
-    recent = [i for i in features.recent_carted + features.recent_viewed if i in catalog.index]
+    recent = [i for i in features.engaged if i in catalog.index]
     if not recent:
         return None
     rows = [catalog.index[i] for i in recent]
@@ -46,6 +46,8 @@ def explain(
     if query:
         return f"matches your search “{query}”"
     anchor = candidate.anchor
+    if candidate.source == "covisit" and anchor is not None:
+        return f"people who viewed “{catalog.title(anchor)}” also looked at this"
     if anchor is not None and anchor == context_item:
         return f"similar to “{catalog.title(anchor)}”"
     if anchor is None and candidate.source == "interest" and features is not None:

@@ -26,6 +26,7 @@ from serving.candidates import Candidate, CandidateGenerator
 from serving.ranking import blocked_items, rank
 from serving.scorer import ScoreTask
 from streamrank.catalog import Catalog
+from streams.covisitation import merge_neighbours
 from streams.popularity import merge_popularity
 from streams.profile import ProfileFeatures, UserProfile, derive_features
 from streams.sink import FeastProfileStore
@@ -70,6 +71,15 @@ class Recommender:
             self._popular_at = time.monotonic()
         return self._popular
 
+    async def covisits(self, anchors: list[str]) -> dict[str, list[tuple[str, float]]]:
+        """Each anchor's co-visited items, summed over the partitions' rows."""
+        if not anchors:
+            return {}
+        keys = [(p, a) for a in anchors for p in self.partitions]
+        rows = await asyncio.to_thread(self.profiles.read_covisits, keys)
+        now = time.time()
+        return {a: merge_neighbours([rows[(p, a)] for p in self.partitions], now) for a in anchors}
+
     # --- endpoints ------------------------------------------------------------------------
     async def recommend(self, request: RecommendationRequest) -> RecommendationResponse:
         request_id = uuid.uuid4().hex
@@ -77,18 +87,21 @@ class Recommender:
         query = context.query if context and context.query else None
         context_item = context.item_id if context else None
         fallback_reason = None
+        covisits: dict[str, list[tuple[str, float]]] = {}
         try:
             profile = await self._profile(request.user_id)
+            features = derive_features(profile, time.time()) if profile else None
             popular = await self.popular()
+            if request.candidate_ids is None:
+                covisits = await self.covisits(self.candidates.anchors(features, context_item))
         except Exception as exc:  # the page must render even when the store is down
             log.warning("online store unavailable (%s): popularity fallback", exc)
-            profile, popular, fallback_reason = None, self._popular, "profile store unavailable"
-        features = derive_features(profile, time.time()) if profile else None
+            features, popular, fallback_reason = None, self._popular, "profile store unavailable"
 
         if request.candidate_ids is not None:
             found = self.candidates.requested(request.candidate_ids)
         else:
-            found = self.candidates.generate(features, popular, context_item)
+            found = self.candidates.generate(features, popular, context_item, covisits)
         candidates = list(found.values())
         scores, personalized = await self._scores(candidates, features, query, popular)
         items = rank(

@@ -60,7 +60,9 @@ class Settings(BaseSettings):
     # --- profile worker
     worker_batch_max: int = 2000
     worker_batch_within_s: float = 0.25
+    worker_web_host: str = "127.0.0.1"
     worker_web_port: int = 6066
+    write_path: Literal["direct", "push"] = "direct"
     max_event_bytes: int = 64 * 1024
     max_message_bytes: int = 4 * 1024 * 1024
     max_future_skew_s: float = 300.0

@@ -1,13 +1,17 @@
-"""The Faust app: one agent that turns ``events`` into profiles. Deliberately thin.
+"""The Faust app: one agent that turns ``events`` into state, plus the HTTP collector and
+the worker's metrics on Faust's web server. Deliberately thin.
 
 Exactly-once effect, step by step:
 1. ``take_events`` hands the agent a batch and acks it only when the agent asks for the
    next one, so Faust commits a batch's offsets only after the body below has returned;
-2. the body writes every changed profile (with the offsets it applied) to the online store
-   and waits for the dead letters' delivery, retrying until both succeed;
-3. after a crash, the uncommitted tail is redelivered and ``ProfileProcessor`` skips, per
-   user, what the stored profile says it has already applied.
-The blocking work (validation, fold, store I/O) runs on one dedicated thread so the event
+2. the body writes every changed row (each with the offsets it applied) and waits for the
+   dead letters' delivery, retrying until both succeed;
+3. after a crash, the uncommitted tail is redelivered and ``ProfileProcessor`` skips what
+   the stored rows say they already contain;
+4. Faust acks (and so may commit) messages it *skips* around a rebalance. So that no
+   committed offset can run ahead of what is written, every rebalance ends by committing
+   each partition's own checkpoint + 1, just before Faust seeks to the committed offsets.
+The blocking work (validation, folds, store I/O) runs on one dedicated thread so the event
 loop keeps heartbeating to the broker while a batch is written.
 """
 
@@ -23,13 +27,11 @@ from prometheus_client import generate_latest
 
 from streamrank.catalog import Catalog
 from streamrank.settings import Settings, get_settings
-from streams.processor import (
-    BatchResult,
-    ProfileProcessor,
-    RawMessage,
-    ValidationLimits,
-)
-from streams.sink import FeastProfileStore
+from streams import metrics
+from streams.collector import Collector
+from streams.processor import BatchResult, ProfileProcessor, RawMessage, ValidationLimits
+from streams.producer import EventProducer
+from streams.sink import FeastProfileStore, retry_forever
 from streams.state import ProfileState
 
 log = logging.getLogger(__name__)
@@ -39,13 +41,13 @@ def build_processor(settings: Settings) -> ProfileProcessor:
     from feature_repo.store import open_store
 
     catalog = Catalog.load(settings.home_dir)
-    state = ProfileState(FeastProfileStore(open_store(settings)))
+    store = FeastProfileStore(open_store(settings), settings.write_path)
     limits = ValidationLimits(
         max_future_skew_s=settings.max_future_skew_s,
         max_event_bytes=settings.max_event_bytes,
         max_message_bytes=settings.max_message_bytes,
     )
-    return ProfileProcessor(state, catalog, limits)
+    return ProfileProcessor(ProfileState(store), catalog, limits)
 
 
 def create_app(settings: Settings) -> faust.App:
@@ -59,7 +61,7 @@ def create_app(settings: Settings) -> faust.App:
         broker_session_timeout=10.0,
         broker_heartbeat_interval=1.0,
         producer_acks=-1,
-        web_host="127.0.0.1",
+        web_host=settings.worker_web_host,
         web_port=settings.worker_web_port,
         web_in_thread=False,
     )
@@ -71,13 +73,15 @@ def create_app(settings: Settings) -> faust.App:
     )
     dlq_topic = app.topic(settings.dlq_topic, key_serializer="raw", value_serializer="raw")
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="profiles")
-    holder: dict[str, ProfileProcessor] = {}
+    holder: dict[str, Any] = {}
+
+    async def on_thread(fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
 
     async def processor() -> ProfileProcessor:
-        if "p" not in holder:
-            loop = asyncio.get_running_loop()
-            holder["p"] = await loop.run_in_executor(executor, build_processor, settings)
-        return holder["p"]
+        if "processor" not in holder:
+            holder["processor"] = await on_thread(build_processor, settings)
+        return holder["processor"]
 
     async def send_dead_letters(result: BatchResult) -> None:
         pending = []
@@ -95,28 +99,72 @@ def create_app(settings: Settings) -> faust.App:
     @app.agent(events_topic)
     async def profiles(stream: faust.StreamT[Any]) -> None:
         worker = await processor()
-        loop = asyncio.get_running_loop()
         async for batch in stream.take_events(
             settings.worker_batch_max, within=settings.worker_batch_within_s
         ):
             messages = [
-                RawMessage(e.message.partition, e.message.offset, e.message.value) for e in batch
+                RawMessage(
+                    e.message.partition,
+                    e.message.offset,
+                    e.message.value,
+                    e.message.timestamp,
+                )
+                for e in batch
             ]
-            result = await loop.run_in_executor(executor, worker.process, messages)
+            result = await on_thread(worker.process, messages)
             await send_dead_letters(result)
-            log.debug(
-                "batch: %d messages, %d applied, %d profiles written",
-                result.messages,
-                result.applied,
-                result.profiles_written,
-            )
+            for tp in {e.message.tp for e in batch}:
+                high = app.consumer.highwater(tp)
+                if high is not None:
+                    last = max(e.message.offset for e in batch if e.message.tp == tp)
+                    metrics.LAG.labels(str(tp.partition)).set(max(0, high - last - 1))
 
     @app.on_partitions_revoked.connect
     async def forget_revoked(sender: Any, revoked: set[Any], **_: Any) -> None:
-        if "p" in holder and revoked:
-            state = holder["p"].state
+        if "processor" in holder and revoked:
             parts = {tp.partition for tp in revoked if tp.topic == settings.events_topic}
-            await asyncio.get_running_loop().run_in_executor(executor, state.forget, parts)
+            await on_thread(holder["processor"].state.forget, parts)
+
+    @app.on_rebalance_complete.connect
+    async def rewind_to_checkpoints(sender: Any, **_: Any) -> None:
+        """Make the group's committed offsets equal to what is written (step 4 above)."""
+        assigned = [tp for tp in app.consumer.assignment() if tp.topic == settings.events_topic]
+        if not assigned:
+            return
+        worker = await processor()
+        parts = [tp.partition for tp in assigned]
+        checkpoints = await on_thread(
+            retry_forever, lambda: worker.state.store.read_checkpoints(parts), "checkpoints"
+        )
+        offsets = {
+            tp: checkpoints[tp.partition] + 1 for tp in assigned if checkpoints[tp.partition] >= 0
+        }
+        if offsets:
+            await app.consumer._commit(offsets)  # Faust then seeks to these offsets
+            log.info("resuming from checkpoints %s", {tp.partition: o for tp, o in offsets.items()})
+
+    def collector() -> Collector:
+        if "collector" not in holder:
+            producer = EventProducer(
+                settings.bootstrap(),
+                settings.events_topic,
+                batch_events=settings.producer_batch_events,
+                linger_ms=settings.producer_linger_ms,
+            )
+            holder["collector"] = Collector(
+                producer,
+                max_event_bytes=settings.max_event_bytes,
+                max_future_skew_s=settings.max_future_skew_s,
+            )
+        return holder["collector"]
+
+    @app.page("/v1/events")
+    class Events(faust.web.View):
+        """Browser beacons: one event or a JSON array of events."""
+
+        async def post(self, request: Any) -> Any:
+            reply = collector().accept(await request.read())
+            return self.json(reply.body, status=reply.status)
 
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:
@@ -124,7 +172,12 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.page("/healthz")
     async def health_page(web: Any, request: Any) -> Any:
-        return web.json({"status": "ok", "ready": "p" in holder})
+        return web.json({"status": "ok", "ready": "processor" in holder})
+
+    @app.on_before_shutdown.connect
+    async def close_collector(sender: Any, **_: Any) -> None:
+        if "collector" in holder:
+            holder["collector"].producer.close()
 
     return app
 

@@ -8,6 +8,9 @@ EVENTS = Counter(
     ["outcome"],  # applied | duplicate | redelivered | dead
 )
 MESSAGES = Counter("streamrank_messages_total", "Kafka messages consumed from the events topic")
+SKIPPED_MESSAGES = Counter(
+    "streamrank_skipped_messages_total", "Redelivered messages whose effects were already written"
+)
 DEAD_LETTERS = Counter(
     "streamrank_dead_letters_total", "Messages or events sent to the dead-letter topic", ["kind"]
 )
@@ -18,10 +21,20 @@ BATCH_SIZE = Histogram(
 )
 FLUSH_SECONDS = Histogram(
     "streamrank_flush_seconds",
-    "Time to write one batch of profiles to the online store",
+    "Time to write one batch of state to the online store",
     buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
+PROCESSING_SECONDS = Histogram(
+    "streamrank_processing_seconds",
+    "From the broker's append of a batch's oldest message to its state being written",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
 PROFILES_WRITTEN = Counter("streamrank_profiles_written_total", "Profile rows written")
-EVENT_LAG_SECONDS = Gauge(
-    "streamrank_last_event_age_seconds", "Wall-clock age of the newest event of the last batch"
+LAG = Gauge(
+    "streamrank_consumer_lag_messages",
+    "Messages between the partition's high watermark and the worker's position",
+    ["partition"],
+)
+COLLECTED = Counter(
+    "streamrank_collector_events_total", "Events received by the HTTP collector", ["outcome"]
 )

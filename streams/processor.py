@@ -1,17 +1,18 @@
-"""One batch of ``events`` messages in, profiles written and dead letters out.
+"""One batch of ``events`` messages in, state written and dead letters out.
 
 Free of Faust on purpose: the live agent, replay and the tests drive the same class, so
-validation, dedupe and the profile fold run the same everywhere.
+validation, dedupe and the folds run the same everywhere.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from streams import metrics
+from streams.covisitation import covisit_edges
 from streams.events import DeadLetter, Event, decode_message
 from streams.popularity import apply_popularity
 from streams.profile import ItemLookup, apply_event
@@ -25,6 +26,7 @@ class RawMessage:
     partition: int
     offset: int
     value: bytes | None
+    timestamp: float | None = None  # broker append time (epoch s), for latency metrics
 
 
 @dataclass
@@ -32,7 +34,8 @@ class BatchResult:
     messages: int = 0
     applied: int = 0
     duplicates: int = 0
-    redelivered: int = 0
+    redelivered: int = 0  # events already in their user's stored profile
+    skipped_messages: int = 0  # messages at or below the partition's checkpoint
     dead_letters: list[tuple[RawMessage, DeadLetter]] = field(default_factory=list)
     profiles_written: int = 0
 
@@ -50,7 +53,7 @@ class ProfileProcessor:
         state: ProfileState,
         items: ItemLookup,
         limits: ValidationLimits | None = None,
-        clock=time.time,  # type: ignore[no-untyped-def]
+        clock: Callable[[], float] = time.time,
     ):
         self.state = state
         self.items = items
@@ -58,11 +61,18 @@ class ProfileProcessor:
         self.clock = clock
 
     def process(self, messages: Sequence[RawMessage]) -> BatchResult:
-        """Validate, fold and write one batch. Returns once the profiles are durable."""
+        """Validate, fold and write one batch. Returns once everything is durable."""
         result = BatchResult(messages=len(messages))
+        state = self.state
         now = self.clock()
+        state.ensure_partitions({m.partition for m in messages})
+
         decoded: list[tuple[RawMessage, list[Event]]] = []
         for msg in messages:
+            state.advance(msg.partition, msg.offset)
+            if msg.offset <= state.checkpoints[msg.partition]:
+                result.skipped_messages += 1  # every effect of this message is written
+                continue
             out = decode_message(
                 msg.value,
                 now=now,
@@ -74,47 +84,67 @@ class ProfileProcessor:
             if out.events:
                 decoded.append((msg, out.events))
 
-        self.state.ensure_loaded(
-            (e.user_id for _, events in decoded for e in events),
-            {msg.partition for msg, _ in decoded},
-        )
-        newest = 0.0
+        state.ensure_users(e.user_id for _, events in decoded for e in events)
+        edges: list[tuple[tuple[int, str], str, float, float, int]] = []  # key, B, w, ts, offset
         for msg, events in decoded:
-            pop = self.state.popularity[msg.partition]
+            pop = state.popularity[msg.partition]
             count_popularity = msg.offset > pop.applied_offset
             touched: set[str] = set()
             for event in events:
-                profile = self.state.profile(event.user_id)
+                profile = state.profile(event.user_id)
                 if profile.applied_offsets.get(msg.partition, -1) >= msg.offset:
-                    result.redelivered += 1  # already in the stored profile: crash replay
+                    result.redelivered += 1  # in the stored profile already (crash replay)
                     continue
                 touched.add(event.user_id)
-                if apply_event(profile, event, self.items):
-                    result.applied += 1
-                    if count_popularity:
-                        apply_popularity(pop, event)
-                    newest = max(newest, event.epoch)
-                else:
+                new_edges = covisit_edges(profile, event)
+                if not apply_event(profile, event, self.items):
                     result.duplicates += 1
+                    continue
+                result.applied += 1
+                if count_popularity:
+                    apply_popularity(pop, event)
+                ts = event.epoch
+                edges.extend(((msg.partition, a), b, w, ts, msg.offset) for a, b, w in new_edges)
             for user in touched:
-                self.state.profile(user).applied_offsets[msg.partition] = msg.offset
-                self.state.mark_dirty(user)
+                state.profile(user).applied_offsets[msg.partition] = msg.offset
+                state.mark_user(user)
             if count_popularity:
                 pop.applied_offset = msg.offset
-                self.state.mark_partition_dirty(msg.partition)
+                state.mark_partition(msg.partition)
+
+        # Co-visitation rows are loaded once for the whole batch, then updated in order;
+        # a row skips the edges of messages it has already applied.
+        state.ensure_covisits(e[0] for e in edges)
+        updated: set[tuple[int, str]] = set()  # rows this batch has already moved forward
+        for key, target, weight, ts, offset in edges:
+            row = state.covisits[key]
+            if offset > row.applied_offset or (offset == row.applied_offset and key in updated):
+                row.add(target, weight, ts)
+                row.applied_offset = offset
+                updated.add(key)
+                state.mark_covisit(key)
 
         started = time.perf_counter()
-        result.profiles_written, _ = self.state.flush()
-        metrics.FLUSH_SECONDS.observe(time.perf_counter() - started)
+        result.profiles_written = state.flush()
+        self._observe(result, now, time.perf_counter() - started, messages)
+        return result
+
+    @staticmethod
+    def _observe(
+        result: BatchResult, now: float, flush_s: float, messages: Sequence[RawMessage]
+    ) -> None:
+        metrics.FLUSH_SECONDS.observe(flush_s)
         metrics.MESSAGES.inc(result.messages)
         metrics.BATCH_SIZE.observe(result.messages)
         metrics.PROFILES_WRITTEN.inc(result.profiles_written)
         metrics.EVENTS.labels("applied").inc(result.applied)
         metrics.EVENTS.labels("duplicate").inc(result.duplicates)
         metrics.EVENTS.labels("redelivered").inc(result.redelivered)
+        metrics.SKIPPED_MESSAGES.inc(result.skipped_messages)
         metrics.EVENTS.labels("dead").inc(len(result.dead_letters))
         for _, dead in result.dead_letters:
             metrics.DEAD_LETTERS.labels(dead.reason.split(":", 1)[0]).inc()
-        if newest:
-            metrics.EVENT_LAG_SECONDS.set(max(0.0, now - newest))
-        return result
+        appended = [m.timestamp for m in messages if m.timestamp]
+        if appended:
+            done = time.time()
+            metrics.PROCESSING_SECONDS.observe(done - min(appended))

@@ -11,9 +11,18 @@ of the events, so the policy for late and out-of-order events is simply: accept 
 weight them by their age relative to ``as_of``, and place them by event time in the
 "recent" lists. Nothing is dropped for lateness.
 
+Sessions. An event's ``session_id`` when it has one, else a gap of ``SESSION_GAP_S`` without
+events starts a new session. A late event joins the current session when it is no older
+than the session's start minus the gap; older ones count everywhere except in sessions
+(the one part of the profile that depends on arrival order).
+
 Idempotence. An event whose ``event_id`` is among the user's recent ids is ignored (client
 retries, double beacons). Redelivery after a worker crash is handled one level up, by the
 applied offsets that the stream processor keeps in the same state.
+
+Cost. Decayed sums are kept relative to a reference time (``streams/decay.py``), so folding
+an event costs the same however many categories or counters the profile holds. The stored
+row holds every value as of ``as_of``, readable without knowing that trick.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from streams.decay import growth, needs_rebase, value_at
 from streams.events import Event, EventType
 
 # --- the profile's definition -------------------------------------------------------------
@@ -43,16 +53,20 @@ TYPE_WEIGHTS: dict[EventType, float] = {
 
 CATEGORY_TAU_S = 7 * 86_400.0
 INTEREST_TAU_S = 14 * 86_400.0
+SHORTEST_TAU_S = min(*COUNT_WINDOWS.values(), CATEGORY_TAU_S, INTEREST_TAU_S)
 MAX_CATEGORIES = 32
 RECENT_N = 20
 RECENT_QUERIES_N = 10
 RECENT_EVENT_IDS_N = 64
+SESSION_GAP_S = 30 * 60.0
 
-RECENT_LISTS: dict[str, tuple[EventType, ...]] = {
-    "viewed": (EventType.VIEW, EventType.CLICK),
-    "carted": (EventType.ADD_TO_CART,),
-    "purchased": (EventType.PURCHASE,),
+RECENT_LISTS: dict[str, EventType] = {
+    "viewed": EventType.VIEW,
+    "clicked": EventType.CLICK,
+    "carted": EventType.ADD_TO_CART,
+    "purchased": EventType.PURCHASE,
 }
+"""The last ``RECENT_N`` distinct items per event type, newest first."""
 
 
 class ItemLookup(Protocol):
@@ -67,16 +81,24 @@ def counter_name(event_type: EventType, window: str) -> str:
     return f"{event_type.value}_{window}"
 
 
+COUNTER_TAUS: dict[str, float] = {
+    counter_name(t, w): tau for t in EventType for w, tau in COUNT_WINDOWS.items()
+}
+
+
 @dataclass
 class UserProfile:
-    """Per-user state. All decayed values refer to ``as_of`` (epoch seconds, event time)."""
+    """Per-user state. ``as_of`` is the newest event time seen (epoch seconds).
+
+    Decayed sums (``decayed``, ``categories``, ``interest_*``) are held relative to ``ref``
+    while in memory (see ``streams/decay.py``); ``to_row`` writes them as of ``as_of``.
+    """
 
     user_id: str
     as_of: float = 0.0
+    ref: float = 0.0
     totals: dict[str, int] = field(default_factory=lambda: {t.value: 0 for t in EventType})
-    decayed: dict[str, float] = field(
-        default_factory=lambda: {counter_name(t, w): 0.0 for t in EventType for w in COUNT_WINDOWS}
-    )
+    decayed: dict[str, float] = field(default_factory=lambda: dict.fromkeys(COUNTER_TAUS, 0.0))
     recent: dict[str, list[tuple[str, float]]] = field(
         default_factory=lambda: {name: [] for name in RECENT_LISTS}
     )
@@ -84,6 +106,10 @@ class UserProfile:
     categories: dict[str, float] = field(default_factory=dict)
     interest_sum: np.ndarray | None = None
     interest_weight: float = 0.0
+    session_id: str = ""
+    session_start: float = 0.0
+    session_events: int = 0
+    sessions: int = 0
     applied_offsets: dict[int, int] = field(default_factory=dict)
     recent_event_ids: list[str] = field(default_factory=list)
 
@@ -91,23 +117,52 @@ class UserProfile:
     def event_count(self) -> int:
         return sum(self.totals.values())
 
+    # --- decayed sums --------------------------------------------------------------------
+    def rebase(self, new_ref: float) -> None:
+        """Re-express every decayed sum relative to ``new_ref`` (rare: see decay.py)."""
+        gap = new_ref - self.ref
+        if gap == 0:
+            return
+        for name, tau in COUNTER_TAUS.items():
+            self.decayed[name] *= math.exp(-gap / tau)
+        factor = math.exp(-gap / CATEGORY_TAU_S)
+        for cat in self.categories:
+            self.categories[cat] *= factor
+        factor = math.exp(-gap / INTEREST_TAU_S)
+        if self.interest_sum is not None:
+            self.interest_sum *= factor
+        self.interest_weight *= factor
+        self.ref = new_ref
+
     # --- online-store row (one Feast entity row; see feature_repo/definitions.py) ---------
     def to_row(self) -> dict[str, Any]:
+        """The state as a flat row, every decayed value as of ``as_of``."""
+        current = UserProfile.__new__(UserProfile)
+        current.__dict__.update(self.__dict__)
+        current.decayed = dict(self.decayed)
+        current.categories = dict(self.categories)
+        current.interest_sum = None if self.interest_sum is None else self.interest_sum.copy()
+        current.rebase(self.as_of)
+
         row: dict[str, Any] = {"user_id": self.user_id, "as_of": self.as_of}
         row.update({f"total_{k}": v for k, v in self.totals.items()})
-        row.update(self.decayed)
+        row.update(current.decayed)
         for name, entries in self.recent.items():
             row[f"recent_{name}"] = [item for item, _ in entries]
             row[f"recent_{name}_ts"] = [ts for _, ts in entries]
         row["recent_queries"] = [q for q, _ in self.recent_queries]
         row["recent_queries_ts"] = [ts for _, ts in self.recent_queries]
-        ranked = sorted(self.categories.items(), key=lambda kv: -kv[1])
+        ranked = sorted(current.categories.items(), key=lambda kv: -kv[1])
         row["top_categories"] = [c for c, _ in ranked]
         row["category_weights"] = [w for _, w in ranked]
         row["interest_sum"] = (
-            [] if self.interest_sum is None else self.interest_sum.astype(np.float32).tolist()
+            [] if current.interest_sum is None else current.interest_sum.astype(np.float32).tolist()
         )
-        row["interest_weight"] = self.interest_weight
+        row["interest_weight"] = current.interest_weight
+        row["session_id"] = self.session_id
+        row["session_start"] = self.session_start
+        row["session_events"] = self.session_events
+        row["sessions"] = self.sessions
         row["applied_offsets"] = json.dumps({str(p): o for p, o in self.applied_offsets.items()})
         row["recent_event_ids"] = list(self.recent_event_ids)
         return row
@@ -118,22 +173,14 @@ class UserProfile:
         profile = cls(user_id=str(row["user_id"]))
         if row.get("as_of") is None:
             return profile
-        profile.as_of = float(row["as_of"])
+        profile.as_of = profile.ref = float(row["as_of"])
         for t in EventType:
             profile.totals[t.value] = int(row.get(f"total_{t.value}") or 0)
         for name in profile.decayed:
             profile.decayed[name] = float(row.get(name) or 0.0)
         for name in RECENT_LISTS:
-            items = row.get(f"recent_{name}") or []
-            stamps = row.get(f"recent_{name}_ts") or []
-            profile.recent[name] = list(zip(map(str, items), map(float, stamps), strict=True))
-        profile.recent_queries = list(
-            zip(
-                map(str, row.get("recent_queries") or []),
-                map(float, row.get("recent_queries_ts") or []),
-                strict=True,
-            )
-        )
+            profile.recent[name] = _pairs(row, f"recent_{name}")
+        profile.recent_queries = _pairs(row, "recent_queries")
         profile.categories = dict(
             zip(
                 map(str, row.get("top_categories") or []),
@@ -144,26 +191,55 @@ class UserProfile:
         interest = row.get("interest_sum") or []
         profile.interest_sum = np.asarray(interest, dtype=np.float64) if len(interest) else None
         profile.interest_weight = float(row.get("interest_weight") or 0.0)
+        profile.session_id = str(row.get("session_id") or "")
+        profile.session_start = float(row.get("session_start") or 0.0)
+        profile.session_events = int(row.get("session_events") or 0)
+        profile.sessions = int(row.get("sessions") or 0)
         offsets = json.loads(row.get("applied_offsets") or "{}")
         profile.applied_offsets = {int(p): int(o) for p, o in offsets.items()}
         profile.recent_event_ids = [str(e) for e in row.get("recent_event_ids") or []]
         return profile
 
 
-def _decay(age_s: float, tau_s: float) -> float:
-    return math.exp(-age_s / tau_s) if age_s > 0 else 1.0
+def _pairs(row: Mapping[str, Any], name: str) -> list[tuple[str, float]]:
+    return list(
+        zip(map(str, row.get(name) or []), map(float, row.get(f"{name}_ts") or []), strict=True)
+    )
 
 
 def _insert_recent(
     entries: list[tuple[str, float]], key: str, ts: float, limit: int
 ) -> list[tuple[str, float]]:
     """Newest first, one entry per key (the newest time wins), at most ``limit`` entries."""
+    if entries and entries[0][0] == key and entries[0][1] >= ts:
+        return entries  # the common case: the same thing again, in order
     kept = [(k, t) for k, t in entries if k != key]
     previous = next((t for k, t in entries if k == key), None)
     ts = max(ts, previous) if previous is not None else ts
-    kept.append((key, ts))
-    kept.sort(key=lambda kt: -kt[1])
+    if not kept or ts >= kept[0][1]:
+        kept.insert(0, (key, ts))
+    else:
+        kept.append((key, ts))
+        kept.sort(key=lambda kt: -kt[1])
     return kept[:limit]
+
+
+def _update_session(profile: UserProfile, event: Event, ts: float) -> None:
+    """Called before ``as_of`` moves to ``ts``. Only an in-order event opens a session."""
+    if event.session_id is not None:
+        joins = event.session_id == profile.session_id
+    elif ts >= profile.as_of:
+        joins = ts - profile.as_of <= SESSION_GAP_S
+    else:
+        joins = ts >= profile.session_start - SESSION_GAP_S
+    if profile.sessions and joins:
+        profile.session_events += 1
+        profile.session_start = min(profile.session_start, ts)
+    elif not profile.sessions or ts >= profile.as_of:
+        profile.sessions += 1
+        profile.session_id = event.session_id or f"s{profile.sessions}"
+        profile.session_start = ts
+        profile.session_events = 1
 
 
 def apply_event(profile: UserProfile, event: Event, items: ItemLookup) -> bool:
@@ -180,27 +256,16 @@ def apply_event(profile: UserProfile, event: Event, items: ItemLookup) -> bool:
         del profile.recent_event_ids[0]
 
     ts = event.epoch
-    if ts > profile.as_of:
-        # Move every decayed sum forward to the new reference time.
-        gap = ts - profile.as_of if profile.as_of else 0.0
-        if gap:
-            for window, tau in COUNT_WINDOWS.items():
-                factor = _decay(gap, tau)
-                for t in EventType:
-                    profile.decayed[counter_name(t, window)] *= factor
-            cat_factor = _decay(gap, CATEGORY_TAU_S)
-            for cat in profile.categories:
-                profile.categories[cat] *= cat_factor
-            interest_factor = _decay(gap, INTEREST_TAU_S)
-            if profile.interest_sum is not None:
-                profile.interest_sum *= interest_factor
-            profile.interest_weight *= interest_factor
-        profile.as_of = ts
-    age = profile.as_of - ts  # > 0 only for a late event
+    if not profile.ref:
+        profile.ref = ts
+    elif needs_rebase(ts, profile.ref, SHORTEST_TAU_S):
+        profile.rebase(ts)
+    _update_session(profile, event, ts)
+    profile.as_of = max(profile.as_of, ts)
 
     profile.totals[event.type.value] += 1
     for window, tau in COUNT_WINDOWS.items():
-        profile.decayed[counter_name(event.type, window)] += _decay(age, tau)
+        profile.decayed[counter_name(event.type, window)] += growth(ts, profile.ref, tau)
 
     if event.type is EventType.SEARCH:
         assert event.query is not None
@@ -210,28 +275,30 @@ def apply_event(profile: UserProfile, event: Event, items: ItemLookup) -> bool:
         return True
 
     assert event.item_id is not None
-    for name, types in RECENT_LISTS.items():
-        if event.type in types:
-            profile.recent[name] = _insert_recent(profile.recent[name], event.item_id, ts, RECENT_N)
+    name = LIST_OF_TYPE[event.type]
+    profile.recent[name] = _insert_recent(profile.recent[name], event.item_id, ts, RECENT_N)
 
     weight = TYPE_WEIGHTS[event.type]
     categories = items.categories(event.item_id)
     if categories:
-        share = weight * _decay(age, CATEGORY_TAU_S) / len(categories)
+        share = weight * growth(ts, profile.ref, CATEGORY_TAU_S) / len(categories)
         for cat in categories:
             profile.categories[cat] = profile.categories.get(cat, 0.0) + share
-        if len(profile.categories) > MAX_CATEGORIES:
+        if len(profile.categories) > 2 * MAX_CATEGORIES:
             ranked = sorted(profile.categories.items(), key=lambda kv: -kv[1])
             profile.categories = dict(ranked[:MAX_CATEGORIES])
 
     vector = items.embedding(event.item_id)
     if vector is not None:
-        w = weight * _decay(age, INTEREST_TAU_S)
+        w = weight * growth(ts, profile.ref, INTEREST_TAU_S)
         if profile.interest_sum is None:
             profile.interest_sum = np.zeros(vector.shape[0], dtype=np.float64)
         profile.interest_sum += w * vector
         profile.interest_weight += w
     return True
+
+
+LIST_OF_TYPE: dict[EventType, str] = {t: name for name, t in RECENT_LISTS.items()}
 
 
 # --- features derived from the state, as of a point in time ----------------------------------
@@ -245,18 +312,28 @@ class ProfileFeatures:
     top_categories: list[tuple[str, float]]
     interest: np.ndarray | None
     recent_viewed: list[str]
+    recent_clicked: list[str]
     recent_carted: list[str]
     purchased: list[str]
     recent_queries: list[str]
     last_event_at: float
+    session_events: int
+    sessions: int
+
+    @property
+    def engaged(self) -> list[str]:
+        """Recently engaged items, strongest signal first (cart, click, view)."""
+        seen: dict[str, None] = {}
+        for item in self.recent_carted + self.recent_clicked + self.recent_viewed:
+            seen.setdefault(item, None)
+        return list(seen)
 
 
 def derive_features(profile: UserProfile, now: float, top_k: int = 5) -> ProfileFeatures:
-    gap = max(0.0, now - profile.as_of) if profile.as_of else 0.0
+    now = max(now, profile.as_of)
     counts = {
-        counter_name(t, w): profile.decayed[counter_name(t, w)] * _decay(gap, tau)
-        for t in EventType
-        for w, tau in COUNT_WINDOWS.items()
+        name: value_at(profile.decayed[name], profile.ref, tau, now)
+        for name, tau in COUNTER_TAUS.items()
     }
     total = sum(profile.categories.values())
     ranked = sorted(profile.categories.items(), key=lambda kv: -kv[1])[:top_k]
@@ -273,8 +350,11 @@ def derive_features(profile: UserProfile, now: float, top_k: int = 5) -> Profile
         top_categories=top,
         interest=interest,
         recent_viewed=[i for i, _ in profile.recent["viewed"]],
+        recent_clicked=[i for i, _ in profile.recent["clicked"]],
         recent_carted=[i for i, _ in profile.recent["carted"]],
         purchased=[i for i, _ in profile.recent["purchased"]],
         recent_queries=[q for q, _ in profile.recent_queries],
         last_event_at=profile.as_of,
+        session_events=profile.session_events,
+        sessions=profile.sessions,
     )

@@ -1,16 +1,22 @@
-"""The worker's hot state: profiles and partition popularity, cached in memory, with the
-online store as their durable copy.
+"""The worker's hot state, cached in memory, with the online store as its durable copy.
 
-A profile is loaded from the store the first time the worker meets its user (after a start
-or a rebalance), changed in memory, and written back at the next flush. Each profile row
-carries the offsets it has applied, per partition, so a message redelivered after a crash
-is recognised and skipped: the effect of every event is applied exactly once.
+What is kept: user profiles; per partition, item popularity and a checkpoint (the last
+offset whose effects are all written); per (partition, item), co-visitation edges.
+State is loaded from the store the first time the worker needs it (after a start or a
+rebalance), changed in memory, and written back at each flush.
+
+Exactly once, by construction. Every row records the offset(s) it has applied. A flush
+writes item-side rows first, then profiles, then checkpoints; a crash between any two
+steps leaves rows that each know what they contain, so the redelivered messages are
+applied exactly to the rows that lack them. Messages at or below a partition's checkpoint
+are skipped whole.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
+from streams.covisitation import CovisitRow
 from streams.popularity import PartitionPopularity, trim
 from streams.profile import UserProfile
 from streams.sink import FeastProfileStore, retry_forever
@@ -21,56 +27,94 @@ class ProfileState:
         self.store = store
         self.profiles: dict[str, UserProfile] = {}
         self.popularity: dict[int, PartitionPopularity] = {}
+        self.covisits: dict[tuple[int, str], CovisitRow] = {}
+        self.checkpoints: dict[int, int] = {}
         self._dirty_users: set[str] = set()
         self._dirty_partitions: set[int] = set()
+        self._dirty_covisits: set[tuple[int, str]] = set()
+        self._new_checkpoints: dict[int, int] = {}
 
-    def ensure_loaded(self, user_ids: Iterable[str], partitions: Iterable[int]) -> None:
-        """Fetch, in one read each, the profiles and partition rows not cached yet."""
-        missing_users = sorted({u for u in user_ids if u not in self.profiles})
-        if missing_users:
-            loaded = retry_forever(
-                lambda: self.store.read_profiles(missing_users), "reading profiles"
-            )
-            for user in missing_users:
-                self.profiles[user] = loaded.get(user) or UserProfile(user_id=user)
-        missing_parts = sorted({p for p in partitions if p not in self.popularity})
-        if missing_parts:
-            rows = retry_forever(
-                lambda: self.store.read_popularity(missing_parts), "reading popularity"
-            )
-            for part in missing_parts:
-                self.popularity[part] = rows.get(part) or PartitionPopularity(part)
+    # --- loading ----------------------------------------------------------------------------
+    def ensure_partitions(self, partitions: Iterable[int]) -> None:
+        missing = sorted({p for p in partitions if p not in self.checkpoints})
+        if not missing:
+            return
+        checkpoints = retry_forever(
+            lambda: self.store.read_checkpoints(missing), "reading checkpoints"
+        )
+        popularity = retry_forever(
+            lambda: self.store.read_popularity(missing), "reading popularity"
+        )
+        self.checkpoints.update(checkpoints)
+        self.popularity.update(popularity)
 
+    def ensure_users(self, user_ids: Iterable[str]) -> None:
+        missing = sorted({u for u in user_ids if u not in self.profiles})
+        if missing:
+            self.profiles.update(
+                retry_forever(lambda: self.store.read_profiles(missing), "reading profiles")
+            )
+
+    def ensure_covisits(self, keys: Iterable[tuple[int, str]]) -> None:
+        missing = sorted({k for k in keys if k not in self.covisits})
+        if missing:
+            self.covisits.update(
+                retry_forever(lambda: self.store.read_covisits(missing), "reading co-visits")
+            )
+
+    # --- changes ----------------------------------------------------------------------------
     def profile(self, user_id: str) -> UserProfile:
         return self.profiles[user_id]
 
-    def mark_dirty(self, user_id: str) -> None:
+    def mark_user(self, user_id: str) -> None:
         self._dirty_users.add(user_id)
 
-    def mark_partition_dirty(self, partition: int) -> None:
+    def mark_partition(self, partition: int) -> None:
         self._dirty_partitions.add(partition)
+
+    def mark_covisit(self, key: tuple[int, str]) -> None:
+        self._dirty_covisits.add(key)
+
+    def advance(self, partition: int, offset: int) -> None:
+        """The checkpoint to write at the next flush for ``partition``."""
+        if offset > self._new_checkpoints.get(partition, self.checkpoints.get(partition, -1)):
+            self._new_checkpoints[partition] = offset
 
     @property
     def dirty_count(self) -> int:
         return len(self._dirty_users)
 
-    def flush(self) -> tuple[int, int]:
-        """Write every changed profile and partition row; retried until it succeeds."""
-        users = [self.profiles[u] for u in sorted(self._dirty_users)]
+    def flush(self) -> int:
+        """Write every change, item side first, checkpoints last; retried until done.
+        Returns the number of profiles written."""
         parts = [self.popularity[p] for p in sorted(self._dirty_partitions)]
         for part in parts:
             trim(part)
-        written = retry_forever(lambda: self.store.write_profiles(users), "writing profiles")
+        covisits = [self.covisits[k] for k in sorted(self._dirty_covisits)]
+        users = [self.profiles[u] for u in sorted(self._dirty_users)]
         retry_forever(lambda: self.store.write_popularity(parts), "writing popularity")
+        retry_forever(lambda: self.store.write_covisits(covisits), "writing co-visits")
+        written = retry_forever(lambda: self.store.write_profiles(users), "writing profiles")
+        checkpoints = dict(self._new_checkpoints)
+        retry_forever(lambda: self.store.write_checkpoints(checkpoints), "writing checkpoints")
+        self.checkpoints.update(checkpoints)
         self._dirty_users.clear()
         self._dirty_partitions.clear()
-        return written, len(parts)
+        self._dirty_covisits.clear()
+        self._new_checkpoints.clear()
+        return written
 
     def forget(self, partitions: Iterable[int] | None = None) -> None:
-        """Drop cached state (on rebalance), so the next owner's writes are read afresh."""
+        """Drop cached state (on rebalance) so that the next owner's writes are read afresh.
+        Profiles are dropped whole: a user's partition is not known without hashing."""
         self.profiles.clear()
         if partitions is None:
             self.popularity.clear()
-        else:
-            for part in partitions:
-                self.popularity.pop(part, None)
+            self.covisits.clear()
+            self.checkpoints.clear()
+            return
+        dropped = set(partitions)
+        for part in dropped:
+            self.popularity.pop(part, None)
+            self.checkpoints.pop(part, None)
+        self.covisits = {k: v for k, v in self.covisits.items() if k[0] not in dropped}

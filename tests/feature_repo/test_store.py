@@ -9,18 +9,29 @@ from pathlib import Path
 import pytest
 import redis
 
-from feature_repo.definitions import user_profile_schema
+from feature_repo.definitions import (
+    covisitation_schema,
+    popular_items_schema,
+    user_profile_schema,
+)
 from feature_repo.store import apply_repo, redis_connection_string
 from infra.processes import free_port, stop_process
 from streamrank.settings import Settings
+from streams.covisitation import CovisitRow
+from streams.popularity import PartitionPopularity
 from streams.profile import UserProfile
 from streams.sink import FeastProfileStore
 from tests.factories import ev, fold
 
 
-def test_profile_view_schema_is_exactly_the_profile_row() -> None:
-    row = UserProfile(user_id="u").to_row()
-    assert {f.name for f in user_profile_schema()} == set(row) - {"user_id"}
+def test_each_stream_view_schema_is_exactly_its_state_row() -> None:
+    pairs = [
+        (user_profile_schema(), UserProfile(user_id="u").to_row(), {"user_id"}),
+        (popular_items_schema(), PartitionPopularity(0).to_row(), {"partition_id"}),
+        (covisitation_schema(), CovisitRow(0, "a").to_row(), {"partition_id", "item_id"}),
+    ]
+    for schema, row, keys in pairs:
+        assert {f.name for f in schema} == set(row) - keys
 
 
 @pytest.mark.parametrize(

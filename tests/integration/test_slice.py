@@ -247,9 +247,19 @@ def test_a_killed_worker_neither_loses_nor_double_counts(stack: Stack) -> None:
         apply_event(
             truth.setdefault(event.user_id, UserProfile(event.user_id)), event, stack.catalog
         )
-    stored = stack.store.read_profiles(sorted(truth))
+    assert_profiles_equal(stack.store.read_profiles(sorted(truth)), truth)
+
+
+def assert_profiles_equal(stored: dict[str, UserProfile], truth: dict[str, UserProfile]) -> None:
+    """Exact counts and lists; decayed values and embeddings within float tolerance."""
     for user, expected in truth.items():
-        assert stored[user].totals == expected.totals, user
-        assert stored[user].recent == expected.recent, user
-        for name, value in expected.decayed.items():
-            assert stored[user].decayed[name] == pytest.approx(value, rel=1e-9), (user, name)
+        got, want = stored[user].to_row(), expected.to_row()
+        for name, value in want.items():
+            if name in ("applied_offsets", "recent_event_ids"):
+                continue  # transport bookkeeping, not features
+            if name == "interest_sum":
+                assert got[name] == pytest.approx(value, rel=1e-4, abs=1e-6), (user, name)
+            elif isinstance(value, float) or name == "category_weights":
+                assert got[name] == pytest.approx(value, rel=1e-9), (user, name)
+            else:
+                assert got[name] == value, (user, name)

@@ -18,18 +18,40 @@ def test_counts_totals_and_last_event_time() -> None:
     p = fold([ev(1), ev(2, "click", "b", 10), ev(3, "purchase", "c", 20), ev(4, "search", dt=30)])
     assert p.totals == {"view": 1, "click": 1, "add_to_cart": 0, "purchase": 1, "search": 1}
     assert p.as_of == T0 + 30
-    assert p.recent["purchased"][0][0] == "c"
-    assert p.recent["viewed"][0][0] == "b"  # newest first
+    assert p.recent["purchased"] == [("c", T0 + 20)]
+    assert p.recent["clicked"] == [("b", T0 + 10)]
+    assert p.recent["viewed"] == [("a", T0)]
     assert p.recent_queries == [("shoes", T0 + 30)]
 
 
 def test_decayed_counters_follow_exponential_decay() -> None:
     p = fold([ev(1, dt=0), ev(2, "view", "b", dt=3600)])
     # the first view is one hour old when the second arrives
-    assert p.decayed["view_1h"] == pytest.approx(1 + math.exp(-1))
-    assert p.decayed["view_24h"] == pytest.approx(1 + math.exp(-3600 / 86400))
+    row = p.to_row()
+    assert row["view_1h"] == pytest.approx(1 + math.exp(-1))
+    assert row["view_24h"] == pytest.approx(1 + math.exp(-3600 / 86400))
     later = derive_features(p, now=T0 + 2 * 3600)
     assert later.counts["view_1h"] == pytest.approx((1 + math.exp(-1)) * math.exp(-1))
+
+
+def test_decay_stays_exact_across_months_of_events() -> None:
+    """Sums are kept relative to a reference time and rebased; check against brute force."""
+    times = [i * 5000.0 for i in range(600)]  # ~35 days, many rebases of the 1 h counter
+    p = fold([ev(i, "view", "a", dt=t) for i, t in enumerate(times)])
+    now = T0 + times[-1] + 1800
+    features = derive_features(p, now=now)
+    for window, tau in (("1h", 3600.0), ("24h", 86400.0), ("30d", 30 * 86400.0)):
+        brute = sum(math.exp(-(now - (T0 + t)) / tau) for t in times)
+        assert features.counts[f"view_{window}"] == pytest.approx(brute, rel=1e-9)
+
+
+def test_sessions_split_on_gaps_or_ids() -> None:
+    p = fold([ev(1, dt=0), ev(2, dt=600), ev(3, dt=600 + 3600), ev(4, dt=600 + 3700)])
+    assert (p.sessions, p.session_events, p.session_start) == (2, 2, T0 + 4200)
+    p = fold([ev(1, session_id="x"), ev(2, dt=5, session_id="x"), ev(3, dt=9, session_id="y")])
+    assert (p.sessions, p.session_id, p.session_events) == (2, "y", 1)
+    late = fold([ev(1, dt=0), ev(2, dt=3600), ev(3, dt=3500)])  # late, inside session 2
+    assert (late.sessions, late.session_events) == (2, 2)
 
 
 def test_duplicate_event_ids_are_applied_once() -> None:
@@ -50,12 +72,13 @@ def test_out_of_order_events_give_the_same_profile() -> None:
     shuffled = fold(rng.sample(events, len(events)))
     assert shuffled.totals == in_order.totals
     assert shuffled.as_of == in_order.as_of
+    a, b = in_order.to_row(), shuffled.to_row()
     for name in in_order.decayed:
-        assert shuffled.decayed[name] == pytest.approx(in_order.decayed[name], rel=1e-9)
-    for cat, weight in in_order.categories.items():
-        assert shuffled.categories[cat] == pytest.approx(weight, rel=1e-9)
+        assert b[name] == pytest.approx(a[name], rel=1e-9)
+    assert b["top_categories"] == a["top_categories"]
+    assert b["category_weights"] == pytest.approx(a["category_weights"], rel=1e-9)
     assert shuffled.recent == in_order.recent
-    np.testing.assert_allclose(shuffled.interest_sum, in_order.interest_sum, rtol=1e-9)
+    np.testing.assert_allclose(b["interest_sum"], a["interest_sum"], rtol=1e-5)
 
 
 def test_recent_lists_are_bounded_unique_and_newest_first() -> None:
@@ -92,15 +115,17 @@ def test_unknown_items_count_but_add_no_taste() -> None:
 def test_row_round_trip_is_lossless_for_state() -> None:
     p = fold([ev(1, "purchase", "a"), ev(2, "search", dt=5), ev(3, "add_to_cart", "b", dt=9)])
     p.applied_offsets = {0: 41, 3: 7}
-    back = UserProfile.from_row(p.to_row())
-    assert back.totals == p.totals
-    assert back.decayed == p.decayed
-    assert back.recent == p.recent
-    assert back.recent_queries == p.recent_queries
-    assert back.categories == p.categories
-    assert back.applied_offsets == p.applied_offsets
-    assert back.recent_event_ids == p.recent_event_ids
-    np.testing.assert_allclose(back.interest_sum, p.interest_sum, rtol=1e-6)
+    row = p.to_row()
+    back = UserProfile.from_row(row)
+    for name, value in row.items():
+        if name == "interest_sum":
+            np.testing.assert_allclose(back.to_row()[name], value, rtol=1e-6)
+        elif isinstance(value, float):
+            assert back.to_row()[name] == pytest.approx(value, rel=1e-12), name
+        else:
+            assert back.to_row()[name] == value, name
+    assert back.applied_offsets == {0: 41, 3: 7}
+    assert (back.sessions, back.session_events) == (p.sessions, p.session_events)
 
 
 def test_an_empty_row_is_an_empty_profile() -> None:
