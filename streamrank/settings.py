@@ -58,8 +58,10 @@ class Settings(BaseSettings):
     encode_batch_size: int = 64
 
     # --- profile worker
-    worker_batch_max: int = 2000
-    worker_batch_within_s: float = 0.25
+    worker_batch_max: int = 200  # messages per batch (an SDK message carries up to 200 events)
+    worker_batch_within_s: float = 0.2
+    worker_max_profiles: int = 20_000
+    worker_max_covisits: int = 50_000
     worker_web_host: str = "127.0.0.1"
     worker_web_port: int = 6066
     write_path: Literal["direct", "push"] = "direct"

@@ -47,7 +47,12 @@ def build_processor(settings: Settings) -> ProfileProcessor:
         max_event_bytes=settings.max_event_bytes,
         max_message_bytes=settings.max_message_bytes,
     )
-    return ProfileProcessor(ProfileState(store), catalog, limits)
+    state = ProfileState(
+        store,
+        max_profiles=settings.worker_max_profiles,
+        max_covisits=settings.worker_max_covisits,
+    )
+    return ProfileProcessor(state, catalog, limits)
 
 
 def create_app(settings: Settings) -> faust.App:
@@ -112,6 +117,7 @@ def create_app(settings: Settings) -> faust.App:
                 for e in batch
             ]
             result = await on_thread(worker.process, messages)
+            log.debug("batch of %d messages: %s", len(messages), result)
             await send_dead_letters(result)
             for tp in {e.message.tp for e in batch}:
                 high = app.consumer.highwater(tp)
@@ -136,11 +142,14 @@ def create_app(settings: Settings) -> faust.App:
         checkpoints = await on_thread(
             retry_forever, lambda: worker.state.store.read_checkpoints(parts), "checkpoints"
         )
-        offsets = {
-            tp: checkpoints[tp.partition] + 1 for tp in assigned if checkpoints[tp.partition] >= 0
-        }
+        # no checkpoint (-1) means nothing is fully written yet: start from the beginning
+        offsets = {tp: checkpoints[tp.partition] + 1 for tp in assigned}
         if offsets:
-            await app.consumer._commit(offsets)  # Faust then seeks to these offsets
+            # Commit, so that Faust's own seek to the committed offsets lands there too, and
+            # seek, because without it a partition was seen not to be re-read (Tansu).
+            await app.consumer._commit(offsets)
+            for tp, offset in offsets.items():
+                await app.consumer.seek(tp, offset)
             log.info("resuming from checkpoints %s", {tp.partition: o for tp, o in offsets.items()})
 
     def collector() -> Collector:

@@ -21,6 +21,9 @@ TAU_S = 14 * 86_400.0
 LOOKBACK_S = 86_400.0
 ANCHORS = 3
 TOP_N = 50
+KEPT = 2 * TOP_N
+"""A row holds at most ``KEPT`` edges; past that it keeps its ``TOP_N`` strongest. Rows are
+written whole, so a reloaded row is the row that was in memory."""
 
 
 @dataclass
@@ -45,16 +48,16 @@ class CovisitRow:
         self.neighbours[neighbour] = self.neighbours.get(neighbour, 0.0) + weight * growth(
             ts, self.ref, TAU_S
         )
-        if len(self.neighbours) > 2 * TOP_N:
+        if len(self.neighbours) > KEPT:
             self.neighbours = dict(sorted(self.neighbours.items(), key=lambda kv: -kv[1])[:TOP_N])
 
-    def top(self, now: float | None = None) -> list[tuple[str, float]]:
+    def top(self, now: float | None = None, n: int = TOP_N) -> list[tuple[str, float]]:
         factor = value_at(1.0, self.ref, TAU_S, now or self.as_of)
-        ranked = sorted(self.neighbours.items(), key=lambda kv: -kv[1])[:TOP_N]
+        ranked = sorted(self.neighbours.items(), key=lambda kv: -kv[1])[:n]
         return [(item, w * factor) for item, w in ranked]
 
     def to_row(self) -> dict[str, Any]:
-        top = self.top()
+        top = self.top(n=KEPT)
         return {
             "partition_id": self.partition,
             "item_id": self.item_id,

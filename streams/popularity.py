@@ -20,7 +20,7 @@ from streams.profile import TYPE_WEIGHTS
 
 POPULARITY_WINDOWS: dict[str, float] = {"1h": 3600.0, "24h": 86_400.0, "7d": 7 * 86_400.0}
 SHORTEST_TAU_S = min(POPULARITY_WINDOWS.values())
-POPULAR_TOP_N = 300
+POPULAR_TOP_N = 1000
 """Items kept per window in a partition row; the tail is forgotten (a soft signal)."""
 
 

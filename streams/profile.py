@@ -189,7 +189,7 @@ class UserProfile:
             )
         )
         interest = row.get("interest_sum") or []
-        profile.interest_sum = np.asarray(interest, dtype=np.float64) if len(interest) else None
+        profile.interest_sum = np.asarray(interest, dtype=np.float32) if len(interest) else None
         profile.interest_weight = float(row.get("interest_weight") or 0.0)
         profile.session_id = str(row.get("session_id") or "")
         profile.session_start = float(row.get("session_start") or 0.0)
@@ -292,7 +292,7 @@ def apply_event(profile: UserProfile, event: Event, items: ItemLookup) -> bool:
     if vector is not None:
         w = weight * growth(ts, profile.ref, INTEREST_TAU_S)
         if profile.interest_sum is None:
-            profile.interest_sum = np.zeros(vector.shape[0], dtype=np.float64)
+            profile.interest_sum = np.zeros(vector.shape[0], dtype=np.float32)
         profile.interest_sum += w * vector
         profile.interest_weight += w
     return True

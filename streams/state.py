@@ -10,10 +10,19 @@ writes item-side rows first, then profiles, then checkpoints; a crash between an
 steps leaves rows that each know what they contain, so the redelivered messages are
 applied exactly to the rows that lack them. Messages at or below a partition's checkpoint
 are skipped whole.
+
+Item-side rows are written in the same flush as profiles, and before them, never later:
+a co-visitation edge depends on the user's profile *before* the event, so once a profile
+row has moved past an event, a replay could no longer recompute that event's edges.
+
+Memory is bounded: at most ``max_profiles`` profiles and ``max_covisits`` co-visitation
+rows stay cached; the least recently used clean ones are dropped after each flush and read
+back from the store when needed again.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable
 
 from streams.covisitation import CovisitRow
@@ -23,16 +32,23 @@ from streams.sink import FeastProfileStore, retry_forever
 
 
 class ProfileState:
-    def __init__(self, store: FeastProfileStore):
+    def __init__(
+        self,
+        store: FeastProfileStore,
+        max_profiles: int = 20_000,
+        max_covisits: int = 50_000,
+    ):
         self.store = store
-        self.profiles: dict[str, UserProfile] = {}
+        self.max_profiles = max_profiles
+        self.max_covisits = max_covisits
+        self.profiles: OrderedDict[str, UserProfile] = OrderedDict()
         self.popularity: dict[int, PartitionPopularity] = {}
-        self.covisits: dict[tuple[int, str], CovisitRow] = {}
+        self.covisits: OrderedDict[tuple[int, str], CovisitRow] = OrderedDict()
         self.checkpoints: dict[int, int] = {}
         self._dirty_users: set[str] = set()
         self._dirty_partitions: set[int] = set()
         self._dirty_covisits: set[tuple[int, str]] = set()
-        self._new_checkpoints: dict[int, int] = {}
+        self._processed: dict[int, int] = {}  # last offset folded, per partition
 
     # --- loading ----------------------------------------------------------------------------
     def ensure_partitions(self, partitions: Iterable[int]) -> None:
@@ -49,14 +65,20 @@ class ProfileState:
         self.popularity.update(popularity)
 
     def ensure_users(self, user_ids: Iterable[str]) -> None:
-        missing = sorted({u for u in user_ids if u not in self.profiles})
+        wanted = set(user_ids)
+        for user in wanted & self.profiles.keys():
+            self.profiles.move_to_end(user)
+        missing = sorted(wanted - self.profiles.keys())
         if missing:
             self.profiles.update(
                 retry_forever(lambda: self.store.read_profiles(missing), "reading profiles")
             )
 
     def ensure_covisits(self, keys: Iterable[tuple[int, str]]) -> None:
-        missing = sorted({k for k in keys if k not in self.covisits})
+        wanted = set(keys)
+        for key in wanted & self.covisits.keys():
+            self.covisits.move_to_end(key)
+        missing = sorted(wanted - self.covisits.keys())
         if missing:
             self.covisits.update(
                 retry_forever(lambda: self.store.read_covisits(missing), "reading co-visits")
@@ -76,16 +98,16 @@ class ProfileState:
         self._dirty_covisits.add(key)
 
     def advance(self, partition: int, offset: int) -> None:
-        """The checkpoint to write at the next flush for ``partition``."""
-        if offset > self._new_checkpoints.get(partition, self.checkpoints.get(partition, -1)):
-            self._new_checkpoints[partition] = offset
+        """``offset`` of ``partition`` has been folded (its profiles are written next flush)."""
+        if offset > self._processed.get(partition, -1):
+            self._processed[partition] = offset
 
     @property
     def dirty_count(self) -> int:
         return len(self._dirty_users)
 
     def flush(self) -> int:
-        """Write every change, item side first, checkpoints last; retried until done.
+        """Write the changes: item side, profiles, then checkpoints; retried until done.
         Returns the number of profiles written."""
         parts = [self.popularity[p] for p in sorted(self._dirty_partitions)]
         for part in parts:
@@ -95,14 +117,23 @@ class ProfileState:
         retry_forever(lambda: self.store.write_popularity(parts), "writing popularity")
         retry_forever(lambda: self.store.write_covisits(covisits), "writing co-visits")
         written = retry_forever(lambda: self.store.write_profiles(users), "writing profiles")
-        checkpoints = dict(self._new_checkpoints)
-        retry_forever(lambda: self.store.write_checkpoints(checkpoints), "writing checkpoints")
-        self.checkpoints.update(checkpoints)
-        self._dirty_users.clear()
+        checkpoints = {p: o for p, o in self._processed.items() if o > self.checkpoints.get(p, -1)}
+        if checkpoints:
+            retry_forever(lambda: self.store.write_checkpoints(checkpoints), "writing checkpoints")
+            self.checkpoints.update(checkpoints)
         self._dirty_partitions.clear()
         self._dirty_covisits.clear()
-        self._new_checkpoints.clear()
+        self._dirty_users.clear()
+        self._evict()
         return written
+
+    def _evict(self) -> None:
+        """Drop the least recently used clean entries beyond the caps."""
+        while len(self.profiles) > self.max_profiles:
+            user, _ = self.profiles.popitem(last=False)
+            assert user not in self._dirty_users
+        while len(self.covisits) > self.max_covisits:
+            self.covisits.popitem(last=False)
 
     def forget(self, partitions: Iterable[int] | None = None) -> None:
         """Drop cached state (on rebalance) so that the next owner's writes are read afresh.
@@ -117,4 +148,5 @@ class ProfileState:
         for part in dropped:
             self.popularity.pop(part, None)
             self.checkpoints.pop(part, None)
-        self.covisits = {k: v for k, v in self.covisits.items() if k[0] not in dropped}
+            self._processed.pop(part, None)
+        self.covisits = OrderedDict((k, v) for k, v in self.covisits.items() if k[0] not in dropped)

@@ -17,6 +17,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from infra.broker import EmbeddedBroker, ensure_topics
 from infra.processes import free_port
+from infra.redis import RedisServer
 from streamrank.catalog import CATALOG_FILE, EMBEDDINGS_FILE, MANIFEST_FILE, Catalog
 from streamrank.datasets import Dataset, load_dataset
 from streamrank.settings import Settings
@@ -88,3 +89,12 @@ def settings(home: Path, broker: EmbeddedBroker) -> Settings:
     s = isolated_settings(home, broker.bootstrap)
     ensure_topics(s.bootstrap(), {s.events_topic: s.events_partitions, s.dlq_topic: 1})
     return s
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A Redis of the test's own on a free port (never the machine's shared one)."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    with RedisServer(tmp_path / "redis") as server:
+        yield server

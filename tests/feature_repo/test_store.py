@@ -1,9 +1,5 @@
 from __future__ import annotations
 
-import shutil
-import subprocess
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,7 +11,6 @@ from feature_repo.definitions import (
     user_profile_schema,
 )
 from feature_repo.store import apply_repo, redis_connection_string
-from infra.processes import free_port, stop_process
 from streamrank.settings import Settings
 from streams.covisitation import CovisitRow
 from streams.popularity import PartitionPopularity
@@ -46,48 +41,13 @@ def test_redis_urls_become_feast_connection_strings(url: str, expected: str) -> 
     assert redis_connection_string(url) == expected
 
 
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[str]:
-    """A Redis of the test's own on a free port (never the machine's shared one)."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed")
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(tmp_path),
-        ],
-        stdout=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    client = redis.Redis(port=port)
-    for _ in range(100):
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    yield f"redis://127.0.0.1:{port}/0"
-    stop_process(process, "redis-server")
-
-
 @pytest.mark.parametrize("backend", ["sqlite", "redis"])
 def test_profiles_round_trip_through_each_online_store(
     backend: str, home: Path, request: pytest.FixtureRequest
 ) -> None:
     overrides: dict[str, object] = {"home": home, "online_store": backend}
     if backend == "redis":
-        overrides["redis_url"] = request.getfixturevalue("redis_server")
+        overrides["redis_url"] = request.getfixturevalue("redis_server").url
     store = FeastProfileStore(apply_repo(Settings(**overrides)))  # type: ignore[arg-type]
     profile = fold([ev(1, "purchase", "a"), ev(2, "search", dt=3), ev(3, "view", "b", dt=4)])
     profile.applied_offsets = {1: 99}
@@ -98,6 +58,6 @@ def test_profiles_round_trip_through_each_online_store(
     assert back["u"].applied_offsets == {1: 99}
     assert back["missing"].event_count == 0
     if backend == "redis":
-        client = redis.Redis.from_url(overrides["redis_url"])  # type: ignore[arg-type]
+        client = redis.Redis.from_url(str(overrides["redis_url"]))
         keys = client.keys("*")
         assert keys and all(client.ttl(k) > 0 for k in keys)  # every profile expires

@@ -25,9 +25,9 @@ from streamrank.prepare import prepare
 from streamrank.settings import Settings
 from streams.events import Event
 from streams.producer import EventProducer
-from streams.profile import UserProfile, apply_event
 from streams.sink import FeastProfileStore
 from tests.conftest import isolated_settings, make_home
+from tests.integration.checks import assert_profiles_equal, offline_truth
 
 pytestmark = pytest.mark.integration
 
@@ -242,24 +242,5 @@ def test_a_killed_worker_neither_loses_nor_double_counts(stack: Stack) -> None:
     wait(stack, delivered)
     assert len(read_topic(s.bootstrap(), s.dlq_topic, 1000, timeout=2)) == dead_before
 
-    truth: dict[str, UserProfile] = {}
-    for event in events:
-        apply_event(
-            truth.setdefault(event.user_id, UserProfile(event.user_id)), event, stack.catalog
-        )
+    truth = offline_truth(events, stack.catalog)
     assert_profiles_equal(stack.store.read_profiles(sorted(truth)), truth)
-
-
-def assert_profiles_equal(stored: dict[str, UserProfile], truth: dict[str, UserProfile]) -> None:
-    """Exact counts and lists; decayed values and embeddings within float tolerance."""
-    for user, expected in truth.items():
-        got, want = stored[user].to_row(), expected.to_row()
-        for name, value in want.items():
-            if name in ("applied_offsets", "recent_event_ids"):
-                continue  # transport bookkeeping, not features
-            if name == "interest_sum":
-                assert got[name] == pytest.approx(value, rel=1e-4, abs=1e-6), (user, name)
-            elif isinstance(value, float) or name == "category_weights":
-                assert got[name] == pytest.approx(value, rel=1e-9), (user, name)
-            else:
-                assert got[name] == value, (user, name)

@@ -120,3 +120,15 @@ def test_bad_messages_become_dead_letters_and_good_ones_still_count(
     assert reasons == ["empty", "json", "schema"]
     assert [m.offset for m, _ in result.dead_letters] == [0, 1, 2]
     assert store.read_profiles(["g"])["g"].totals["view"] == 2
+
+
+def test_the_cache_is_bounded_and_evicted_users_come_back_whole(
+    store: FeastProfileStore, catalog: Catalog
+) -> None:
+    state = ProfileState(store, max_profiles=2)
+    proc = ProfileProcessor(state, catalog, clock=lambda: NOW)
+    for offset, user in enumerate(["a", "b", "c", "a"]):
+        events = events_for(user, 1, start=offset)
+        proc.process([RawMessage(0, offset, encode_events(events))])
+        assert len(state.profiles) <= 2
+    assert store.read_profiles(["a"])["a"].totals["view"] == 2

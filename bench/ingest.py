@@ -1,0 +1,343 @@
+"""Ingest benchmark: how fast events become profiles, and what bounds it.
+
+    python -m bench.ingest [--events 200000] [--out bench/results/ingest.json]
+
+Everything runs in one go on the same machine, so the ratios are comparable:
+- ceiling: a raw confluent-kafka consumer + ``json.loads`` over the same topic;
+- worker: a real Faust worker process (full profile, popularity, co-visitation, online
+  writes), events/s from its first to its last applied event;
+- in-process: the same ``ProfileProcessor`` without Kafka, batched through the store's
+  direct write path and through ``FeatureStore.push``, against a naive path that pushes
+  every event on its own (one Feast call per event);
+- freshness: produce → visible in the online store, p50/p99, at a fixed 5k events/s;
+- memory: the worker's RSS after it has seen 100k distinct users.
+Streams are MovieLens 100K replayed with shifted user ids and times (never invented).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pandas as pd
+import psutil
+from confluent_kafka import Consumer
+
+from feature_repo.store import apply_repo, open_store
+from infra.broker import EmbeddedBroker, ensure_topics
+from infra.kafka_admin import wait_until_consumed
+from infra.processes import free_port, stop_process
+from streamrank.catalog import Catalog
+from streamrank.datasets import iter_events, load_dataset
+from streamrank.demo import start_worker, stream_events
+from streamrank.prepare import prepare
+from streamrank.settings import Settings
+from streams.events import Event, encode_events
+from streams.processor import ProfileProcessor, RawMessage
+from streams.producer import EventProducer, partition_for
+from streams.profile import UserProfile, apply_event
+from streams.sink import FeastProfileStore
+from streams.state import ProfileState
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def replicated(events: pd.DataFrame, copies: int, per_user: int | None = None) -> pd.DataFrame:
+    """``copies`` of the stream with user ids shifted per copy, interleaved in time
+    (copy k is k seconds later), optionally only each user's first ``per_user`` events."""
+    base = events if per_user is None else events.groupby("user_id", sort=False).head(per_user)
+    parts = []
+    for k in range(copies):
+        part = base.copy()
+        part["user_id"] = part["user_id"] + f"-c{k}"
+        part["event_id"] = part["event_id"] + f"-c{k}"
+        part["ts"] = part["ts"] + k
+        parts.append(part)
+    return pd.concat(parts).sort_values("ts", kind="stable").reset_index(drop=True)
+
+
+def recent(events: pd.DataFrame) -> pd.DataFrame:
+    """Move a historical stream to end a minute ago (the worker rejects future events)."""
+    return events.assign(ts=events["ts"] + (time.time() - 60 - events["ts"].max()))
+
+
+def fresh_settings(root: Path, catalog_home: Path, bootstrap: str, tag: str) -> Settings:
+    home = root / tag
+    home.mkdir(parents=True, exist_ok=True)
+    for name in ("catalog.parquet", "item_embeddings.npy", "catalog.json"):
+        (home / name).write_bytes((catalog_home / name).read_bytes())
+    settings = Settings(
+        home=home,
+        kafka_bootstrap=bootstrap,
+        events_topic=f"events-{tag}",
+        dlq_topic=f"events-{tag}.dlq",
+        consumer_group=f"bench-{tag}",
+        worker_web_port=free_port(),
+    )
+    apply_repo(settings)
+    ensure_topics(
+        bootstrap, {settings.events_topic: settings.events_partitions, settings.dlq_topic: 1}
+    )
+    return settings
+
+
+# --- the ceiling: a raw consumer ----------------------------------------------------------
+def raw_consumer_rate(settings: Settings, expected_events: int) -> float:
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.bootstrap(),
+            "group.id": f"raw-{time.time_ns()}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.subscribe([settings.events_topic])
+    seen = 0
+    started = None
+    deadline = time.monotonic() + 120
+    while seen < expected_events and time.monotonic() < deadline:
+        for msg in consumer.consume(5000, timeout=0.5):
+            if msg.error():
+                continue
+            if started is None:
+                started = time.perf_counter()
+            body = json.loads(msg.value())
+            seen += len(body) if isinstance(body, list) else 1
+    elapsed = time.perf_counter() - (started or time.perf_counter())
+    consumer.close()
+    return seen / elapsed if elapsed else 0.0
+
+
+# --- the real worker ------------------------------------------------------------------------
+def applied_events(settings: Settings) -> float:
+    url = f"http://127.0.0.1:{settings.worker_web_port}/metrics"
+    try:
+        text = httpx.get(url, timeout=2).text
+    except httpx.HTTPError:
+        return 0.0
+    for line in text.splitlines():
+        if line.startswith('streamrank_events_total{outcome="applied"}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def worker_rate(settings: Settings, events: pd.DataFrame) -> dict[str, float]:
+    _, delivered = stream_events(settings, events)
+    worker = start_worker(settings)
+    try:
+        first_at = None
+        while first_at is None:
+            if applied_events(settings) > 0:
+                first_at = time.perf_counter()
+            time.sleep(0.05)
+        start_count = applied_events(settings)
+        wait_until_consumed(
+            settings.bootstrap(),
+            settings.consumer_group,
+            settings.events_topic,
+            delivered,
+            600,
+            0.1,
+        )
+        elapsed = time.perf_counter() - first_at
+        total = applied_events(settings)
+        rss = psutil.Process(worker.pid).memory_info().rss
+        return {
+            "events": total,
+            "events_per_s": (total - start_count) / elapsed if elapsed else 0.0,
+            "rss_mb": rss / 2**20,
+        }
+    finally:
+        stop_process(worker, "faust worker")
+
+
+# --- in-process: batched vs naive -----------------------------------------------------------
+def wire_messages(events: list[Event], partitions: int, per_message: int) -> list[RawMessage]:
+    buffers: dict[int, list[Event]] = {}
+    offsets: dict[int, int] = {}
+    out = []
+    for event in events:
+        p = partition_for(event.user_id, partitions)
+        buffers.setdefault(p, []).append(event)
+        if len(buffers[p]) == per_message:
+            out.append(RawMessage(p, offsets.get(p, 0), encode_events(buffers.pop(p))))
+            offsets[p] = offsets.get(p, 0) + 1
+    return out
+
+
+def in_process_rate(settings: Settings, catalog: Catalog, events: list[Event], path: str) -> float:
+    store = FeastProfileStore(open_store(settings), path)  # type: ignore[arg-type]
+    state = ProfileState(store)
+    processor = ProfileProcessor(state, catalog, clock=time.time)
+    messages = wire_messages(events, settings.events_partitions, 200)
+    started = time.perf_counter()
+    for i in range(0, len(messages), 50):  # 50 messages = 10k events per batch
+        processor.process(messages[i : i + 50])
+    return len(messages) * 200 / (time.perf_counter() - started)
+
+
+def naive_rate(settings: Settings, catalog: Catalog, events: list[Event]) -> float:
+    """The path to beat: fold and push every event on its own, one Feast call each."""
+    store = FeastProfileStore(open_store(settings), "push")
+    profiles: dict[str, UserProfile] = {}
+    started = time.perf_counter()
+    for event in events:
+        profile = profiles.setdefault(event.user_id, UserProfile(event.user_id))
+        apply_event(profile, event, catalog)
+        store.write_profiles([profile])
+    return len(events) / (time.perf_counter() - started)
+
+
+# --- freshness at a fixed rate --------------------------------------------------------------
+def freshness(settings: Settings, events: pd.DataFrame, rate: float, seconds: float) -> list[float]:
+    worker = start_worker(settings)
+    store = FeastProfileStore(open_store(settings))
+    latencies: list[float] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        with EventProducer(settings.bootstrap(), settings.events_topic, linger_ms=5) as producer:
+            started = time.perf_counter()
+            for i, event in enumerate(iter_events(events)):
+                if stop.is_set():
+                    break
+                due = started + i / rate
+                if (lag := due - time.perf_counter()) > 0:
+                    time.sleep(lag)
+                producer.send(event)
+
+    try:
+        _probe_ready(settings, store)
+        loader = threading.Thread(target=load, daemon=True)
+        loader.start()
+        with EventProducer(settings.bootstrap(), settings.events_topic, batch_events=1) as probe:
+            end = time.monotonic() + seconds
+            n = 0
+            while time.monotonic() < end:
+                user = f"probe-{n}"
+                probe.send(
+                    Event(
+                        event_id=user, user_id=user, type="view", item_id="1", ts=datetime.now(UTC)
+                    )  # type: ignore[arg-type]
+                )
+                probe.flush()
+                sent = time.perf_counter()
+                while store.read_profiles([user])[user].event_count == 0:
+                    if time.perf_counter() - sent > 30:
+                        break
+                    time.sleep(0.005)
+                latencies.append(time.perf_counter() - sent)
+                n += 1
+                time.sleep(0.2)
+        stop.set()
+        loader.join(10)
+    finally:
+        stop_process(worker, "faust worker")
+    return latencies
+
+
+def _probe_ready(settings: Settings, store: FeastProfileStore) -> bool:
+    """Warm-up: one probe event must get through before timing starts."""
+    with EventProducer(settings.bootstrap(), settings.events_topic, batch_events=1) as probe:
+        probe.send(
+            Event(event_id="warm", user_id="warm", type="view", item_id="1", ts=datetime.now(UTC))
+        )  # type: ignore[arg-type]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if store.read_profiles(["warm"])["warm"].event_count:
+            return True
+        time.sleep(0.1)
+    raise TimeoutError("worker never wrote the warm-up profile")
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--naive-events", type=int, default=500)
+    parser.add_argument("--freshness-seconds", type=float, default=20.0)
+    parser.add_argument("--out", type=Path, default=RESULTS / "ingest.json")
+    args = parser.parse_args()
+
+    root = Path(".streamrank") / "bench-ingest"
+    base = Settings(home=root / "catalog")
+    dataset = load_dataset(base)
+    prepare(base, dataset)
+    catalog = Catalog.load(base.home_dir)
+    copies = max(1, -(-args.events // len(dataset.events)))
+    stream = recent(replicated(dataset.events, copies).head(args.events))
+    users_100k = recent(replicated(dataset.events, 107, per_user=3))
+    results: dict[str, object] = {"machine": f"{psutil.cpu_count()} cpus", "events": len(stream)}
+
+    with EmbeddedBroker(log_path=root / "broker.log") as broker:
+        s = fresh_settings(root, base.home_dir, broker.bootstrap, "worker")
+        results["worker"] = worker_rate(s, stream)
+        results["raw_consumer_events_per_s"] = raw_consumer_rate(s, len(stream))
+
+        s = fresh_settings(root, base.home_dir, broker.bootstrap, "users100k")
+        big = worker_rate(s, users_100k)
+        results["users_100k"] = {"users": users_100k["user_id"].nunique(), **big}
+
+        sample = list(iter_events(stream.head(40_000)))
+        for path in ("direct", "push"):
+            s = fresh_settings(root, base.home_dir, broker.bootstrap, f"inproc-{path}")
+            results[f"in_process_{path}_events_per_s"] = in_process_rate(s, catalog, sample, path)
+        s = fresh_settings(root, base.home_dir, broker.bootstrap, "naive")
+        results["naive_per_event_push_events_per_s"] = naive_rate(
+            s, catalog, sample[: args.naive_events]
+        )
+
+        s = fresh_settings(root, base.home_dir, broker.bootstrap, "fresh")
+        lat = freshness(s, stream, rate=5000, seconds=args.freshness_seconds)
+        results["freshness_s"] = {
+            "rate_events_per_s": 5000,
+            "probes": len(lat),
+            "p50": statistics.median(lat),
+            "p99": percentile(lat, 0.99),
+            "max": max(lat),
+        }
+
+    worker = results["worker"]
+    batched = float(results["in_process_direct_events_per_s"])  # type: ignore[arg-type]
+    naive = float(results["naive_per_event_push_events_per_s"])  # type: ignore[arg-type]
+    results["batched_vs_naive"] = batched / naive
+    rows = [
+        ("raw consumer (ceiling)", f"{results['raw_consumer_events_per_s']:,.0f} ev/s", ""),
+        (
+            "Faust worker, full profile + online writes",
+            f"{worker['events_per_s']:,.0f} ev/s",
+            ">= 20,000",
+        ),  # type: ignore[index]
+        ("in-process, batched, direct writes", f"{batched:,.0f} ev/s", ""),
+        (
+            "in-process, batched, FeatureStore.push",
+            f"{float(results['in_process_push_events_per_s']):,.0f} ev/s",
+            "",
+        ),  # type: ignore[arg-type]
+        ("naive: one Feast push per event", f"{naive:,.0f} ev/s", ""),
+        ("batched / naive", f"{results['batched_vs_naive']:.1f}x", ">= 10x"),
+        ("freshness p50 at 5k ev/s", f"{results['freshness_s']['p50'] * 1000:.0f} ms", ""),  # type: ignore[index]
+        ("freshness p99 at 5k ev/s", f"{results['freshness_s']['p99'] * 1000:.0f} ms", "< 1000 ms"),  # type: ignore[index]
+        ("worker RSS, 100k users", f"{results['users_100k']['rss_mb']:.0f} MB", "< 1024 MB"),  # type: ignore[index]
+    ]
+    width = max(len(r[0]) for r in rows)
+    print(f"\n{'measure':{width}}  {'value':>14}  target")
+    for name, value, target in rows:
+        print(f"{name:{width}}  {value:>14}  {target}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+    print(f"\nwritten to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,287 @@
+"""The profile worker under stress, as real processes on the real broker: crashes,
+rebalances, a store outage, garbage input, commits that run ahead, and the HTTP collector.
+Every test ends by comparing the stored profiles with an offline fold of the same events."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+
+from feature_repo.store import apply_repo, open_store
+from infra.broker import EmbeddedBroker, ensure_topics
+from infra.kafka_admin import committed_offsets, read_topic, wait_until_consumed
+from infra.processes import free_port, stop_process
+from infra.redis import RedisServer
+from streamrank.catalog import Catalog
+from streamrank.demo import send_raw, start_worker
+from streamrank.settings import Settings
+from streams.events import Event
+from streams.producer import EventProducer
+from streams.sink import FeastProfileStore
+from tests.conftest import isolated_settings
+from tests.integration.checks import (
+    assert_items_equal,
+    assert_profiles_equal,
+    item_truth,
+    offline_truth,
+)
+
+pytestmark = pytest.mark.integration
+
+
+class Workers:
+    """Worker processes for one test; all of them are stopped at the end."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.started: list[subprocess.Popen[bytes]] = []
+
+    def start(self, **overrides: object) -> subprocess.Popen[bytes]:
+        settings = self.settings.model_copy(update=overrides) if overrides else self.settings
+        worker = start_worker(settings)
+        self.started.append(worker)
+        return worker
+
+    @staticmethod
+    def kill(worker: subprocess.Popen[bytes]) -> None:
+        os.killpg(os.getpgid(worker.pid), signal.SIGKILL)
+        worker.wait(10)
+
+    def stop_all(self) -> None:
+        for worker in self.started:
+            stop_process(worker, "faust worker")
+
+    def log(self) -> str:
+        return (self.settings.home_dir / "logs" / "worker.log").read_text(errors="replace")
+
+
+@pytest.fixture
+def stream_settings(home: Path, broker: EmbeddedBroker) -> Settings:
+    settings = isolated_settings(home, broker.bootstrap)
+    apply_repo(settings)
+    ensure_topics(broker.bootstrap, {settings.events_topic: 4, settings.dlq_topic: 1})
+    return settings
+
+
+@pytest.fixture
+def workers(stream_settings: Settings) -> Iterator[Workers]:
+    pool = Workers(stream_settings)
+    yield pool
+    pool.stop_all()
+    assert "Traceback" not in pool.log(), pool.log()[-4000:]
+
+
+def applied(port: int) -> float:
+    """Events a worker has applied, from its own metrics page (0 while it is starting)."""
+    try:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+    except httpx.HTTPError:
+        return 0.0
+    for line in text.splitlines():
+        if line.startswith('streamrank_events_total{outcome="applied"}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def make_events(catalog: Catalog, n: int, users: int, seed: int = 0) -> list[Event]:
+    """Real item ids, every event type, some users far more active than others."""
+    rng = random.Random(seed)
+    start = datetime.now(UTC) - timedelta(seconds=n + 3600)
+    types = ("view", "click", "add_to_cart", "purchase", "search")
+    out = []
+    for i in range(n):
+        kind = rng.choices(types, weights=(50, 25, 12, 8, 5))[0]
+        user = f"u{int(rng.paretovariate(1.2)) % users}"
+        fields: dict[str, object] = {"event_id": f"e{seed}-{i}", "user_id": user, "type": kind}
+        fields["ts"] = start + timedelta(seconds=i + rng.uniform(-30, 0))  # a little disorder
+        if kind == "search":
+            fields["query"] = rng.choice(["space", "love story", "horror", "cartoon"])
+        else:
+            fields["item_id"] = rng.choice(catalog.ids[:400])
+        out.append(Event.model_validate(fields))
+    return out
+
+
+def send(
+    settings: Settings, events: list[Event], delivered: dict[int, int] | None = None
+) -> dict[int, int]:
+    delivered = dict(delivered or {})
+    with EventProducer(settings.bootstrap(), settings.events_topic) as producer:
+        producer.send_many(events)
+        producer.flush()
+        for part, off in producer.delivered_offsets.items():
+            delivered[part] = max(delivered.get(part, -1), off)
+    return delivered
+
+
+def wait(settings: Settings, delivered: dict[int, int], timeout: float = 240) -> None:
+    wait_until_consumed(
+        settings.bootstrap(), settings.consumer_group, settings.events_topic, delivered, timeout
+    )
+
+
+def check(settings: Settings, events: list[Event], catalog: Catalog) -> None:
+    """Profiles, popularity and co-visitation all equal an offline fold of ``events``."""
+    truth = offline_truth(events, catalog)
+    store = FeastProfileStore(open_store(settings))
+    assert_profiles_equal(store.read_profiles(sorted(truth)), truth)
+    partitions = list(range(settings.events_partitions))
+    assert_items_equal(store, partitions, item_truth(events, catalog, partitions))
+
+
+def test_crashes_at_five_random_points_lose_and_double_nothing(
+    stream_settings: Settings, workers: Workers, catalog: Catalog
+) -> None:
+    events = make_events(catalog, 200_000, users=2000)
+    delivered = send(stream_settings, events)
+    rng = random.Random(42)
+    for _ in range(5):
+        worker = workers.start()
+        time.sleep(rng.uniform(6.0, 14.0))  # start-up takes ~5 s; then it is mid-stream
+        workers.kill(worker)
+    workers.start()
+    wait(stream_settings, delivered, timeout=600)
+    check(stream_settings, events, catalog)
+
+
+def test_two_workers_share_partitions_and_survive_one_dying(
+    stream_settings: Settings, workers: Workers, catalog: Catalog
+) -> None:
+    s = stream_settings
+    events = make_events(catalog, 40_000, users=500, seed=2)
+    first = workers.start()
+    second_port = free_port()
+    workers.start(worker_web_port=second_port)
+    delivered = send(s, events[:20_000])
+    deadline = time.monotonic() + 60
+    while not (applied(s.worker_web_port) and applied(second_port)):  # partitions are shared
+        assert time.monotonic() < deadline, "one worker never got a partition"
+        time.sleep(0.5)
+    workers.kill(first)
+    delivered = send(s, events[20_000:], delivered)
+    wait(s, delivered)
+    check(s, events, catalog)
+
+
+def test_a_redis_outage_delays_but_loses_nothing(
+    home: Path, broker: EmbeddedBroker, catalog: Catalog, tmp_path: Path
+) -> None:
+    with RedisServer(tmp_path / "redis") as redis_server:
+        s = isolated_settings(
+            home, broker.bootstrap, online_store="redis", redis_url=redis_server.url
+        )
+        apply_repo(s)
+        ensure_topics(broker.bootstrap, {s.events_topic: 4, s.dlq_topic: 1})
+        pool = Workers(s)
+        try:
+            events = make_events(catalog, 20_000, users=300, seed=3)
+            pool.start()
+            delivered = send(s, events[:10_000])
+            wait(s, delivered)
+            redis_server.stop()
+            delivered = send(s, events[10_000:], delivered)
+            time.sleep(5)  # the worker is retrying now
+            before = committed_offsets(
+                s.bootstrap(), s.consumer_group, s.events_topic, list(delivered)
+            )
+            assert any(before[p] <= delivered[p] for p in delivered)  # nothing committed past
+            redis_server.start()
+            wait(s, delivered)
+            check(s, events, catalog)
+            assert "retrying in" in pool.log()
+        finally:
+            pool.stop_all()
+
+
+def test_ten_thousand_mixed_messages_valid_plus_dead_equals_produced(
+    stream_settings: Settings, workers: Workers, catalog: Catalog
+) -> None:
+    s = stream_settings
+    rng = random.Random(5)
+    valid = make_events(catalog, 5000, users=100, seed=4)
+    now = datetime.now(UTC)
+    base = {"user_id": "x", "type": "view", "item_id": "1", "ts": now.isoformat()}
+
+    def bad(i: int, **fields: object) -> bytes:
+        return json.dumps({**base, "event_id": f"b{i}", **fields}).encode()
+
+    later = (now + timedelta(days=3)).isoformat()
+    bad_kinds = [
+        lambda i: b"\x00\xffnot json" + str(i).encode(),
+        lambda i: bad(i, type="like"),
+        lambda i: json.dumps({"event_id": f"b{i}", "type": "view"}).encode(),
+        lambda i: bad(i, ts=later),
+        lambda i: bad(i, type="search", item_id=None, query="q" * 70_000),
+        lambda i: json.dumps([1, 2, 3]).encode(),
+    ]
+    mixed: list[tuple[bytes, Event | None]] = []
+    for i, event in enumerate(valid):
+        mixed.append((json.dumps(event.to_wire()).encode(), event))  # single-event messages
+        mixed.append((bad_kinds[i % len(bad_kinds)](i), None))
+    rng.shuffle(mixed)
+    arrival = [event for _, event in mixed if event is not None]  # sessions follow arrival
+    workers.start()
+    delivered = send_raw(s, [value for value, _ in mixed])
+    wait(s, delivered)
+    dead = read_topic(s.bootstrap(), s.dlq_topic, 20_000, timeout=20)
+    # the [1, 2, 3] message yields three dead letters, one per element
+    expected_dead = sum(3 if i % len(bad_kinds) == 5 else 1 for i in range(len(valid)))
+    stored = FeastProfileStore(open_store(s)).read_profiles(sorted({e.user_id for e in valid}))
+    applied = sum(p.event_count for p in stored.values())
+    assert applied == len(valid)
+    assert len(dead) == expected_dead
+    assert {r.headers["reason"].split(":")[0] for r in dead} == {"json", "schema", "time", "size"}
+    check(s, arrival, catalog)
+
+
+def test_the_http_collector_validates_and_feeds_the_stream(
+    stream_settings: Settings, workers: Workers, catalog: Catalog
+) -> None:
+    s = stream_settings
+    workers.start()
+    url = f"http://127.0.0.1:{s.worker_web_port}/v1/events"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(f"http://127.0.0.1:{s.worker_web_port}/healthz", timeout=1)
+            break
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    events = make_events(catalog, 30, users=3, seed=6)
+    wire = [e.to_wire() for e in events]
+
+    one = httpx.post(url, json=wire[0], timeout=10)
+    assert (one.status_code, one.json()["accepted"]) == (202, 1)
+    mixed = httpx.post(url, json=[*wire[1:], {"type": "view"}], timeout=10)
+    assert mixed.status_code == 202
+    assert mixed.json()["accepted"] == 29
+    assert mixed.json()["rejected"][0]["index"] == 29
+    assert "user_id" in mixed.json()["rejected"][0]["reason"]
+    assert httpx.post(url, json=[{"type": "view"}], timeout=10).status_code == 422
+    assert httpx.post(url, content=b"{oops", timeout=10).status_code == 400
+    assert httpx.post(url, json=[wire[0]] * 501, timeout=10).status_code == 413
+    assert (
+        httpx.post(url, content=b"[" + b" " * (2 * 1024 * 1024) + b"]", timeout=10).status_code
+        == 413
+    )
+
+    deadline = time.monotonic() + 60
+    store = FeastProfileStore(open_store(s))
+    users = sorted({e.user_id for e in events})
+    while sum(p.event_count for p in store.read_profiles(users).values()) < 30:
+        assert time.monotonic() < deadline, "collected events never reached the profiles"
+        time.sleep(0.3)
+    check(s, events, catalog)
+    metrics = httpx.get(f"http://127.0.0.1:{s.worker_web_port}/metrics", timeout=10).text
+    assert 'streamrank_collector_events_total{outcome="accepted"} 30.0' in metrics
+    assert "streamrank_consumer_lag_messages" in metrics
