@@ -83,7 +83,7 @@ def send_raw(settings: Settings, values: list[bytes]) -> dict[int, int]:
 def start_worker(settings: Settings) -> subprocess.Popen[bytes]:
     logs = settings.home_dir / "logs"
     logs.mkdir(exist_ok=True)
-    env = {**os.environ, **settings.as_env(), "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, **settings.as_env(), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     out = open(logs / "worker.log", "ab")  # noqa: SIM115 - owned by the child
     return subprocess.Popen(
         [sys.executable, "-m", "streamrank", "worker"],

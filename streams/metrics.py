@@ -38,3 +38,6 @@ LAG = Gauge(
 COLLECTED = Counter(
     "streamrank_collector_events_total", "Events received by the HTTP collector", ["outcome"]
 )
+STORE_RETRIES = Counter(
+    "streamrank_store_retries_total", "Online store calls that failed and were retried", ["what"]
+)

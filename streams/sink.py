@@ -34,6 +34,7 @@ from feature_repo.definitions import (
     USER_PROFILE_VIEW,
     push_source_name,
 )
+from streams import metrics
 from streams.covisitation import CovisitRow
 from streams.popularity import PartitionPopularity
 from streams.profile import UserProfile
@@ -197,6 +198,7 @@ def retry_forever(
             return action()
         except Exception as exc:  # any store error is retried the same way
             attempt += 1
+            metrics.STORE_RETRIES.labels(what).inc()
             log.warning("%s failed (attempt %d): %s; retrying in %.1fs", what, attempt, exc, delay)
             time.sleep(delay)
             delay = min(max_delay_s, delay * 2)
