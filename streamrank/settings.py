@@ -64,7 +64,7 @@ class Settings(BaseSettings):
     worker_max_covisits: int = 50_000
     worker_web_host: str = "127.0.0.1"
     worker_web_port: int = 6066
-    write_path: Literal["direct", "push"] = "direct"
+    write_path: Literal["direct", "push"] = "push"
     max_event_bytes: int = 64 * 1024
     max_message_bytes: int = 4 * 1024 * 1024
     max_future_skew_s: float = 300.0

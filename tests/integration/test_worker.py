@@ -20,6 +20,7 @@ import pytest
 from feature_repo.store import apply_repo, open_store
 from infra.broker import EmbeddedBroker, ensure_topics
 from infra.kafka_admin import committed_offsets, read_topic, wait_until_consumed
+from infra.probes import applied_events
 from infra.processes import free_port, stop_process
 from infra.redis import RedisServer
 from streamrank.catalog import Catalog
@@ -79,18 +80,6 @@ def workers(stream_settings: Settings) -> Iterator[Workers]:
     yield pool
     pool.stop_all()
     assert "Traceback" not in pool.log(), pool.log()[-4000:]
-
-
-def applied(port: int) -> float:
-    """Events a worker has applied, from its own metrics page (0 while it is starting)."""
-    try:
-        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
-    except httpx.HTTPError:
-        return 0.0
-    for line in text.splitlines():
-        if line.startswith('streamrank_events_total{outcome="applied"}'):
-            return float(line.split()[-1])
-    return 0.0
 
 
 def make_events(catalog: Catalog, n: int, users: int, seed: int = 0) -> list[Event]:
@@ -164,7 +153,9 @@ def test_two_workers_share_partitions_and_survive_one_dying(
     workers.start(worker_web_port=second_port)
     delivered = send(s, events[:20_000])
     deadline = time.monotonic() + 60
-    while not (applied(s.worker_web_port) and applied(second_port)):  # partitions are shared
+    while not (
+        applied_events(s.worker_web_port) and applied_events(second_port)
+    ):  # partitions are shared
         assert time.monotonic() < deadline, "one worker never got a partition"
         time.sleep(0.5)
     workers.kill(first)
