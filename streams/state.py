@@ -102,10 +102,6 @@ class ProfileState:
         if offset > self._processed.get(partition, -1):
             self._processed[partition] = offset
 
-    @property
-    def dirty_count(self) -> int:
-        return len(self._dirty_users)
-
     def flush(self) -> int:
         """Write the changes: item side, profiles, then checkpoints; retried until done.
         Returns the number of profiles written."""
