@@ -23,7 +23,8 @@ back from the store when needed again.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
+from typing import TypeVar
 
 from streams.covisitation import CovisitRow
 from streams.popularity import PartitionPopularity, trim
@@ -65,24 +66,10 @@ class ProfileState:
         self.popularity.update(popularity)
 
     def ensure_users(self, user_ids: Iterable[str]) -> None:
-        wanted = set(user_ids)
-        for user in wanted & self.profiles.keys():
-            self.profiles.move_to_end(user)
-        missing = sorted(wanted - self.profiles.keys())
-        if missing:
-            self.profiles.update(
-                retry_forever(lambda: self.store.read_profiles(missing), "reading profiles")
-            )
+        _touch_or_load(self.profiles, user_ids, self.store.read_profiles, "reading profiles")
 
     def ensure_covisits(self, keys: Iterable[tuple[int, str]]) -> None:
-        wanted = set(keys)
-        for key in wanted & self.covisits.keys():
-            self.covisits.move_to_end(key)
-        missing = sorted(wanted - self.covisits.keys())
-        if missing:
-            self.covisits.update(
-                retry_forever(lambda: self.store.read_covisits(missing), "reading co-visits")
-            )
+        _touch_or_load(self.covisits, keys, self.store.read_covisits, "reading co-visits")
 
     # --- changes ----------------------------------------------------------------------------
     def profile(self, user_id: str) -> UserProfile:
@@ -146,3 +133,22 @@ class ProfileState:
             self.checkpoints.pop(part, None)
             self._processed.pop(part, None)
         self.covisits = OrderedDict((k, v) for k, v in self.covisits.items() if k[0] not in dropped)
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def _touch_or_load(
+    cache: OrderedDict[K, V],
+    keys: Iterable[K],
+    read: Callable[[list[K]], Mapping[K, V]],
+    what: str,
+) -> None:
+    """Mark cached ``keys`` as recently used; read the missing ones in one store call."""
+    wanted = set(keys)
+    for key in wanted & cache.keys():
+        cache.move_to_end(key)
+    missing = sorted(wanted - cache.keys())  # type: ignore[type-var]
+    if missing:
+        cache.update(retry_forever(lambda: read(missing), what))
