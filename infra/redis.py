@@ -48,6 +48,7 @@ class RedisServer:
                 return self
             except redis.ConnectionError:
                 time.sleep(0.05)
+        self.stop()
         raise TimeoutError(f"redis-server did not answer on {self.port}")
 
     def stop(self) -> None:

@@ -119,11 +119,13 @@ def create_app(settings: Settings) -> faust.App:
             result = await on_thread(worker.process, messages)
             log.debug("batch of %d messages: %s", len(messages), result)
             await send_dead_letters(result)
-            for tp in {e.message.tp for e in batch}:
+            last: dict[Any, int] = {}
+            for e in batch:
+                last[e.message.tp] = max(last.get(e.message.tp, -1), e.message.offset)
+            for tp, offset in last.items():
                 high = app.consumer.highwater(tp)
                 if high is not None:
-                    last = max(e.message.offset for e in batch if e.message.tp == tp)
-                    metrics.LAG.labels(str(tp.partition)).set(max(0, high - last - 1))
+                    metrics.LAG.labels(str(tp.partition)).set(max(0, high - offset - 1))
 
     @app.on_partitions_revoked.connect
     async def forget_revoked(sender: Any, revoked: set[Any], **_: Any) -> None:
@@ -144,13 +146,12 @@ def create_app(settings: Settings) -> faust.App:
         )
         # no checkpoint (-1) means nothing is fully written yet: start from the beginning
         offsets = {tp: checkpoints[tp.partition] + 1 for tp in assigned}
-        if offsets:
-            # Commit, so that Faust's own seek to the committed offsets lands there too, and
-            # seek, because without it a partition was seen not to be re-read (Tansu).
-            await app.consumer._commit(offsets)
-            for tp, offset in offsets.items():
-                await app.consumer.seek(tp, offset)
-            log.info("resuming from checkpoints %s", {tp.partition: o for tp, o in offsets.items()})
+        # Commit, so that Faust's own seek to the committed offsets lands there too, and
+        # seek, because without it a partition was seen not to be re-read (Tansu).
+        await app.consumer._commit(offsets)
+        for tp, offset in offsets.items():
+            await app.consumer.seek(tp, offset)
+        log.info("resuming from checkpoints %s", {tp.partition: o for tp, o in offsets.items()})
 
     def collector() -> Collector:
         if "collector" not in holder:

@@ -126,13 +126,11 @@ class ProfileProcessor:
 
         started = time.perf_counter()
         result.profiles_written = state.flush()
-        self._observe(result, now, time.perf_counter() - started, messages)
+        self._observe(result, time.perf_counter() - started, messages)
         return result
 
     @staticmethod
-    def _observe(
-        result: BatchResult, now: float, flush_s: float, messages: Sequence[RawMessage]
-    ) -> None:
+    def _observe(result: BatchResult, flush_s: float, messages: Sequence[RawMessage]) -> None:
         metrics.FLUSH_SECONDS.observe(flush_s)
         metrics.MESSAGES.inc(result.messages)
         metrics.BATCH_SIZE.observe(result.messages)
@@ -146,5 +144,4 @@ class ProfileProcessor:
             metrics.DEAD_LETTERS.labels(dead.reason.split(":", 1)[0]).inc()
         appended = [m.timestamp for m in messages if m.timestamp]
         if appended:
-            done = time.time()
-            metrics.PROCESSING_SECONDS.observe(done - min(appended))
+            metrics.PROCESSING_SECONDS.observe(time.time() - min(appended))
