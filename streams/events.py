@@ -14,13 +14,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
+from functools import cached_property
 from typing import Annotated, Any
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    PrivateAttr,
     StringConstraints,
     TypeAdapter,
     ValidationError,
@@ -55,13 +55,13 @@ class Event(BaseModel):
     context: dict[Id, Annotated[str, StringConstraints(max_length=256)]] | None = Field(
         default=None, max_length=16
     )
-    _epoch: float = PrivateAttr(default=0.0)
 
     @field_validator("ts")
     @classmethod
     def _utc(cls, value: datetime) -> datetime:
         """Naive timestamps are taken as UTC; aware ones are converted to it."""
-        if value.tzinfo is None:
+        offset = value.utcoffset()
+        if offset is None or not offset:  # naive, or already UTC under another tzinfo class
             return value.replace(tzinfo=UTC)
         return value.astimezone(UTC)
 
@@ -72,13 +72,14 @@ class Event(BaseModel):
                 raise ValueError("a search event needs a non-empty 'query'")
         elif self.item_id is None:
             raise ValueError(f"a {self.type.value} event needs an 'item_id'")
-        self._epoch = self.ts.timestamp()  # read once per fold step: computed once here
         return self
 
-    @property
+    @cached_property
     def epoch(self) -> float:
-        """Event time in epoch seconds."""
-        return self._epoch
+        """Event time in epoch seconds. Every fold step reads it several times; a cached
+        property lives in the instance dict, which is much cheaper than a pydantic private
+        attribute (those go through ``BaseModel.__getattr__``)."""
+        return self.ts.timestamp()
 
     def to_wire(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_none=True)

@@ -319,6 +319,9 @@ class ProfileFeatures:
     last_event_at: float
     session_events: int
     sessions: int
+    history: list[tuple[str, EventType]] = field(default_factory=list)
+    """Engaged items in time order (oldest first), each with its strongest event type: the
+    sequence the ranking model reads. At most ``RECENT_N`` per type survive in the state."""
 
     @property
     def engaged(self) -> list[str]:
@@ -357,4 +360,21 @@ def derive_features(profile: UserProfile, now: float, top_k: int = 5) -> Profile
         last_event_at=profile.as_of,
         session_events=profile.session_events,
         sessions=profile.sessions,
+        history=engagement_history(profile),
     )
+
+
+def engagement_history(profile: UserProfile) -> list[tuple[str, EventType]]:
+    """The recent lists merged into one time line. An item in several lists appears once,
+    at its newest time, with its strongest type (purchase > cart > click > view); ties in
+    time keep a fixed order, so training and serving see the same sequence."""
+    newest: dict[str, tuple[float, EventType]] = {}
+    for name, event_type in RECENT_LISTS.items():  # weakest type first
+        for item, ts in profile.recent[name]:
+            known = newest.get(item)
+            newest[item] = (ts, event_type) if known is None else (max(ts, known[0]), event_type)
+    ordered = sorted(newest.items(), key=lambda kv: (kv[1][0], STRENGTH[kv[1][1]], kv[0]))
+    return [(item, event_type) for item, (_, event_type) in ordered]
+
+
+STRENGTH: dict[EventType, int] = {t: i for i, t in enumerate(RECENT_LISTS.values())}
