@@ -5,7 +5,6 @@
     client ──HTTP──▶ Api (profile, candidates, rules) ──handle──▶ Scorer (@serve.batch)
 """
 
-import json
 import logging
 import os
 import signal
@@ -24,8 +23,8 @@ from serving.api import (
     ScoreRequest,
     ScoreResponse,
 )
-from serving.scorer import Scorer, ScoreTask
-from streamrank.catalog import MANIFEST_FILE, Catalog
+from serving.scorer import Scorer, ScoreTask, model_version
+from streamrank.catalog import Catalog
 from streamrank.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -43,11 +42,6 @@ LATENCY = Histogram(
     ["endpoint"],
     buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
-
-
-def model_version(settings: Settings) -> str:
-    manifest = json.loads((settings.home_dir / MANIFEST_FILE).read_text())
-    return f"minilm-l6-v2-pretrained+{manifest['fingerprint']}"
 
 
 @serve.deployment(name="api")

@@ -136,9 +136,8 @@ class Recommender:
     ) -> tuple[np.ndarray, bool]:
         """Model scores when there is a user vector or a query, else popularity."""
         rows = np.fromiter((c.row for c in candidates), dtype=np.int64, count=len(candidates))
-        user_vector = features.interest if features is not None else None
-        if len(rows) and (user_vector is not None or query):
-            scores = await self.score_fn(ScoreTask(rows, user_vector, query))
+        if len(rows) and (features is not None or query):
+            scores = await self.score_fn(ScoreTask(rows, features, query))
             if scores is not None:
                 return np.asarray(scores, dtype=np.float64), True
         weights = dict(popular)
@@ -151,9 +150,9 @@ class Recommender:
         features = derive_features(profile, time.time()) if profile else None
         known = [i for i in request.item_ids if i in self.catalog.index]
         result: dict[str, float] = {}
-        if known and features is not None and features.interest is not None:
+        if known and features is not None:
             rows = np.array([self.catalog.index[i] for i in known], dtype=np.int64)
-            scores = await self.score_fn(ScoreTask(rows, features.interest, None))
+            scores = await self.score_fn(ScoreTask(rows, features, None))
             if scores is not None:
                 result = {i: float(s) for i, s in zip(known, scores, strict=True)}
         return ScoreResponse(

@@ -1,30 +1,40 @@
-"""The scorer: cosine similarity between a user vector and item text embeddings.
+"""The scorer: the fine-tuned ranking model when one is trained, else the pretrained encoder.
 
-Item embeddings are precomputed (``streamrank prepare``), so per request the model runs only
-over the user side: a search query or context text, encoded in batches across concurrent
-requests by ``@serve.batch``. The deployment asks for a GPU when ``scorer_num_gpus`` > 0.
+Trained (``streamrank train`` wrote a model directory): the user tower reads the live
+profile's features and the item vectors come precomputed from the model directory. Catalog
+items the model never saw get a vector from their text through the model's text path. So a
+request costs one small forward pass, batched across concurrent requests by
+``@serve.batch``, plus dot products.
+
+Untrained: the cosine between the profile's interest vector (mean pretrained MiniLM
+embedding of engaged items) and the items' embeddings.
+
+Either way a search query is encoded in the same space and added to the user vector. The
+deployment asks for a GPU when ``scorer_num_gpus`` > 0.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from ray import serve
 
-from streamrank.catalog import Catalog
+from streamrank.catalog import MANIFEST_FILE, Catalog
 from streamrank.settings import Settings
+from streams.profile import ProfileFeatures
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class ScoreTask:
-    """One request's scoring work: a user vector and/or a query, and candidate rows."""
+    """One request's scoring work: the user's profile and/or a query, and candidate rows."""
 
     item_rows: np.ndarray
-    user_vector: np.ndarray | None = None
+    profile: ProfileFeatures | None = None
     query: str | None = None
 
 
@@ -38,30 +48,92 @@ def combine(user_vector: np.ndarray | None, query_vector: np.ndarray | None) -> 
     return vector / norm if norm > 0 else None
 
 
-def cosine_scores(embeddings: np.ndarray, rows: np.ndarray, vector: np.ndarray) -> np.ndarray:
-    return embeddings[rows] @ vector.astype(np.float32)
+def model_directory(settings: Settings) -> Path | None:
+    from training.artifact import latest_model_dir
+
+    return settings.model_dir or latest_model_dir(settings.home_dir)
+
+
+def model_version(settings: Settings) -> str:
+    directory = model_directory(settings)
+    if directory is not None:
+        return directory.name
+    import json
+
+    manifest = json.loads((settings.home_dir / MANIFEST_FILE).read_text())
+    return f"minilm-l6-v2-pretrained+{manifest['fingerprint']}"
 
 
 class ScorerModel:
     """Framework-free core of the scorer (unit-testable, used by the deployment)."""
 
-    def __init__(self, settings: Settings):
-        from training.encoder import TextEncoder
+    def __init__(self, settings: Settings, device: str | None = None):
+        from training.encoder import default_encoder_path
 
         self.catalog = Catalog.load(settings.home_dir)
-        self.encoder = TextEncoder(settings.encoder_path)
+        encoder_path = settings.encoder_path or default_encoder_path()
+        directory = model_directory(settings)
+        self.version = model_version(settings)
+        if directory is not None:
+            self._load_trained(directory, encoder_path, device)
+        else:
+            from training.encoder import TextEncoder
+
+            self.ranking = None
+            self.encoder = TextEncoder(encoder_path, device)
+            self.item_vectors = self.catalog.embeddings
+
+    def _load_trained(self, directory: Path, encoder_path: Path, device: str | None) -> None:
+        from training.artifact import RankingArtifact
+        from training.train import pick_device
+
+        self.ranking = RankingArtifact.load(directory, encoder_path, device or pick_device())
+        space = self.ranking.space
+        vectors = np.zeros((len(self.catalog), self.ranking.item_vectors.shape[1]), np.float32)
+        unknown = []
+        for row, item in enumerate(self.catalog.ids):
+            known = space.item_index.get(item)
+            if known is None:
+                unknown.append(row)
+            else:
+                vectors[row] = self.ranking.item_vectors[known]
+        if unknown:  # items added since training: their text is all the model has
+            texts = self.catalog.items["text"].astype(str).iloc[unknown].tolist()
+            vectors[unknown] = self.ranking.encode_text(texts)
+            log.info(
+                "%d catalog items unknown to model %s: scored by text", len(unknown), self.version
+            )
+        self.item_vectors = vectors
+
+    def user_vectors(self, profiles: list[ProfileFeatures]) -> np.ndarray:
+        if self.ranking is not None:
+            return self.ranking.user_vectors(self.ranking.space.encode(profiles))
+        dim = self.item_vectors.shape[1]
+        return np.stack(
+            [p.interest if p.interest is not None else np.zeros(dim, np.float32) for p in profiles]
+        )
+
+    def query_vectors(self, queries: list[str]) -> np.ndarray:
+        if self.ranking is not None:
+            return self.ranking.encode_text(queries)
+        return self.encoder.encode(queries)
 
     def score_batch(self, tasks: list[ScoreTask]) -> list[np.ndarray | None]:
+        """One user-tower pass and one query-encoder pass for the whole batch."""
+        with_profile = [t.profile for t in tasks if t.profile is not None]
+        users = iter(self.user_vectors(with_profile)) if with_profile else iter(())
         queries = [t.query for t in tasks if t.query]
-        encoded = iter(self.encoder.encode(queries)) if queries else iter(())
+        encoded = iter(self.query_vectors(queries)) if queries else iter(())
         out: list[np.ndarray | None] = []
         for task in tasks:
-            query_vector = next(encoded) if task.query else None
-            vector = combine(task.user_vector, query_vector)
+            user = next(users) if task.profile is not None else None
+            if user is not None and not np.any(user):
+                user = None  # untrained scorer, profile without interest vector
+            vector = combine(user, next(encoded) if task.query else None)
             if vector is None:
                 out.append(None)
             else:
-                out.append(cosine_scores(self.catalog.embeddings, task.item_rows, vector))
+                out.append(self.item_vectors[task.item_rows] @ vector.astype(np.float32))
         return out
 
 

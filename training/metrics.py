@@ -1,0 +1,87 @@
+"""Ranking metrics over the full catalog: no sampled negatives.
+
+Each evaluation example has one held-out target. Items the user engaged with before the
+target are masked (they cannot be recommended again), as in RecBole's full-ranking
+protocol. The target's rank is the number of unmasked items scored strictly higher, plus
+the number tied with it (pessimistic ties, so a constant scorer earns nothing).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+MASKED = -np.inf
+
+
+def mask_seen(scores: np.ndarray, seen_rows: Sequence[Sequence[int]], targets: np.ndarray) -> None:
+    """Set the scores of already-seen items to -inf, in place, except each row's target (a
+    repeat purchase stays rankable)."""
+    rows = np.arange(len(targets))
+    mine = scores[rows, targets].copy()
+    for row, cols in enumerate(seen_rows):
+        if len(cols):
+            scores[row, np.asarray(cols, dtype=np.int64)] = MASKED
+    scores[rows, targets] = mine
+
+
+def target_ranks(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """0-based rank of each row's target among the row's unmasked items (pessimistic ties)."""
+    mine = scores[np.arange(len(targets)), targets]
+    higher_or_tied = (scores >= mine[:, None]).sum(axis=1)
+    return (higher_or_tied - 1).astype(np.int64)  # the target itself is not counted
+
+
+def recall_at_k(ranks: np.ndarray, k: int) -> float:
+    """With one target per example, the hit rate: the share of targets in the top k."""
+    return float(np.mean(ranks < k))
+
+
+def ndcg_at_k(ranks: np.ndarray, k: int) -> float:
+    gains = np.where(ranks < k, 1.0 / np.log2(ranks + 2.0), 0.0)
+    return float(np.mean(gains))  # the ideal DCG of one relevant item is 1
+
+
+def mrr(ranks: np.ndarray) -> float:
+    return float(np.mean(1.0 / (ranks + 1.0)))
+
+
+def auc(ranks: np.ndarray, candidates: np.ndarray) -> float:
+    """Share of (target, other candidate) pairs ordered right, averaged over examples;
+    ``candidates`` counts each row's unmasked items, the target included."""
+    negatives = np.maximum(candidates - 1, 1)
+    return float(np.mean(1.0 - ranks / negatives))
+
+
+def coverage(top_items: np.ndarray, n_items: int) -> float:
+    """Share of the catalog that appears in at least one top list."""
+    return float(len(np.unique(top_items)) / n_items) if n_items else 0.0
+
+
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Column indices of each row's k best scores, best first."""
+    k = min(k, scores.shape[1])
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(part, order, axis=1)
+
+
+def ranking_report(
+    scores: np.ndarray,
+    targets: np.ndarray,
+    seen_rows: Sequence[Sequence[int]],
+    ks: Sequence[int] = (10, 20),
+) -> dict[str, float]:
+    """Every metric for one scorer. ``scores`` is [examples, items] and is modified."""
+    mask_seen(scores, seen_rows, targets)
+    ranks = target_ranks(scores, targets)
+    candidates = np.isfinite(scores).sum(axis=1)
+    report: dict[str, float] = {}
+    for k in ks:
+        report[f"recall@{k}"] = recall_at_k(ranks, k)
+        report[f"ndcg@{k}"] = ndcg_at_k(ranks, k)
+    report["mrr"] = mrr(ranks)
+    report["auc"] = auc(ranks, candidates)
+    report["coverage@10"] = coverage(top_k(scores, 10), scores.shape[1])
+    return report

@@ -1,0 +1,175 @@
+"""The ranking model: a two-tower network on top of all-MiniLM-L6-v2 (seeds 003/004).
+
+Item tower. An item's text (title, categories) goes through MiniLM. The lower layers stay
+frozen and their output for every catalog item is computed once (``TextCache``). Only the
+top ``text_layers`` layers are trained. A projection maps the pooled text into the model
+space, and a learned item-id embedding is added: text carries meaning and serves cold items,
+while the id embedding carries collaborative signal (seed 004's hybrid). Item vectors are
+unit length.
+
+User tower. It reads the live profile (``training.features``): the last ``history_len``
+engaged items in time order, each as its item vector plus an event-type and a position
+embedding, run through a small transformer with a [USER] token (SASRec-like). The
+profile's category shares, log counts and pretrained-space interest vector are added.
+
+Score. The cosine of the two vectors times a learned scale; the loss is a softmax over the
+catalog (seed 003), so every step sees every other item as a negative. To keep a CPU step
+cheap, the catalog's text vectors come from a cache refreshed once per epoch. Only the
+batch's target items go through the trainable text layers with gradients.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from training.features import NUMERIC_FEATURES, TYPE_INDEX
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    n_items: int
+    n_categories: int
+    history_len: int
+    text_dim: int = 384
+    dim: int = 128
+    heads: int = 2
+    user_layers: int = 2
+    text_layers: int = 1
+    dropout: float = 0.2
+
+
+def load_minilm(path: Path) -> tuple[nn.Module, object]:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoModel, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    model = AutoModel.from_pretrained(path, local_files_only=True)
+    return model, tokenizer
+
+
+class TextCache:
+    """MiniLM's frozen lower layers, run once over every catalog text.
+
+    Holds the hidden states entering the first trainable layer (float16 to halve memory)
+    and the attention masks.
+    """
+
+    def __init__(self, hidden: torch.Tensor, mask: torch.Tensor):
+        self.hidden = hidden
+        self.mask = mask
+
+    @classmethod
+    @torch.inference_mode()
+    def build(
+        cls,
+        encoder: nn.Module,
+        tokenizer: object,
+        texts: list[str],
+        text_layers: int,
+        max_tokens: int = 48,
+        batch_size: int = 128,
+    ) -> TextCache:
+        batch = tokenizer(  # type: ignore[operator]
+            texts, padding=True, truncation=True, max_length=max_tokens, return_tensors="pt"
+        )
+        depth = int(encoder.config.num_hidden_layers) - text_layers  # type: ignore[union-attr]
+        parts = []
+        for start in range(0, len(texts), batch_size):
+            chunk = {k: v[start : start + batch_size] for k, v in batch.items()}
+            out = encoder(**chunk, output_hidden_states=True)
+            parts.append(out.hidden_states[depth].to(torch.float16))
+        return cls(torch.cat(parts), batch["attention_mask"])
+
+    def __len__(self) -> int:
+        return len(self.mask)
+
+    def to(self, device: torch.device | str) -> TextCache:
+        return TextCache(self.hidden.to(device), self.mask.to(device))
+
+
+class ItemTextTower(nn.Module):
+    """The trainable top of MiniLM: cached states -> top layers -> mean pooling."""
+
+    def __init__(self, encoder: nn.Module, text_layers: int):
+        super().__init__()
+        from transformers.masking_utils import create_bidirectional_mask
+
+        self._mask_fn = create_bidirectional_mask
+        self.config = encoder.config  # type: ignore[union-attr]
+        layers = encoder.encoder.layer  # type: ignore[union-attr]
+        self.layers = nn.ModuleList(list(layers)[len(layers) - text_layers :])
+
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        hidden = hidden.float()
+        if len(self.layers):
+            attn = self._mask_fn(config=self.config, inputs_embeds=hidden, attention_mask=mask)
+            for layer in self.layers:
+                hidden = layer(hidden, attention_mask=attn)
+        weights = mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+        return F.normalize(pooled, dim=-1)
+
+
+class RankingModel(nn.Module):
+    def __init__(self, shape: ModelShape, text_tower: ItemTextTower):
+        super().__init__()
+        self.shape = shape
+        d = shape.dim
+        self.text = text_tower
+        self.text_proj = nn.Linear(shape.text_dim, d)
+        self.item_id = nn.Embedding(shape.n_items, d)
+        nn.init.normal_(self.item_id.weight, std=0.02)
+        self.type_emb = nn.Embedding(len(TYPE_INDEX) + 1, d, padding_idx=0)
+        self.pos_emb = nn.Embedding(shape.history_len + 1, d)
+        self.user_token = nn.Parameter(torch.zeros(1, 1, d))
+        layer = nn.TransformerEncoderLayer(
+            d, shape.heads, 2 * d, shape.dropout, batch_first=True, norm_first=True
+        )
+        self.sequence = nn.TransformerEncoder(layer, shape.user_layers, enable_nested_tensor=False)
+        self.context = nn.Linear(shape.n_categories + len(NUMERIC_FEATURES) + shape.text_dim, d)
+        self.head = nn.Sequential(
+            nn.LayerNorm(2 * d),
+            nn.Linear(2 * d, d),
+            nn.GELU(),
+            nn.Dropout(shape.dropout),
+            nn.Linear(d, d),
+        )
+        self.log_scale = nn.Parameter(torch.tensor(float(np.log(20.0))))
+
+    # --- items ------------------------------------------------------------------------------
+    def item_vectors(self, text: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Unit item vectors from pooled text vectors (all items, or ``rows`` of them)."""
+        ids = self.item_id.weight if rows is None else self.item_id(rows)
+        return F.normalize(self.text_proj(text) + ids, dim=-1)
+
+    # --- users ------------------------------------------------------------------------------
+    def user_vectors(
+        self, items: torch.Tensor, history: torch.Tensor, types: torch.Tensor, context: torch.Tensor
+    ) -> torch.Tensor:
+        """``items``: the catalog's item vectors [N, d]; ``history``: rows + 1, 0 = padding."""
+        batch, length = history.shape
+        padded = torch.cat([items.new_zeros(1, items.shape[1]), items])
+        seq = padded[history] + self.type_emb(types)
+        seq = seq + self.pos_emb(torch.arange(1, length + 1, device=history.device))
+        token = self.user_token.expand(batch, 1, -1) + self.pos_emb.weight[0]
+        seq = torch.cat([token, seq], dim=1)
+        pad = torch.cat([history.new_zeros(batch, 1, dtype=torch.bool), history == 0], dim=1)
+        summary = self.sequence(seq, src_key_padding_mask=pad)[:, 0]
+        user = self.head(torch.cat([summary, self.context(context)], dim=-1))
+        return F.normalize(user, dim=-1)
+
+    def scale(self) -> torch.Tensor:
+        return self.log_scale.clamp(max=float(np.log(100.0))).exp()
+
+
+def context_tensor(
+    categories: np.ndarray, numeric: np.ndarray, interest: np.ndarray, device: torch.device | str
+) -> torch.Tensor:
+    return torch.from_numpy(np.concatenate([categories, numeric, interest], axis=1)).to(device)

@@ -1,0 +1,320 @@
+"""``streamrank train``: fine-tune the ranking model on the data set's behaviour.
+
+Steps: fold the events into leave-last-out examples with the stream's profile function
+(``training.examples``), cache MiniLM's frozen lower layers over the catalog text, train
+with a catalog-wide softmax, keep the epoch with the best validation NDCG@10, and write a
+versioned model directory (``training.artifact``) with the test metrics in it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from streamrank.catalog import Catalog
+from training.artifact import RankingArtifact
+from training.config import TrainConfig
+from training.examples import Example, Split, build_examples
+from training.features import FeatureSpace, UserArrays
+from training.metrics import ranking_report
+from training.model import (
+    ItemTextTower,
+    ModelShape,
+    RankingModel,
+    TextCache,
+    context_tensor,
+    load_minilm,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainingData:
+    space: FeatureSpace
+    train_users: UserArrays
+    train_targets: np.ndarray
+    valid: list[Example]
+    test: list[Example]
+    fit_interactions: pd.DataFrame  # what baselines may learn from: all but the test targets
+    data_hash: str
+
+
+def data_hash(events: pd.DataFrame, catalog: Catalog) -> str:
+    digest = hashlib.sha256()
+    cols = [c for c in ("user_id", "item_id", "type", "ts") if c in events.columns]
+    digest.update(pd.util.hash_pandas_object(events[cols], index=False).to_numpy().tobytes())
+    digest.update("\x1e".join(catalog.items["text"].astype(str)).encode())
+    return digest.hexdigest()[:16]
+
+
+def slice_users(events: pd.DataFrame, limit: int | None) -> pd.DataFrame:
+    if not limit:
+        return events
+    users = sorted(events["user_id"].unique())[:limit]
+    return events[events["user_id"].isin(users)]
+
+
+def prepare_training_data(
+    events: pd.DataFrame, catalog: Catalog, config: TrainConfig
+) -> TrainingData:
+    events = slice_users(events, config.limit_users)
+    events = events[events["item_id"].isin(catalog.index) | (events["type"] == "search")]
+    categories = sorted({c for cats in catalog.items["categories"] for c in cats})
+    space = FeatureSpace(catalog.ids, categories, config.history_len, catalog.embeddings.shape[1])
+    train: list[Example] = []
+    valid: list[Example] = []
+    test: list[Example] = []
+    by_split = {Split.TRAIN: train, Split.VALID: valid, Split.TEST: test}
+    for example in build_examples(events, catalog):
+        by_split[example.split].append(example)
+    targets = np.array([space.item_index[e.item_id] for e in train], dtype=np.int64)
+    users = space.encode([e.features for e in train])
+    test_keys = {(e.user_id, e.ts, e.item_id) for e in test}
+    keys = zip(events["user_id"], events["ts"], events["item_id"], strict=True)
+    fit = events[[k not in test_keys for k in keys]]
+    log.info("examples: %d train, %d valid, %d test", len(train), len(valid), len(test))
+    return TrainingData(space, users, targets, valid, test, fit, data_hash(events, catalog))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def pick_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class Trainer:
+    def __init__(
+        self, config: TrainConfig, catalog: Catalog, encoder_path: Path, device: str | None = None
+    ):
+        self.config = config
+        self.catalog = catalog
+        self.encoder_path = encoder_path
+        self.device = torch.device(device or pick_device())
+
+    def fit(self, data: TrainingData, out_root: Path) -> Path:
+        cfg = self.config
+        seed_everything(cfg.seed)
+        started = time.monotonic()
+        encoder, tokenizer = load_minilm(self.encoder_path)
+        if cfg.text_layers:
+            texts = self.catalog.items["text"].astype(str).tolist()
+            cache = TextCache.build(encoder, tokenizer, texts, cfg.text_layers, cfg.max_tokens)
+            self.cache: TextCache | None = cache.to(self.device)
+        else:  # all of MiniLM frozen: its output is the catalog's prepared embeddings
+            self.cache = None
+            self.frozen_text = torch.from_numpy(self.catalog.embeddings).to(self.device)
+        shape = ModelShape(
+            n_items=data.space.n_items,
+            n_categories=len(data.space.categories),
+            history_len=cfg.history_len,
+            text_dim=int(encoder.config.hidden_size),
+            dim=cfg.dim,
+            heads=cfg.heads,
+            user_layers=cfg.user_layers,
+            text_layers=cfg.text_layers,
+            dropout=cfg.dropout,
+        )
+        for p in encoder.parameters():
+            p.requires_grad_(False)
+        model = RankingModel(shape, ItemTextTower(encoder, cfg.text_layers))
+        for p in model.text.parameters():
+            p.requires_grad_(True)
+        model.to(self.device)
+        encoder.to(self.device)
+        text_params = list(model.text.parameters())
+        text_ids = {id(p) for p in text_params}
+        other = [p for p in model.parameters() if id(p) not in text_ids]
+        optimizer = torch.optim.AdamW(
+            [{"params": other, "lr": cfg.lr}, {"params": text_params, "lr": cfg.text_lr}],
+            weight_decay=cfg.weight_decay,
+        )
+        version = f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{data.data_hash[:8]}"
+        out_dir = out_root / version
+        (out_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+
+        users, targets = data.train_users, data.train_targets
+        best: tuple[float, dict[str, torch.Tensor], int] | None = None
+        history: list[dict[str, float]] = []
+        stale = 0
+        for epoch in range(1, cfg.epochs + 1):
+            model.train()
+            text_cache = self._pooled_text(model)
+            order = np.random.permutation(len(targets))
+            losses = []
+            steps = range(0, len(order), cfg.batch_size)
+            bar = tqdm(steps, desc=f"epoch {epoch}/{cfg.epochs}", unit="step")
+            for start in bar:
+                rows = order[start : start + cfg.batch_size]
+                loss = self._step(model, optimizer, users.take(rows), targets[rows], text_cache)
+                losses.append(loss)
+                bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
+            artifact = self._artifact(model, encoder, tokenizer, data, shape, version)
+            valid = evaluate_model(artifact, data.valid)
+            history.append(
+                {
+                    "epoch": epoch,
+                    "loss": float(np.mean(losses)),
+                    **{f"valid_{k}": v for k, v in valid.items()},
+                }
+            )
+            log.info(
+                "epoch %d: loss %.4f, valid ndcg@10 %.4f recall@10 %.4f",
+                epoch,
+                np.mean(losses),
+                valid["ndcg@10"],
+                valid["recall@10"],
+            )
+            torch.save(
+                {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch},
+                out_dir / "checkpoints" / f"epoch-{epoch}.pt",
+            )
+            if best is None or valid["ndcg@10"] > best[0]:
+                best = (
+                    valid["ndcg@10"],
+                    {k: v.detach().clone() for k, v in model.state_dict().items()},
+                    epoch,
+                )
+                stale = 0
+            else:
+                stale += 1
+            out_of_time = cfg.max_minutes and time.monotonic() - started > cfg.max_minutes * 60
+            if stale >= cfg.patience or out_of_time:
+                break
+
+        assert best is not None
+        model.load_state_dict(best[1])
+        artifact = self._artifact(model, encoder, tokenizer, data, shape, version)
+        artifact.meta["metrics"] = {
+            "best_epoch": best[2],
+            "valid": evaluate_model(artifact, data.valid),
+            "test": evaluate_model(artifact, data.test),
+            "history": history,
+            "train_seconds": time.monotonic() - started,
+        }
+        artifact.save(out_dir)
+        log.info(
+            "model %s written to %s (test ndcg@10 %.4f)",
+            version,
+            out_dir,
+            artifact.meta["metrics"]["test"]["ndcg@10"],
+        )
+        return out_dir
+
+    # --- one optimisation step --------------------------------------------------------------
+    def _step(
+        self,
+        model: RankingModel,
+        optimizer: torch.optim.Optimizer,
+        users: UserArrays,
+        targets: np.ndarray,
+        text_cache: torch.Tensor,
+    ) -> float:
+        """Two softmax terms, each over candidates computed the same way, so a target can
+        never be told apart by how its vector was made:
+        - over the whole catalog, text vectors from this epoch's cache (ids, projection and
+          the user tower learn here);
+        - over the batch's distinct targets, text run through the trainable MiniLM layers
+          (in-batch negatives; the only term that reaches MiniLM).
+        """
+        device = self.device
+        target = torch.from_numpy(targets).to(device)
+        history = torch.from_numpy(users.history).to(device)
+        types = torch.from_numpy(users.history_types).to(device)
+        context = context_tensor(users.categories, users.numeric, users.interest, device)
+        items = model.item_vectors(text_cache)
+        user = model.user_vectors(items, history, types, context)
+        loss = F.cross_entropy(model.scale() * user @ items.T, target)
+        if self.cache is not None:
+            hidden, mask = self.cache.hidden, self.cache.mask
+            unique = torch.unique(target)  # sorted
+            if len(unique) > self.config.text_batch_items:  # bound MiniLM's cost per step
+                pick = torch.randperm(len(unique), device=device)[: self.config.text_batch_items]
+                unique = unique[pick].sort().values
+            member = torch.isin(target, unique)
+            width = int(mask[unique].sum(1).max())  # trim the padding no text here needs
+            fresh = model.text(hidden[unique, :width], mask[unique, :width])
+            fresh_items = model.item_vectors(fresh, unique)
+            position = torch.searchsorted(unique, target[member])
+            logits = model.scale() * user[member] @ fresh_items.T
+            loss = loss + self.config.text_loss_weight * F.cross_entropy(logits, position)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        optimizer.step()
+        return float(loss.item())
+
+    @torch.no_grad()
+    def _pooled_text(self, model: RankingModel, batch: int = 256) -> torch.Tensor:
+        """Every catalog item's pooled text vector under the current MiniLM weights."""
+        if self.cache is None:
+            return self.frozen_text
+        hidden, mask = self.cache.hidden, self.cache.mask
+        was_training = model.text.training
+        model.text.eval()
+        parts = [
+            model.text(hidden[s : s + batch], mask[s : s + batch])
+            for s in range(0, len(mask), batch)
+        ]
+        model.text.train(was_training)
+        return torch.cat(parts)
+
+    def _artifact(
+        self,
+        model: RankingModel,
+        encoder: torch.nn.Module,
+        tokenizer: object,
+        data: TrainingData,
+        shape: ModelShape,
+        version: str,
+    ) -> RankingArtifact:
+        model.eval()
+        with torch.no_grad():
+            vectors = model.item_vectors(self._pooled_text(model))
+        vectors = vectors.float().cpu().numpy()
+        meta = {
+            "version": version,
+            "shape": shape.__dict__,
+            "config": self.config.model_dump(),
+            "data_hash": data.data_hash,
+            "max_tokens": self.config.max_tokens,
+            "base_encoder": self.encoder_path.name,
+        }
+        return RankingArtifact(model, data.space, tokenizer, encoder, meta, vectors)
+
+
+def evaluate_model(
+    artifact: RankingArtifact, examples: list[Example], batch: int = 512
+) -> dict[str, float]:
+    """Full-catalog ranking metrics of the model on evaluation examples."""
+    scores, targets, seen = model_scores(artifact, examples, batch)
+    return ranking_report(scores, targets, seen)
+
+
+def model_scores(
+    artifact: RankingArtifact, examples: list[Example], batch: int = 512
+) -> tuple[np.ndarray, np.ndarray, list[list[int]]]:
+    space = artifact.space
+    parts = [
+        artifact.score(space.encode([e.features for e in examples[s : s + batch]]))
+        for s in range(0, len(examples), batch)
+    ]
+    scores = np.concatenate(parts) if parts else np.zeros((0, space.n_items), np.float32)
+    targets = np.array([space.item_index[e.item_id] for e in examples], dtype=np.int64)
+    seen = [[space.item_index[i] for i in e.seen if i in space.item_index] for e in examples]
+    return scores, targets, seen
