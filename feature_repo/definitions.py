@@ -64,6 +64,7 @@ def user_profile_schema() -> list[Field]:
         Field(name="sessions", dtype=Int64),
         Field(name="applied_offsets", dtype=String),
         Field(name="recent_event_ids", dtype=Array(String)),
+        Field(name="outbox", dtype=String),
     ]
     return fields
 

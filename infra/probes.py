@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
+
+if TYPE_CHECKING:
+    from streams.sink import FeastProfileStore
 
 
 def worker_metric(port: int, name: str, labels: dict[str, str] | None = None) -> float:
@@ -23,3 +30,19 @@ def worker_metric(port: int, name: str, labels: dict[str, str] | None = None) ->
 
 def applied_events(port: int) -> float:
     return worker_metric(port, "streamrank_events_total", {"outcome": "applied"})
+
+
+def wait_until_checkpointed(
+    store: FeastProfileStore, offsets: Mapping[int, int], timeout: float, poll_s: float = 0.2
+) -> float:
+    """Wait until every partition's checkpoint reaches ``offsets`` (e.g. the producer's
+    delivered offsets): then every effect of those messages, item rows included, is in
+    the store. Returns the seconds waited."""
+    started = time.monotonic()
+    while True:
+        done = store.read_checkpoints(sorted(offsets))
+        if all(done[p] >= o for p, o in offsets.items()):
+            return time.monotonic() - started
+        if time.monotonic() - started > timeout:
+            raise TimeoutError(f"checkpoints {done} short of {dict(offsets)}")
+        time.sleep(poll_s)

@@ -115,6 +115,7 @@ def cmd_evaluate(settings: Settings, args: argparse.Namespace) -> int:
     from training.artifact import RankingArtifact, latest_model_dir
     from training.encoder import default_encoder_path
     from training.evaluate import evaluate, markdown
+    from training.train import pick_device
 
     model_dir = args.model or settings.model_dir or latest_model_dir(settings.home_dir)
     if model_dir is None:
@@ -123,7 +124,7 @@ def cmd_evaluate(settings: Settings, args: argparse.Namespace) -> int:
     dataset = load_dataset(settings)
     catalog = prepare_catalog(dataset.catalog, settings.home_dir, settings.encoder_path)
     encoder = settings.encoder_path or default_encoder_path()
-    artifact = RankingArtifact.load(Path(model_dir), encoder)
+    artifact = RankingArtifact.load(Path(model_dir), encoder, args.device or pick_device())
     out = args.out or Path(model_dir) / "evaluation"
     report = evaluate(artifact, catalog, dataset.events, out, baselines=not args.no_baselines)
     print(markdown(report))
@@ -178,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, help="model directory (default: the newest)")
     p.add_argument("--out", type=Path, help="report directory (default: <model>/evaluation)")
     p.add_argument("--no-baselines", action="store_true")
+    p.add_argument("--device", help="device of the float model (default: cuda when present)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("download-movielens", help="fetch MovieLens 100K (needs internet)")

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from infra.broker import EmbeddedBroker, ensure_topics
 from infra.kafka_admin import read_topic, wait_until_consumed
+from infra.probes import wait_until_checkpointed
 from infra.processes import free_port, sigterm_as_interrupt, stop_process
 from streamrank.datasets import iter_events, load_dataset
 from streamrank.settings import Settings
@@ -155,6 +156,12 @@ def run_demo(settings: Settings, events: int = 20_000, users: int = 3) -> int:
                 delivered[part] = max(delivered.get(part, -1), offset)
             waited = wait_until_consumed(
                 settings.bootstrap(), settings.consumer_group, settings.events_topic, delivered
+            )
+            from feature_repo.store import open_store
+            from streams.sink import FeastProfileStore
+
+            waited += wait_until_checkpointed(  # item rows (co-visitation) written too
+                FeastProfileStore(open_store(settings)), delivered, timeout=60
             )
             print(
                 f"      {sent} events + {len(MALFORMED_EXAMPLES)} malformed messages processed "

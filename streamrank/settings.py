@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     worker_batch_within_s: float = 0.2
     worker_max_profiles: int = 20_000
     worker_max_covisits: int = 50_000
+    # profiles are written every batch; popularity and co-visitation rows (shared, costly)
+    # every this many seconds, exactly once thanks to the profiles' outboxes
+    worker_item_flush_s: float = 2.0
     worker_web_host: str = "127.0.0.1"
     worker_web_port: int = 6066
     write_path: Literal["direct", "push"] = "push"

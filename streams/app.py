@@ -51,6 +51,7 @@ def build_processor(settings: Settings) -> ProfileProcessor:
         store,
         max_profiles=settings.worker_max_profiles,
         max_covisits=settings.worker_max_covisits,
+        item_flush_s=settings.worker_item_flush_s,
     )
     return ProfileProcessor(state, catalog, limits)
 
@@ -126,6 +127,12 @@ def create_app(settings: Settings) -> faust.App:
                 high = app.consumer.highwater(tp)
                 if high is not None:
                     metrics.LAG.labels(str(tp.partition)).set(max(0, high - offset - 1))
+
+    @app.timer(interval=max(0.1, settings.worker_item_flush_s / 2))
+    async def flush_item_rows() -> None:
+        """A quiet stream still gets its item rows and checkpoints written."""
+        if "processor" in holder:
+            await on_thread(holder["processor"].state.flush_items_if_due)
 
     @app.on_partitions_revoked.connect
     async def forget_revoked(sender: Any, revoked: set[Any], **_: Any) -> None:

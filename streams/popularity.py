@@ -78,16 +78,21 @@ class PartitionPopularity:
 def apply_popularity(pop: PartitionPopularity, event: Event) -> None:
     if event.type is EventType.SEARCH or event.item_id is None:
         return
-    ts = event.epoch
+    add_popularity(pop, event.type, event.item_id, event.epoch)
+
+
+def add_popularity(
+    pop: PartitionPopularity, event_type: EventType, item_id: str, ts: float
+) -> None:
     if not pop.ref:
         pop.ref = ts
     elif needs_rebase(ts, pop.ref, SHORTEST_TAU_S):
         pop.rebase(ts)
     pop.as_of = max(pop.as_of, ts)
-    weight = TYPE_WEIGHTS[event.type]
-    values = pop.scores.get(event.item_id)
+    weight = TYPE_WEIGHTS[event_type]
+    values = pop.scores.get(item_id)
     if values is None:
-        values = pop.scores[event.item_id] = [0.0] * len(POPULARITY_WINDOWS)
+        values = pop.scores[item_id] = [0.0] * len(POPULARITY_WINDOWS)
     for i, tau in enumerate(POPULARITY_WINDOWS.values()):
         values[i] += weight * growth(ts, pop.ref, tau)
 

@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from streams import metrics
 from streams.covisitation import covisit_edges
 from streams.events import DeadLetter, Event, decode_message
-from streams.popularity import apply_popularity
-from streams.profile import ItemLookup, apply_event
+from streams.outbox import ItemEffect
+from streams.popularity import add_popularity
+from streams.profile import TYPE_WEIGHTS, ItemLookup, apply_event
 from streams.state import ProfileState
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,8 @@ class ProfileProcessor:
         self.clock = clock
 
     def process(self, messages: Sequence[RawMessage]) -> BatchResult:
-        """Validate, fold and write one batch. Returns once everything is durable."""
+        """Validate, fold and write one batch. Returns once the profiles are durable; item
+        rows follow at the state's item-flush interval (see ``streams/outbox.py``)."""
         result = BatchResult(messages=len(messages))
         state = self.state
         now = self.clock()
@@ -85,49 +87,71 @@ class ProfileProcessor:
                 decoded.append((msg, out.events))
 
         state.ensure_users(e.user_id for _, events in decoded for e in events)
-        edges: list[tuple[tuple[int, str], str, float, float, int]] = []  # key, B, w, ts, offset
+        effects: list[ItemEffect] = []
         for msg, events in decoded:
-            pop = state.popularity[msg.partition]
-            count_popularity = msg.offset > pop.applied_offset
             touched: set[str] = set()
+            replayed: set[str] = set()
             for event in events:
                 profile = state.profile(event.user_id)
                 if profile.applied_offsets.get(msg.partition, -1) >= msg.offset:
                     result.redelivered += 1  # in the stored profile already (crash replay)
+                    if event.user_id not in replayed:  # its item-side effects wait in the outbox
+                        replayed.add(event.user_id)
+                        effects.extend(
+                            e
+                            for e in profile.outbox
+                            if e.partition == msg.partition and e.offset == msg.offset
+                        )
                     continue
                 touched.add(event.user_id)
-                new_edges = covisit_edges(profile, event)
+                anchors = tuple(a for a, _, _ in covisit_edges(profile, event))  # before it
                 if not apply_event(profile, event, self.items):
                     result.duplicates += 1
                     continue
                 result.applied += 1
-                if count_popularity:
-                    apply_popularity(pop, event)
-                ts = event.epoch
-                edges.extend(((msg.partition, a), b, w, ts, msg.offset) for a, b, w in new_edges)
+                if event.item_id is not None:
+                    effect = ItemEffect(
+                        msg.partition, msg.offset, event.type, event.item_id, event.epoch, anchors
+                    )
+                    profile.outbox.append(effect)
+                    effects.append(effect)
             for user in touched:
                 state.profile(user).applied_offsets[msg.partition] = msg.offset
                 state.mark_user(user)
-            if count_popularity:
-                pop.applied_offset = msg.offset
-                state.mark_partition(msg.partition)
-
-        # Co-visitation rows are loaded once for the whole batch, then updated in order;
-        # a row skips the edges of messages it has already applied.
-        state.ensure_covisits(e[0] for e in edges)
-        updated: set[tuple[int, str]] = set()  # rows this batch has already moved forward
-        for key, target, weight, ts, offset in edges:
-            row = state.covisits[key]
-            if offset > row.applied_offset or (offset == row.applied_offset and key in updated):
-                row.add(target, weight, ts)
-                row.applied_offset = offset
-                updated.add(key)
-                state.mark_covisit(key)
+        self._apply_item_effects(effects)
 
         started = time.perf_counter()
         result.profiles_written = state.flush()
         self._observe(result, time.perf_counter() - started, messages)
         return result
+
+    def _apply_item_effects(self, effects: list[ItemEffect]) -> None:
+        """Popularity and co-visitation rows, in order; a row skips the effects of messages
+        it already holds (its applied offset), except those this batch has just added."""
+        state = self.state
+        state.ensure_covisits((e.partition, a) for e in effects for a in e.anchors)
+        moved_partitions: set[int] = set()
+        moved_rows: set[tuple[int, str]] = set()
+        for e in effects:
+            pop = state.popularity[e.partition]
+            if e.offset > pop.applied_offset or (
+                e.offset == pop.applied_offset and e.partition in moved_partitions
+            ):
+                add_popularity(pop, e.event_type, e.item_id, e.ts)
+                pop.applied_offset = e.offset
+                moved_partitions.add(e.partition)
+                state.mark_partition(e.partition)
+            weight = TYPE_WEIGHTS[e.event_type]
+            for anchor in e.anchors:
+                key = (e.partition, anchor)
+                row = state.covisits[key]
+                if e.offset > row.applied_offset or (
+                    e.offset == row.applied_offset and key in moved_rows
+                ):
+                    row.add(e.item_id, weight, e.ts)
+                    row.applied_offset = e.offset
+                    moved_rows.add(key)
+                    state.mark_covisit(key)
 
     @staticmethod
     def _observe(result: BatchResult, flush_s: float, messages: Sequence[RawMessage]) -> None:

@@ -37,6 +37,7 @@ import numpy as np
 
 from streams.decay import growth, needs_rebase, value_at
 from streams.events import Event, EventType
+from streams.outbox import ItemEffect, decode_outbox, encode_outbox
 
 # --- the profile's definition -------------------------------------------------------------
 COUNT_WINDOWS: dict[str, float] = {"1h": 3600.0, "24h": 86_400.0, "30d": 30 * 86_400.0}
@@ -112,6 +113,7 @@ class UserProfile:
     sessions: int = 0
     applied_offsets: dict[int, int] = field(default_factory=dict)
     recent_event_ids: list[str] = field(default_factory=list)
+    outbox: list[ItemEffect] = field(default_factory=list)  # see streams/outbox.py
 
     @property
     def event_count(self) -> int:
@@ -165,6 +167,7 @@ class UserProfile:
         row["sessions"] = self.sessions
         row["applied_offsets"] = json.dumps({str(p): o for p, o in self.applied_offsets.items()})
         row["recent_event_ids"] = list(self.recent_event_ids)
+        row["outbox"] = encode_outbox(self.outbox)
         return row
 
     @classmethod
@@ -198,6 +201,7 @@ class UserProfile:
         offsets = json.loads(row.get("applied_offsets") or "{}")
         profile.applied_offsets = {int(p): int(o) for p, o in offsets.items()}
         profile.recent_event_ids = [str(e) for e in row.get("recent_event_ids") or []]
+        profile.outbox = decode_outbox(row.get("outbox"))
         return profile
 
 

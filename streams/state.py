@@ -3,25 +3,25 @@
 What is kept: user profiles; per partition, item popularity and a checkpoint (the last
 offset whose effects are all written); per (partition, item), co-visitation edges.
 State is loaded from the store the first time the worker needs it (after a start or a
-rebalance), changed in memory, and written back at each flush.
+rebalance), changed in memory, and written back at flushes.
 
-Exactly once, by construction. Every row records the offset(s) it has applied. A flush
-writes item-side rows first, then profiles, then checkpoints; a crash between any two
-steps leaves rows that each know what they contain, so the redelivered messages are
-applied exactly to the rows that lack them. Messages at or below a partition's checkpoint
-are skipped whole.
-
-Item-side rows are written in the same flush as profiles, and before them, never later:
-a co-visitation edge depends on the user's profile *before* the event, so once a profile
-row has moved past an event, a replay could no longer recompute that event's edges.
+Exactly once, by construction. Every row records the offset(s) it has applied. Profiles
+are written at every flush, each with the item-side effects it produced that item rows may
+not hold yet (its outbox, ``streams/outbox.py``). Item rows (popularity, co-visitation) are
+written every ``item_flush_s``, then the checkpoints. A crash at any point leaves rows that
+each know what they contain. The group rewinds to the checkpoints, so the redelivered
+messages are folded into the profiles that lack them, and the outbox entries of the
+profiles that hold them are applied to the item rows that lack them. Messages at or below
+a partition's checkpoint are skipped whole.
 
 Memory is bounded: at most ``max_profiles`` profiles and ``max_covisits`` co-visitation
-rows stay cached; the least recently used clean ones are dropped after each flush and read
+rows stay cached. The least recently used clean ones are dropped after each flush and read
 back from the store when needed again.
 """
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from typing import TypeVar
@@ -38,10 +38,15 @@ class ProfileState:
         store: FeastProfileStore,
         max_profiles: int = 20_000,
         max_covisits: int = 50_000,
+        item_flush_s: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
     ):
         self.store = store
         self.max_profiles = max_profiles
         self.max_covisits = max_covisits
+        self.item_flush_s = item_flush_s
+        self.clock = clock
+        self._items_flushed_at = -float("inf")
         self.profiles: OrderedDict[str, UserProfile] = OrderedDict()
         self.popularity: dict[int, PartitionPopularity] = {}
         self.covisits: OrderedDict[tuple[int, str], CovisitRow] = OrderedDict()
@@ -89,49 +94,75 @@ class ProfileState:
         if offset > self._processed.get(partition, -1):
             self._processed[partition] = offset
 
-    def flush(self) -> int:
-        """Write the changes: item side, profiles, then checkpoints; retried until done.
-        Returns the number of profiles written."""
+    def flush(self, items: bool | None = None) -> int:
+        """Write the profiles; then, when due (or ``items=True``), the item rows and the
+        checkpoints. Every write is retried until done. Returns the profiles written."""
+        users = [self.profiles[u] for u in sorted(self._dirty_users)]
+        for user in users:  # entries at or below a checkpoint are in the item rows
+            user.outbox = [
+                e for e in user.outbox if e.offset > self.checkpoints.get(e.partition, -1)
+            ]
+        written = retry_forever(lambda: self.store.write_profiles(users), "writing profiles")
+        self._dirty_users.clear()
+        due = self.clock() - self._items_flushed_at >= self.item_flush_s
+        crowded = len(self._dirty_covisits) > self.max_covisits // 2  # dirty rows stay cached
+        if items or (items is None and (due or crowded)):
+            self._flush_items()
+        self._evict()
+        return written
+
+    def flush_items_if_due(self) -> None:
+        """Between batches: write pending item rows and checkpoints once they are due."""
+        pending = (
+            self._dirty_partitions
+            or self._dirty_covisits
+            or any(o > self.checkpoints.get(p, -1) for p, o in self._processed.items())
+        )
+        if pending and self.clock() - self._items_flushed_at >= self.item_flush_s:
+            self._flush_items()
+
+    def _flush_items(self) -> None:
         parts = [self.popularity[p] for p in sorted(self._dirty_partitions)]
         for part in parts:
             trim(part)
         covisits = [self.covisits[k] for k in sorted(self._dirty_covisits)]
-        users = [self.profiles[u] for u in sorted(self._dirty_users)]
         retry_forever(lambda: self.store.write_popularity(parts), "writing popularity")
         retry_forever(lambda: self.store.write_covisits(covisits), "writing co-visits")
-        written = retry_forever(lambda: self.store.write_profiles(users), "writing profiles")
         checkpoints = {p: o for p, o in self._processed.items() if o > self.checkpoints.get(p, -1)}
         if checkpoints:
             retry_forever(lambda: self.store.write_checkpoints(checkpoints), "writing checkpoints")
             self.checkpoints.update(checkpoints)
         self._dirty_partitions.clear()
         self._dirty_covisits.clear()
-        self._dirty_users.clear()
-        self._evict()
-        return written
+        self._items_flushed_at = self.clock()
 
     def _evict(self) -> None:
         """Drop the least recently used clean entries beyond the caps."""
         while len(self.profiles) > self.max_profiles:
             user, _ = self.profiles.popitem(last=False)
             assert user not in self._dirty_users
-        while len(self.covisits) > self.max_covisits:
-            self.covisits.popitem(last=False)
+        excess = len(self.covisits) - self.max_covisits
+        if excess > 0:
+            clean = [k for k in self.covisits if k not in self._dirty_covisits][:excess]
+            for key in clean:
+                del self.covisits[key]
 
     def forget(self, partitions: Iterable[int] | None = None) -> None:
         """Drop cached state (on rebalance) so that the next owner's writes are read afresh.
-        Profiles are dropped whole: a user's partition is not known without hashing."""
+        Profiles are dropped whole (they are never dirty between batches): a user's partition
+        is not known without hashing.
+        Unwritten item rows of dropped partitions are dropped too: the next owner rewinds to
+        the checkpoint and rebuilds them from the profiles' outboxes."""
         self.profiles.clear()
-        if partitions is None:
-            self.popularity.clear()
-            self.covisits.clear()
-            self.checkpoints.clear()
-            return
-        dropped = set(partitions)
+        dropped = (
+            set(self.checkpoints) | set(self.popularity) if partitions is None else set(partitions)
+        )
         for part in dropped:
             self.popularity.pop(part, None)
             self.checkpoints.pop(part, None)
             self._processed.pop(part, None)
+        self._dirty_partitions -= dropped
+        self._dirty_covisits = {k for k in self._dirty_covisits if k[0] not in dropped}
         self.covisits = OrderedDict((k, v) for k, v in self.covisits.items() if k[0] not in dropped)
 
 

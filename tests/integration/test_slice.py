@@ -18,6 +18,7 @@ import pytest
 from feature_repo.store import open_store
 from infra.broker import EmbeddedBroker, ensure_topics
 from infra.kafka_admin import read_topic, wait_until_consumed
+from infra.probes import wait_until_checkpointed
 from infra.processes import stop_process
 from streamrank.catalog import Catalog
 from streamrank.demo import send_raw, start_worker
@@ -103,6 +104,7 @@ def behaviour(user: str, views: list[str], buys: list[str]) -> list[Event]:
 def wait(stack: Stack, delivered: dict[int, int]) -> None:
     s = stack.settings
     wait_until_consumed(s.bootstrap(), s.consumer_group, s.events_topic, delivered, timeout=120)
+    wait_until_checkpointed(FeastProfileStore(open_store(s)), delivered, timeout=60)
 
 
 def recommend(stack: Stack, user: str, **body: object) -> dict:

@@ -20,7 +20,7 @@ import pytest
 from feature_repo.store import apply_repo, open_store
 from infra.broker import EmbeddedBroker, ensure_topics
 from infra.kafka_admin import committed_offsets, read_topic, wait_until_consumed
-from infra.probes import applied_events
+from infra.probes import applied_events, wait_until_checkpointed
 from infra.processes import free_port, stop_process
 from infra.redis import RedisServer
 from streamrank.catalog import Catalog
@@ -114,9 +114,11 @@ def send(
 
 
 def wait(settings: Settings, delivered: dict[int, int], timeout: float = 240) -> None:
+    """Consumed (offsets committed), then checkpointed (item rows written too)."""
     wait_until_consumed(
         settings.bootstrap(), settings.consumer_group, settings.events_topic, delivered, timeout
     )
+    wait_until_checkpointed(FeastProfileStore(open_store(settings)), delivered, timeout=60)
 
 
 def check(settings: Settings, events: list[Event], catalog: Catalog) -> None:
