@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import threading
 import time
@@ -70,6 +71,7 @@ def recent(events: pd.DataFrame) -> pd.DataFrame:
 
 def fresh_settings(root: Path, catalog_home: Path, bootstrap: str, tag: str) -> Settings:
     home = root / tag
+    shutil.rmtree(home, ignore_errors=True)  # a new broker restarts offsets: old rows would skip
     home.mkdir(parents=True, exist_ok=True)
     for name in ("catalog.parquet", "item_embeddings.npy", "catalog.json"):
         (home / name).write_bytes((catalog_home / name).read_bytes())

@@ -39,7 +39,7 @@ class TrainConfig(BaseModel):
     dropout: float = Field(default=0.3, ge=0, lt=1)
     max_tokens: int = Field(default=48, ge=8)
     max_minutes: float | None = Field(
-        default=24, gt=0, description="no new epoch after this long (2 CPU cores: ~10 epochs)"
+        default=20, gt=0, description="no new epoch after this long (2 CPU cores: ~6 epochs)"
     )
     limit_users: int | None = Field(default=None, ge=2, description="a slice, for smoke runs")
 

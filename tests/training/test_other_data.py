@@ -1,0 +1,67 @@
+"""Training and evaluation on another events file + catalog of the documented shape:
+string SKUs, ISO timestamps, searches, repeat purchases, no categories column."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from streamrank.catalog import prepare_catalog
+from streamrank.datasets import Dataset
+from streamrank.datasets.files import load_files
+from training.artifact import RankingArtifact
+from training.config import TrainConfig
+from training.encoder import default_encoder_path
+from training.evaluate import evaluate
+from training.train import Trainer, prepare_training_data
+
+
+def test_train_and_evaluate_on_a_shop_shaped_file(dataset: Dataset, tmp_path: Path) -> None:
+    users = sorted(dataset.events["user_id"].unique())[:25]
+    real = dataset.events[dataset.events["user_id"].isin(users)]
+    items = sorted(real["item_id"].unique())
+    titles = dataset.catalog.set_index("item_id")["title"]
+    events = pd.DataFrame(
+        {
+            "user_id": "shopper-" + real["user_id"],
+            "item_id": "sku-" + real["item_id"],
+            "type": real["type"],
+            "ts": pd.to_datetime(real["ts"], unit="s", utc=True).dt.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
+    )
+    # a search for each user's first title just before it, and a repeat of their last item
+    firsts = real.sort_values("ts").groupby("user_id").head(1)
+    searches = pd.DataFrame(
+        {
+            "user_id": "shopper-" + firsts["user_id"],
+            "item_id": "",
+            "type": "search",
+            "ts": pd.to_datetime(firsts["ts"] - 5, unit="s", utc=True).dt.strftime(
+                "%Y-%m-%dT%H:%M:%SZ"
+            ),
+            "query": firsts["item_id"].map(titles).str.split("(").str[0].str.strip(),
+        }
+    )
+    lasts = real.sort_values("ts").groupby("user_id").tail(1)
+    repeats = events.loc[lasts.index].assign(
+        type="purchase",
+        ts=pd.to_datetime(lasts["ts"] + 60, unit="s", utc=True).dt.strftime("%Y-%m-%dT%H:%M:%SZ"),
+    )
+    pd.concat([events, searches, repeats]).to_csv(tmp_path / "events.csv", index=False)
+    pd.DataFrame(
+        {"item_id": ["sku-" + i for i in items], "title": [titles[i] for i in items]}
+    ).to_csv(tmp_path / "catalog.csv", index=False)
+
+    shop = load_files(tmp_path / "events.csv", tmp_path / "catalog.csv")
+    catalog = prepare_catalog(shop.catalog, tmp_path / "home")
+    config = TrainConfig(epochs=2, batch_size=64, max_minutes=None, history_len=10, dim=16)
+    data = prepare_training_data(shop.events, catalog, config)
+    assert len(data.test) == len(users)
+    directory = Trainer(config, catalog, default_encoder_path(), "cpu").fit(data, tmp_path / "m")
+    artifact = RankingArtifact.load(directory, default_encoder_path())
+    report = evaluate(artifact, catalog, shop.events, tmp_path / "report")
+    assert {"model", "model-int8", "popular", "item-knn", "als", "bpr"} <= set(report["results"])
+    assert 0.0 <= report["results"]["model"]["ndcg@10"] <= 1.0
+    for name in ("evaluation.json", "evaluation.md", "evaluation.png"):
+        assert (tmp_path / "report" / name).stat().st_size > 0
