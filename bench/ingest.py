@@ -167,12 +167,13 @@ def wire_messages(events: list[Event], partitions: int, per_message: int) -> lis
 
 def in_process_rate(settings: Settings, catalog: Catalog, events: list[Event], path: str) -> float:
     store = FeastProfileStore(open_store(settings), path)  # type: ignore[arg-type]
-    state = ProfileState(store)
+    state = ProfileState(store, item_flush_s=settings.worker_item_flush_s)
     processor = ProfileProcessor(state, catalog, clock=time.time)
     messages = wire_messages(events, settings.events_partitions, 200)
     started = time.perf_counter()
     for i in range(0, len(messages), 50):  # 50 messages = 10k events per batch
         processor.process(messages[i : i + 50])
+    state.flush(items=True)  # the last item rows count too
     return len(messages) * 200 / (time.perf_counter() - started)
 
 

@@ -8,7 +8,8 @@ rebalance), changed in memory, and written back at flushes.
 Exactly once, by construction. Every row records the offset(s) it has applied. Profiles
 are written at every flush, each with the item-side effects it produced that item rows may
 not hold yet (its outbox, ``streams/outbox.py``). Item rows (popularity, co-visitation) are
-written every ``item_flush_s``, then the checkpoints. A crash at any point leaves rows that
+written every ``item_flush_s``: before the profiles of that flush (whose outboxes then stay
+empty), and the checkpoints after them. A crash at any point leaves rows that
 each know what they contain. The group rewinds to the checkpoints, so the redelivered
 messages are folded into the profiles that lack them, and the outbox entries of the
 profiles that hold them are applied to the item rows that lack them. Messages at or below
@@ -55,6 +56,7 @@ class ProfileState:
         self._dirty_partitions: set[int] = set()
         self._dirty_covisits: set[tuple[int, str]] = set()
         self._processed: dict[int, int] = {}  # last offset folded, per partition
+        self._items_written: dict[int, int] = {}  # item rows hold every effect up to here
 
     # --- loading ----------------------------------------------------------------------------
     def ensure_partitions(self, partitions: Iterable[int]) -> None:
@@ -68,6 +70,7 @@ class ProfileState:
             lambda: self.store.read_popularity(missing), "reading popularity"
         )
         self.checkpoints.update(checkpoints)
+        self._items_written.update(checkpoints)
         self.popularity.update(popularity)
 
     def ensure_users(self, user_ids: Iterable[str]) -> None:
@@ -95,46 +98,55 @@ class ProfileState:
             self._processed[partition] = offset
 
     def flush(self, items: bool | None = None) -> int:
-        """Write the profiles; then, when due (or ``items=True``), the item rows and the
-        checkpoints. Every write is retried until done. Returns the profiles written."""
+        """Write the profiles, and when due (or ``items=True``) the item rows before them and
+        the checkpoints after them. Every write is retried until done. Returns the number of
+        profiles written."""
+        due = self.clock() - self._items_flushed_at >= self.item_flush_s
+        crowded = len(self._dirty_covisits) > self.max_covisits // 2  # dirty rows stay cached
+        with_items = items or (items is None and (due or crowded))
+        if with_items:
+            self._write_item_rows()
         users = [self.profiles[u] for u in sorted(self._dirty_users)]
-        for user in users:  # entries at or below a checkpoint are in the item rows
+        for user in users:  # effects already in the item rows need no outbox entry
             user.outbox = [
-                e for e in user.outbox if e.offset > self.checkpoints.get(e.partition, -1)
+                e for e in user.outbox if e.offset > self._items_written.get(e.partition, -1)
             ]
         written = retry_forever(lambda: self.store.write_profiles(users), "writing profiles")
         self._dirty_users.clear()
-        due = self.clock() - self._items_flushed_at >= self.item_flush_s
-        crowded = len(self._dirty_covisits) > self.max_covisits // 2  # dirty rows stay cached
-        if items or (items is None and (due or crowded)):
-            self._flush_items()
+        if with_items:
+            self._write_checkpoints()
         self._evict()
         return written
 
     def flush_items_if_due(self) -> None:
-        """Between batches: write pending item rows and checkpoints once they are due."""
+        """Between batches (profiles all written): item rows and checkpoints, once due."""
         pending = (
             self._dirty_partitions
             or self._dirty_covisits
             or any(o > self.checkpoints.get(p, -1) for p, o in self._processed.items())
         )
         if pending and self.clock() - self._items_flushed_at >= self.item_flush_s:
-            self._flush_items()
+            self._write_item_rows()
+            self._write_checkpoints()
 
-    def _flush_items(self) -> None:
+    def _write_item_rows(self) -> None:
         parts = [self.popularity[p] for p in sorted(self._dirty_partitions)]
         for part in parts:
             trim(part)
         covisits = [self.covisits[k] for k in sorted(self._dirty_covisits)]
         retry_forever(lambda: self.store.write_popularity(parts), "writing popularity")
         retry_forever(lambda: self.store.write_covisits(covisits), "writing co-visits")
+        self._items_written.update(self._processed)
+        self._dirty_partitions.clear()
+        self._dirty_covisits.clear()
+        self._items_flushed_at = self.clock()
+
+    def _write_checkpoints(self) -> None:
+        """After the profiles: every effect of the messages up to here is now stored."""
         checkpoints = {p: o for p, o in self._processed.items() if o > self.checkpoints.get(p, -1)}
         if checkpoints:
             retry_forever(lambda: self.store.write_checkpoints(checkpoints), "writing checkpoints")
             self.checkpoints.update(checkpoints)
-        self._dirty_partitions.clear()
-        self._dirty_covisits.clear()
-        self._items_flushed_at = self.clock()
 
     def _evict(self) -> None:
         """Drop the least recently used clean entries beyond the caps."""
@@ -161,6 +173,7 @@ class ProfileState:
             self.popularity.pop(part, None)
             self.checkpoints.pop(part, None)
             self._processed.pop(part, None)
+            self._items_written.pop(part, None)
         self._dirty_partitions -= dropped
         self._dirty_covisits = {k for k in self._dirty_covisits if k[0] not in dropped}
         self.covisits = OrderedDict((k, v) for k, v in self.covisits.items() if k[0] not in dropped)
