@@ -134,7 +134,7 @@ class Recommender:
         query: str | None,
         popular: list[tuple[str, float]],
     ) -> tuple[np.ndarray, bool]:
-        """Model scores when there is a user vector or a query, else popularity."""
+        """Model scores when there is a profile or a query, else popularity."""
         rows = np.fromiter((c.row for c in candidates), dtype=np.int64, count=len(candidates))
         if len(rows) and (features is not None or query):
             scores = await self.score_fn(ScoreTask(rows, features, query))

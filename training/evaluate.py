@@ -109,7 +109,8 @@ def scoring_speed(
     many = space.encode([e.features for e in examples[:64]])
     rows = np.arange(min(100, space.n_items))
     out = {}
-    for name, model in (("float32", float_model), ("int8", int8_model)):
+    models = ((f"float32 ({float_model.device.type})", float_model), ("int8 (cpu)", int8_model))
+    for name, model in models:
         single = _median_ms(lambda m=model: m.score(one, rows), repeats)
         batch = _median_ms(lambda m=model: m.score(many), max(5, repeats // 5))
         out[name] = {"one_user_100_items": single, "64_users_full_catalog": batch}

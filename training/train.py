@@ -182,7 +182,7 @@ class Trainer:
             )
             torch.save(
                 {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch},
-                out_dir / "checkpoints" / f"epoch-{epoch}.pt",
+                out_dir / "checkpoints" / "last.pt",  # one file: bounded disk, enough to resume
             )
             if best is None or valid["ndcg@10"] > best[0]:
                 best = (
