@@ -13,10 +13,11 @@ import threading
 import numpy as np
 from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse
-from prometheus_client import Counter, Histogram, generate_latest
+from prometheus_client import generate_latest
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from serving import metrics
 from serving.api import (
     RecommendationRequest,
     RecommendationResponse,
@@ -33,14 +34,6 @@ api = FastAPI(
     title="streamrank",
     description="Real-time recommendations from live behaviour profiles",
     version="0.1.0",
-)
-
-REQUESTS = Counter("streamrank_serve_requests_total", "API requests", ["endpoint", "strategy"])
-LATENCY = Histogram(
-    "streamrank_serve_latency_seconds",
-    "End-to-end latency inside the ingress",
-    ["endpoint"],
-    buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
 
 
@@ -70,16 +63,16 @@ class Api:
 
     @api.post("/v1/recommendations", response_model=RecommendationResponse)
     async def recommendations(self, request: RecommendationRequest) -> RecommendationResponse:
-        with LATENCY.labels("recommendations").time():
+        with metrics.LATENCY.labels("recommendations").time():
             response = await self.recommender.recommend(request)
-        REQUESTS.labels("recommendations", response.strategy).inc()
+        metrics.REQUESTS.labels("recommendations", response.strategy).inc()
         return response
 
     @api.post("/v1/score", response_model=ScoreResponse)
     async def score(self, request: ScoreRequest) -> ScoreResponse:
-        with LATENCY.labels("score").time():
+        with metrics.LATENCY.labels("score").time():
             response = await self.recommender.score(request)
-        REQUESTS.labels("score", "model").inc()
+        metrics.REQUESTS.labels("score", "model").inc()
         return response
 
     @api.get("/healthz")

@@ -1,0 +1,18 @@
+"""Prometheus metrics of the serving application.
+
+A module of their own, used as ``metrics.X`` from the deployments: Ray ships a Serve
+deployment class to its replica by value, and a module is always re-imported there, so these
+register in the replica's own registry, the one ``/metrics`` exposes.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+REQUESTS = Counter("streamrank_serve_requests_total", "API requests", ["endpoint", "strategy"])
+LATENCY = Histogram(
+    "streamrank_serve_latency_seconds",
+    "End-to-end latency inside the ingress",
+    ["endpoint"],
+    buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
