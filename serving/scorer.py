@@ -85,7 +85,7 @@ class ScorerModel:
 
     def _load_trained(self, directory: Path, encoder_path: Path, device: str | None) -> None:
         from training.artifact import RankingArtifact
-        from training.train import pick_device
+        from training.encoder import pick_device
 
         self.ranking = RankingArtifact.load(directory, encoder_path, device or pick_device())
         space = self.ranking.space

@@ -113,9 +113,8 @@ def cmd_evaluate(settings: Settings, args: argparse.Namespace) -> int:
     from streamrank.catalog import prepare_catalog
     from streamrank.datasets import load_dataset
     from training.artifact import RankingArtifact, latest_model_dir
-    from training.encoder import default_encoder_path
+    from training.encoder import default_encoder_path, pick_device
     from training.evaluate import evaluate, markdown
-    from training.train import pick_device
 
     model_dir = args.model or settings.model_dir or latest_model_dir(settings.home_dir)
     if model_dir is None:

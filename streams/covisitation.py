@@ -78,10 +78,11 @@ class CovisitRow:
         return out
 
 
-def covisit_edges(profile: UserProfile, event: Event) -> list[tuple[str, str, float]]:
-    """Edges (A, B, weight) that ``event`` adds, from the profile as it was *before* it."""
+def covisit_anchors(profile: UserProfile, event: Event) -> tuple[str, ...]:
+    """The items that ``event`` links to its item: the user's ``ANCHORS`` most recent other
+    engagements within ``LOOKBACK_S``, read from the profile as it was *before* the event."""
     if event.type is EventType.SEARCH or event.item_id is None:
-        return []
+        return ()
     ts = event.epoch
     target = event.item_id
     recent: dict[str, float] = {}
@@ -90,9 +91,16 @@ def covisit_edges(profile: UserProfile, event: Event) -> list[tuple[str, str, fl
         for item, seen in entries[: ANCHORS + 1]:
             if item != target and ts - LOOKBACK_S <= seen <= ts:
                 recent[item] = max(seen, recent.get(item, 0.0))
-    anchors = sorted(recent, key=lambda i: -recent[i])[:ANCHORS]
+    return tuple(sorted(recent, key=lambda i: -recent[i])[:ANCHORS])
+
+
+def covisit_edges(profile: UserProfile, event: Event) -> list[tuple[str, str, float]]:
+    """Edges (A, B, weight) that ``event`` adds, from the profile as it was *before* it."""
+    target = event.item_id
+    if target is None:
+        return []
     weight = TYPE_WEIGHTS[event.type]
-    return [(anchor, target, weight) for anchor in anchors]
+    return [(anchor, target, weight) for anchor in covisit_anchors(profile, event)]
 
 
 def merge_neighbours(rows: Iterable[CovisitRow], now: float) -> list[tuple[str, float]]:

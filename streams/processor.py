@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from streams import metrics
-from streams.covisitation import covisit_edges
+from streams.covisitation import covisit_anchors
 from streams.events import DeadLetter, Event, decode_message
 from streams.outbox import ItemEffect
 from streams.popularity import add_popularity
@@ -104,7 +104,7 @@ class ProfileProcessor:
                         )
                     continue
                 touched.add(event.user_id)
-                anchors = tuple(a for a, _, _ in covisit_edges(profile, event))  # before it
+                anchors = covisit_anchors(profile, event)  # from the profile before it
                 if not apply_event(profile, event, self.items):
                     result.duplicates += 1
                     continue

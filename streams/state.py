@@ -101,9 +101,8 @@ class ProfileState:
         """Write the profiles, and when due (or ``items=True``) the item rows before them and
         the checkpoints after them. Every write is retried until done. Returns the number of
         profiles written."""
-        due = self.clock() - self._items_flushed_at >= self.item_flush_s
         crowded = len(self._dirty_covisits) > self.max_covisits // 2  # dirty rows stay cached
-        with_items = items or (items is None and (due or crowded))
+        with_items = items or (items is None and (self._items_due() or crowded))
         if with_items:
             self._write_item_rows()
         users = [self.profiles[u] for u in sorted(self._dirty_users)]
@@ -125,9 +124,12 @@ class ProfileState:
             or self._dirty_covisits
             or any(o > self.checkpoints.get(p, -1) for p, o in self._processed.items())
         )
-        if pending and self.clock() - self._items_flushed_at >= self.item_flush_s:
+        if pending and self._items_due():
             self._write_item_rows()
             self._write_checkpoints()
+
+    def _items_due(self) -> bool:
+        return self.clock() - self._items_flushed_at >= self.item_flush_s
 
     def _write_item_rows(self) -> None:
         parts = [self.popularity[p] for p in sorted(self._dirty_partitions)]

@@ -23,8 +23,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from training.encoder import load_minilm, mean_pool
 from training.features import FeatureSpace, UserArrays
-from training.model import ItemTextTower, ModelShape, RankingModel, context_tensor, load_minilm
+from training.model import ItemTextTower, ModelShape, RankingModel, context_tensor
 
 log = logging.getLogger(__name__)
 
@@ -107,9 +108,7 @@ class RankingArtifact:
             max_length=int(self.meta["max_tokens"]),
             return_tensors="pt",
         ).to(self.device)
-        hidden = self.encoder(**batch).last_hidden_state
-        weights = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        pooled = F.normalize((hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9), dim=-1)
+        pooled = mean_pool(self.encoder(**batch).last_hidden_state, batch["attention_mask"])
         return F.normalize(self.model.text_proj(pooled), dim=-1).float().cpu().numpy()
 
     def quantized(self) -> RankingArtifact:

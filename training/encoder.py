@@ -10,6 +10,7 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,17 +29,31 @@ def pick_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def load_minilm(path: Path) -> tuple[torch.nn.Module, Any]:
+    """Model and tokenizer from a local directory only: never reach for a hub."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoModel, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    model = AutoModel.from_pretrained(path, local_files_only=True)
+    return model, tokenizer
+
+
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of the token states under the attention mask, L2-normalised: how the model was
+    trained, so a dot product of two outputs is their cosine."""
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+    return torch.nn.functional.normalize(pooled, p=2, dim=-1)
+
+
 class TextEncoder:
     def __init__(self, path: Path | None = None, device: str | None = None, max_length: int = 64):
-        # Never reach for a hub: weights come from a local directory.
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        from transformers import AutoModel, AutoTokenizer
-
         self.path = Path(path) if path is not None else default_encoder_path()
         self.device = device or pick_device()
         self.max_length = max_length
-        self.tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
-        self.model = AutoModel.from_pretrained(self.path, local_files_only=True).to(self.device)
+        model, self.tokenizer = load_minilm(self.path)
+        self.model = model.to(self.device)
         self.model.eval()
         self.dim = int(self.model.config.hidden_size)
         log.info("encoder %s loaded on %s (dim %d)", self.path.name, self.device, self.dim)
@@ -58,9 +73,6 @@ class TextEncoder:
                 max_length=self.max_length,
                 return_tensors="pt",
             ).to(self.device)
-            hidden = self.model(**batch).last_hidden_state
-            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
+            pooled = mean_pool(self.model(**batch).last_hidden_state, batch["attention_mask"])
             out[start : start + len(chunk)] = pooled.float().cpu().numpy()
         return out

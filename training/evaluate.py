@@ -24,7 +24,7 @@ from training.baselines import all_baselines
 from training.config import TrainConfig
 from training.examples import Example
 from training.metrics import ranking_report
-from training.train import TrainingData, model_scores, prepare_training_data
+from training.train import TrainingData, model_scores, prepare_training_data, target_rows
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +79,7 @@ def evaluate(
 def baseline_results(
     data: TrainingData, catalog: Catalog, seed: int
 ) -> dict[str, dict[str, float]]:
-    targets = np.array([data.space.item_index[e.item_id] for e in data.test], dtype=np.int64)
-    seen = [
-        [data.space.item_index[i] for i in e.seen if i in data.space.item_index] for e in data.test
-    ]
+    targets, seen = target_rows(data.space, data.test)
     out = {}
     for ranker in all_baselines(catalog.ids, catalog.embeddings, seed):
         started = time.perf_counter()

@@ -20,15 +20,14 @@ batch's target items go through the trainable text layers with gradients.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from training.encoder import mean_pool
 from training.features import NUMERIC_FEATURES, TYPE_INDEX
 
 
@@ -43,15 +42,6 @@ class ModelShape:
     user_layers: int = 2
     text_layers: int = 1
     dropout: float = 0.2
-
-
-def load_minilm(path: Path) -> tuple[nn.Module, object]:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers import AutoModel, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    model = AutoModel.from_pretrained(path, local_files_only=True)
-    return model, tokenizer
 
 
 class TextCache:
@@ -112,9 +102,7 @@ class ItemTextTower(nn.Module):
             attn = self._mask_fn(config=self.config, inputs_embeds=hidden, attention_mask=mask)
             for layer in self.layers:
                 hidden = layer(hidden, attention_mask=attn)
-        weights = mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
-        return F.normalize(pooled, dim=-1)
+        return mean_pool(hidden, mask)
 
 
 class RankingModel(nn.Module):

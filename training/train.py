@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from streamrank.catalog import Catalog
 from training.artifact import RankingArtifact
 from training.config import TrainConfig
+from training.encoder import load_minilm, pick_device
 from training.examples import Example, Split, build_examples
 from training.features import FeatureSpace, UserArrays
 from training.metrics import ranking_report
@@ -34,7 +35,6 @@ from training.model import (
     RankingModel,
     TextCache,
     context_tensor,
-    load_minilm,
 )
 
 log = logging.getLogger(__name__)
@@ -92,10 +92,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def pick_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 class Trainer:
@@ -315,6 +311,11 @@ def model_scores(
         for s in range(0, len(examples), batch)
     ]
     scores = np.concatenate(parts) if parts else np.zeros((0, space.n_items), np.float32)
+    return scores, *target_rows(space, examples)
+
+
+def target_rows(space: FeatureSpace, examples: list[Example]) -> tuple[np.ndarray, list[list[int]]]:
+    """Each example's target and already-seen items as catalog rows, for the metrics."""
     targets = np.array([space.item_index[e.item_id] for e in examples], dtype=np.int64)
     seen = [[space.item_index[i] for i in e.seen if i in space.item_index] for e in examples]
-    return scores, targets, seen
+    return targets, seen
