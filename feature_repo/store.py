@@ -6,6 +6,7 @@ import logging
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from string import Template
+from typing import Any
 from urllib.parse import urlparse
 
 import yaml
@@ -32,7 +33,8 @@ def redis_connection_string(url: str) -> str:
     return ",".join(parts)
 
 
-def repo_config(settings: Settings, project: str | None = None) -> RepoConfig:
+def repo_yaml(settings: Settings, project: str | None = None) -> dict[str, Any]:
+    """The store's ``feature_store.yaml``, filled in from the settings."""
     name = "feature_store.yaml" if settings.online_store == "sqlite" else "feature_store.redis.yaml"
     text = Template((REPO_DIR / name).read_text()).substitute(
         project=project or settings.feast_project,
@@ -40,8 +42,11 @@ def repo_config(settings: Settings, project: str | None = None) -> RepoConfig:
         redis_connection=redis_connection_string(settings.redis_url),
         ttl_seconds=settings.profile_ttl_days * 86_400,
     )
-    raw = yaml.safe_load(text)
-    return RepoConfig(repo_path=settings.home_dir, **raw)
+    return yaml.safe_load(text)
+
+
+def repo_config(settings: Settings, project: str | None = None) -> RepoConfig:
+    return RepoConfig(repo_path=settings.home_dir, **repo_yaml(settings, project))
 
 
 def open_store(settings: Settings, project: str | None = None) -> FeatureStore:

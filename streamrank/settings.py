@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     # profiles are written every batch; popularity and co-visitation rows (shared, costly)
     # every this many seconds, exactly once thanks to the profiles' outboxes
     worker_item_flush_s: float = 2.0
+    # how long a consumer fetch may wait for data: bounds the append -> seen delay on brokers
+    # that hold fetches to the deadline (the embedded one does; streams/transport.py)
+    worker_fetch_max_wait_ms: int = Field(default=100, ge=1, le=10_000)
     worker_web_host: str = "127.0.0.1"
     worker_web_port: int = 6066
     write_path: Literal["direct", "push"] = "push"

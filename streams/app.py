@@ -33,6 +33,7 @@ from streams.processor import BatchResult, ProfileProcessor, RawMessage, Validat
 from streams.producer import EventProducer
 from streams.sink import FeastProfileStore, retry_forever
 from streams.state import ProfileState
+from streams.transport import StreamApp
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +58,9 @@ def build_processor(settings: Settings) -> ProfileProcessor:
 
 
 def create_app(settings: Settings) -> faust.App:
-    app = faust.App(
+    app = StreamApp(
         settings.consumer_group,
+        fetch_max_wait_ms=settings.worker_fetch_max_wait_ms,
         broker=f"kafka://{settings.bootstrap()}",
         store="memory://",
         topic_partitions=settings.events_partitions,

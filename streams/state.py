@@ -8,12 +8,11 @@ rebalance), changed in memory, and written back at flushes.
 Exactly once, by construction. Every row records the offset(s) it has applied. Profiles
 are written at every flush, each with the item-side effects it produced that item rows may
 not hold yet (its outbox, ``streams/outbox.py``). Item rows (popularity, co-visitation) are
-written every ``item_flush_s``: before the profiles of that flush (whose outboxes then stay
-empty), and the checkpoints after them. A crash at any point leaves rows that
-each know what they contain. The group rewinds to the checkpoints, so the redelivered
-messages are folded into the profiles that lack them, and the outbox entries of the
-profiles that hold them are applied to the item rows that lack them. Messages at or below
-a partition's checkpoint are skipped whole.
+written every ``item_flush_s``, after the profiles of that flush, and the checkpoints after
+them. A crash at any point leaves rows that each know what they contain. The group
+rewinds to the checkpoints, so the redelivered messages are folded into the profiles that
+lack them, and the outbox entries of the profiles that hold them are applied to the item
+rows that lack them. Messages at or below a partition's checkpoint are skipped whole.
 
 Memory is bounded: at most ``max_profiles`` profiles and ``max_covisits`` co-visitation
 rows stay cached. The least recently used clean ones are dropped after each flush and read
@@ -98,13 +97,11 @@ class ProfileState:
             self._processed[partition] = offset
 
     def flush(self, items: bool | None = None) -> int:
-        """Write the profiles, and when due (or ``items=True``) the item rows before them and
-        the checkpoints after them. Every write is retried until done. Returns the number of
-        profiles written."""
+        """Write the profiles, then, when due (or ``items=True``), the item rows and the
+        checkpoints. Profiles go first so that a user's new events are visible without
+        waiting for the item rows; their outbox entries cover the item rows meanwhile.
+        Every write is retried until done. Returns the number of profiles written."""
         crowded = len(self._dirty_covisits) > self.max_covisits // 2  # dirty rows stay cached
-        with_items = items or (items is None and (self._items_due() or crowded))
-        if with_items:
-            self._write_item_rows()
         users = [self.profiles[u] for u in sorted(self._dirty_users)]
         for user in users:  # effects already in the item rows need no outbox entry
             user.outbox = [
@@ -112,7 +109,8 @@ class ProfileState:
             ]
         written = retry_forever(lambda: self.store.write_profiles(users), "writing profiles")
         self._dirty_users.clear()
-        if with_items:
+        if items or (items is None and (self._items_due() or crowded)):
+            self._write_item_rows()
             self._write_checkpoints()
         self._evict()
         return written

@@ -175,7 +175,12 @@ def test_deferred_item_rows_are_rebuilt_exactly_from_the_outbox(
     assert dict(rows[(0, "1")].top()) == pytest.approx({"2": 1.0, "3": 1.0}, rel=1e-3)
     assert dict(rows[(0, "2")].top()) == pytest.approx({"3": 1.0}, rel=1e-3)
 
-    # a flush that writes item rows writes them first: its profiles need no outbox entries
-    deferred().process([RawMessage(0, 2, encode_events(events_for("a", 1, start=4, item="4")))])
-    assert store.read_profiles(["a"])["a"].outbox == []
+    # profiles go first (fresh sooner), so they carry the effects the item rows then take;
+    # the user's next write drops the entries the checkpoint covers
+    worker = deferred()
+    worker.process([RawMessage(0, 2, encode_events(events_for("a", 1, start=4, item="4")))])
+    assert [e.offset for e in store.read_profiles(["a"])["a"].outbox] == [2]
     assert store.read_checkpoints([0]) == {0: 2}
+    assert dict(store.read_covisits([(0, "3")])[(0, "3")].top()) == pytest.approx({"4": 1.0})
+    worker.process([RawMessage(0, 3, encode_events(events_for("a", 1, start=5, item="5")))])
+    assert [e.offset for e in store.read_profiles(["a"])["a"].outbox] == [3]
