@@ -1,16 +1,23 @@
 from __future__ import annotations
 
+import sqlite3
+import subprocess
+import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import redis
+from feast import FeatureStore, RepoConfig
 
 from feature_repo.definitions import (
+    USER_PROFILE_VIEW,
+    build_definitions,
     covisitation_schema,
     popular_items_schema,
     user_profile_schema,
 )
-from feature_repo.store import apply_repo, redis_connection_string
+from feature_repo.store import apply_repo, redis_connection_string, repo_yaml
 from streamrank.settings import Settings
 from streams.covisitation import CovisitRow
 from streams.popularity import PartitionPopularity
@@ -61,3 +68,45 @@ def test_profiles_round_trip_through_each_online_store(
         client = redis.Redis.from_url(str(overrides["redis_url"]))
         keys = client.keys("*")
         assert keys and all(client.ttl(k) > 0 for k in keys)  # every profile expires
+
+
+def test_batched_sqlite_writes_are_what_feasts_own_store_writes(home: Path) -> None:
+    """The plug-in changes how rows are written, never what: the same profiles written by
+    Feast's stock SQLite store and by ours give identical tables, and Feast's public read
+    API (``get_online_features``) reads ours."""
+    settings = Settings(home=home)
+    ours = apply_repo(settings)
+    stock_yaml = repo_yaml(settings)
+    stock_yaml["online_store"] = {"type": "sqlite", "path": str(home / "stock.db")}
+    stock = FeatureStore(config=RepoConfig(repo_path=home, **stock_yaml))
+    stock.apply(build_definitions(home, timedelta(days=settings.profile_ttl_days)))
+    assert type(ours._get_provider().online_store).__name__ == "BatchedSqliteOnlineStore"
+
+    profiles = []
+    for i in range(3):
+        profiles.append(fold([ev(1, "view", "a"), ev(2, "purchase", "b", dt=5)]))
+        profiles[-1].user_id = f"u{i}"
+    for store in (ours, stock):
+        FeastProfileStore(store, "direct").write_profiles(profiles)
+
+    def table(path: Path) -> list[tuple[object, ...]]:
+        with sqlite3.connect(path) as conn:
+            name = f"{settings.feast_project}_{USER_PROFILE_VIEW}"
+            return conn.execute(
+                f'SELECT entity_key, feature_name, value, value_text FROM "{name}" ORDER BY 1, 2'
+            ).fetchall()
+
+    assert table(home / "online.db") == table(home / "stock.db")
+    online = ours.get_online_features(
+        features=[f"{USER_PROFILE_VIEW}:total_purchase"], entity_rows=[{"user_id": "u1"}]
+    ).to_dict()
+    assert online["total_purchase"] == [1]
+    with sqlite3.connect(home / "online.db") as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_the_worker_imports_feast_without_torch() -> None:
+    """Feast imports torch eagerly; the worker must not pay ~185 MB for it."""
+    code = "import sys, streams.app; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
