@@ -39,6 +39,9 @@ class RecommendedItem(BaseModel):
     categories: list[str]
     score: float
     reason: str
+    propensity: float = Field(
+        description="probability that the ranking policy showed this item here (exploration)"
+    )
 
 
 class ProfileSummary(BaseModel):

@@ -24,6 +24,7 @@ from serving.api import (
     ScoreRequest,
     ScoreResponse,
 )
+from serving.ranking import RankingPolicy
 from serving.scorer import Scorer, ScoreTask, model_version
 from streamrank.catalog import Catalog
 from streamrank.settings import Settings
@@ -59,6 +60,8 @@ class Api:
             n_popular=settings.candidates_popular,
             n_interest=settings.candidates_similar,
             popular_refresh_s=settings.popular_refresh_s,
+            policy=RankingPolicy(settings.ranking_diversity, settings.ranking_exploration),
+            score_timeout_s=settings.scorer_timeout_s,
         )
 
     @api.post("/v1/recommendations", response_model=RecommendationResponse)

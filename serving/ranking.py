@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -61,6 +62,81 @@ def explain(
     return "popular right now"
 
 
+@dataclass(frozen=True)
+class RankingPolicy:
+    """How the scored list becomes the shown list.
+
+    ``diversity`` (0..1) trades score for category novelty (maximal marginal relevance):
+    0 is pure score order; at 0.3 an item whose categories repeat an item above it needs a
+    clearly higher score to stay ahead. ``exploration`` is the share of slots given to a
+    random candidate instead, so the logs hold feedback on items the model would not show;
+    every item carries the probability with which the policy put it there (its propensity),
+    for unbiased offline evaluation later (inverse propensity weighting).
+    """
+
+    diversity: float = 0.0
+    exploration: float = 0.0
+
+
+def diversify(
+    scores: np.ndarray, categories: list[frozenset[str]], k: int, weight: float
+) -> list[int]:
+    """Greedy MMR: positions into ``scores``, best first, ``k`` at most."""
+    n = len(scores)
+    order = np.argsort(-scores, kind="stable")
+    if weight <= 0 or n <= 1:
+        return [int(i) for i in order[:k]]
+    pool = order[: min(n, 4 * k)]  # items far down the list cannot win a slot
+    s = scores[pool]
+    spread = float(s.max() - s.min())
+    relevance = (s - s.min()) / spread if spread > 0 else np.ones(len(pool))
+    names = sorted({c for i in pool for c in categories[i]})
+    column = {c: j for j, c in enumerate(names)}
+    member = np.zeros((len(pool), max(1, len(names))), dtype=np.float32)
+    for row, i in enumerate(pool):
+        for c in categories[i]:
+            member[row, column[c]] = 1.0
+    shared = member @ member.T
+    sizes = member.sum(axis=1)
+    union = sizes[:, None] + sizes[None, :] - shared
+    similarity = np.divide(shared, union, out=np.zeros_like(shared), where=union > 0)
+    redundancy = np.zeros(len(pool))
+    taken = np.zeros(len(pool), dtype=bool)
+    picked: list[int] = []
+    for _ in range(min(k, len(pool))):
+        gain = np.where(taken, -np.inf, (1 - weight) * relevance - weight * redundancy)
+        best = int(np.argmax(gain))
+        taken[best] = True
+        picked.append(int(pool[best]))
+        redundancy = np.maximum(redundancy, similarity[best])
+    return picked
+
+
+def explore(
+    ranked: list[int], n: int, k: int, share: float, rng: np.random.Generator
+) -> list[tuple[int, float, bool]]:
+    """``k`` (position, propensity, explored) triples: each slot keeps the next ranked item
+    with probability 1 - ``share``, else takes a uniformly random unshown candidate."""
+    out: list[tuple[int, float, bool]] = []
+    used: set[int] = set()
+    queue = iter(ranked)
+    while len(out) < min(k, n):
+        rest = [i for i in range(n) if i not in used] if share > 0 else []
+        if rest and rng.random() < share:
+            pick = int(rest[rng.integers(len(rest))])
+            out.append((pick, share / len(rest), True))
+            used.add(pick)
+            continue
+        for pick in queue:
+            if pick not in used:
+                out.append((pick, 1.0 - share, False))
+                used.add(pick)
+                break
+        else:
+            break
+    return out
+
+
 def rank(
     candidates: list[Candidate],
     scores: np.ndarray,
@@ -70,23 +146,30 @@ def rank(
     features: ProfileFeatures | None,
     query: str | None = None,
     context_item: str | None = None,
+    policy: RankingPolicy = RankingPolicy(),
+    rng: np.random.Generator | None = None,
 ) -> list[RecommendedItem]:
-    order = np.argsort(-scores, kind="stable")
-    items: list[RecommendedItem] = []
-    for pos in order:
-        candidate = candidates[int(pos)]
-        item_id = catalog.ids[candidate.row]
-        if item_id in blocked:
-            continue
+    allowed = [i for i, c in enumerate(candidates) if catalog.ids[c.row] not in blocked]
+    kept = [candidates[i] for i in allowed]
+    kept_scores = np.asarray(scores, dtype=np.float64)[allowed]
+    categories = [frozenset(catalog.categories(catalog.ids[c.row])) for c in kept]
+    ranked = diversify(kept_scores, categories, k, policy.diversity)
+    slots = explore(ranked, len(kept), k, policy.exploration, rng or np.random.default_rng())
+    items = []
+    for pos, propensity, explored in slots:
+        candidate = kept[pos]
         items.append(
             RecommendedItem(
-                item_id=item_id,
+                item_id=catalog.ids[candidate.row],
                 title=catalog.titles[candidate.row],
-                categories=list(catalog.categories(item_id)),
-                score=round(float(scores[pos]), 6),
-                reason=explain(candidate, catalog, features, query, context_item),
+                categories=list(catalog.categories(catalog.ids[candidate.row])),
+                score=round(float(kept_scores[pos]), 6),
+                reason=(
+                    "something new to try"
+                    if explored
+                    else explain(candidate, catalog, features, query, context_item)
+                ),
+                propensity=round(propensity, 6),
             )
         )
-        if len(items) == k:
-            break
     return items

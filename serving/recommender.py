@@ -23,7 +23,7 @@ from serving.api import (
     ScoreResponse,
 )
 from serving.candidates import Candidate, CandidateGenerator
-from serving.ranking import blocked_items, rank
+from serving.ranking import RankingPolicy, blocked_items, rank
 from serving.scorer import ScoreTask
 from streamrank.catalog import Catalog
 from streams.covisitation import merge_neighbours
@@ -47,6 +47,8 @@ class Recommender:
         n_popular: int = 200,
         n_interest: int = 200,
         popular_refresh_s: float = 2.0,
+        policy: RankingPolicy | None = None,
+        score_timeout_s: float = 1.0,
     ):
         self.catalog = catalog
         self.profiles = profiles
@@ -55,6 +57,8 @@ class Recommender:
         self.model_version = model_version
         self.candidates = CandidateGenerator(catalog, n_popular, n_interest)
         self.popular_refresh_s = popular_refresh_s
+        self.policy = policy or RankingPolicy()
+        self.score_timeout_s = score_timeout_s
         self._popular: list[tuple[str, float]] = []
         self._popular_at = 0.0
 
@@ -103,7 +107,10 @@ class Recommender:
         else:
             found = self.candidates.generate(features, popular, context_item, covisits)
         candidates = list(found.values())
-        scores, personalized = await self._scores(candidates, features, query, popular)
+        scores, personalized, scorer_problem = await self._scores(
+            candidates, features, query, popular
+        )
+        fallback_reason = fallback_reason or scorer_problem
         items = rank(
             candidates,
             scores,
@@ -113,6 +120,8 @@ class Recommender:
             features,
             query,
             context_item,
+            self.policy,
+            np.random.default_rng(int(request_id[:16], 16)),  # replayable from the request id
         )
         strategy = (
             "fallback" if fallback_reason else ("personalized" if personalized else "cold_start")
@@ -133,17 +142,30 @@ class Recommender:
         features: ProfileFeatures | None,
         query: str | None,
         popular: list[tuple[str, float]],
-    ) -> tuple[np.ndarray, bool]:
-        """Model scores when there is a profile or a query, else popularity."""
+    ) -> tuple[np.ndarray, bool, str | None]:
+        """Model scores when there is a profile or a query, else popularity. Also popularity
+        when the scorer fails or is slower than ``score_timeout_s`` (reason returned): the
+        page gets an answer either way."""
         rows = np.fromiter((c.row for c in candidates), dtype=np.int64, count=len(candidates))
+        problem = None
         if len(rows) and (features is not None or query):
-            scores = await self.score_fn(ScoreTask(rows, features, query))
-            if scores is not None:
-                return np.asarray(scores, dtype=np.float64), True
+            try:
+                scores = await asyncio.wait_for(
+                    self.score_fn(ScoreTask(rows, features, query)), self.score_timeout_s
+                )
+                if scores is not None:
+                    return np.asarray(scores, dtype=np.float64), True, None
+            except TimeoutError:
+                problem = f"scorer slower than {self.score_timeout_s:g}s"
+            except Exception as exc:  # a failed replica must not fail the page
+                problem = f"scorer unavailable ({type(exc).__name__})"
+            if problem:
+                log.warning("%s: popularity fallback", problem)
         weights = dict(popular)
         top = max(weights.values(), default=1.0) or 1.0
         ids = self.catalog.ids
-        return np.array([weights.get(ids[r], 0.0) / top for r in rows], dtype=np.float64), False
+        scores = np.array([weights.get(ids[r], 0.0) / top for r in rows], dtype=np.float64)
+        return scores, False, problem
 
     async def score(self, request: ScoreRequest) -> ScoreResponse:
         profile = await self._profile(request.user_id)

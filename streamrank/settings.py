@@ -93,6 +93,9 @@ class Settings(BaseSettings):
     popular_refresh_s: float = 2.0
     candidates_popular: int = 200
     candidates_similar: int = 200
+    scorer_timeout_s: float = Field(default=1.0, gt=0, description="then popularity fallback")
+    ranking_diversity: float = Field(default=0.2, ge=0, le=1, description="MMR weight")
+    ranking_exploration: float = Field(default=0.05, ge=0, le=1, description="random slots")
 
     @cached_property
     def home_dir(self) -> Path:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from serving.candidates import CandidateGenerator
-from serving.ranking import blocked_items, rank
+from serving.ranking import RankingPolicy, blocked_items, diversify, explore, rank
 from serving.scorer import combine
 from streamrank.catalog import Catalog
 from streams.events import Event
@@ -52,7 +52,7 @@ def test_bought_seen_excluded_and_in_view_items_are_never_ranked(catalog: Catalo
     candidates = list(found.values())
     assert features.interest is not None
     scores = catalog.embeddings[np.array([c.row for c in candidates])] @ features.interest
-    items = rank(candidates, scores, catalog, 10, blocked, features)
+    items = rank(candidates, scores, catalog, 10, blocked, features)  # default: score order
     assert len(items) == 10
     assert not {i.item_id for i in items} & blocked
     assert [i.score for i in items] == sorted((i.score for i in items), reverse=True)
@@ -72,3 +72,49 @@ def test_rank_never_returns_more_than_k(catalog: Catalog, k: int) -> None:
     found = list(CandidateGenerator(catalog, n_popular=50).generate(None, popular=[]).values())
     items = rank(found, np.ones(len(found)), catalog, k, set(), None)
     assert len(items) == min(k, 50)
+
+
+def test_diversity_spreads_categories_and_zero_keeps_score_order() -> None:
+    scores = np.array([1.0, 0.99, 0.98, 0.97, 0.5, 0.4])
+    cats = [frozenset({"Drama"})] * 4 + [frozenset({"Comedy"}), frozenset({"Horror"})]
+    assert diversify(scores, cats, 4, 0.0) == [0, 1, 2, 3]
+    spread = diversify(scores, cats, 4, 0.5)
+    assert spread[0] == 0 and {4, 5} <= set(spread)  # one drama, then the other categories
+    assert sorted(diversify(scores, cats, 6, 0.5)) == list(range(6))  # nothing lost
+
+
+def test_exploration_share_and_propensities() -> None:
+    rng = np.random.default_rng(7)
+    ranked = list(range(100))
+    explored = shown = 0
+    for _ in range(200):
+        slots = explore(ranked, 100, 10, 0.2, rng)
+        assert len({pos for pos, _, _ in slots}) == 10  # never the same item twice
+        for _pos, propensity, was_explored in slots:
+            shown += 1
+            explored += was_explored
+            assert propensity == (
+                pytest.approx(0.2 / (100 - len(slots)), rel=0.2)
+                if was_explored
+                else pytest.approx(0.8)
+            )
+    assert 0.15 < explored / shown < 0.25
+    assert [p for p, _, _ in explore(ranked, 100, 10, 0.0, rng)] == list(range(10))
+
+
+def test_ranked_items_carry_propensities(catalog: Catalog) -> None:
+    found = list(CandidateGenerator(catalog, n_popular=50).generate(None, popular=[]).values())
+    policy = RankingPolicy(diversity=0.3, exploration=0.5)
+    items = rank(
+        found,
+        np.linspace(1, 0, len(found)),
+        catalog,
+        10,
+        set(),
+        None,
+        policy=policy,
+        rng=np.random.default_rng(1),
+    )
+    assert len(items) == 10
+    assert {i.reason for i in items if i.propensity < 0.5} == {"something new to try"}
+    assert any(i.propensity == 0.5 for i in items)
