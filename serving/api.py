@@ -55,6 +55,7 @@ class RecommendationResponse(BaseModel):
     user_id: str
     items: list[RecommendedItem]
     model_version: str
+    experiment_arm: str
     strategy: Literal["personalized", "cold_start", "fallback"]
     fallback_reason: str | None = None
     profile: ProfileSummary | None = None

@@ -1,14 +1,16 @@
-"""The Ray Serve application: a FastAPI ingress composed with a batched scorer.
+"""The Ray Serve application: a FastAPI ingress composed with batched scorers.
 
 (No ``from __future__ import annotations`` here: FastAPI must see the real types.)
 
-    client ──HTTP──▶ Api (profile, candidates, rules) ──handle──▶ Scorer (@serve.batch)
+    client ──HTTP──▶ Api (arm, profile, candidates, rules) ──handle──▶ scorer-<arm> (@serve.batch)
+                      └──▶ impressions topic (what was shown, for CTR/CVR per arm)
 """
 
 import logging
 import os
 import signal
 import threading
+from collections.abc import Awaitable, Callable
 
 import numpy as np
 from fastapi import FastAPI
@@ -24,6 +26,7 @@ from serving.api import (
     ScoreRequest,
     ScoreResponse,
 )
+from serving.config import APP_NAME
 from serving.ranking import RankingPolicy
 from serving.scorer import Scorer, ScoreTask, model_version
 from streamrank.catalog import Catalog
@@ -41,27 +44,35 @@ api = FastAPI(
 @serve.deployment(name="api")
 @serve.ingress(api)
 class Api:
-    def __init__(self, scorer: DeploymentHandle, settings: Settings):
+    def __init__(self, scorers: dict[str, DeploymentHandle], settings: Settings):
         from feature_repo.store import open_store
-        from serving.recommender import Recommender
+        from serving.experiments import arm_model_dir
+        from serving.recommender import Arm, Recommender
+        from streams.impressions import ImpressionLog
         from streams.sink import FeastProfileStore
 
-        self.scorer = scorer
-
-        async def score(task: ScoreTask) -> np.ndarray | None:
-            return await self.scorer.score.remote(task)
-
+        self.impressions = ImpressionLog(
+            settings.bootstrap(), settings.impressions_topic, settings.events_partitions
+        )
+        arms = {
+            name: Arm(
+                score=_remote_scorer(handle),
+                model_version=model_version(settings, arm_model_dir(settings, name)),
+            )
+            for name, handle in scorers.items()
+        }
         self.recommender = Recommender(
             catalog=Catalog.load(settings.home_dir),
             profiles=FeastProfileStore(open_store(settings)),
-            score=score,
+            arms=arms,
             partitions=settings.events_partitions,
-            model_version=model_version(settings),
+            experiment=settings.experiment_name,
             n_popular=settings.candidates_popular,
             n_interest=settings.candidates_similar,
             popular_refresh_s=settings.popular_refresh_s,
             policy=RankingPolicy(settings.ranking_diversity, settings.ranking_exploration),
             score_timeout_s=settings.scorer_timeout_s,
+            impressions=self.impressions.publish,
         )
 
     @api.post("/v1/recommendations", response_model=RecommendationResponse)
@@ -82,7 +93,8 @@ class Api:
     async def healthz(self) -> dict[str, object]:
         return {
             "status": "ok",
-            "model_version": self.recommender.model_version,
+            "experiment": self.recommender.experiment,
+            "arms": {n: a.model_version for n, a in self.recommender.arms.items()},
             "items": len(self.recommender.catalog),
         }
 
@@ -91,16 +103,35 @@ class Api:
         return generate_latest().decode()
 
 
+def _remote_scorer(handle: DeploymentHandle) -> Callable[[ScoreTask], Awaitable[np.ndarray | None]]:
+    async def score(task: ScoreTask) -> np.ndarray | None:
+        return await handle.score.remote(task)
+
+    return score
+
+
 def build_app(settings: Settings) -> serve.Application:
-    scorer = Scorer.options(
-        ray_actor_options={
-            "num_cpus": settings.serve_num_cpus,
-            "num_gpus": settings.scorer_num_gpus,
-        }
-    ).bind(settings)
-    return Api.options(ray_actor_options={"num_cpus": settings.serve_num_cpus}).bind(
-        scorer, settings
-    )
+    """The deployment graph: the ingress bound to one scorer per experiment arm, each with
+    the options ``serving/config.py`` derives from the settings."""
+    from serving.config import deployment_options, scorer_name
+    from serving.experiments import arm_model_dir
+
+    options = deployment_options(settings)
+    scorers = {
+        arm: Scorer.options(name=scorer_name(arm), **options[scorer_name(arm)]).bind(
+            settings, arm_model_dir(settings, arm)
+        )
+        for arm in settings.experiment_arms
+    }
+    return Api.options(**options["api"]).bind(scorers, settings)
+
+
+def app_builder(args: dict[str, str]) -> serve.Application:
+    """For ``serve run infra/serve.yaml``: settings from ``STREAMRANK_*`` variables, with
+    ``args`` (``serve run ... key=value``) as overrides."""
+    from streamrank.settings import get_settings
+
+    return build_app(get_settings(**args))
 
 
 def start(settings: Settings, num_cpus: int | None = None) -> str:
@@ -117,7 +148,7 @@ def start(settings: Settings, num_cpus: int | None = None) -> str:
             log_to_driver=False,
         )
     serve.start(http_options={"host": settings.serve_host, "port": settings.serve_port})
-    serve.run(build_app(settings), name="streamrank", route_prefix="/", blocking=False)
+    serve.run(build_app(settings), name=APP_NAME, route_prefix="/", blocking=False)
     url = f"http://{settings.serve_host}:{settings.serve_port}"
     log.info("Ray Serve application ready at %s", url)
     return url

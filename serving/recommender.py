@@ -10,7 +10,9 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import numpy as np
 
@@ -23,10 +25,12 @@ from serving.api import (
     ScoreResponse,
 )
 from serving.candidates import Candidate, CandidateGenerator
+from serving.experiments import assign_arm
 from serving.ranking import RankingPolicy, blocked_items, rank
 from serving.scorer import ScoreTask
 from streamrank.catalog import Catalog
 from streams.covisitation import merge_neighbours
+from streams.impressions import Impression
 from streams.popularity import merge_popularity
 from streams.profile import ProfileFeatures, UserProfile, derive_features
 from streams.sink import FeastProfileStore
@@ -36,25 +40,36 @@ log = logging.getLogger(__name__)
 ScoreFn = Callable[[ScoreTask], Awaitable[np.ndarray | None]]
 
 
+@dataclass(frozen=True)
+class Arm:
+    """One experiment arm: its scorer and the model version behind it."""
+
+    score: ScoreFn
+    model_version: str
+
+
 class Recommender:
     def __init__(
         self,
         catalog: Catalog,
         profiles: FeastProfileStore,
-        score: ScoreFn,
+        arms: Mapping[str, Arm],
         partitions: int,
-        model_version: str,
+        experiment: str = "default",
         n_popular: int = 200,
         n_interest: int = 200,
         popular_refresh_s: float = 2.0,
         policy: RankingPolicy | None = None,
         score_timeout_s: float = 1.0,
+        impressions: Callable[[Impression], None] | None = None,
     ):
         self.catalog = catalog
         self.profiles = profiles
-        self.score_fn = score
+        self.arms = dict(arms)
+        self.arm_names = sorted(self.arms)
+        self.experiment = experiment
+        self.publish_impression = impressions
         self.partitions = list(range(partitions))
-        self.model_version = model_version
         self.candidates = CandidateGenerator(catalog, n_popular, n_interest)
         self.popular_refresh_s = popular_refresh_s
         self.policy = policy or RankingPolicy()
@@ -85,8 +100,13 @@ class Recommender:
         return {a: merge_neighbours([rows[(p, a)] for p in self.partitions], now) for a in anchors}
 
     # --- endpoints ------------------------------------------------------------------------
+    def arm_of(self, user_id: str) -> str:
+        return assign_arm(user_id, self.arm_names, self.experiment)
+
     async def recommend(self, request: RecommendationRequest) -> RecommendationResponse:
         request_id = uuid.uuid4().hex
+        arm_name = self.arm_of(request.user_id)
+        arm = self.arms[arm_name]
         context = request.context
         query = context.query if context and context.query else None
         context_item = context.item_id if context else None
@@ -108,7 +128,7 @@ class Recommender:
             found = self.candidates.generate(features, popular, context_item, covisits)
         candidates = list(found.values())
         scores, personalized, scorer_problem = await self._scores(
-            candidates, features, query, popular
+            arm.score, candidates, features, query, popular
         )
         fallback_reason = fallback_reason or scorer_problem
         items = rank(
@@ -126,18 +146,34 @@ class Recommender:
         strategy = (
             "fallback" if fallback_reason else ("personalized" if personalized else "cold_start")
         )
-        return RecommendationResponse(
+        response = RecommendationResponse(
             request_id=request_id,
             user_id=request.user_id,
             items=items,
-            model_version=self.model_version,
+            model_version=arm.model_version,
+            experiment_arm=arm_name,
             strategy=strategy,
             fallback_reason=fallback_reason,
             profile=_summary(features, self.catalog) if features else None,
         )
+        if self.publish_impression is not None and items:
+            self.publish_impression(
+                Impression(
+                    request_id=request_id,
+                    user_id=request.user_id,
+                    arm=arm_name,
+                    model_version=arm.model_version,
+                    strategy=strategy,
+                    items=[i.item_id for i in items],
+                    propensities=[i.propensity for i in items],
+                    ts=datetime.now(UTC),
+                )
+            )
+        return response
 
     async def _scores(
         self,
+        score_fn: ScoreFn,
         candidates: list[Candidate],
         features: ProfileFeatures | None,
         query: str | None,
@@ -151,7 +187,7 @@ class Recommender:
         if len(rows) and (features is not None or query):
             try:
                 scores = await asyncio.wait_for(
-                    self.score_fn(ScoreTask(rows, features, query)), self.score_timeout_s
+                    score_fn(ScoreTask(rows, features, query)), self.score_timeout_s
                 )
                 if scores is not None:
                     return np.asarray(scores, dtype=np.float64), True, None
@@ -168,19 +204,20 @@ class Recommender:
         return scores, False, problem
 
     async def score(self, request: ScoreRequest) -> ScoreResponse:
+        arm = self.arms[self.arm_of(request.user_id)]
         profile = await self._profile(request.user_id)
         features = derive_features(profile, time.time()) if profile else None
         known = [i for i in request.item_ids if i in self.catalog.index]
         result: dict[str, float] = {}
         if known and features is not None:
             rows = np.array([self.catalog.index[i] for i in known], dtype=np.int64)
-            scores = await self.score_fn(ScoreTask(rows, features, None))
+            scores = await arm.score(ScoreTask(rows, features, None))
             if scores is not None:
                 result = {i: float(s) for i, s in zip(known, scores, strict=True)}
         return ScoreResponse(
             user_id=request.user_id,
             scores=[ItemScore(item_id=i, score=result.get(i)) for i in request.item_ids],
-            model_version=self.model_version,
+            model_version=arm.model_version,
         )
 
 

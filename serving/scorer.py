@@ -48,14 +48,14 @@ def combine(user_vector: np.ndarray | None, query_vector: np.ndarray | None) -> 
     return vector / norm if norm > 0 else None
 
 
-def model_directory(settings: Settings) -> Path | None:
+def model_directory(settings: Settings, override: Path | None = None) -> Path | None:
     from training.artifact import latest_model_dir
 
-    return settings.model_dir or latest_model_dir(settings.home_dir)
+    return override or settings.model_dir or latest_model_dir(settings.home_dir)
 
 
-def model_version(settings: Settings) -> str:
-    directory = model_directory(settings)
+def model_version(settings: Settings, model_dir: Path | None = None) -> str:
+    directory = model_directory(settings, model_dir)
     if directory is not None:
         return directory.name
     import json
@@ -67,13 +67,15 @@ def model_version(settings: Settings) -> str:
 class ScorerModel:
     """Framework-free core of the scorer (unit-testable, used by the deployment)."""
 
-    def __init__(self, settings: Settings, device: str | None = None):
+    def __init__(
+        self, settings: Settings, device: str | None = None, model_dir: Path | None = None
+    ):
         from training.encoder import default_encoder_path
 
         self.catalog = Catalog.load(settings.home_dir)
         encoder_path = settings.encoder_path or default_encoder_path()
-        directory = model_directory(settings)
-        self.version = model_version(settings)
+        directory = model_directory(settings, model_dir)
+        self.version = model_version(settings, model_dir)
         if directory is not None:
             self._load_trained(directory, encoder_path, device)
         else:
@@ -139,11 +141,15 @@ class ScorerModel:
 
 @serve.deployment(name="scorer")
 class Scorer:
-    def __init__(self, settings: Settings):
-        self.model = ScorerModel(settings)
-        self.max_batch = settings.scorer_max_batch_size
-        self.score.set_max_batch_size(settings.scorer_max_batch_size)
-        self.score.set_batch_wait_timeout_s(settings.scorer_batch_wait_s)
+    """One per experiment arm (``serving/config.py`` names them), each with its model."""
+
+    def __init__(self, settings: Settings, model_dir: Path | None = None):
+        self.model = ScorerModel(settings, model_dir=model_dir)
+
+    def reconfigure(self, user_config: dict[str, float]) -> None:
+        """Batch knobs from the Serve config's ``user_config``: changeable live."""
+        self.score.set_max_batch_size(int(user_config["max_batch_size"]))
+        self.score.set_batch_wait_timeout_s(float(user_config["batch_wait_timeout_s"]))
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
     async def score(self, tasks: list[ScoreTask]) -> list[np.ndarray | None]:

@@ -33,7 +33,7 @@ def cmd_broker(settings: Settings, args: argparse.Namespace) -> int:
     with sigterm_as_interrupt(), EmbeddedBroker(port=args.port) as broker:
         ensure_topics(
             broker.bootstrap,
-            {settings.events_topic: settings.events_partitions, settings.dlq_topic: 1},
+            settings.topics(),
         )
         print(f"broker ready: STREAMRANK_KAFKA_BOOTSTRAP={broker.bootstrap}  (Ctrl-C stops it)")
         try:
@@ -58,7 +58,7 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
 
     ensure_topics(
         settings.bootstrap(),
-        {settings.events_topic: settings.events_partitions, settings.dlq_topic: 1},
+        settings.topics(),
     )
     sys.argv = [sys.argv[0]]  # Faust's worker parses argv itself
     run_worker(settings, loglevel=args.log_level)
@@ -73,6 +73,17 @@ def cmd_produce(settings: Settings, args: argparse.Namespace) -> int:
     events = dataset.events.tail(args.limit) if args.limit else dataset.events
     sent, _ = stream_events(settings, events, shift_to_now=args.shift_to_now)
     print(f"sent {sent} events to {settings.events_topic}")
+    return 0
+
+
+def cmd_serve_config(settings: Settings, args: argparse.Namespace) -> int:
+    import yaml
+
+    from serving.config import serve_config
+
+    print("# Ray Serve config derived from the settings by `streamrank serve-config`.")
+    print("# Run: serve run <this file>  (STREAMRANK_* variables configure the application)")
+    print(yaml.safe_dump(serve_config(settings), sort_keys=False), end="")
     return 0
 
 
@@ -160,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="run the Ray Serve application in the foreground")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("serve-config", help="print the Ray Serve config file the settings give")
+    p.set_defaults(func=cmd_serve_config)
 
     p = sub.add_parser("demo", help="the whole system on embedded defaults, end to end")
     p.add_argument("--events", type=int, default=20_000, help="events streamed")

@@ -142,7 +142,7 @@ def run_demo(settings: Settings, events: int = 20_000, users: int = 3) -> int:
             prepare(settings, dataset)
             ensure_topics(
                 settings.bootstrap(),
-                {settings.events_topic: settings.events_partitions, settings.dlq_topic: 1},
+                settings.topics(),
             )
             print(f"[2/5] Faust worker and Ray Serve (broker {settings.bootstrap()})")
             worker = start_worker(settings)

@@ -6,11 +6,13 @@ the same variables, so ``Settings.as_env()`` is the only way settings cross a pr
 
 from __future__ import annotations
 
+import json
+import re
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -87,9 +89,20 @@ class Settings(BaseSettings):
     serve_host: str = "127.0.0.1"
     serve_port: int = 8000
     serve_num_cpus: float = 0.5
-    scorer_num_gpus: float = 0.0
-    scorer_max_batch_size: int = 32
-    scorer_batch_wait_s: float = 0.005
+    api_replicas: int = Field(default=1, ge=1)
+    api_max_ongoing_requests: int = Field(default=256, ge=1)
+    scorer_num_gpus: float = Field(default=0.0, ge=0, description="> 0: scorer on a GPU")
+    scorer_min_replicas: int = Field(default=1, ge=1)
+    scorer_max_replicas: int = Field(default=1, ge=1, description="> min: autoscaling")
+    scorer_target_ongoing_requests: float = Field(default=32, gt=0)
+    scorer_max_ongoing_requests: int = Field(default=256, ge=1)
+    scorer_max_batch_size: int = Field(default=32, ge=1)
+    scorer_batch_wait_s: float = Field(default=0.005, ge=0)
+    # A/B test: arm name -> model directory ("" = the newest model). Users are split evenly
+    # by a stable hash of (experiment_name, user id); JSON in STREAMRANK_EXPERIMENT_ARMS.
+    experiment_name: str = "default"
+    experiment_arms: dict[str, str] = Field(default_factory=lambda: {"main": ""})
+    impressions_topic: str = "impressions"
     popular_refresh_s: float = 2.0
     candidates_popular: int = 200
     candidates_similar: int = 200
@@ -104,6 +117,25 @@ class Settings(BaseSettings):
         path.mkdir(parents=True, exist_ok=True)
         return path
 
+    @field_validator("experiment_arms")
+    @classmethod
+    def _arm_names(cls, arms: dict[str, str]) -> dict[str, str]:
+        if not arms:
+            raise ValueError("at least one experiment arm")
+        bad = [a for a in arms if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,31}", a)]
+        if bad:
+            raise ValueError(f"arm names must be short lowercase slugs: {bad}")
+        return arms
+
+    def topics(self) -> dict[str, int]:
+        """Every topic the system uses, with its partition count. Impressions are
+        partitioned like events (by user) so that a user's two streams meet in one worker."""
+        return {
+            self.events_topic: self.events_partitions,
+            self.dlq_topic: 1,
+            self.impressions_topic: self.events_partitions,
+        }
+
     def bootstrap(self) -> str:
         return self.kafka_bootstrap or "127.0.0.1:9092"
 
@@ -115,7 +147,8 @@ class Settings(BaseSettings):
                 continue
             if name == "home":
                 value = self.home_dir
-            env[f"STREAMRANK_{name.upper()}"] = str(value)
+            text = json.dumps(value) if isinstance(value, dict | list) else str(value)
+            env[f"STREAMRANK_{name.upper()}"] = text
         return env
 
 

@@ -74,6 +74,7 @@ def isolated_settings(home: Path, bootstrap: str | None = None, **overrides: obj
         "kafka_bootstrap": bootstrap,
         "events_topic": f"events-{tag}",
         "dlq_topic": f"events-{tag}.dlq",
+        "impressions_topic": f"impressions-{tag}",
         "consumer_group": f"profiles-{tag}",
         "feast_project": f"t{tag}",
         "serve_port": free_port(),
@@ -87,7 +88,7 @@ def isolated_settings(home: Path, bootstrap: str | None = None, **overrides: obj
 @pytest.fixture
 def settings(home: Path, broker: EmbeddedBroker) -> Settings:
     s = isolated_settings(home, broker.bootstrap)
-    ensure_topics(s.bootstrap(), {s.events_topic: s.events_partitions, s.dlq_topic: 1})
+    ensure_topics(s.bootstrap(), s.topics())
     return s
 
 

@@ -25,7 +25,8 @@ from streamrank.demo import send_raw, start_worker
 from streamrank.prepare import prepare
 from streamrank.settings import Settings
 from streams.events import Event
-from streams.producer import EventProducer
+from streams.impressions import Impression
+from streams.producer import EventProducer, partition_for
 from streams.sink import FeastProfileStore
 from tests.conftest import isolated_settings, make_home
 from tests.integration.checks import assert_profiles_equal, offline_truth
@@ -56,7 +57,7 @@ def stack(
     prepare(settings, dataset)
     ensure_topics(
         settings.bootstrap(),
-        {settings.events_topic: settings.events_partitions, settings.dlq_topic: 1},
+        settings.topics(),
     )
     running = Stack(settings, "", Catalog.load(home), FeastProfileStore(open_store(settings)), None)
     running.worker = start_worker(settings)
@@ -144,6 +145,18 @@ def test_recommendations_reflect_what_each_user_did(stack: Stack) -> None:
     family = recommend(stack, "it-kids")
     assert share_with(family["items"], {"Children's", "Animation"}) >= 0.5, family["items"]
     assert share_with(family["items"], {"Horror"}) < share_with(scary["items"], {"Horror"})
+
+    # each answer was logged as an impression of its arm, on the user's partition
+    logged = {
+        i.request_id: (record.partition, i)
+        for record in read_topic(stack.settings.bootstrap(), stack.settings.impressions_topic, 50)
+        if (i := Impression.model_validate_json(record.value or b""))
+    }
+    for answer in (scary, family):
+        partition, impression = logged[answer["request_id"]]
+        assert partition == partition_for(answer["user_id"], stack.settings.events_partitions)
+        assert impression.arm == answer["experiment_arm"] == "main"
+        assert impression.items == [i["item_id"] for i in answer["items"]]
 
 
 def test_new_visitors_get_popular_items_not_errors(stack: Stack) -> None:

@@ -8,10 +8,11 @@ import pytest
 
 from feature_repo.store import apply_repo
 from serving.api import RecommendationRequest
-from serving.recommender import Recommender, ScoreFn
+from serving.recommender import Arm, Recommender, ScoreFn
 from serving.scorer import ScoreTask
 from streamrank.catalog import Catalog
 from streamrank.settings import Settings
+from streams.impressions import Impression
 from streams.sink import FeastProfileStore
 from tests.serving.test_ranking import profile_of
 
@@ -22,8 +23,16 @@ def recommender(
     store = FeastProfileStore(apply_repo(Settings(home=home)))
     store.write_profiles([profile_of(catalog, ["1", "2", "3"], [])])
     return Recommender(
-        catalog, store, score, partitions=4, model_version="test", score_timeout_s=timeout_s
+        catalog,
+        store,
+        {"main": Arm(score, "test")},
+        partitions=4,
+        score_timeout_s=timeout_s,
+        impressions=shown.append,
     )
+
+
+shown: list[Impression] = []
 
 
 def ask(r: Recommender) -> dict:
@@ -58,3 +67,16 @@ def test_a_healthy_scorer_personalizes(home: Path, catalog: Catalog) -> None:
     answer = ask(recommender(home, catalog, score))
     assert (answer["strategy"], answer["fallback_reason"]) == ("personalized", None)
     assert all(0 < item["propensity"] <= 1 for item in answer["items"])
+
+
+def test_each_answer_is_logged_as_an_impression_of_its_arm(home: Path, catalog: Catalog) -> None:
+    async def score(task: ScoreTask) -> np.ndarray:
+        return np.zeros(len(task.item_rows))
+
+    shown.clear()
+    answer = ask(recommender(home, catalog, score))
+    (impression,) = shown
+    assert impression.request_id == answer["request_id"]
+    assert (impression.arm, impression.model_version) == ("main", "test")
+    assert impression.items == [i["item_id"] for i in answer["items"]]
+    assert impression.propensities == [i["propensity"] for i in answer["items"]]

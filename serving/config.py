@@ -1,0 +1,80 @@
+"""The Ray Serve config of the application, derived from the settings object.
+
+One source of truth: ``streamrank serve`` deploys exactly this, and ``streamrank
+serve-config`` prints it as a Serve config file (``serve run`` / ``serve deploy``
+conventions), so a team running its own Ray cluster gets the same topology.
+``infra/serve.yaml`` is that file for the defaults (a test keeps it in sync and validates
+it against Ray's own schema).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from streamrank.settings import Settings
+
+APP_NAME = "streamrank"
+IMPORT_PATH = "serving.app:app_builder"
+
+
+def scorer_name(arm: str) -> str:
+    return f"scorer-{arm}"
+
+
+def scorer_options(settings: Settings) -> dict[str, Any]:
+    """Replicas (fixed or autoscaled), queue bounds, resources, and the batch knobs, which
+    reach the replica through ``user_config`` so they can change without a restart."""
+    options: dict[str, Any] = {
+        "max_ongoing_requests": settings.scorer_max_ongoing_requests,
+        "ray_actor_options": {
+            "num_cpus": settings.serve_num_cpus,
+            "num_gpus": settings.scorer_num_gpus,
+        },
+        "user_config": {
+            "max_batch_size": settings.scorer_max_batch_size,
+            "batch_wait_timeout_s": settings.scorer_batch_wait_s,
+        },
+    }
+    if settings.scorer_max_replicas > settings.scorer_min_replicas:
+        options["autoscaling_config"] = {
+            "min_replicas": settings.scorer_min_replicas,
+            "max_replicas": settings.scorer_max_replicas,
+            "target_ongoing_requests": settings.scorer_target_ongoing_requests,
+        }
+    else:
+        options["num_replicas"] = settings.scorer_min_replicas
+    return options
+
+
+def api_options(settings: Settings) -> dict[str, Any]:
+    return {
+        "num_replicas": settings.api_replicas,
+        "max_ongoing_requests": settings.api_max_ongoing_requests,
+        "ray_actor_options": {"num_cpus": settings.serve_num_cpus},
+    }
+
+
+def deployment_options(settings: Settings) -> dict[str, dict[str, Any]]:
+    """Options per deployment name: the ingress and one scorer per experiment arm."""
+    options = {"api": api_options(settings)}
+    for arm in settings.experiment_arms:
+        options[scorer_name(arm)] = scorer_options(settings)
+    return options
+
+
+def serve_config(settings: Settings) -> dict[str, Any]:
+    """A Serve config file's content (``ray.serve.schema.ServeDeploySchema``)."""
+    return {
+        "proxy_location": "HeadOnly",
+        "http_options": {"host": settings.serve_host, "port": settings.serve_port},
+        "applications": [
+            {
+                "name": APP_NAME,
+                "route_prefix": "/",
+                "import_path": IMPORT_PATH,
+                "deployments": [
+                    {"name": name, **opts} for name, opts in deployment_options(settings).items()
+                ],
+            }
+        ],
+    }

@@ -1,0 +1,76 @@
+"""Impressions: what a recommendation response showed, to whom, from which experiment arm.
+
+Serving writes one per response to the ``impressions`` topic, keyed and partitioned like
+the user's events; the worker joins them with the user's later clicks and purchases into
+CTR and CVR per arm (``streams/experiments.py``). Publishing never blocks or fails a
+request: an impression the broker cannot take is dropped and counted.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from confluent_kafka import KafkaException, Producer
+from prometheus_client import Counter
+from pydantic import BaseModel, ConfigDict, Field
+
+from streams.producer import partition_for
+
+log = logging.getLogger(__name__)
+
+DROPPED = Counter(
+    "streamrank_impressions_dropped_total", "Impressions the broker could not take", ["reason"]
+)
+
+
+class Impression(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    request_id: str = Field(min_length=1, max_length=64)
+    user_id: str = Field(min_length=1, max_length=128)
+    arm: str
+    model_version: str
+    strategy: str
+    items: list[str] = Field(max_length=100)
+    propensities: list[float] = Field(max_length=100)
+    ts: datetime
+
+
+class ImpressionLog:
+    """Fire-and-forget publication; delivery is confirmed in the background."""
+
+    def __init__(self, bootstrap: str, topic: str, partitions: int):
+        self.topic = topic
+        self.partitions = partitions
+        self._producer = Producer(
+            {
+                "bootstrap.servers": bootstrap,
+                "linger.ms": 5,
+                "queue.buffering.max.messages": 100_000,
+                "message.timeout.ms": 30_000,
+            }
+        )
+
+    def publish(self, impression: Impression) -> None:
+        try:
+            self._producer.produce(
+                self.topic,
+                key=impression.user_id.encode(),
+                value=impression.model_dump_json().encode(),
+                partition=partition_for(impression.user_id, self.partitions),
+                on_delivery=self._delivered,
+            )
+        except (BufferError, KafkaException) as exc:
+            DROPPED.labels(type(exc).__name__).inc()
+            log.warning("impression %s dropped: %s", impression.request_id, exc)
+        self._producer.poll(0)
+
+    @staticmethod
+    def _delivered(err: object, _msg: object) -> None:
+        if err is not None:
+            DROPPED.labels("delivery").inc()
+            log.warning("impression not delivered: %s", err)
+
+    def flush(self, timeout: float = 5.0) -> int:
+        return self._producer.flush(timeout)

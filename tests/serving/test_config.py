@@ -1,0 +1,48 @@
+"""The Serve config: derived from the settings, valid for Ray, checked in without drift."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+from ray.serve.schema import ServeDeploySchema
+
+from serving.config import serve_config
+from serving.experiments import assign_arm
+from streamrank.settings import REPO_ROOT, Settings
+
+
+def test_the_checked_in_serve_yaml_is_the_default_settings_rendered() -> None:
+    path = REPO_ROOT / "infra" / "serve.yaml"
+    assert yaml.safe_load(path.read_text()) == serve_config(Settings(home=Path("unused")))
+
+
+def test_serve_config_validates_against_rays_schema_with_arms_and_autoscaling() -> None:
+    settings = Settings(
+        experiment_arms={"control": "", "candidate": "/models/v2"},
+        scorer_min_replicas=1,
+        scorer_max_replicas=4,
+        scorer_num_gpus=1,
+    )
+    schema = ServeDeploySchema.model_validate(serve_config(settings))
+    deployments = {d.name: d for d in schema.applications[0].deployments}
+    assert set(deployments) == {"api", "scorer-control", "scorer-candidate"}
+    scorer = deployments["scorer-control"]
+    assert scorer.autoscaling_config["max_replicas"] == 4
+    assert scorer.ray_actor_options.num_gpus == 1
+    assert scorer.user_config == {"max_batch_size": 32, "batch_wait_timeout_s": 0.005}
+
+
+@pytest.mark.parametrize("arms", [{}, {"Bad Name": ""}])
+def test_bad_arm_settings_are_refused(arms: dict[str, str]) -> None:
+    with pytest.raises(ValueError, match="arm"):
+        Settings(experiment_arms=arms)
+
+
+def test_arms_are_stable_and_even() -> None:
+    arms = ["a", "b", "c"]
+    users = [f"user-{i}" for i in range(6000)]
+    first = [assign_arm(u, arms, "exp1") for u in users]
+    assert first == [assign_arm(u, arms, "exp1") for u in users]  # stable
+    assert all(1800 < first.count(a) < 2200 for a in arms)  # even
+    other = [assign_arm(u, arms, "exp2") for u in users]
+    assert 0.5 < sum(x != y for x, y in zip(first, other, strict=True)) / len(users) < 0.8
