@@ -61,9 +61,16 @@ class Record:
 
 
 def read_topic(
-    bootstrap: str, topic: str, max_messages: int, timeout: float = 10.0
+    bootstrap: str,
+    topic: str,
+    max_messages: int | None = None,
+    timeout: float = 10.0,
+    idle_s: float | None = None,
 ) -> list[Record]:
-    """Read a topic from the beginning without joining any group (for checks and the demo)."""
+    """Read a topic from the beginning without joining any group (for checks, the demo and
+    reports). Stops at ``max_messages``, at ``timeout``, or after ``idle_s`` without a new
+    message (the way to read "everything": the embedded broker's latest offsets are not
+    exact, see above)."""
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
@@ -72,16 +79,21 @@ def read_topic(
         }
     )
     try:
-        metadata = consumer.list_topics(topic, timeout=timeout)
+        metadata = consumer.list_topics(topic, timeout=min(timeout, 10.0))
         consumer.assign(
             [TopicPartition(topic, p, OFFSET_BEGINNING) for p in metadata.topics[topic].partitions]
         )
         records: list[Record] = []
         deadline = time.monotonic() + timeout
-        while len(records) < max_messages and time.monotonic() < deadline:
+        last = time.monotonic()
+        while max_messages is None or len(records) < max_messages:
+            now = time.monotonic()
+            if now > deadline or (idle_s is not None and now - last > idle_s):
+                break
             msg = consumer.poll(0.2)
             if msg is None or msg.error():
                 continue
+            last = time.monotonic()
             headers = {k: (v or b"").decode(errors="replace") for k, v in msg.headers() or []}
             records.append(Record(msg.partition(), msg.offset(), msg.key(), msg.value(), headers))
         return records

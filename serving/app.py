@@ -10,7 +10,6 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Awaitable, Callable
 
 import numpy as np
 from fastapi import FastAPI
@@ -47,16 +46,24 @@ class Api:
     def __init__(self, scorers: dict[str, DeploymentHandle], settings: Settings):
         from feature_repo.store import open_store
         from serving.experiments import arm_model_dir
-        from serving.recommender import Arm, Recommender
+        from serving.recommender import Arm, Recommender, ScoreFn
         from streams.impressions import ImpressionLog
         from streams.sink import FeastProfileStore
 
         self.impressions = ImpressionLog(
             settings.bootstrap(), settings.impressions_topic, settings.events_partitions
         )
+
+        def remote(handle: DeploymentHandle) -> ScoreFn:
+            async def score(task: ScoreTask) -> np.ndarray | None:
+                return await handle.score.remote(task)
+
+            return score
+
+        # (helpers live inside the class: Ray ships the ingress class by value)
         arms = {
             name: Arm(
-                score=_remote_scorer(handle),
+                score=remote(handle),
                 model_version=model_version(settings, arm_model_dir(settings, name)),
             )
             for name, handle in scorers.items()
@@ -101,13 +108,6 @@ class Api:
     @api.get("/metrics", response_class=PlainTextResponse)
     async def metrics(self) -> str:
         return generate_latest().decode()
-
-
-def _remote_scorer(handle: DeploymentHandle) -> Callable[[ScoreTask], Awaitable[np.ndarray | None]]:
-    async def score(task: ScoreTask) -> np.ndarray | None:
-        return await handle.score.remote(task)
-
-    return score
 
 
 def build_app(settings: Settings) -> serve.Application:

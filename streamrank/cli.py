@@ -76,6 +76,46 @@ def cmd_produce(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_experiments(settings: Settings, args: argparse.Namespace) -> int:
+    """CTR and CVR per arm: the impressions topic joined with the events topic."""
+    import json
+    import time
+
+    from infra.kafka_admin import read_topic
+    from streams.events import decode_message
+    from streams.experiments import join_in_time_order
+    from streams.impressions import Impression
+
+    bootstrap = settings.bootstrap()
+    impressions = [
+        Impression.model_validate_json(r.value or b"")
+        for r in read_topic(bootstrap, settings.impressions_topic, timeout=600, idle_s=args.idle_s)
+    ]
+    now = time.time()
+    events = [
+        event
+        for r in read_topic(bootstrap, settings.events_topic, timeout=600, idle_s=args.idle_s)
+        for event in decode_message(r.value, now=now).events
+    ]
+    table = join_in_time_order(impressions, events, settings.experiment_window_s).table()
+    if args.json:
+        print(json.dumps({"experiment": settings.experiment_name, "arms": table}, indent=2))
+        return 0
+    print(
+        f"experiment {settings.experiment_name}: {len(impressions)} impressions, "
+        f"{len(events)} events, attribution window {settings.experiment_window_s:g}s"
+    )
+    print(f"{'arm':12} {'impressions':>11} {'CTR':>7} {'95% CI':>15} {'CVR':>7} {'95% CI':>15}")
+    for arm, r in table.items():
+        ctr_lo, ctr_hi = r["ctr_95"]  # type: ignore[misc]
+        cvr_lo, cvr_hi = r["cvr_95"]  # type: ignore[misc]
+        print(
+            f"{arm:12} {r['impressions']:>11} {r['ctr']:>7.2%} {ctr_lo:>7.2%}-{ctr_hi:<7.2%}"
+            f" {r['cvr']:>7.2%} {cvr_lo:>7.2%}-{cvr_hi:<7.2%}"
+        )
+    return 0
+
+
 def cmd_serve_config(settings: Settings, args: argparse.Namespace) -> int:
     import yaml
 
@@ -171,6 +211,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="run the Ray Serve application in the foreground")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("experiments", help="CTR and CVR per experiment arm (impressions joined)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--idle-s", type=float, default=2.0, help="stop reading after this quiet")
+    p.set_defaults(func=cmd_experiments)
 
     p = sub.add_parser("serve-config", help="print the Ray Serve config file the settings give")
     p.set_defaults(func=cmd_serve_config)

@@ -103,6 +103,7 @@ class Settings(BaseSettings):
     experiment_name: str = "default"
     experiment_arms: dict[str, str] = Field(default_factory=lambda: {"main": ""})
     impressions_topic: str = "impressions"
+    experiment_window_s: float = Field(default=1800.0, gt=0, description="click attribution")
     popular_refresh_s: float = 2.0
     candidates_popular: int = 200
     candidates_similar: int = 200

@@ -259,3 +259,31 @@ def test_a_killed_worker_neither_loses_nor_double_counts(stack: Stack) -> None:
 
     truth = offline_truth(events, stack.catalog)
     assert_profiles_equal(stack.store.read_profiles(sorted(truth)), truth)
+
+
+def test_the_experiment_report_joins_impressions_with_later_clicks(
+    stack: Stack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from streamrank.cli import main
+
+    shown = recommend(stack, "it-exp")
+    clicked, bought = shown["items"][0]["item_id"], shown["items"][1]["item_id"]
+    later = datetime.now(UTC)
+    events = [
+        Event(event_id="exp-c", user_id="it-exp", type="click", item_id=clicked, ts=later),  # type: ignore[arg-type]
+        Event(event_id="exp-p", user_id="it-exp", type="purchase", item_id=bought, ts=later),  # type: ignore[arg-type]
+    ]
+    wait(stack, send(stack.settings, events))
+    capsys.readouterr()
+    os.environ.update(stack.settings.as_env())
+    try:
+        assert main(["experiments", "--json", "--idle-s", "1"]) == 0
+    finally:
+        for name in stack.settings.as_env():
+            os.environ.pop(name, None)
+    report = json.loads(capsys.readouterr().out)
+    arm = report["arms"][shown["experiment_arm"]]
+    # this user's page was clicked and converted; other tests' pages add impressions only
+    # (their users bought before being shown anything)
+    assert (arm["clicked"], arm["converted"]) == (1, 1)
+    assert arm["ctr"] == pytest.approx(1 / arm["impressions"])
