@@ -21,13 +21,20 @@ def test_embedded_defaults_need_no_external_service() -> None:
     assert s.kafka_bootstrap is None
 
 
-def test_settings_cross_process_boundaries_as_environment(tmp_path: Path) -> None:
-    s = Settings(home=tmp_path, events_partitions=8, kafka_bootstrap="h:1")
+def test_settings_cross_process_boundaries_as_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    arms = {"control": "", "candidate": str(tmp_path / "m2")}
+    s = Settings(home=tmp_path, events_partitions=8, kafka_bootstrap="h:1", experiment_arms=arms)
     env = s.as_env()
     assert env["STREAMRANK_EVENTS_PARTITIONS"] == "8"
-    back = Settings(**{k.removeprefix("STREAMRANK_").lower(): v for k, v in env.items()})
+    for name, value in env.items():  # what a child process sees
+        monkeypatch.setenv(name, value)
+    back = Settings()
     assert back.events_partitions == 8
     assert back.home_dir == tmp_path
+    assert back.experiment_arms == arms
+    assert back == s
 
 
 def test_invalid_values_are_refused() -> None:
