@@ -35,7 +35,7 @@ from infra.broker import EmbeddedBroker, ensure_topics
 from infra.kafka_admin import wait_until_consumed
 from infra.probes import applied_events
 from infra.processes import free_port, stop_process
-from streamrank.catalog import Catalog
+from streamrank.catalog import Catalog, copy_catalog
 from streamrank.datasets import iter_events, load_dataset
 from streamrank.demo import start_worker, stream_events
 from streamrank.prepare import prepare
@@ -72,9 +72,7 @@ def recent(events: pd.DataFrame) -> pd.DataFrame:
 def fresh_settings(root: Path, catalog_home: Path, bootstrap: str, tag: str) -> Settings:
     home = root / tag
     shutil.rmtree(home, ignore_errors=True)  # a new broker restarts offsets: old rows would skip
-    home.mkdir(parents=True, exist_ok=True)
-    for name in ("catalog.parquet", "item_embeddings.npy", "catalog.json"):
-        (home / name).write_bytes((catalog_home / name).read_bytes())
+    copy_catalog(catalog_home, home)
     settings = Settings(
         home=home,
         kafka_bootstrap=bootstrap,

@@ -121,9 +121,9 @@ def explore(
     used: set[int] = set()
     queue = iter(ranked)
     while len(out) < min(k, n):
-        rest = [i for i in range(n) if i not in used] if share > 0 else []
-        if rest and rng.random() < share:
-            pick = int(rest[rng.integers(len(rest))])
+        if share > 0 and len(used) < n and rng.random() < share:
+            rest = [i for i in range(n) if i not in used]
+            pick = rest[int(rng.integers(len(rest)))]
             out.append((pick, share / len(rest), True))
             used.add(pick)
             continue

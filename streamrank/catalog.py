@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -64,6 +65,14 @@ class Catalog:
         items = pd.read_parquet(home / CATALOG_FILE)
         items["categories"] = items["categories"].map(list)
         return cls(items, np.load(home / EMBEDDINGS_FILE))
+
+
+def copy_catalog(source_home: Path, target_home: Path) -> None:
+    """Reuse a prepared catalog (items, embeddings, manifest) in another runtime home, so
+    tests and benchmarks encode the catalog once."""
+    target_home.mkdir(parents=True, exist_ok=True)
+    for name in (CATALOG_FILE, EMBEDDINGS_FILE, MANIFEST_FILE):
+        shutil.copy(source_home / name, target_home / name)
 
 
 def _fingerprint(catalog: pd.DataFrame, encoder_path: Path) -> str:

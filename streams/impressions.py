@@ -71,6 +71,3 @@ class ImpressionLog:
         if err is not None:
             DROPPED.labels("delivery").inc()
             log.warning("impression not delivered: %s", err)
-
-    def flush(self, timeout: float = 5.0) -> int:
-        return self._producer.flush(timeout)

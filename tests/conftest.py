@@ -18,7 +18,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 from infra.broker import EmbeddedBroker, ensure_topics
 from infra.processes import free_port
 from infra.redis import RedisServer
-from streamrank.catalog import CATALOG_FILE, EMBEDDINGS_FILE, MANIFEST_FILE, Catalog
+from streamrank.catalog import Catalog, copy_catalog
 from streamrank.datasets import Dataset, load_dataset
 from streamrank.settings import Settings
 
@@ -48,9 +48,7 @@ def catalog(catalog_home: Path) -> Catalog:
 
 def make_home(base: Path, catalog_home: Path) -> Path:
     """A fresh runtime home that reuses the session's catalog artifacts."""
-    base.mkdir(parents=True, exist_ok=True)
-    for name in (CATALOG_FILE, EMBEDDINGS_FILE, MANIFEST_FILE):
-        shutil.copy(catalog_home / name, base / name)
+    copy_catalog(catalog_home, base)
     return base
 
 
