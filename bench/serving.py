@@ -1,13 +1,22 @@
 """Serving benchmark: closed-loop clients against the real Ray Serve application.
 
-    python -m bench.serving [--seconds 20] [--concurrency 1 8 32] [--model DIR]
+    python -m bench.serving [--seconds 8] [--concurrency 1 2 4 8 16 32] [--model DIR]
 
 Profiles come from folding real MovieLens events into the online store (SQLite) with the
 stream's own processor. Each request asks ``/v1/recommendations`` to rank 100 candidate
 items for a user with a profile. Every configuration runs in this one process, one after
-another: ``@serve.batch`` with the configured batch size against a batch size of 1, so
-the ratio is measured under the same conditions. The clients share the machine with Serve,
-so on 2 cores the figures are a floor. Writes a table and ``bench/results/serving.json``.
+another, at every concurrency level, so ratios are measured under the same conditions:
+
+- the framework's ceiling: a no-op ingress parsing the same request (``bench/noop_app.py``);
+- the model inside the ingress replica, ``@serve.batch`` on and off (batch size 1);
+- the model in its own scorer deployment (the GPU topology), batched;
+- Serve's classic Python HTTP proxy instead of HAProxy + direct ingress;
+- int8 against float32 when the model is a trained one.
+
+Next to the end-to-end runs, the scorer alone (no Ray, no HTTP) is timed at batch sizes 1
+and 32 in float32 and int8: the model's own batching gain. The clients share the machine
+with Serve, so on 2 cores the figures are a floor. Writes a table and
+``bench/results/serving.json``.
 """
 
 from __future__ import annotations
@@ -15,13 +24,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import platform
 import random
 import shutil
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import numpy as np
 import psutil
 
 from bench.ingest import percentile, recent, wire_messages
@@ -32,10 +44,13 @@ from streamrank.datasets import iter_events, load_dataset
 from streamrank.prepare import prepare
 from streamrank.settings import Settings
 from streams.processor import ProfileProcessor
+from streams.profile import derive_features
 from streams.sink import FeastProfileStore
 from streams.state import ProfileState
 
 RESULTS = Path(__file__).parent / "results"
+CANDIDATES = 100
+P99_TARGET_MS = 50.0
 
 
 def load_profiles(settings: Settings, catalog: Catalog, events: int) -> list[str]:
@@ -55,6 +70,7 @@ def load_profiles(settings: Settings, catalog: Catalog, events: int) -> list[str
 async def closed_loop(
     url: str, bodies: list[dict], concurrency: int, seconds: float
 ) -> dict[str, float]:
+    """``concurrency`` clients, each sending its next request when the last one returns."""
     latencies: list[float] = []
     errors = 0
     deadline = time.perf_counter() + seconds
@@ -85,68 +101,185 @@ async def closed_loop(
     }
 
 
+@dataclass
+class Config:
+    name: str
+    settings: Settings
+    noop: bool = False
+
+
 def run_config(
-    settings: Settings, bodies: list[dict], levels: list[int], seconds: float
+    config: Config, bodies: list[dict], levels: list[int], seconds: float
 ) -> list[dict[str, float]]:
+    from bench.noop_app import noop_app
     from serving import app as serve_app
 
-    url = serve_app.start(settings)
+    app = noop_app(config.settings.serve_num_cpus) if config.noop else None
+    url = serve_app.start(config.settings, app=app)
     try:
-        asyncio.run(closed_loop(url, bodies, 4, 3.0))  # warm-up: replicas, JIT, caches
+        asyncio.run(closed_loop(url, bodies, 4, 3.0))  # warm-up: replicas, caches
         return [asyncio.run(closed_loop(url, bodies, c, seconds)) for c in levels]
     finally:
         serve_app.stop()
 
 
+def knee(rows: list[dict[str, float]]) -> dict[str, float] | None:
+    """The most requests/s reached with p99 under the target: the load the box sustains."""
+    within = [r for r in rows if r["p99_ms"] < P99_TARGET_MS and not r["errors"]]
+    return max(within, key=lambda r: r["rps"]) if within else None
+
+
+def scorer_alone(settings: Settings, users: list[str], batch_sizes: list[int]) -> list[dict]:
+    """Tasks/s of the scorer's own ``score_batch`` (no Ray, no HTTP), float32 and int8."""
+    from serving.scorer import ScorerModel, ScoreTask
+
+    store = FeastProfileStore(open_store(settings))
+    now = time.time()
+    profiles = [derive_features(p, now) for p in store.read_profiles(users[:256]).values()]
+    rng = np.random.default_rng(3)
+    rows = []
+    variants = {"float32": settings}
+    if settings.model_dir is not None:
+        variants["int8"] = settings.model_copy(update={"scorer_int8": True})
+    for variant, variant_settings in variants.items():
+        model = ScorerModel(variant_settings, device="cpu")
+        n_items = len(model.catalog)
+        tasks = [
+            ScoreTask(rng.choice(n_items, CANDIDATES, replace=False), profile)
+            for profile in profiles
+        ]
+        for size in batch_sizes:
+            batches = [tasks[i : i + size] for i in range(0, len(tasks), size)]
+            model.score_batch(batches[0])  # warm-up
+            started = time.perf_counter()
+            for batch in batches:
+                model.score_batch(batch)
+            elapsed = time.perf_counter() - started
+            rows.append(
+                {
+                    "variant": variant,
+                    "batch_size": size,
+                    "tasks_per_s": len(tasks) / elapsed,
+                    "ms_per_batch": 1000 * elapsed / len(batches),
+                }
+            )
+    return rows
+
+
+def print_tables(results: dict, configs: list[Config]) -> None:
+    noop = {r["concurrency"]: r for r in results["runs"].get("no-op ingress (ceiling)", [])}
+    print(
+        f"\n{'configuration':34} {'clients':>7} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} "
+        f"{'p99 ms':>8} {'err':>4} {'of no-op':>8}"
+    )
+    for config in configs:
+        for row in results["runs"][config.name]:
+            base = noop.get(row["concurrency"])
+            share = f"{row['rps'] / base['rps']:7.0%}" if base and not config.noop else ""
+            print(
+                f"{config.name:34} {row['concurrency']:7d} {row['rps']:8.1f} {row['p50_ms']:8.1f} "
+                f"{row['p95_ms']:8.1f} {row['p99_ms']:8.1f} {row['errors']:4d} {share:>8}"
+            )
+    print(f"\nload sustained with p99 < {P99_TARGET_MS:g} ms (the knee):")
+    for name, row in results["knee"].items():
+        print(
+            f"  {name:34} "
+            + (f"{row['rps']:.1f} req/s at {row['concurrency']} clients" if row else "none")
+        )
+    print(f"\n{'scorer alone':12} {'batch':>6} {'tasks/s':>10} {'ms/batch':>9}")
+    for row in results["scorer_alone"]:
+        print(
+            f"{row['variant']:12} {row['batch_size']:6d} {row['tasks_per_s']:10.0f} "
+            f"{row['ms_per_batch']:9.2f}"
+        )
+    for key, value in results["ratios"].items():
+        print(f"{key}: {value:.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seconds", type=float, default=20.0)
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32])
     parser.add_argument("--events", type=int, default=20_000)
     parser.add_argument("--model", type=Path, help="trained model directory (default: none)")
+    parser.add_argument("--device", default=None, help="scorer device, e.g. cuda")
+    parser.add_argument("--only", nargs="*", help="run only these configurations")
     parser.add_argument("--out", type=Path, default=RESULTS / "serving.json")
     args = parser.parse_args()
 
     root = Path(".streamrank") / "bench-serving"
-    shutil.rmtree(root, ignore_errors=True)
-    settings = Settings(home=root, serve_port=free_port(), model_dir=args.model)
-    catalog = prepare(settings)
-    users = load_profiles(settings, catalog, args.events)
+    shutil.rmtree(root, ignore_errors=True)  # fresh store; keep --model outside it
+    gpus = 1.0 if args.device == "cuda" else 0.0
+    base = Settings(home=root, serve_port=free_port(), model_dir=args.model, scorer_num_gpus=gpus)
+    catalog = prepare(base)
+    users = load_profiles(base, catalog, args.events)
     rng = random.Random(7)
     bodies = [
-        {"user_id": u, "k": 10, "candidate_ids": rng.sample(catalog.ids, 100)}
+        {"user_id": u, "k": 10, "candidate_ids": rng.sample(catalog.ids, CANDIDATES)}
         for u in rng.sample(users, min(500, len(users)))
     ]
-    results: dict[str, object] = {
-        "machine": f"{psutil.cpu_count()} cpus",
-        "model": str(args.model) if args.model else "pretrained MiniLM cosine",
-        "candidates": 100,
-    }
-    configs = {
-        f"batched (max {settings.scorer_max_batch_size})": settings,
-        "unbatched (max 1)": settings.model_copy(update={"scorer_max_batch_size": 1}),
-    }
-    for name, config in configs.items():
-        results[name] = run_config(config, bodies, args.concurrency, args.seconds)
 
-    print(
-        f"\n{'configuration':28} {'clients':>7} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} "
-        f"{'p99 ms':>8} {'errors':>6}"
-    )
-    for name in configs:
-        for row in results[name]:  # type: ignore[attr-defined]
-            print(
-                f"{name:28} {row['concurrency']:7d} {row['rps']:8.1f} {row['p50_ms']:8.1f} "
-                f"{row['p95_ms']:8.1f} {row['p99_ms']:8.1f} {row['errors']:6d}"
+    def variant(**update: object) -> Settings:
+        return base.model_copy(update=update)
+
+    placement = "deployment" if gpus else "ingress"
+    configs = [
+        Config("no-op ingress (ceiling)", base, noop=True),
+        Config(f"model in {placement}, batched", variant(scorer_placement=placement)),
+        Config(
+            f"model in {placement}, unbatched",
+            variant(scorer_placement=placement, scorer_max_batch_size=1),
+        ),
+    ]
+    if not gpus:
+        configs.append(Config("scorer deployment, batched", variant(scorer_placement="deployment")))
+        configs.append(
+            Config(
+                "model in ingress, Python proxy",
+                variant(scorer_placement="ingress", serve_high_throughput=False),
             )
+        )
+        if args.model is not None:
+            configs.append(
+                Config(
+                    "model in ingress, int8", variant(scorer_placement="ingress", scorer_int8=True)
+                )
+            )
+    if args.only:
+        configs = [c for c in configs if c.name in args.only or c.noop]
+
+    results: dict = {
+        "machine": f"{psutil.cpu_count()} cpus, {platform.processor() or platform.machine()}",
+        "model": str(args.model) if args.model else "pretrained MiniLM cosine",
+        "device": args.device or "cpu",
+        "candidates": CANDIDATES,
+        "seconds_per_level": args.seconds,
+        "runs": {},
+    }
+    for config in configs:
+        results["runs"][config.name] = run_config(config, bodies, args.concurrency, args.seconds)
+    results["knee"] = {name: knee(rows) for name, rows in results["runs"].items()}
+    results["scorer_alone"] = scorer_alone(base, users, [1, 32])
+
     top = max(args.concurrency)
-    batched = next(r for r in results[next(iter(configs))] if r["concurrency"] == top)  # type: ignore[attr-defined]
-    single = next(r for r in results["unbatched (max 1)"] if r["concurrency"] == top)  # type: ignore[attr-defined]
-    results["batched_vs_unbatched_rps"] = batched["rps"] / single["rps"]
-    print(
-        f"\nbatched / unbatched throughput at {top} clients: "
-        f"{results['batched_vs_unbatched_rps']:.2f}x"
-    )
+
+    def at_top(name: str) -> float:
+        rows = results["runs"].get(name, [])
+        return next((r["rps"] for r in rows if r["concurrency"] == top), float("nan"))
+
+    alone = {(r["variant"], r["batch_size"]): r["tasks_per_s"] for r in results["scorer_alone"]}
+    results["ratios"] = {
+        f"end to end, batched / unbatched req/s at {top} clients": at_top(
+            f"model in {placement}, batched"
+        )
+        / at_top(f"model in {placement}, unbatched"),
+        "scorer alone, batch 32 / batch 1 tasks/s": alone[("float32", 32)] / alone[("float32", 1)],
+    }
+    if ("int8", 32) in alone:
+        results["ratios"]["scorer alone, int8 / float32 tasks/s at batch 32"] = (
+            alone[("int8", 32)] / alone[("float32", 32)]
+        )
+    print_tables(results, configs)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     print(f"written to {args.out}")

@@ -9,7 +9,10 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-Id = Annotated[str, StringConstraints(min_length=1, max_length=128, strip_whitespace=True)]
+# Validation is exactly what the published schema says (no stripping: Python strips
+# characters, e.g. U+0085, that JSON Schema's whitespace does not include, so a schema-valid
+# id was refused; found by the fuzzing test). An id is an opaque string.
+Id = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 MAX_CANDIDATES = 500
 
 
@@ -77,3 +80,17 @@ class ScoreResponse(BaseModel):
     user_id: str
     scores: list[ItemScore]
     model_version: str
+    fallback_reason: str | None = Field(
+        default=None, description="why scores are missing (store or scorer unavailable)"
+    )
+
+
+class ErrorMessage(BaseModel):
+    detail: str
+
+
+# Documented so that clients (and the OpenAPI fuzzing in the tests) know every status a
+# POST can answer with: 400 when the body is not JSON at all, 422 when it is but invalid.
+BAD_BODY: dict[int | str, dict[str, object]] = {
+    400: {"model": ErrorMessage, "description": "the body is not parseable JSON"}
+}

@@ -4,6 +4,9 @@
 
     client ──HTTP──▶ Api (arm, profile, candidates, rules) ──handle──▶ scorer-<arm> (@serve.batch)
                       └──▶ impressions topic (what was shown, for CTR/CVR per arm)
+
+On CPU the scorer runs inside the Api replica by default (still ``@serve.batch``): the
+handle call cost more than the model (``scorer_placement``, README's serving benchmark).
 """
 
 import logging
@@ -20,6 +23,7 @@ from ray.serve.handle import DeploymentHandle
 
 from serving import metrics
 from serving.api import (
+    BAD_BODY,
     RecommendationRequest,
     RecommendationResponse,
     ScoreRequest,
@@ -43,10 +47,13 @@ api = FastAPI(
 @serve.deployment(name="api")
 @serve.ingress(api)
 class Api:
-    def __init__(self, scorers: dict[str, DeploymentHandle], settings: Settings):
+    def __init__(self, settings: Settings, scorers: dict[str, DeploymentHandle] | None = None):
+        """``scorers``: one handle per arm when the model runs in its own deployment; none
+        when it runs here (``scorer_placement``)."""
         from feature_repo.store import open_store
         from serving.experiments import arm_model_dir
-        from serving.recommender import Arm, Recommender, ScoreFn
+        from serving.recommender import Arm, Recommender
+        from serving.scorer import BatchedScorer, ScorerModel
         from streams.impressions import ImpressionLog
         from streams.sink import FeastProfileStore
 
@@ -54,20 +61,26 @@ class Api:
             settings.bootstrap(), settings.impressions_topic, settings.events_partitions
         )
 
-        def remote(handle: DeploymentHandle) -> ScoreFn:
-            async def score(task: ScoreTask) -> np.ndarray | None:
-                return await handle.score.remote(task)
-
-            return score
-
         # (helpers live inside the class: Ray ships the ingress class by value)
-        arms = {
-            name: Arm(
-                score=remote(handle),
-                model_version=model_version(settings, arm_model_dir(settings, name)),
+        def arm(name: str) -> Arm:
+            version = model_version(settings, arm_model_dir(settings, name))
+            if scorers:
+                handle = scorers[name]
+
+                async def score(task: ScoreTask) -> np.ndarray | None:
+                    return await handle.score.remote(task)
+
+                async def search(query: str, n: int) -> np.ndarray:
+                    return await handle.search.remote(query, n)
+
+                return Arm(score, version, search)
+            model = ScorerModel(settings, model_dir=arm_model_dir(settings, name))
+            local = BatchedScorer(
+                model, settings.scorer_max_batch_size, settings.scorer_batch_wait_s
             )
-            for name, handle in scorers.items()
-        }
+            return Arm(local.score, version, local.search)
+
+        arms = {name: arm(name) for name in settings.experiment_arms}
         self.recommender = Recommender(
             catalog=Catalog.load(settings.home_dir),
             profiles=FeastProfileStore(open_store(settings)),
@@ -79,21 +92,28 @@ class Api:
             popular_refresh_s=settings.popular_refresh_s,
             policy=RankingPolicy(settings.ranking_diversity, settings.ranking_exploration),
             score_timeout_s=settings.scorer_timeout_s,
+            store_timeout_s=settings.store_timeout_s,
             impressions=self.impressions.publish,
         )
 
-    @api.post("/v1/recommendations", response_model=RecommendationResponse)
+    def __del__(self) -> None:
+        """Serve's shutdown hook: impressions still queued reach the topic."""
+        if hasattr(self, "impressions"):
+            self.impressions.close()
+
+    @api.post("/v1/recommendations", response_model=RecommendationResponse, responses=BAD_BODY)
     async def recommendations(self, request: RecommendationRequest) -> RecommendationResponse:
         with metrics.LATENCY.labels("recommendations").time():
             response = await self.recommender.recommend(request)
-        metrics.REQUESTS.labels("recommendations", response.strategy).inc()
+        metrics.REQUESTS.labels("recommendations", response.strategy, response.experiment_arm).inc()
         return response
 
-    @api.post("/v1/score", response_model=ScoreResponse)
+    @api.post("/v1/score", response_model=ScoreResponse, responses=BAD_BODY)
     async def score(self, request: ScoreRequest) -> ScoreResponse:
         with metrics.LATENCY.labels("score").time():
             response = await self.recommender.score(request)
-        metrics.REQUESTS.labels("score", "model").inc()
+        strategy = "fallback" if response.fallback_reason else "model"
+        metrics.REQUESTS.labels("score", strategy, self.recommender.arm_of(request.user_id)).inc()
         return response
 
     @api.get("/healthz")
@@ -111,19 +131,21 @@ class Api:
 
 
 def build_app(settings: Settings) -> serve.Application:
-    """The deployment graph: the ingress bound to one scorer per experiment arm, each with
-    the options ``serving/config.py`` derives from the settings."""
+    """The deployment graph: the ingress, bound to one scorer deployment per experiment arm
+    unless the model runs inside the ingress; options from ``serving/config.py``."""
     from serving.config import deployment_options, scorer_name
     from serving.experiments import arm_model_dir
 
     options = deployment_options(settings)
+    if settings.scorer_in_ingress:
+        return Api.options(**options["api"]).bind(settings)
     scorers = {
         arm: Scorer.options(name=scorer_name(arm), **options[scorer_name(arm)]).bind(
             settings, arm_model_dir(settings, arm)
         )
         for arm in settings.experiment_arms
     }
-    return Api.options(**options["api"]).bind(scorers, settings)
+    return Api.options(**options["api"]).bind(settings, scorers)
 
 
 def app_builder(args: dict[str, str]) -> serve.Application:
@@ -134,11 +156,16 @@ def app_builder(args: dict[str, str]) -> serve.Application:
     return build_app(get_settings(**args))
 
 
-def start(settings: Settings, num_cpus: int | None = None) -> str:
-    """Start Ray (locally) and Serve; returns the base URL. Pair with ``stop()``."""
+def start(
+    settings: Settings, num_cpus: int | None = None, app: serve.Application | None = None
+) -> str:
+    """Start Ray (locally) and Serve with the application (``build_app`` unless another is
+    given, e.g. the benchmark's no-op); returns the base URL. Pair with ``stop()``."""
     import ray
 
-    env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **settings.as_env()}
+    from serving.config import ray_env
+
+    env = ray_env(settings)
     if not ray.is_initialized():
         ray.init(
             num_cpus=num_cpus or os.cpu_count() or 2,
@@ -148,7 +175,7 @@ def start(settings: Settings, num_cpus: int | None = None) -> str:
             log_to_driver=False,
         )
     serve.start(http_options={"host": settings.serve_host, "port": settings.serve_port})
-    serve.run(build_app(settings), name=APP_NAME, route_prefix="/", blocking=False)
+    serve.run(app or build_app(settings), name=APP_NAME, route_prefix="/", blocking=False)
     url = f"http://{settings.serve_host}:{settings.serve_port}"
     log.info("Ray Serve application ready at %s", url)
     return url

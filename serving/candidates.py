@@ -3,8 +3,9 @@
 Sources, each remembered on the candidate for the explanation shown to the user:
 ``requested`` (the caller's list), ``popular`` (stream-kept popularity), ``covisit``
 (stream-kept "engaged with A, then with B" for the user's recent items and the item in
-view), ``interest`` (nearest items to the user's interest vector), ``similar`` (nearest
-items by text to one of the user's recent items or to the item in view).
+view), ``search`` (nearest items to the search query, found by the scorer's text path),
+``interest`` (nearest items to the user's interest vector), ``similar`` (nearest items by
+text to one of the user's recent items or to the item in view).
 """
 
 from __future__ import annotations
@@ -37,10 +38,13 @@ def nearest(embeddings: np.ndarray, vector: np.ndarray, n: int) -> np.ndarray:
 
 
 class CandidateGenerator:
-    def __init__(self, catalog: Catalog, n_popular: int = 200, n_interest: int = 200):
+    def __init__(
+        self, catalog: Catalog, n_popular: int = 200, n_interest: int = 200, n_search: int = 100
+    ):
         self.catalog = catalog
         self.n_popular = n_popular
         self.n_interest = n_interest
+        self.n_search = n_search
 
     def requested(self, item_ids: list[str]) -> dict[int, Candidate]:
         index = self.catalog.index
@@ -58,7 +62,9 @@ class CandidateGenerator:
         popular: list[tuple[str, float]],
         context_item: str | None = None,
         covisits: Mapping[str, list[tuple[str, float]]] | None = None,
+        matches: np.ndarray | None = None,
     ) -> dict[int, Candidate]:
+        """``matches``: catalog rows matching the request's search query, if any."""
         found: dict[int, Candidate] = {}
 
         def add(row: int, source: str, anchor: str | None = None) -> None:
@@ -66,6 +72,8 @@ class CandidateGenerator:
 
         embeddings = self.catalog.embeddings
         index = self.catalog.index
+        for row in matches if matches is not None else ():
+            add(row, "search")
         for anchor, neighbours in (covisits or {}).items():
             for item, _ in neighbours[:COVISITS_PER_ANCHOR]:
                 if item in index:

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Histogram
 
-REQUESTS = Counter("streamrank_serve_requests_total", "API requests", ["endpoint", "strategy"])
+REQUESTS = Counter(
+    "streamrank_serve_requests_total",
+    "API requests, by endpoint, strategy and experiment arm",
+    ["endpoint", "strategy", "arm"],
+)
 LATENCY = Histogram(
     "streamrank_serve_latency_seconds",
     "End-to-end latency inside the ingress",

@@ -17,7 +17,8 @@ def blocked_items(
     features: ProfileFeatures | None, exclude: Iterable[str], context_item: str | None
 ) -> set[str]:
     """Never shown: what the user bought or recently engaged with (the row is for finding
-    something new), the caller's exclusions, and the item already in view."""
+    something new), the caller's exclusions, and the item already in view. (Items out of
+    stock are dropped too, by ``rank``, from the catalog's ``available`` flag.)"""
     blocked = set(exclude)
     if features is not None:
         blocked.update(features.purchased, features.engaged)
@@ -149,7 +150,11 @@ def rank(
     policy: RankingPolicy = RankingPolicy(),
     rng: np.random.Generator | None = None,
 ) -> list[RecommendedItem]:
-    allowed = [i for i, c in enumerate(candidates) if catalog.ids[c.row] not in blocked]
+    allowed = [
+        i
+        for i, c in enumerate(candidates)
+        if catalog.available[c.row] and catalog.ids[c.row] not in blocked
+    ]
     kept = [candidates[i] for i in allowed]
     kept_scores = np.asarray(scores, dtype=np.float64)[allowed]
     categories = [frozenset(catalog.categories(catalog.ids[c.row])) for c in kept]

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TypeVar
 
 import numpy as np
 
@@ -38,14 +39,18 @@ from streams.sink import FeastProfileStore
 log = logging.getLogger(__name__)
 
 ScoreFn = Callable[[ScoreTask], Awaitable[np.ndarray | None]]
+SearchFn = Callable[[str, int], Awaitable[np.ndarray]]
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
 class Arm:
-    """One experiment arm: its scorer and the model version behind it."""
+    """One experiment arm: its scorer, its query search, and the model version behind them."""
 
     score: ScoreFn
     model_version: str
+    search: SearchFn | None = None
 
 
 class Recommender:
@@ -61,6 +66,7 @@ class Recommender:
         popular_refresh_s: float = 2.0,
         policy: RankingPolicy | None = None,
         score_timeout_s: float = 1.0,
+        store_timeout_s: float = 0.5,
         impressions: Callable[[Impression], None] | None = None,
     ):
         self.catalog = catalog
@@ -74,28 +80,48 @@ class Recommender:
         self.popular_refresh_s = popular_refresh_s
         self.policy = policy or RankingPolicy()
         self.score_timeout_s = score_timeout_s
+        self.store_timeout_s = store_timeout_s
         self._popular: list[tuple[str, float]] = []
         self._popular_at = 0.0
+        self._refresh: asyncio.Future[None] | None = None
 
-    # --- reads from the online store (blocking Feast calls run on a thread) ------------
+    # --- reads from the online store -----------------------------------------------------
+    async def _read(self, fn: Callable[[T], R], arg: T) -> R:
+        """A blocking Feast read on a thread, bounded in time: a store that hangs (not only
+        one that refuses) must not hold the page; ``TimeoutError`` leads to the fallback."""
+        return await asyncio.wait_for(asyncio.to_thread(fn, arg), self.store_timeout_s)
+
     async def _profile(self, user_id: str) -> UserProfile | None:
-        found = await asyncio.to_thread(self.profiles.read_profiles, [user_id])
+        found = await self._read(self.profiles.read_profiles, [user_id])
         profile = found.get(user_id)
         return profile if profile is not None and profile.event_count > 0 else None
 
     async def popular(self) -> list[tuple[str, float]]:
-        if time.monotonic() - self._popular_at > self.popular_refresh_s:
-            rows = await asyncio.to_thread(self.profiles.read_popularity, self.partitions)
-            self._popular = merge_popularity(rows.values(), time.time())
-            self._popular_at = time.monotonic()
+        """Stream-kept popularity, refreshed every ``popular_refresh_s`` by one read in the
+        background while requests go on with the last list (stale-while-revalidate): under
+        load, every concurrent request used to start its own refresh at once."""
+        due = time.monotonic() - self._popular_at > self.popular_refresh_s
+        if due and (self._refresh is None or self._refresh.done()):
+            self._refresh = asyncio.ensure_future(self._refresh_popular())
+        if not self._popular_at and self._refresh is not None:
+            await self._refresh  # nothing to serve yet: wait for the first read
         return self._popular
+
+    async def _refresh_popular(self) -> None:
+        try:
+            rows = await self._read(self.profiles.read_popularity, self.partitions)
+        except Exception as exc:  # keep the last list; the next request tries again
+            log.warning("popularity not refreshed (%r)", exc)
+            return
+        self._popular = merge_popularity(rows.values(), time.time())
+        self._popular_at = time.monotonic()
 
     async def covisits(self, anchors: list[str]) -> dict[str, list[tuple[str, float]]]:
         """Each anchor's co-visited items, summed over the partitions' rows."""
         if not anchors:
             return {}
         keys = [(p, a) for a in anchors for p in self.partitions]
-        rows = await asyncio.to_thread(self.profiles.read_covisits, keys)
+        rows = await self._read(self.profiles.read_covisits, keys)
         now = time.time()
         return {a: merge_neighbours([rows[(p, a)] for p in self.partitions], now) for a in anchors}
 
@@ -119,13 +145,14 @@ class Recommender:
             if request.candidate_ids is None:
                 covisits = await self.covisits(self.candidates.anchors(features, context_item))
         except Exception as exc:  # the page must render even when the store is down
-            log.warning("online store unavailable (%s): popularity fallback", exc)
+            log.warning("online store unavailable (%r): popularity fallback", exc)
             features, popular, fallback_reason = None, self._popular, "profile store unavailable"
 
         if request.candidate_ids is not None:
             found = self.candidates.requested(request.candidate_ids)
         else:
-            found = self.candidates.generate(features, popular, context_item, covisits)
+            matches = await self._search(arm, query) if query else None
+            found = self.candidates.generate(features, popular, context_item, covisits, matches)
         candidates = list(found.values())
         scores, personalized, scorer_problem = await self._scores(
             arm.score, candidates, features, query, popular
@@ -171,6 +198,33 @@ class Recommender:
             )
         return response
 
+    async def _search(self, arm: Arm, query: str) -> np.ndarray | None:
+        """Items matching the query (model's text path); none if the arm cannot search or
+        is too slow: the other sources still fill the page."""
+        if arm.search is None:
+            return None
+        try:
+            return await asyncio.wait_for(
+                arm.search(query, self.candidates.n_search), self.score_timeout_s
+            )
+        except Exception as exc:
+            log.warning("query search failed (%r): candidates without it", exc)
+            return None
+
+    async def _model_scores(
+        self, score_fn: ScoreFn, task: ScoreTask
+    ) -> tuple[np.ndarray | None, str | None]:
+        """The arm's scores, or None and the reason when the scorer fails or is slower than
+        ``score_timeout_s``: a failed or slow replica must not fail the page."""
+        try:
+            return await asyncio.wait_for(score_fn(task), self.score_timeout_s), None
+        except TimeoutError:
+            problem = f"scorer slower than {self.score_timeout_s:g}s"
+        except Exception as exc:
+            problem = f"scorer unavailable ({type(exc).__name__})"
+        log.warning("%s: no model scores", problem)
+        return None, problem
+
     async def _scores(
         self,
         score_fn: ScoreFn,
@@ -185,18 +239,9 @@ class Recommender:
         rows = np.fromiter((c.row for c in candidates), dtype=np.int64, count=len(candidates))
         problem = None
         if len(rows) and (features is not None or query):
-            try:
-                scores = await asyncio.wait_for(
-                    score_fn(ScoreTask(rows, features, query)), self.score_timeout_s
-                )
-                if scores is not None:
-                    return np.asarray(scores, dtype=np.float64), True, None
-            except TimeoutError:
-                problem = f"scorer slower than {self.score_timeout_s:g}s"
-            except Exception as exc:  # a failed replica must not fail the page
-                problem = f"scorer unavailable ({type(exc).__name__})"
-            if problem:
-                log.warning("%s: popularity fallback", problem)
+            scores, problem = await self._model_scores(score_fn, ScoreTask(rows, features, query))
+            if scores is not None:
+                return np.asarray(scores, dtype=np.float64), True, None
         weights = dict(popular)
         top = max(weights.values(), default=1.0) or 1.0
         ids = self.catalog.ids
@@ -204,20 +249,28 @@ class Recommender:
         return scores, False, problem
 
     async def score(self, request: ScoreRequest) -> ScoreResponse:
+        """Model scores for the given items; null where the catalog does not know the item,
+        or for all of them (with the reason) when there is no profile to score from."""
         arm = self.arms[self.arm_of(request.user_id)]
-        profile = await self._profile(request.user_id)
+        problem = None
+        try:
+            profile = await self._profile(request.user_id)
+        except Exception as exc:
+            log.warning("online store unavailable (%r): no scores", exc)
+            profile, problem = None, "profile store unavailable"
         features = derive_features(profile, time.time()) if profile else None
         known = [i for i in request.item_ids if i in self.catalog.index]
         result: dict[str, float] = {}
         if known and features is not None:
             rows = np.array([self.catalog.index[i] for i in known], dtype=np.int64)
-            scores = await arm.score(ScoreTask(rows, features, None))
+            scores, problem = await self._model_scores(arm.score, ScoreTask(rows, features, None))
             if scores is not None:
                 result = {i: float(s) for i, s in zip(known, scores, strict=True)}
         return ScoreResponse(
             user_id=request.user_id,
             scores=[ItemScore(item_id=i, score=result.get(i)) for i in request.item_ids],
             model_version=arm.model_version,
+            fallback_reason=problem,
         )
 
 

@@ -10,11 +10,13 @@ Untrained: the cosine between the profile's interest vector (mean pretrained Min
 embedding of engaged items) and the items' embeddings.
 
 Either way a search query is encoded in the same space and added to the user vector. The
-deployment asks for a GPU when ``scorer_num_gpus`` > 0.
+deployment asks for a GPU when ``scorer_num_gpus`` > 0; on CPU the model runs inside the
+ingress replica by default (``scorer_placement``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,7 +59,7 @@ def model_directory(settings: Settings, override: Path | None = None) -> Path | 
 def model_version(settings: Settings, model_dir: Path | None = None) -> str:
     directory = model_directory(settings, model_dir)
     if directory is not None:
-        return directory.name
+        return directory.name + ("+int8" if settings.scorer_int8 else "")
     import json
 
     manifest = json.loads((settings.home_dir / MANIFEST_FILE).read_text())
@@ -78,6 +80,8 @@ class ScorerModel:
         self.version = model_version(settings, model_dir)
         if directory is not None:
             self._load_trained(directory, encoder_path, device)
+            if settings.scorer_int8:
+                self.ranking = self.ranking.quantized()
         else:
             from training.encoder import TextEncoder
 
@@ -120,6 +124,13 @@ class ScorerModel:
             return self.ranking.encode_text(queries)
         return self.encoder.encode(queries)
 
+    def search(self, query: str, n: int) -> np.ndarray:
+        """Rows of the ``n`` items nearest to a search query in the model's item space:
+        candidates for a query, which popularity and history alone would not bring."""
+        from serving.candidates import nearest
+
+        return nearest(self.item_vectors, self.query_vectors([query])[0], n)
+
     def score_batch(self, tasks: list[ScoreTask]) -> list[np.ndarray | None]:
         """One user-tower pass and one query-encoder pass for the whole batch."""
         with_profile = [t.profile for t in tasks if t.profile is not None]
@@ -139,18 +150,44 @@ class ScorerModel:
         return out
 
 
+class BatchedScorer:
+    """``ScorerModel`` behind ``@serve.batch``: concurrent requests share one forward pass.
+
+    The body of the scorer deployment, and also usable inside the ingress replica
+    (``scorer_placement``), where it saves the handle call. The batch queue is made per
+    instance: a class-level ``@serve.batch`` shares one queue between all instances of a
+    process and runs a batch on its first request's instance, which would mix arms. The
+    model runs on a thread so the replica's event loop keeps parsing requests meanwhile
+    (torch releases the GIL)."""
+
+    def __init__(self, model: ScorerModel, max_batch_size: int, batch_wait_s: float):
+        self.model = model
+        self.score = serve.batch(max_batch_size=max_batch_size, batch_wait_timeout_s=batch_wait_s)(
+            self._score_batch
+        )
+
+    def configure(self, max_batch_size: int, batch_wait_s: float) -> None:
+        self.score.set_max_batch_size(int(max_batch_size))  # type: ignore[attr-defined]
+        self.score.set_batch_wait_timeout_s(float(batch_wait_s))  # type: ignore[attr-defined]
+
+    async def _score_batch(self, tasks: list[ScoreTask]) -> list[np.ndarray | None]:
+        return await asyncio.to_thread(self.model.score_batch, tasks)
+
+    async def search(self, query: str, n: int) -> np.ndarray:
+        return await asyncio.to_thread(self.model.search, query, n)
+
+
 @serve.deployment(name="scorer")
-class Scorer:
+class Scorer(BatchedScorer):
     """One per experiment arm (``serving/config.py`` names them), each with its model."""
 
     def __init__(self, settings: Settings, model_dir: Path | None = None):
-        self.model = ScorerModel(settings, model_dir=model_dir)
+        super().__init__(
+            ScorerModel(settings, model_dir=model_dir),
+            settings.scorer_max_batch_size,
+            settings.scorer_batch_wait_s,
+        )
 
     def reconfigure(self, user_config: dict[str, float]) -> None:
         """Batch knobs from the Serve config's ``user_config``: changeable live."""
-        self.score.set_max_batch_size(int(user_config["max_batch_size"]))
-        self.score.set_batch_wait_timeout_s(float(user_config["batch_wait_timeout_s"]))
-
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
-    async def score(self, tasks: list[ScoreTask]) -> list[np.ndarray | None]:
-        return self.model.score_batch(tasks)
+        self.configure(int(user_config["max_batch_size"]), user_config["batch_wait_timeout_s"])

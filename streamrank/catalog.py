@@ -29,7 +29,8 @@ MANIFEST_FILE = "catalog.json"
 
 
 class Catalog:
-    """Items by id: title, categories, price, and a unit-norm text embedding per item."""
+    """Items by id: title, categories, price, availability (in stock: may be shown), and a
+    unit-norm text embedding per item."""
 
     def __init__(self, items: pd.DataFrame, embeddings: np.ndarray):
         if len(items) != len(embeddings):
@@ -39,6 +40,11 @@ class Catalog:
         self.ids: list[str] = self.items["item_id"].tolist()
         self.index: dict[str, int] = {item: i for i, item in enumerate(self.ids)}
         self.titles: list[str] = self.items["title"].tolist()
+        self.available: np.ndarray = (
+            self.items["available"].to_numpy(dtype=bool)
+            if "available" in self.items
+            else np.ones(len(self.items), dtype=bool)
+        )
         self._categories: list[tuple[str, ...]] = [tuple(c) for c in self.items["categories"]]
 
     def __len__(self) -> int:
@@ -92,20 +98,25 @@ def prepare_catalog(
     from training.encoder import TextEncoder, default_encoder_path
 
     encoder_path = encoder_path or default_encoder_path()
-    catalog = catalog[CATALOG_COLUMNS].drop_duplicates("item_id").reset_index(drop=True)
+    if "available" not in catalog:  # a source without stock data: everything can be shown
+        catalog = catalog.assign(available=True)
+    catalog = catalog[[*CATALOG_COLUMNS, "available"]].drop_duplicates("item_id")
+    catalog = catalog.reset_index(drop=True).astype({"available": bool})
     fingerprint = _fingerprint(catalog, encoder_path)
     manifest_path = home / MANIFEST_FILE
+    table = catalog.assign(created_at=datetime.now(UTC), price=catalog["price"].astype("float64"))
+    home.mkdir(parents=True, exist_ok=True)
     if manifest_path.exists() and (home / EMBEDDINGS_FILE).exists():
         manifest = json.loads(manifest_path.read_text())
         if manifest.get("fingerprint") == fingerprint:
-            log.info("catalog unchanged (%s), reusing embeddings", fingerprint)
+            # same items and texts: reuse the embeddings, but take the new availability
+            log.info("catalog texts unchanged (%s), reusing embeddings", fingerprint)
+            table.to_parquet(home / CATALOG_FILE, index=False)
             return Catalog.load(home)
 
     encoder = TextEncoder(encoder_path)
     log.info("encoding %d item texts", len(catalog))
     embeddings = encoder.encode(catalog["text"].tolist(), batch_size=batch_size, progress=True)
-    table = catalog.assign(created_at=datetime.now(UTC), price=catalog["price"].astype("float64"))
-    home.mkdir(parents=True, exist_ok=True)
     table.to_parquet(home / CATALOG_FILE, index=False)
     np.save(home / EMBEDDINGS_FILE, embeddings)
     manifest_path.write_text(

@@ -56,12 +56,19 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     from infra.broker import ensure_topics
     from streams.app import run_worker
 
-    ensure_topics(
-        settings.bootstrap(),
-        settings.topics(),
-    )
+    ensure_topics(settings.bootstrap(), settings.topics())
     sys.argv = [sys.argv[0]]  # Faust's worker parses argv itself
     run_worker(settings, loglevel=args.log_level)
+    return 0
+
+
+def cmd_experiment_worker(settings: Settings, args: argparse.Namespace) -> int:
+    from infra.broker import ensure_topics
+    from streams.experiment_app import run_experiment_worker
+
+    ensure_topics(settings.bootstrap(), settings.topics())
+    sys.argv = [sys.argv[0]]
+    run_experiment_worker(settings, loglevel=args.log_level)
     return 0
 
 
@@ -123,6 +130,8 @@ def cmd_serve_config(settings: Settings, args: argparse.Namespace) -> int:
 
     print("# Ray Serve config derived from the settings by `streamrank serve-config`.")
     print("# Run: serve run <this file>  (STREAMRANK_* variables configure the application)")
+    print("# High-throughput mode, as `streamrank serve` runs it: also export")
+    print("#   RAY_SERVE_ENABLE_HA_PROXY=1 RAY_SERVE_THROUGHPUT_OPTIMIZED=1")
     print(yaml.safe_dump(serve_config(settings), sort_keys=False), end="")
     return 0
 
@@ -203,6 +212,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("worker", help="run a Faust profile worker")
     p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser(
+        "experiment-worker", help="run the live experiment join (CTR/CVR per arm, /metrics)"
+    )
+    p.set_defaults(func=cmd_experiment_worker)
 
     p = sub.add_parser("produce", help="send the data set's events through the producer SDK")
     p.add_argument("--limit", type=int, default=0, help="only the last N events")

@@ -81,13 +81,15 @@ def send_raw(settings: Settings, values: list[bytes]) -> dict[int, int]:
     return delivered
 
 
-def start_worker(settings: Settings) -> subprocess.Popen[bytes]:
+def start_worker(settings: Settings, command: str = "worker") -> subprocess.Popen[bytes]:
+    """``streamrank worker`` (or ``experiment-worker``) as a child, logging to
+    ``<home>/logs/<command>.log``."""
     logs = settings.home_dir / "logs"
     logs.mkdir(exist_ok=True)
     env = {**os.environ, **settings.as_env(), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    out = open(logs / "worker.log", "ab")  # noqa: SIM115 - owned by the child
+    out = open(logs / f"{command}.log", "ab")  # noqa: SIM115 - owned by the child
     return subprocess.Popen(
-        [sys.executable, "-m", "streamrank", "worker"],
+        [sys.executable, "-m", "streamrank", command],
         env=env,
         stdout=out,
         stderr=subprocess.STDOUT,

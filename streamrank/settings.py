@@ -89,13 +89,21 @@ class Settings(BaseSettings):
     serve_host: str = "127.0.0.1"
     serve_port: int = 8000
     serve_num_cpus: float = 0.5
+    serve_access_log: bool = False
+    serve_high_throughput: bool = True  # HAProxy + direct ingress (serving/config.ray_env)
+    serve_drain_s: float = Field(default=5.0, gt=0, description="ingress drain on stop")
     api_replicas: int = Field(default=1, ge=1)
     api_max_ongoing_requests: int = Field(default=256, ge=1)
     scorer_num_gpus: float = Field(default=0.0, ge=0, description="> 0: scorer on a GPU")
+    # Where the model runs: its own deployment (a handle call per request; scales apart from
+    # the ingress, and is how a GPU replica is used), or inside the ingress replica (no hop:
+    # on CPU the hop cost more than the model). "auto": deployment when a GPU is asked for.
+    scorer_placement: Literal["auto", "deployment", "ingress"] = "auto"
     scorer_min_replicas: int = Field(default=1, ge=1)
     scorer_max_replicas: int = Field(default=1, ge=1, description="> min: autoscaling")
     scorer_target_ongoing_requests: float = Field(default=32, gt=0)
     scorer_max_ongoing_requests: int = Field(default=256, ge=1)
+    scorer_int8: bool = Field(default=False, description="int8 dynamic quantization (CPU)")
     scorer_max_batch_size: int = Field(default=32, ge=1)
     scorer_batch_wait_s: float = Field(default=0.005, ge=0)
     # A/B test: arm name -> model directory ("" = the newest model). Users are split evenly
@@ -103,13 +111,22 @@ class Settings(BaseSettings):
     experiment_name: str = "default"
     experiment_arms: dict[str, str] = Field(default_factory=lambda: {"main": ""})
     impressions_topic: str = "impressions"
+    experiments_group: str = "streamrank-experiments"
+    experiments_web_port: int = 6067
     experiment_window_s: float = Field(default=1800.0, gt=0, description="click attribution")
     popular_refresh_s: float = 2.0
     candidates_popular: int = 200
     candidates_similar: int = 200
     scorer_timeout_s: float = Field(default=1.0, gt=0, description="then popularity fallback")
+    store_timeout_s: float = Field(default=0.5, gt=0, description="online-store read bound")
     ranking_diversity: float = Field(default=0.2, ge=0, le=1, description="MMR weight")
     ranking_exploration: float = Field(default=0.05, ge=0, le=1, description="random slots")
+
+    @property
+    def scorer_in_ingress(self) -> bool:
+        if self.scorer_placement == "auto":
+            return self.scorer_num_gpus == 0
+        return self.scorer_placement == "ingress"
 
     @cached_property
     def home_dir(self) -> Path:

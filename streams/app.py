@@ -33,7 +33,7 @@ from streams.processor import BatchResult, ProfileProcessor, RawMessage, Validat
 from streams.producer import EventProducer
 from streams.sink import FeastProfileStore, retry_forever
 from streams.state import ProfileState
-from streams.transport import StreamApp
+from streams.transport import stream_app
 
 log = logging.getLogger(__name__)
 
@@ -58,21 +58,7 @@ def build_processor(settings: Settings) -> ProfileProcessor:
 
 
 def create_app(settings: Settings) -> faust.App:
-    app = StreamApp(
-        settings.consumer_group,
-        fetch_max_wait_ms=settings.worker_fetch_max_wait_ms,
-        broker=f"kafka://{settings.bootstrap()}",
-        store="memory://",
-        topic_partitions=settings.events_partitions,
-        topic_disable_leader=True,
-        consumer_auto_offset_reset="earliest",
-        broker_session_timeout=10.0,
-        broker_heartbeat_interval=1.0,
-        producer_acks=-1,
-        web_host=settings.worker_web_host,
-        web_port=settings.worker_web_port,
-        web_in_thread=False,
-    )
+    app = stream_app(settings, settings.consumer_group, settings.worker_web_port)
     events_topic = app.topic(
         settings.events_topic,
         key_serializer="raw",

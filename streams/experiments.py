@@ -8,23 +8,39 @@ collect it. Per arm this gives CTR (clicked / impressions) and CVR (converted /
 impressions), each with a 95 % Wilson interval so that a small difference between arms is
 not read as a win.
 
-Pure and deterministic (seed ``003``: experiment with data, not opinions): the same
-inputs in event-time order always give the same table. Redelivered impressions (same
-request id) and events (same event id) are counted once.
+Deterministic (seed ``003``: experiment with data, not opinions), and the same code runs
+in batch (``streamrank experiments``) and live (the experiment agent,
+``streams/experiment_app.py``):
+- Each user's join state is one JSON-able record (recent impressions, recent clicks, and
+  the user's own per-arm counts) in a mapping: a dict in batch, a Faust table live. One
+  record per user is one changelog write, so counts and the ids they were counted from
+  are restored together after a crash; redelivered impressions (same request id) and
+  events (same event id) are then recognised and counted once.
+- The join is symmetric: a click that reaches the agent before its impression (the two
+  topics are read side by side) is kept and credited when the impression arrives.
+- Per-arm totals are the sum of the users' counts.
 """
 
 from __future__ import annotations
 
 import math
-from collections import deque
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, MutableMapping
+from dataclasses import dataclass
+from typing import Any
 
 from streams.events import Event, EventType
 from streams.impressions import Impression
 
 CLICKS = {EventType.CLICK, EventType.ADD_TO_CART}
 CONVERSIONS = {EventType.PURCHASE}
+MAX_SHOWN = 50  # impressions remembered per user
+MAX_EVENTS = 100  # clicks and purchases remembered per user
+
+# A user's record (JSON-able, short keys: it is one changelog message per update):
+#   shown:  [{"r": request id, "a": arm, "t": epoch, "i": items, "c": clicked, "v": converted}]
+#   events: [{"e": event id, "i": item, "p": is purchase, "t": epoch, "x": credited}]
+#   counts: {arm: [impressions, clicked, converted]}
+UserRecord = dict[str, Any]
 
 
 @dataclass
@@ -53,61 +69,94 @@ class ArmResult:
         }
 
 
-@dataclass
-class _Shown:
-    impression: Impression
-    epoch: float
-    items: frozenset[str]
-    clicked: bool = False
-    converted: bool = False
+def _new_record() -> UserRecord:
+    return {"shown": [], "events": [], "counts": {}}
 
 
-@dataclass
-class _UserState:
-    shown: deque[_Shown] = field(default_factory=lambda: deque(maxlen=50))
-    requests: set[str] = field(default_factory=set)
-    events: set[str] = field(default_factory=set)
+def _credit(record: UserRecord, shown: dict[str, Any], purchase: bool) -> None:
+    counts = record["counts"].setdefault(shown["a"], [0, 0, 0])
+    if not shown["c"]:  # a purchase straight from the list is also a click
+        shown["c"] = True
+        counts[1] += 1
+    if purchase and not shown["v"]:
+        shown["v"] = True
+        counts[2] += 1
 
 
 class ExperimentJoin:
-    def __init__(self, window_s: float = 1800.0):
+    def __init__(
+        self, window_s: float = 1800.0, users: MutableMapping[str, UserRecord] | None = None
+    ):
         self.window_s = window_s
-        self.arms: dict[str, ArmResult] = {}
-        self._users: dict[str, _UserState] = {}
+        self.users: MutableMapping[str, UserRecord] = {} if users is None else users
+
+    def _matches(self, shown: dict[str, Any], event: dict[str, Any]) -> bool:
+        return event["i"] in shown["i"] and 0 <= event["t"] - shown["t"] <= self.window_s
 
     def add_impression(self, impression: Impression) -> None:
-        user = self._users.setdefault(impression.user_id, _UserState())
-        if impression.request_id in user.requests:
+        record = self.users.get(impression.user_id) or _new_record()
+        if any(s["r"] == impression.request_id for s in record["shown"]):
             return
-        user.requests.add(impression.request_id)
-        user.shown.append(
-            _Shown(impression, impression.ts.timestamp(), frozenset(impression.items))
-        )
-        self.arms.setdefault(impression.arm, ArmResult()).impressions += 1
+        shown = {
+            "r": impression.request_id,
+            "a": impression.arm,
+            "t": impression.ts.timestamp(),
+            "i": list(impression.items),
+            "c": False,
+            "v": False,
+        }
+        record["counts"].setdefault(impression.arm, [0, 0, 0])[0] += 1
+        record["shown"] = self._recent(record["shown"] + [shown], MAX_SHOWN, shown["t"])
+        for event in record["events"]:  # clicks that reached the agent before this impression
+            if not event["x"] and self._matches(shown, event):
+                event["x"] = True
+                _credit(record, shown, event["p"])
+        self.users[impression.user_id] = record
 
     def add_event(self, event: Event) -> None:
         if event.item_id is None or event.type not in CLICKS | CONVERSIONS:
             return
-        user = self._users.get(event.user_id)
-        if user is None or event.event_id in user.events:
+        record = self.users.get(event.user_id)
+        if record is None:
+            record = _new_record()
+        elif any(e["e"] == event.event_id for e in record["events"]):
             return
-        user.events.add(event.event_id)
-        for shown in reversed(user.shown):  # newest impression first
-            if event.item_id in shown.items and 0 <= event.epoch - shown.epoch <= self.window_s:
-                result = self.arms[shown.impression.arm]
-                if event.type in CLICKS and not shown.clicked:
-                    shown.clicked = True
-                    result.clicked += 1
-                if event.type in CONVERSIONS and not shown.converted:
-                    shown.converted = True
-                    result.converted += 1
-                    if not shown.clicked:  # bought straight from the list
-                        shown.clicked = True
-                        result.clicked += 1
-                return
+        seen = {
+            "e": event.event_id,
+            "i": event.item_id,
+            "p": event.type in CONVERSIONS,
+            "t": event.epoch,
+            "x": False,
+        }
+        record["events"] = self._recent(record["events"] + [seen], MAX_EVENTS, event.epoch)
+        for shown in sorted(record["shown"], key=lambda s: s["t"], reverse=True):
+            if self._matches(shown, seen):  # the newest impression that showed the item
+                seen["x"] = True
+                _credit(record, shown, seen["p"])
+                break
+        self.users[event.user_id] = record
+
+    def _recent(self, entries: list[dict[str, Any]], keep: int, now: float) -> list[dict[str, Any]]:
+        """Entries still inside the window of the time just seen, at most ``keep``."""
+        horizon = now - self.window_s
+        return [e for e in entries if e["t"] >= horizon][-keep:]
+
+    @property
+    def arms(self) -> dict[str, ArmResult]:
+        return arm_totals(self.users.values())
 
     def table(self) -> dict[str, dict[str, object]]:
         return {arm: result.as_dict() for arm, result in sorted(self.arms.items())}
+
+
+def arm_totals(records: Iterable[UserRecord]) -> dict[str, ArmResult]:
+    totals: dict[str, list[int]] = {}
+    for record in records:
+        for arm, counts in record["counts"].items():
+            total = totals.setdefault(arm, [0, 0, 0])
+            for i in range(3):
+                total[i] += counts[i]
+    return {arm: ArmResult(*counts) for arm, counts in totals.items()}
 
 
 def join_in_time_order(

@@ -1,9 +1,10 @@
 """Impressions: what a recommendation response showed, to whom, from which experiment arm.
 
 Serving writes one per response to the ``impressions`` topic, keyed and partitioned like
-the user's events; the worker joins them with the user's later clicks and purchases into
-CTR and CVR per arm (``streams/experiments.py``). Publishing never blocks or fails a
-request: an impression the broker cannot take is dropped and counted.
+the user's events; the experiment worker (``streams/experiment_app.py``) joins them with
+the user's later clicks and purchases into CTR and CVR per arm (``streams/experiments.py``).
+Publishing never blocks or fails a request: an impression the broker cannot take is
+dropped and counted.
 """
 
 from __future__ import annotations
@@ -65,6 +66,14 @@ class ImpressionLog:
             DROPPED.labels(type(exc).__name__).inc()
             log.warning("impression %s dropped: %s", impression.request_id, exc)
         self._producer.poll(0)
+
+    def close(self, timeout_s: float = 5.0) -> int:
+        """Deliver what is still queued (replica shutdown); returns how many were left."""
+        left = self._producer.flush(timeout_s)
+        if left:
+            DROPPED.labels("shutdown").inc(left)
+            log.warning("%d impressions not delivered at shutdown", left)
+        return left
 
     @staticmethod
     def _delivered(err: object, _msg: object) -> None:

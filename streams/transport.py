@@ -16,6 +16,8 @@ import aiokafka
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
+from streamrank.settings import Settings
+
 FAUST_DEFAULT_FETCH_MAX_WAIT_MS = 1500
 
 
@@ -49,3 +51,24 @@ class StreamApp(faust.App):
 
     def _new_transport(self) -> Any:
         return _Transport(self.conf.broker_consumer, self)
+
+
+def stream_app(settings: Settings, group: str, web_port: int, **options: Any) -> StreamApp:
+    """A Faust app of this project: the broker, fetch wait, partitions, group timeouts and
+    web server every streamrank worker shares; ``options`` add app-specific settings."""
+    return StreamApp(
+        group,
+        fetch_max_wait_ms=settings.worker_fetch_max_wait_ms,
+        broker=f"kafka://{settings.bootstrap()}",
+        store="memory://",
+        topic_partitions=settings.events_partitions,
+        topic_disable_leader=True,
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=1.0,
+        producer_acks=-1,
+        web_host=settings.worker_web_host,
+        web_port=web_port,
+        web_in_thread=False,
+        **options,
+    )

@@ -74,10 +74,13 @@ def isolated_settings(home: Path, bootstrap: str | None = None, **overrides: obj
         "dlq_topic": f"events-{tag}.dlq",
         "impressions_topic": f"impressions-{tag}",
         "consumer_group": f"profiles-{tag}",
+        "experiments_group": f"experiments-{tag}",
+        "experiments_web_port": free_port(),
         "feast_project": f"t{tag}",
         "serve_port": free_port(),
         "worker_web_port": free_port(),
         "worker_batch_within_s": 0.1,
+        "serve_drain_s": 1.0,
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]

@@ -32,6 +32,17 @@ def test_serve_config_validates_against_rays_schema_with_arms_and_autoscaling() 
     assert scorer.user_config == {"max_batch_size": 32, "batch_wait_timeout_s": 0.005}
 
 
+def test_on_cpu_the_model_runs_inside_the_ingress_unless_asked_otherwise() -> None:
+    arms = {"control": "", "candidate": ""}
+    cpu = serve_config(Settings(experiment_arms=arms))
+    assert [d["name"] for d in cpu["applications"][0]["deployments"]] == ["api"]
+    split = serve_config(Settings(experiment_arms=arms, scorer_placement="deployment"))
+    names = [d["name"] for d in split["applications"][0]["deployments"]]
+    assert names == ["api", "scorer-control", "scorer-candidate"]
+    api = cpu["applications"][0]["deployments"][0]
+    assert api["logging_config"] == {"enable_access_log": False}
+
+
 @pytest.mark.parametrize("arms", [{}, {"Bad Name": ""}])
 def test_bad_arm_settings_are_refused(arms: dict[str, str]) -> None:
     with pytest.raises(ValueError, match="arm"):

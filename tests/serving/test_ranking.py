@@ -118,3 +118,27 @@ def test_ranked_items_carry_propensities(catalog: Catalog) -> None:
     assert len(items) == 10
     assert {i.reason for i in items if i.propensity < 0.5} == {"something new to try"}
     assert any(i.propensity == 0.5 for i in items)
+
+
+def test_items_out_of_stock_are_never_ranked(catalog: Catalog) -> None:
+    found = list(CandidateGenerator(catalog, n_popular=50).generate(None, popular=[]).values())
+    out_of_stock = Catalog(catalog.items.assign(available=True), catalog.embeddings)
+    best = found[0].row  # the top score below
+    out_of_stock.available[best] = False
+    scores = np.linspace(1.0, 0.0, len(found))
+    shown = {i.item_id for i in rank(found, scores, out_of_stock, 10, set(), None)}
+    assert catalog.ids[best] not in shown
+    assert len(shown) == 10
+    assert catalog.ids[best] in {i.item_id for i in rank(found, scores, catalog, 10, set(), None)}
+
+
+def test_search_matches_join_the_candidates(catalog: Catalog) -> None:
+    matches = np.array([catalog.index["1"], catalog.index["2"]])
+    popular = [("50", 3.0), ("100", 2.0)]
+    found = CandidateGenerator(catalog).generate(None, popular, matches=matches)
+    assert {catalog.ids[row]: c.source for row, c in found.items()} == {
+        "1": "search",
+        "2": "search",
+        "50": "popular",
+        "100": "popular",
+    }

@@ -1,6 +1,7 @@
 """The request path without Ray: a real online store, a scorer that misbehaves."""
 
 import asyncio
+import time
 from pathlib import Path
 
 import numpy as np
@@ -8,7 +9,7 @@ import pytest
 
 from feature_repo.store import apply_repo
 from serving.api import RecommendationRequest
-from serving.recommender import Arm, Recommender, ScoreFn
+from serving.recommender import Arm, Recommender, ScoreFn, SearchFn
 from serving.scorer import ScoreTask
 from streamrank.catalog import Catalog
 from streamrank.settings import Settings
@@ -18,14 +19,18 @@ from tests.serving.test_ranking import profile_of
 
 
 def recommender(
-    home: Path, catalog: Catalog, score: ScoreFn, timeout_s: float = 0.2
+    home: Path,
+    catalog: Catalog,
+    score: ScoreFn,
+    timeout_s: float = 0.2,
+    search: SearchFn | None = None,
 ) -> Recommender:
     store = FeastProfileStore(apply_repo(Settings(home=home)))
     store.write_profiles([profile_of(catalog, ["1", "2", "3"], [])])
     return Recommender(
         catalog,
         store,
-        {"main": Arm(score, "test")},
+        {"main": Arm(score, "test", search)},
         partitions=4,
         score_timeout_s=timeout_s,
         impressions=shown.append,
@@ -80,3 +85,74 @@ def test_each_answer_is_logged_as_an_impression_of_its_arm(home: Path, catalog: 
     assert (impression.arm, impression.model_version) == ("main", "test")
     assert impression.items == [i["item_id"] for i in answer["items"]]
     assert impression.propensities == [i["propensity"] for i in answer["items"]]
+
+
+def test_a_search_query_brings_its_matches_into_the_ranking(home: Path, catalog: Catalog) -> None:
+    from serving.api import RecommendationContext
+
+    wanted = np.array([catalog.index[i] for i in ("500", "501", "502")])
+
+    async def search(query: str, n: int) -> np.ndarray:
+        assert query == "space opera"
+        return wanted
+
+    async def score(task: ScoreTask) -> np.ndarray:
+        assert task.query == "space opera"
+        return np.isin(task.item_rows, wanted).astype(float)  # the matches score highest
+
+    r = recommender(home, catalog, score, search=search)
+    request = RecommendationRequest(
+        user_id="u", k=3, context=RecommendationContext(query="space opera")
+    )
+    answer = asyncio.run(r.recommend(request))
+    assert {i.item_id for i in answer.items} == {"500", "501", "502"}
+    assert all(i.reason == "matches your search “space opera”" for i in answer.items)
+
+
+def test_a_search_that_fails_leaves_the_other_candidates(home: Path, catalog: Catalog) -> None:
+    from serving.api import RecommendationContext
+
+    async def search(query: str, n: int) -> np.ndarray:
+        raise RuntimeError("replica died")
+
+    async def score(task: ScoreTask) -> np.ndarray:
+        return np.zeros(len(task.item_rows))
+
+    r = recommender(home, catalog, score, search=search)
+    request = RecommendationRequest(user_id="u", k=5, context=RecommendationContext(query="x"))
+    answer = asyncio.run(r.recommend(request))
+    assert len(answer.items) == 5 and answer.strategy == "personalized"
+
+
+def test_the_scorer_finds_items_by_their_text(home: Path, catalog: Catalog) -> None:
+    from serving.scorer import ScorerModel
+
+    model = ScorerModel(Settings(home=home))
+    titles = [catalog.titles[r] for r in model.search("Star Wars", 5)]
+    assert any("Star Wars" in t for t in titles), titles
+
+
+def test_concurrent_requests_share_one_popularity_refresh(home: Path, catalog: Catalog) -> None:
+    async def score(task: ScoreTask) -> np.ndarray:
+        return np.zeros(len(task.item_rows))
+
+    r = recommender(home, catalog, score)
+    r.popular_refresh_s = 0.0  # always due
+    reads = 0
+    read_popularity = r.profiles.read_popularity
+
+    def counted(partitions: list[int]) -> dict:
+        nonlocal reads
+        reads += 1
+        time.sleep(0.05)
+        return read_popularity(partitions)
+
+    r.profiles.read_popularity = counted  # type: ignore[method-assign]
+
+    async def burst() -> None:
+        await r.popular()  # the first list
+        await asyncio.gather(*(r.popular() for _ in range(20)))
+        await asyncio.sleep(0.3)  # let the background refresh finish
+
+    asyncio.run(burst())
+    assert reads == 2  # the first, then one background refresh for all twenty

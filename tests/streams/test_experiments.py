@@ -81,3 +81,29 @@ def test_wilson_interval() -> None:
     assert wilson(0, 0) == (0.0, 1.0)
     low, high = wilson(50, 100)
     assert low == pytest.approx(0.4038, abs=1e-3) and high == pytest.approx(0.5962, abs=1e-3)
+
+
+def test_a_click_read_before_its_impression_is_still_credited() -> None:
+    """Live, the two topics are read side by side: arrival order is not event order."""
+    join = ExperimentJoin()
+    join.add_event(did("e1", "ann", "click", "1", 2))
+    join.add_event(did("e2", "ann", "purchase", "1", 3))
+    join.add_impression(shown("r1", "ann", "a", ["1", "2"], 1))
+    join.add_impression(shown("r2", "ann", "a", ["1"], 1.5))  # the click is already credited
+    result = join.table()["a"]
+    assert (result["impressions"], result["clicked"], result["converted"]) == (2, 1, 1)
+
+
+def test_state_restored_from_its_records_keeps_counting_once() -> None:
+    """What a worker restarted from the changelog sees: the records, not the objects."""
+    import json
+
+    first = ExperimentJoin()
+    first.add_impression(shown("r1", "ann", "a", ["1"], 0))
+    first.add_event(did("e1", "ann", "click", "1", 1))
+    restored = ExperimentJoin(users=json.loads(json.dumps(dict(first.users))))
+    restored.add_impression(shown("r1", "ann", "a", ["1"], 0))  # redelivered tail
+    restored.add_event(did("e1", "ann", "click", "1", 1))
+    restored.add_event(did("e2", "ann", "purchase", "1", 2))
+    result = restored.table()["a"]
+    assert (result["impressions"], result["clicked"], result["converted"]) == (1, 1, 1)

@@ -1,0 +1,156 @@
+"""The live experiment join: a Faust agent over the impressions and events topics.
+
+Both topics are keyed and partitioned by user with the same hash and partition count, so
+one agent reads them side by side, partition by partition, and every user's impressions
+and clicks meet in the same place. Each user's join record (``streams/experiments.py``)
+lives in a Faust table backed by a changelog topic: one table write per message that
+changes it, so a restarted worker gets back the counts together with the ids they were
+counted from, and the redelivered tail is counted once.
+
+It is a Faust app of its own (consumer group ``experiments_group``), not a second agent in
+the profile worker: it reads every event message too, and the profile worker's throughput
+is the system's ceiling (issue 4), so it scales and fails apart. Per-arm impressions,
+clicks, conversions, CTR and CVR are Prometheus gauges on its ``/metrics`` page, summed
+over the partitions this worker owns (across workers: ``sum by (arm)``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import faust
+from prometheus_client import REGISTRY, Counter, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from pydantic import ValidationError
+
+from streamrank.settings import Settings, get_settings
+from streams.events import decode_message
+from streams.experiments import ArmResult, ExperimentJoin, arm_totals
+from streams.impressions import Impression
+from streams.producer import partition_for
+from streams.transport import stream_app
+
+log = logging.getLogger(__name__)
+
+JOINED = Counter(
+    "streamrank_experiment_messages_total",
+    "Messages read by the experiment join, by topic and outcome",
+    ["topic", "outcome"],  # joined | dead
+)
+
+
+class ArmGauges(Collector):
+    """Per-arm totals computed at scrape time from the table's records, only for users of
+    partitions this worker owns now: a revoked partition's records may linger locally."""
+
+    def __init__(self, join: ExperimentJoin, partitions: int, owned: Any):
+        self.join = join
+        self.partitions = partitions
+        self.owned = owned  # () -> set of partition numbers
+
+    def totals(self) -> dict[str, ArmResult]:
+        owned = self.owned()
+        return arm_totals(
+            record
+            for user, record in list(self.join.users.items())
+            if partition_for(user, self.partitions) in owned
+        )
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        """Names only, so registering does not compute totals (Faust is not started yet)."""
+        yield from self._families().values()
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        families = self._families()
+        for arm, result in sorted(self.totals().items()):
+            for name in ("impressions", "clicked", "converted", "ctr", "cvr"):
+                families[name].add_metric([arm], float(getattr(result, name)))
+        yield from families.values()
+
+    @staticmethod
+    def _families() -> dict[str, GaugeMetricFamily]:
+        return {
+            name: GaugeMetricFamily(f"streamrank_experiment_{name}", help_text, labels=["arm"])
+            for name, help_text in (
+                ("impressions", "Recommendation responses shown, per experiment arm"),
+                ("clicked", "Impressions with a click or add-to-cart within the window"),
+                ("converted", "Impressions with a purchase within the window"),
+                ("ctr", "Clicked / impressions"),
+                ("cvr", "Converted / impressions"),
+            )
+        }
+
+
+def create_experiment_app(settings: Settings) -> faust.App:
+    app = stream_app(
+        settings,
+        settings.experiments_group,
+        settings.experiments_web_port,
+        table_standby_replicas=0,
+    )
+    source = app.topic(
+        settings.events_topic,
+        settings.impressions_topic,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+    dlq_topic = app.topic(settings.dlq_topic, key_serializer="raw", value_serializer="raw")
+    users = app.Table(  # JSON keys and values (Faust's default codec for both)
+        "experiment-join", partitions=settings.events_partitions
+    )
+    join = ExperimentJoin(settings.experiment_window_s, users=users)
+
+    def owned() -> set[int]:
+        return {tp.partition for tp in app.assignor.assigned_actives()}
+
+    gauges = ArmGauges(join, settings.events_partitions, owned)
+    REGISTRY.register(gauges)
+
+    @app.agent(source)
+    async def experiment_join(stream: faust.StreamT[Any]) -> None:
+        async for event in stream.events():
+            topic = event.message.topic
+            if topic == settings.impressions_topic:
+                try:
+                    impression = Impression.model_validate_json(event.value or b"")
+                except ValidationError as exc:
+                    JOINED.labels(topic, "dead").inc()
+                    reason = f"impression: {exc.errors(include_url=False)[0]['msg']}"
+                    log.warning("bad impression at offset %d: %s", event.message.offset, reason)
+                    await dlq_topic.send(
+                        value=event.value or b"",
+                        headers={"reason": reason.encode(), "source_topic": topic.encode()},
+                    )
+                    continue
+                join.add_impression(impression)
+            else:  # invalid events are the profile worker's to dead-letter
+                for clicked in decode_message(event.value, now=time.time()).events:
+                    join.add_event(clicked)
+            JOINED.labels(topic, "joined").inc()
+
+    @app.page("/metrics")
+    async def metrics_page(web: Any, request: Any) -> Any:
+        return web.bytes(generate_latest(), content_type="text/plain")
+
+    @app.page("/v1/experiments")
+    async def experiments_page(web: Any, request: Any) -> Any:
+        """The same table as ``streamrank experiments --json``, from the live join."""
+        arms = {arm: r.as_dict() for arm, r in sorted(gauges.totals().items())}
+        return web.json({"experiment": settings.experiment_name, "arms": arms})
+
+    @app.on_before_shutdown.connect
+    async def unregister(sender: Any, **_: Any) -> None:
+        REGISTRY.unregister(gauges)
+
+    return app
+
+
+def run_experiment_worker(settings: Settings | None = None, loglevel: str = "info") -> None:
+    """Run the experiment join in the foreground until SIGTERM/SIGINT."""
+    settings = settings or get_settings()
+    worker = faust.Worker(create_experiment_app(settings), loglevel=loglevel)
+    worker.execute_from_commandline()
