@@ -67,6 +67,9 @@ def explain(
 class RankingPolicy:
     """How the scored list becomes the shown list.
 
+    A request with a search query is answered by relevance alone: neither applies to it
+    (a shopper who typed "horror" wants horror first, not a category mix or a random slot).
+
     ``diversity`` (0..1) trades score for category novelty (maximal marginal relevance):
     0 is pure score order; at 0.3 an item whose categories repeat an item above it needs a
     clearly higher score to stay ahead. ``exploration`` is the share of slots given to a
@@ -150,6 +153,8 @@ def rank(
     policy: RankingPolicy = RankingPolicy(),
     rng: np.random.Generator | None = None,
 ) -> list[RecommendedItem]:
+    if query:
+        policy = RankingPolicy()
     allowed = [
         i
         for i, c in enumerate(candidates)

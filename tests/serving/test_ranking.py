@@ -142,3 +142,17 @@ def test_search_matches_join_the_candidates(catalog: Catalog) -> None:
         "50": "popular",
         "100": "popular",
     }
+
+
+def test_a_search_is_ranked_by_relevance_alone(catalog: Catalog) -> None:
+    """Diversity and exploration would put other categories and random items ahead of what
+    was searched for; with a query, the order is the score order and nothing is explored."""
+    found = list(CandidateGenerator(catalog, n_popular=50).generate(None, popular=[]).values())
+    scores = np.linspace(1.0, 0.0, len(found))
+    policy = RankingPolicy(diversity=0.9, exploration=0.9)
+    args = (found, scores, catalog, 10, set(), None)
+    searched = rank(*args, query="horror", policy=policy, rng=np.random.default_rng(0))
+    assert [i.item_id for i in searched] == [catalog.ids[c.row] for c in found[:10]]
+    assert {i.propensity for i in searched} == {1.0}
+    browsed = rank(*args, policy=policy, rng=np.random.default_rng(0))
+    assert [i.item_id for i in browsed] != [i.item_id for i in searched]
