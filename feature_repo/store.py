@@ -33,31 +33,42 @@ def redis_connection_string(url: str) -> str:
     return ",".join(parts)
 
 
-def repo_yaml(settings: Settings, project: str | None = None) -> dict[str, Any]:
-    """The store's ``feature_store.yaml``, filled in from the settings."""
+def repo_yaml(
+    settings: Settings, project: str | None = None, root: Path | None = None
+) -> dict[str, Any]:
+    """The store's ``feature_store.yaml``, filled in from the settings. ``project`` and
+    ``root`` (where the registry and the SQLite file live) default to the live store's;
+    a replay namespace passes its own (``feature_repo/namespaces.py``)."""
     name = "feature_store.yaml" if settings.online_store == "sqlite" else "feature_store.redis.yaml"
     text = Template((REPO_DIR / name).read_text()).substitute(
         project=project or settings.feast_project,
-        home=settings.home_dir,
+        home=root or settings.home_dir,
         redis_connection=redis_connection_string(settings.redis_url),
         ttl_seconds=settings.profile_ttl_days * 86_400,
     )
     return yaml.safe_load(text)
 
 
-def repo_config(settings: Settings, project: str | None = None) -> RepoConfig:
-    return RepoConfig(repo_path=settings.home_dir, **repo_yaml(settings, project))
+def repo_config(
+    settings: Settings, project: str | None = None, root: Path | None = None
+) -> RepoConfig:
+    return RepoConfig(repo_path=root or settings.home_dir, **repo_yaml(settings, project, root))
 
 
-def open_store(settings: Settings, project: str | None = None) -> FeatureStore:
-    return FeatureStore(config=repo_config(settings, project))
+def open_store(
+    settings: Settings, project: str | None = None, root: Path | None = None
+) -> FeatureStore:
+    return FeatureStore(config=repo_config(settings, project, root))
 
 
-def apply_repo(settings: Settings, project: str | None = None) -> FeatureStore:
+def apply_repo(
+    settings: Settings, project: str | None = None, root: Path | None = None
+) -> FeatureStore:
     """``feast apply`` in code: register every object and create the online tables."""
-    store = open_store(settings, project)
-    (settings.home_dir / "offline").mkdir(exist_ok=True)
-    store.apply(build_definitions(settings.home_dir, timedelta(days=settings.profile_ttl_days)))
+    store = open_store(settings, project, root)
+    home = root or settings.home_dir
+    (home / "offline").mkdir(parents=True, exist_ok=True)
+    store.apply(build_definitions(home, timedelta(days=settings.profile_ttl_days)))
     log.info("feast repository applied (project %s)", store.project)
     return store
 

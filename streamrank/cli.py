@@ -191,6 +191,153 @@ def cmd_evaluate(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _time(text: str) -> float:
+    """ISO 8601 (naive means UTC) or epoch seconds, for --from / --to / --cut."""
+    from datetime import UTC, datetime
+
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a time: {text!r} (ISO 8601 or epoch s)") from exc
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
+
+
+def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
+    from feature_repo.namespaces import Namespace
+    from streams.replay import ReplayError, plan, replay
+
+    namespace = Namespace(settings, args.namespace)
+    planned = plan(settings, args.start, args.end)
+    print(f"topic {planned.topic}, log time {args.start or 'log start'} -> {planned.end_time:.3f}")
+    print(f"{'partition':>9} {'first':>8} {'start':>8} {'stop':>8} {'messages':>9}  how found")
+    for p in sorted(planned.start):
+        print(
+            f"{p:>9} {planned.first[p]:>8} {planned.start[p]:>8} {planned.stop[p]:>8} "
+            f"{planned.stop[p] - planned.start[p]:>9}  {planned.methods[p]}"
+        )
+    if args.dry_run:
+        from streams.replay import read_events
+
+        events = sum(1 for _ in read_events(settings, planned, progress=True))
+        print(f"{planned.messages} messages, {events} valid events; nothing written (--dry-run)")
+        return 0
+    try:
+        manifest = replay(settings, namespace, planned, args.workers)
+    except ReplayError as exc:
+        print(f"replay: {exc}", file=sys.stderr)
+        return 2
+    rate = manifest.events / manifest.seconds if manifest.seconds else 0.0
+    print(
+        f"namespace {manifest.namespace}: {manifest.events} events, {manifest.dead_letters} "
+        f"dead letters, {manifest.seconds:.1f}s ({rate:,.0f} events/s)"
+    )
+    return 0
+
+
+def cmd_namespaces(settings: Settings, args: argparse.Namespace) -> int:
+    from feature_repo.namespaces import Namespace, list_namespaces
+
+    if args.delete:
+        for name in args.delete:
+            namespace = Namespace(settings, name)
+            if not namespace.exists:
+                print(f"no namespace {name}", file=sys.stderr)
+                return 2
+            namespace.delete()
+            print(f"deleted {name}")
+        return 0
+    found = list_namespaces(settings)
+    if not found:
+        print("no namespaces")
+    for m in found:
+        state = "complete" if m.complete else "incomplete (run the replay again to resume)"
+        print(
+            f"{m.namespace:20} {m.range.messages:>8} messages {m.events:>9} events  "
+            f"{m.created_at:%Y-%m-%d %H:%M}  {state}"
+        )
+    return 0
+
+
+def cmd_backtest(settings: Settings, args: argparse.Namespace) -> int:
+    from feature_repo.namespaces import Namespace
+    from streamrank.catalog import Catalog
+    from streams.replay import read_events
+    from training.artifact import RankingArtifact, models_root
+    from training.backtest import (
+        ModelScorer,
+        backtest,
+        events_frame,
+        markdown,
+        prepare,
+        write_report,
+    )
+    from training.encoder import default_encoder_path, pick_device
+
+    namespace = Namespace(settings, args.namespace)
+    if not namespace.exists or not namespace.manifest().complete:
+        print(
+            f"namespace {args.namespace} is missing or incomplete: replay it first", file=sys.stderr
+        )
+        return 2
+    catalog = Catalog.load(settings.home_dir)
+    encoder = settings.encoder_path or default_encoder_path()
+    scorers = []
+    for model in args.model:
+        directory = model if model.is_dir() else models_root(settings.home_dir) / model
+        artifact = RankingArtifact.load(directory, encoder, args.device or pick_device())
+        scorers.append(ModelScorer(artifact, catalog))
+    events = events_frame(list(read_events(settings, namespace.manifest().range, progress=True)))
+    data = prepare(events, catalog, args.cut, args.test_fraction)
+    report = backtest(data, catalog, scorers, baselines=args.baselines, k=args.k)
+    report["namespace"] = namespace.name
+    out = write_report(report, args.out or namespace.root / "backtest")
+    print(markdown(report))
+    print(f"written to {out}")
+    return 0
+
+
+def cmd_verify_consistency(settings: Settings, args: argparse.Namespace) -> int:
+    from feature_repo.namespaces import Namespace
+    from feature_repo.store import open_store
+    from streams.consistency import compare, in_batches
+    from streams.replay import read_events
+    from streams.sink import FeastProfileStore
+
+    namespace = Namespace(settings, args.namespace)
+    if not namespace.exists or not namespace.manifest().complete:
+        print(f"namespace {args.namespace} is missing or incomplete", file=sys.stderr)
+        return 2
+    replayed = namespace.manifest().range
+    if not replayed.from_log_start:
+        print(
+            "note: the range does not start at the log's start; live profiles hold "
+            "earlier events, so differences are expected"
+        )
+    users = dict.fromkeys(e.user_id for e in read_events(settings, replayed, progress=True))
+    live = FeastProfileStore(open_store(settings))
+    mine = FeastProfileStore(namespace.open_store())
+    report = None
+    for batch in in_batches(users, 1000):
+        report = compare(
+            live.read_profiles(batch), mine.read_profiles(batch), replayed.stop, report
+        )
+    if report is None:
+        print("no users in the range")
+        return 0
+    for d in report.differences[: args.show]:
+        print(f"{d.user_id:>12} {d.feature:24} live={d.live!r:.60} replayed={d.replayed!r:.60}")
+    print(
+        f"{report.users} users: {report.equal} equal, {len(report.moved_on)} moved on since "
+        f"(live is past the range), {len({d.user_id for d in report.differences})} differ "
+        f"({len(report.differences)} features)"
+    )
+    return 0 if report.consistent else 1
+
+
 def cmd_download(settings: Settings, args: argparse.Namespace) -> int:
     from streamrank.datasets.movielens import download_movielens_100k
 
@@ -253,6 +400,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-baselines", action="store_true")
     p.add_argument("--device", help="device of the float model (default: cuda when present)")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("replay", help="rebuild profiles for a time range of the topic")
+    p.add_argument("--from", dest="start", type=_time, help="log time (default: log start)")
+    p.add_argument("--to", dest="end", type=_time, help="log time, exclusive (default: now)")
+    p.add_argument("--namespace", required=True, help="where the state goes (never live)")
+    p.add_argument("--workers", type=int, help="processes (default: STREAMRANK_REPLAY_WORKERS)")
+    p.add_argument("--dry-run", action="store_true", help="print partitions, offsets, counts")
+    p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("namespaces", help="list replay namespaces (or --delete NAME)")
+    p.add_argument("--delete", nargs="+", metavar="NAME")
+    p.set_defaults(func=cmd_namespaces)
+
+    p = sub.add_parser("backtest", help="models vs baselines on a replayed range, point in time")
+    p.add_argument("--namespace", required=True)
+    p.add_argument("--model", type=Path, action="append", default=[], help="directory or name")
+    p.add_argument("--baselines", action="store_true", help="add every baseline ranker")
+    p.add_argument("--cut", type=_time, help="test window start (event time)")
+    p.add_argument("--test-fraction", type=float, default=0.1, help="else the last share")
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--out", type=Path, help="report directory (default: <namespace>/backtest)")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when present)")
+    p.set_defaults(func=cmd_backtest)
+
+    p = sub.add_parser("verify-consistency", help="live profiles vs a namespace's replay")
+    p.add_argument("--namespace", required=True)
+    p.add_argument("--show", type=int, default=20, help="differences printed")
+    p.set_defaults(func=cmd_verify_consistency)
 
     p = sub.add_parser("download-movielens", help="fetch MovieLens 100K (needs internet)")
     p.add_argument("directory")

@@ -81,6 +81,11 @@ class Settings(BaseSettings):
     max_message_bytes: int = 4 * 1024 * 1024
     max_future_skew_s: float = 300.0
 
+    # --- replay (streams/replay.py): a namespace's state, rebuilt from a range of the topic
+    replay_workers: int = Field(default=2, ge=1, description="processes, partitions shared")
+    replay_batch_messages: int = Field(default=250, ge=1, description="messages per write")
+    replay_max_profiles: int = 1_000_000  # profiles cached per process (no re-reads)
+
     # --- producer SDK wire batching
     producer_batch_events: int = 200
     producer_linger_ms: int = 20

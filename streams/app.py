@@ -25,36 +25,21 @@ from typing import Any
 import faust
 from prometheus_client import generate_latest
 
-from streamrank.catalog import Catalog
 from streamrank.settings import Settings, get_settings
 from streams import metrics
 from streams.collector import Collector
-from streams.processor import BatchResult, ProfileProcessor, RawMessage, ValidationLimits
+from streams.processor import BatchResult, ProfileProcessor, RawMessage, build_processor
 from streams.producer import EventProducer
 from streams.sink import FeastProfileStore, retry_forever
-from streams.state import ProfileState
 from streams.transport import stream_app
 
 log = logging.getLogger(__name__)
 
 
-def build_processor(settings: Settings) -> ProfileProcessor:
+def build_live_processor(settings: Settings) -> ProfileProcessor:
     from feature_repo.store import open_store
 
-    catalog = Catalog.load(settings.home_dir)
-    store = FeastProfileStore(open_store(settings), settings.write_path)
-    limits = ValidationLimits(
-        max_future_skew_s=settings.max_future_skew_s,
-        max_event_bytes=settings.max_event_bytes,
-        max_message_bytes=settings.max_message_bytes,
-    )
-    state = ProfileState(
-        store,
-        max_profiles=settings.worker_max_profiles,
-        max_covisits=settings.worker_max_covisits,
-        item_flush_s=settings.worker_item_flush_s,
-    )
-    return ProfileProcessor(state, catalog, limits)
+    return build_processor(settings, FeastProfileStore(open_store(settings), settings.write_path))
 
 
 def create_app(settings: Settings) -> faust.App:
@@ -74,7 +59,7 @@ def create_app(settings: Settings) -> faust.App:
 
     async def processor() -> ProfileProcessor:
         if "processor" not in holder:
-            holder["processor"] = await on_thread(build_processor, settings)
+            holder["processor"] = await on_thread(build_live_processor, settings)
         return holder["processor"]
 
     async def send_dead_letters(result: BatchResult) -> None:

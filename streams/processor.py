@@ -10,13 +10,17 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
+from streamrank.catalog import Catalog
+from streamrank.settings import Settings
 from streams import metrics
 from streams.covisitation import covisit_anchors
 from streams.events import DeadLetter, Event, decode_message
 from streams.outbox import ItemEffect
 from streams.popularity import add_popularity
 from streams.profile import TYPE_WEIGHTS, ItemLookup, apply_event
+from streams.sink import FeastProfileStore
 from streams.state import ProfileState
 
 log = logging.getLogger(__name__)
@@ -27,7 +31,7 @@ class RawMessage:
     partition: int
     offset: int
     value: bytes | None
-    timestamp: float | None = None  # broker append time (epoch s), for latency metrics
+    timestamp: float | None = None  # the log's time for it (epoch s): validation, latency
 
 
 @dataclass
@@ -48,7 +52,17 @@ class ValidationLimits:
     max_message_bytes: int = 4 * 1024 * 1024
 
 
+def arrival(msg: RawMessage, now: float) -> float:
+    """When the message arrived, for the "from the future" check: its log time, capped by
+    the processing clock (a forged future log time cannot widen the window). The live
+    worker and a replay years later judge every event alike, so they dead-letter the same
+    ones."""
+    return now if msg.timestamp is None else min(msg.timestamp, now)
+
+
 class ProfileProcessor:
+    """Validation, dedupe and the folds for one consumer of the ``events`` topic."""
+
     def __init__(
         self,
         state: ProfileState,
@@ -77,11 +91,12 @@ class ProfileProcessor:
                 continue
             out = decode_message(
                 msg.value,
-                now=now,
+                now=arrival(msg, now),
                 max_future_skew_s=self.limits.max_future_skew_s,
                 max_event_bytes=self.limits.max_event_bytes,
                 max_message_bytes=self.limits.max_message_bytes,
             )
+            state.count(msg.partition, len(out.events), len(out.dead))
             result.dead_letters.extend((msg, dead) for dead in out.dead)
             if out.events:
                 decoded.append((msg, out.events))
@@ -169,3 +184,21 @@ class ProfileProcessor:
         appended = [m.timestamp for m in messages if m.timestamp]
         if appended:
             metrics.PROCESSING_SECONDS.observe(time.time() - min(appended))
+
+
+def build_processor(
+    settings: Settings, store: FeastProfileStore, **state_options: Any
+) -> ProfileProcessor:
+    """The processor the live worker and replay both run, over the store given."""
+    options: dict[str, Any] = {
+        "max_profiles": settings.worker_max_profiles,
+        "max_covisits": settings.worker_max_covisits,
+        "item_flush_s": settings.worker_item_flush_s,
+        **state_options,
+    }
+    limits = ValidationLimits(
+        max_future_skew_s=settings.max_future_skew_s,
+        max_event_bytes=settings.max_event_bytes,
+        max_message_bytes=settings.max_message_bytes,
+    )
+    return ProfileProcessor(ProfileState(store, **options), Catalog.load(settings.home_dir), limits)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 
@@ -176,16 +177,48 @@ class FeastProfileStore:
 
     # --- checkpoints: the last offset per partition whose effects are all written -----------
     def read_checkpoints(self, partitions: Sequence[int]) -> dict[int, int]:
+        return {p: c.offset for p, c in self.read_partition_counts(partitions).items()}
+
+    def read_partition_counts(self, partitions: Sequence[int]) -> dict[int, PartitionCounts]:
         rows = self.checkpoints.read([{"partition_id": p} for p in partitions])
         return {
-            p: int(row["applied_offset"]) if row else -1
+            p: PartitionCounts(
+                int(row["applied_offset"]),
+                int(row.get("events") or 0),
+                int(row.get("dead_letters") or 0),
+            )
+            if row
+            else PartitionCounts()
             for p, row in zip(partitions, rows, strict=True)
         }
 
-    def write_checkpoints(self, offsets: Mapping[int, int]) -> int:
+    def write_checkpoints(
+        self, offsets: Mapping[int, int], counts: Mapping[int, PartitionCounts] | None = None
+    ) -> int:
+        counts = counts or {}
         return self.checkpoints.write(
-            [{"partition_id": p, "applied_offset": o} for p, o in offsets.items()]
+            [
+                {
+                    "partition_id": p,
+                    "applied_offset": o,
+                    "events": counts.get(p, PartitionCounts()).events,
+                    "dead_letters": counts.get(p, PartitionCounts()).dead_letters,
+                }
+                for p, o in offsets.items()
+            ]
         )
+
+
+@dataclass(frozen=True)
+class PartitionCounts:
+    """A partition's checkpoint and the valid events / dead letters of messages up to it."""
+
+    offset: int = -1
+    events: int = 0
+    dead_letters: int = 0
+
+    def plus(self, events: int, dead_letters: int) -> PartitionCounts:
+        return PartitionCounts(self.offset, self.events + events, self.dead_letters + dead_letters)
 
 
 def retry_forever(

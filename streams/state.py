@@ -29,7 +29,7 @@ from typing import TypeVar
 from streams.covisitation import CovisitRow
 from streams.popularity import PartitionPopularity, trim
 from streams.profile import UserProfile
-from streams.sink import FeastProfileStore, retry_forever
+from streams.sink import FeastProfileStore, PartitionCounts, retry_forever
 
 
 class ProfileState:
@@ -51,6 +51,7 @@ class ProfileState:
         self.popularity: dict[int, PartitionPopularity] = {}
         self.covisits: OrderedDict[tuple[int, str], CovisitRow] = OrderedDict()
         self.checkpoints: dict[int, int] = {}
+        self.counts: dict[int, PartitionCounts] = {}  # up to the last offset folded
         self._dirty_users: set[str] = set()
         self._dirty_partitions: set[int] = set()
         self._dirty_covisits: set[tuple[int, str]] = set()
@@ -62,13 +63,15 @@ class ProfileState:
         missing = sorted({p for p in partitions if p not in self.checkpoints})
         if not missing:
             return
-        checkpoints = retry_forever(
-            lambda: self.store.read_checkpoints(missing), "reading checkpoints"
+        counts = retry_forever(
+            lambda: self.store.read_partition_counts(missing), "reading checkpoints"
         )
+        checkpoints = {p: c.offset for p, c in counts.items()}
         popularity = retry_forever(
             lambda: self.store.read_popularity(missing), "reading popularity"
         )
         self.checkpoints.update(checkpoints)
+        self.counts.update(counts)
         self._items_written.update(checkpoints)
         self.popularity.update(popularity)
 
@@ -90,6 +93,10 @@ class ProfileState:
 
     def mark_covisit(self, key: tuple[int, str]) -> None:
         self._dirty_covisits.add(key)
+
+    def count(self, partition: int, events: int, dead_letters: int) -> None:
+        """A message's valid events and dead letters, stored with the next checkpoint."""
+        self.counts[partition] = self.counts[partition].plus(events, dead_letters)
 
     def advance(self, partition: int, offset: int) -> None:
         """``offset`` of ``partition`` has been folded (its profiles are written next flush)."""
@@ -145,7 +152,10 @@ class ProfileState:
         """After the profiles: every effect of the messages up to here is now stored."""
         checkpoints = {p: o for p, o in self._processed.items() if o > self.checkpoints.get(p, -1)}
         if checkpoints:
-            retry_forever(lambda: self.store.write_checkpoints(checkpoints), "writing checkpoints")
+            counts = {p: self.counts[p] for p in checkpoints}
+            retry_forever(
+                lambda: self.store.write_checkpoints(checkpoints, counts), "writing checkpoints"
+            )
             self.checkpoints.update(checkpoints)
 
     def _evict(self) -> None:
@@ -172,6 +182,7 @@ class ProfileState:
         for part in dropped:
             self.popularity.pop(part, None)
             self.checkpoints.pop(part, None)
+            self.counts.pop(part, None)
             self._processed.pop(part, None)
             self._items_written.pop(part, None)
         self._dirty_partitions -= dropped
