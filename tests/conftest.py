@@ -52,6 +52,30 @@ def make_home(base: Path, catalog_home: Path) -> Path:
     return base
 
 
+@pytest.fixture(scope="session")
+def trained(
+    tmp_path_factory: pytest.TempPathFactory, dataset: Dataset, catalog: Catalog, catalog_home: Path
+) -> Path:
+    """A home with a tiny model trained on a slice (the training and backtest tests)."""
+    from training.config import TrainConfig
+    from training.encoder import default_encoder_path
+    from training.train import Trainer, prepare_training_data
+
+    home = make_home(tmp_path_factory.mktemp("trained") / "home", catalog_home)
+    config = TrainConfig(
+        limit_users=40,
+        epochs=3,
+        patience=3,
+        batch_size=64,
+        max_minutes=None,
+        history_len=20,
+        dim=32,
+    )
+    data = prepare_training_data(dataset.events, catalog, config)
+    Trainer(config, catalog, default_encoder_path(), "cpu").fit(data, home / "models")
+    return home
+
+
 @pytest.fixture
 def home(tmp_path: Path, catalog_home: Path) -> Path:
     return make_home(tmp_path / "home", catalog_home)

@@ -19,27 +19,6 @@ from training.encoder import default_encoder_path
 from training.train import Trainer, model_scores, prepare_training_data
 
 
-@pytest.fixture(scope="module")
-def trained(
-    tmp_path_factory: pytest.TempPathFactory, dataset: Dataset, catalog: Catalog, catalog_home: Path
-) -> Path:
-    from tests.conftest import make_home
-
-    home = make_home(tmp_path_factory.mktemp("trained") / "home", catalog_home)
-    config = TrainConfig(
-        limit_users=40,
-        epochs=3,
-        patience=3,
-        batch_size=64,
-        max_minutes=None,
-        history_len=20,
-        dim=32,
-    )
-    data = prepare_training_data(dataset.events, catalog, config)
-    Trainer(config, catalog, default_encoder_path(), "cpu").fit(data, home / "models")
-    return home
-
-
 def _model_dir(home: Path) -> Path:
     return home / "models" / (home / "models" / "LATEST").read_text().strip()
 
