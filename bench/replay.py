@@ -1,0 +1,138 @@
+"""Replay benchmark: events/s of ``streamrank replay``, and what bounds it.
+
+    python -m bench.replay [--events 400000] [--out bench/results/replay.json]
+
+One run, one topic, so the rows compare:
+- read: the replay's own reader (``streams.replay.read_messages``), messages only;
+- read + validate: the same plus ``decode_message`` (every event through the schema);
+- read + validate + fold: plus ``apply_event`` into in-memory profiles, nothing stored
+  (the ceiling of the one profile definition in one process);
+- replay, 1 process / N processes: the real command path (processor, item rows,
+  namespace writes, checkpoints), at the default batch;
+- replay at the live worker's batch size: the same with 10-message batches, i.e. writes
+  as often as the live worker makes them (the baseline that batching is measured against).
+Streams are MovieLens 100K replicated with shifted user ids (never invented).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import shutil
+import time
+from pathlib import Path
+
+import psutil
+
+from bench.ingest import replicated
+from feature_repo.namespaces import Namespace
+from infra.broker import EmbeddedBroker, ensure_topics
+from streamrank.catalog import Catalog, copy_catalog
+from streamrank.datasets import load_dataset
+from streamrank.demo import stream_events
+from streamrank.prepare import prepare
+from streamrank.settings import Settings
+from streams.events import decode_message
+from streams.profile import UserProfile, apply_event
+from streams.replay import plan, read_messages, replay
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def read_rate(settings: Settings, planned, events: int, fold: str) -> float:  # type: ignore[no-untyped-def]
+    """``fold``: "none", "validate" or "profile"."""
+    catalog = Catalog.load(settings.home_dir) if fold == "profile" else None
+    profiles: dict[str, UserProfile] = {}
+    started = time.perf_counter()
+    for p in sorted(planned.start):
+        for batch in read_messages(settings, p, planned.start[p], planned.stop[p], 1000):
+            if fold == "none":
+                continue
+            for msg in batch:
+                for event in decode_message(msg.value, now=msg.timestamp or time.time()).events:
+                    if catalog is not None:
+                        profile = profiles.get(event.user_id)
+                        if profile is None:
+                            profile = profiles[event.user_id] = UserProfile(event.user_id)
+                        apply_event(profile, event, catalog)
+    return events / (time.perf_counter() - started)
+
+
+def replay_rate(settings: Settings, planned, name: str, workers: int) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    namespace = Namespace(settings, name)
+    started = time.perf_counter()
+    manifest = replay(settings, namespace, planned, workers=workers, progress=False)
+    seconds = time.perf_counter() - started
+    namespace.delete()
+    return {
+        "events": manifest.events,
+        "seconds": seconds,
+        "events_per_s": manifest.events / seconds,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--events", type=int, default=400_000)
+    parser.add_argument("--workers", type=int, default=psutil.cpu_count() or 2)
+    parser.add_argument("--out", type=Path, default=RESULTS / "replay.json")
+    args = parser.parse_args()
+
+    root = Path(".streamrank") / "bench-replay"
+    base = Settings(home=root / "catalog")
+    dataset = load_dataset(base)
+    prepare(base, dataset)
+    copies = max(1, -(-args.events // len(dataset.events)))
+    stream = replicated(dataset.events, copies).head(args.events)
+    home = root / "home"
+    shutil.rmtree(home, ignore_errors=True)
+    copy_catalog(base.home_dir, home)
+    results: dict[str, object] = {"machine": f"{psutil.cpu_count()} cpus", "events": len(stream)}
+    with EmbeddedBroker(log_path=root / "broker.log") as broker:
+        s = Settings(home=home, kafka_bootstrap=broker.bootstrap)
+        ensure_topics(s.bootstrap(), s.topics())
+        stream_events(s, stream)
+        started = time.perf_counter()
+        planned = plan(s, None)
+        results["plan_s"] = time.perf_counter() - started
+        results["messages"] = planned.messages
+        n = len(stream)
+        results["read_events_per_s"] = read_rate(s, planned, n, "none")
+        results["read_validate_events_per_s"] = read_rate(s, planned, n, "validate")
+        results["read_validate_fold_events_per_s"] = read_rate(s, planned, n, "profile")
+        results["replay_1"] = replay_rate(s, planned, "bench1", 1)
+        results[f"replay_{args.workers}"] = replay_rate(s, planned, "benchn", args.workers)
+        small = s.model_copy(update={"replay_batch_messages": 10})
+        results["replay_1_live_batches"] = replay_rate(small, planned, "benchsmall", 1)
+
+    one = results["replay_1"]["events_per_s"]  # type: ignore[index]
+    many = results[f"replay_{args.workers}"]["events_per_s"]  # type: ignore[index]
+    small_rate = results["replay_1_live_batches"]["events_per_s"]  # type: ignore[index]
+    results["batched_vs_live_batches"] = one / small_rate
+    rows = [
+        ("read (replay reader, no decoding)", results["read_events_per_s"], ""),
+        ("read + validate", results["read_validate_events_per_s"], ""),
+        (
+            "read + validate + profile fold (no store)",
+            results["read_validate_fold_events_per_s"],
+            "",
+        ),
+        ("replay, 1 process", one, ""),
+        (f"replay, {args.workers} processes", many, ">= 100,000"),
+        ("replay, 1 process, live-sized batches (10 msgs)", small_rate, ""),
+    ]
+    width = max(len(r[0]) for r in rows)
+    print(f"\n{len(stream):,} events in {planned.messages:,} messages; {results['machine']}")
+    print(f"{'measure':{width}}  {'events/s':>10}  target")
+    for name, value, target in rows:
+        print(f"{name:{width}}  {float(value):>10,.0f}  {target}")  # type: ignore[arg-type]
+    print(f"{'batched vs live-sized batches':{width}}  {results['batched_vs_live_batches']:>9.1f}x")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+    print(f"\nwritten to {args.out}")
+
+
+if __name__ == "__main__":
+    multiprocessing.freeze_support()
+    main()
