@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -130,9 +131,10 @@ def test_a_replay_killed_midway_resumes_and_ends_with_the_same_result(
         assert stored[user].totals == profile.totals, user  # nothing folded twice
 
 
-def test_dry_run_writes_nothing_and_namespaces_can_be_deleted(
+def test_the_command_line_dry_run_replay_backtest_list_and_delete(
     settings: Settings,
     catalog: Catalog,
+    trained: Path,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -148,6 +150,14 @@ def test_dry_run_writes_nothing_and_namespaces_can_be_deleted(
     assert namespace.exists
     assert cli(["namespaces"]) == 0
     assert "kept" in capsys.readouterr().out
+    model = trained / "models" / (trained / "models" / "LATEST").read_text().strip()
+    assert (
+        cli(["backtest", "--namespace", "kept", "--model", str(model), "--test-fraction", "0.3"])
+        == 0
+    )
+    assert f"model {model.name}" in capsys.readouterr().out
+    assert (namespace.root / "backtest" / "backtest.png").exists()
+    assert cli(["backtest", "--namespace", "missing", "--model", str(model)]) == 2
     assert cli(["namespaces", "--delete", "kept"]) == 0
     assert not namespace.root.exists()
     assert list_namespaces(settings) == []
