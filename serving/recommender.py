@@ -40,7 +40,6 @@ log = logging.getLogger(__name__)
 
 ScoreFn = Callable[[ScoreTask], Awaitable[np.ndarray | None]]
 SearchFn = Callable[[str, int], Awaitable[np.ndarray]]
-T = TypeVar("T")
 R = TypeVar("R")
 
 
@@ -86,13 +85,14 @@ class Recommender:
         self._refresh: asyncio.Future[None] | None = None
 
     # --- reads from the online store -----------------------------------------------------
-    async def _read(self, fn: Callable[[T], R], arg: T) -> R:
-        """A blocking Feast read on a thread, bounded in time: a store that hangs (not only
-        one that refuses) must not hold the page; ``TimeoutError`` leads to the fallback."""
-        return await asyncio.wait_for(asyncio.to_thread(fn, arg), self.store_timeout_s)
+    async def _read(self, read: Awaitable[R]) -> R:
+        """A Feast read (async on Redis, on a thread for SQLite: ``streams/sink.py``),
+        bounded in time: a store that hangs (not only one that refuses) must not hold the
+        page; ``TimeoutError`` leads to the fallback."""
+        return await asyncio.wait_for(read, self.store_timeout_s)
 
     async def _profile(self, user_id: str) -> UserProfile | None:
-        found = await self._read(self.profiles.read_profiles, [user_id])
+        found = await self._read(self.profiles.read_profiles_async([user_id]))
         profile = found.get(user_id)
         return profile if profile is not None and profile.event_count > 0 else None
 
@@ -109,7 +109,7 @@ class Recommender:
 
     async def _refresh_popular(self) -> None:
         try:
-            rows = await self._read(self.profiles.read_popularity, self.partitions)
+            rows = await self._read(self.profiles.read_popularity_async(self.partitions))
         except Exception as exc:  # keep the last list; the next request tries again
             log.warning("popularity not refreshed (%r)", exc)
             return
@@ -121,7 +121,7 @@ class Recommender:
         if not anchors:
             return {}
         keys = [(p, a) for a in anchors for p in self.partitions]
-        rows = await self._read(self.profiles.read_covisits, keys)
+        rows = await self._read(self.profiles.read_covisits_async(keys))
         now = time.time()
         return {a: merge_neighbours([rows[(p, a)] for p in self.partitions], now) for a in anchors}
 

@@ -14,6 +14,7 @@ produced it are written together, atomically per row.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -109,12 +110,37 @@ class ViewIO:
         self.provider.online_write_batch(self.store.config, self.view, data, progress=None)
         return len(rows)
 
+    @property
+    def reads_async(self) -> bool:
+        """Whether the online store has its own async read (Feast: Redis yes, SQLite no)."""
+        return bool(self.provider.online_store.async_supported.read)
+
     def read(self, keys: Sequence[Mapping[str, Any]]) -> list[dict[str, Any] | None]:
         """Rows for ``keys`` (None where absent or older than the view's TTL)."""
         if not keys:
             return []
         entity_keys = [self._entity_key(k) for k in keys]
         results = self.provider.online_read(self.store.config, self.view, entity_keys, None)
+        return self._rows(keys, results)
+
+    async def read_async(self, keys: Sequence[Mapping[str, Any]]) -> list[dict[str, Any] | None]:
+        """``read`` for an event loop: the store's async client where Feast has one, else
+        the blocking read on a thread."""
+        if not keys:
+            return []
+        entity_keys = [self._entity_key(k) for k in keys]
+        config = self.store.config
+        if self.reads_async:
+            results = await self.provider.online_read_async(config, self.view, entity_keys, None)
+        else:
+            results = await asyncio.to_thread(
+                self.provider.online_read, config, self.view, entity_keys, None
+            )
+        return self._rows(keys, results)
+
+    def _rows(
+        self, keys: Sequence[Mapping[str, Any]], results: Sequence[tuple[Any, Any]]
+    ) -> list[dict[str, Any] | None]:
         now = time.time()
         out: list[dict[str, Any] | None] = []
         for key, (written_at, values) in zip(keys, results, strict=True):
@@ -147,30 +173,38 @@ class FeastProfileStore:
 
     # --- profiles ---------------------------------------------------------------------------
     def read_profiles(self, user_ids: Sequence[str]) -> dict[str, UserProfile]:
-        rows = self.profiles.read([{"user_id": u} for u in user_ids])
-        return {
-            u: UserProfile.from_row(row) if row else UserProfile(u)
-            for u, row in zip(user_ids, rows, strict=True)
-        }
+        return _profiles(user_ids, self.profiles.read([{"user_id": u} for u in user_ids]))
+
+    async def read_profiles_async(self, user_ids: Sequence[str]) -> dict[str, UserProfile]:
+        rows = await self.profiles.read_async([{"user_id": u} for u in user_ids])
+        return _profiles(user_ids, rows)
 
     def write_profiles(self, profiles: Iterable[UserProfile]) -> int:
         return self.profiles.write([p.to_row() for p in profiles])
 
     # --- item side ------------------------------------------------------------------------
     def read_popularity(self, partitions: Sequence[int]) -> dict[int, PartitionPopularity]:
-        rows = self.popular.read([{"partition_id": p} for p in partitions])
-        return {
-            p: PartitionPopularity.from_row(p, row) for p, row in zip(partitions, rows, strict=True)
-        }
+        return _popularity(partitions, self.popular.read([{"partition_id": p} for p in partitions]))
+
+    async def read_popularity_async(
+        self, partitions: Sequence[int]
+    ) -> dict[int, PartitionPopularity]:
+        rows = await self.popular.read_async([{"partition_id": p} for p in partitions])
+        return _popularity(partitions, rows)
 
     def write_popularity(self, rows: Iterable[PartitionPopularity]) -> int:
         return self.popular.write([r.to_row() for r in rows])
 
     def read_covisits(self, keys: Sequence[tuple[int, str]]) -> dict[tuple[int, str], CovisitRow]:
-        rows = self.covisits.read([{"partition_id": p, "item_id": i} for p, i in keys])
-        return {
-            (p, i): CovisitRow.from_row(p, i, row) for (p, i), row in zip(keys, rows, strict=True)
-        }
+        return _covisits(
+            keys, self.covisits.read([{"partition_id": p, "item_id": i} for p, i in keys])
+        )
+
+    async def read_covisits_async(
+        self, keys: Sequence[tuple[int, str]]
+    ) -> dict[tuple[int, str], CovisitRow]:
+        rows = await self.covisits.read_async([{"partition_id": p, "item_id": i} for p, i in keys])
+        return _covisits(keys, rows)
 
     def write_covisits(self, rows: Iterable[CovisitRow]) -> int:
         return self.covisits.write([r.to_row() for r in rows])
@@ -207,6 +241,28 @@ class FeastProfileStore:
                 for p, o in offsets.items()
             ]
         )
+
+
+Row = dict[str, Any] | None
+
+
+def _profiles(user_ids: Sequence[str], rows: Sequence[Row]) -> dict[str, UserProfile]:
+    return {
+        u: UserProfile.from_row(row) if row else UserProfile(u)
+        for u, row in zip(user_ids, rows, strict=True)
+    }
+
+
+def _popularity(partitions: Sequence[int], rows: Sequence[Row]) -> dict[int, PartitionPopularity]:
+    return {
+        p: PartitionPopularity.from_row(p, row) for p, row in zip(partitions, rows, strict=True)
+    }
+
+
+def _covisits(
+    keys: Sequence[tuple[int, str]], rows: Sequence[Row]
+) -> dict[tuple[int, str], CovisitRow]:
+    return {(p, i): CovisitRow.from_row(p, i, row) for (p, i), row in zip(keys, rows, strict=True)}
 
 
 @dataclass(frozen=True)

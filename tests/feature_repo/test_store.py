@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import subprocess
 import sys
@@ -64,6 +65,11 @@ def test_profiles_round_trip_through_each_online_store(
     assert back["u"].recent == profile.recent
     assert back["u"].applied_offsets == {1: 99}
     assert back["missing"].event_count == 0
+    # serving's reads: Feast's own async client on Redis, a thread on SQLite; same rows
+    assert store.profiles.reads_async == (backend == "redis")
+    again = asyncio.run(store.read_profiles_async(["u", "missing"]))
+    assert again["u"].to_row() == back["u"].to_row()
+    assert again["missing"].event_count == 0
     if backend == "redis":
         client = redis.Redis.from_url(str(overrides["redis_url"]))
         keys = client.keys("*")

@@ -1,7 +1,6 @@
 """The request path without Ray: a real online store, a scorer that misbehaves."""
 
 import asyncio
-import time
 from pathlib import Path
 
 import numpy as np
@@ -139,15 +138,15 @@ def test_concurrent_requests_share_one_popularity_refresh(home: Path, catalog: C
     r = recommender(home, catalog, score)
     r.popular_refresh_s = 0.0  # always due
     reads = 0
-    read_popularity = r.profiles.read_popularity
+    read_popularity = r.profiles.read_popularity_async
 
-    def counted(partitions: list[int]) -> dict:
+    async def counted(partitions: list[int]) -> dict:
         nonlocal reads
         reads += 1
-        time.sleep(0.05)
-        return read_popularity(partitions)
+        await asyncio.sleep(0.05)
+        return await read_popularity(partitions)
 
-    r.profiles.read_popularity = counted  # type: ignore[method-assign]
+    r.profiles.read_popularity_async = counted  # type: ignore[method-assign]
 
     async def burst() -> None:
         await r.popular()  # the first list
