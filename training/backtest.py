@@ -31,6 +31,7 @@ from streamrank.catalog import Catalog
 from streams.events import Event, EventType
 from training.baselines import all_baselines
 from training.examples import Example, Split, build_examples, time_cut, time_cut_labels
+from training.markdown import table
 from training.metrics import mask_seen, target_ranks
 
 log = logging.getLogger(__name__)
@@ -209,40 +210,22 @@ def markdown(report: dict[str, Any]) -> str:
         f"{report['protocol']}. Cut {report['cut']}; {report['targets']} targets from "
         f"{report['users']} users ({report['new_users']} new).",
         "",
-        "| ranker | " + " | ".join(cols) + " |",
-        "| --- | " + " | ".join("---:" for _ in cols) + " |",
-    ]
-    lines += [
-        f"| {n} | " + " | ".join(f"{results[n]['overall'][c]:.4f}" for c in cols) + " |"
-        for n in order
+        *table(["ranker", *cols], [[n, *(results[n]["overall"][c] for c in cols)] for n in order]),
     ]
     first = results[order[0]]
     for title, key in (("Segments", "segments"), ("Target category", "categories")):
         groups = list(first[key])
-        lines += [
-            "",
-            f"## {title} ({head})",
-            "",
-            "| ranker | " + " | ".join(f"{g} ({first[key][g]['targets']})" for g in groups) + " |",
-            "| --- | " + " | ".join("---:" for _ in groups) + " |",
+        header = ["ranker", *(f"{g} ({first[key][g]['targets']})" for g in groups)]
+        rows = [[n, *(results[n][key][g][head] for g in groups)] for n in order]
+        lines += ["", f"## {title} ({head})", "", *table(header, rows)]
+    rows = [
+        [
+            f"{piece['from']} ({piece['targets']})",
+            *(results[n]["over_time"][i][head] for n in order),
         ]
-        lines += [
-            f"| {n} | " + " | ".join(f"{results[n][key][g][head]:.4f}" for g in groups) + " |"
-            for n in order
-        ]
-    lines += [
-        "",
-        f"## Over time ({head})",
-        "",
-        "| slice from | " + " | ".join(order) + " |",
-        "| --- | " + " | ".join("---:" for _ in order) + " |",
+        for i, piece in enumerate(first["over_time"])
     ]
-    for i, piece in enumerate(first["over_time"]):
-        lines.append(
-            f"| {piece['from']} ({piece['targets']}) | "
-            + " | ".join(f"{results[n]['over_time'][i][head]:.4f}" for n in order)
-            + " |"
-        )
+    lines += ["", f"## Over time ({head})", "", *table(["slice from", *order], rows)]
     return "\n".join(lines) + "\n"
 
 

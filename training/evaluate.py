@@ -23,6 +23,7 @@ from training.artifact import RankingArtifact
 from training.baselines import all_baselines
 from training.config import TrainConfig
 from training.examples import Example
+from training.markdown import table
 from training.metrics import ranking_report
 from training.train import TrainingData, model_scores, prepare_training_data, target_rows
 
@@ -141,14 +142,9 @@ def markdown(report: dict[str, Any]) -> str:
         f"Protocol: {report['protocol']}. Test examples: {report['examples']['test']}, "
         f"items: {report['items']}.",
         "",
-        "| ranker | " + " | ".join(metrics) + " |",
-        "| --- | " + " | ".join("---:" for _ in metrics) + " |",
     ]
     ordered = sorted(results, key=lambda k: -results[k][HEADLINE])
-    lines += [
-        f"| {name} | " + " | ".join(f"{results[name][m]:.4f}" for m in metrics) + " |"
-        for name in ordered
-    ]
+    lines += table(["ranker", *metrics], [[n, *(results[n][m] for m in metrics)] for n in ordered])
     if "best_baseline" in report:
         lines += [
             "",
@@ -160,13 +156,12 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         "Scoring speed, median ms (user tower + dot products, this machine):",
         "",
-        "| precision | one user, 100 items | 64 users, full catalog |",
-        "| --- | ---: | ---: |",
     ]
-    lines += [
-        f"| {name} | {v['one_user_100_items']:.2f} | {v['64_users_full_catalog']:.2f} |"
-        for name, v in speed.items()
-    ]
+    lines += table(
+        ["precision", "one user, 100 items", "64 users, full catalog"],
+        [[n, v["one_user_100_items"], v["64_users_full_catalog"]] for n, v in speed.items()],
+        digits=2,
+    )
     return "\n".join(lines) + "\n"
 
 
