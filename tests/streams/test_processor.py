@@ -122,6 +122,24 @@ def test_bad_messages_become_dead_letters_and_good_ones_still_count(
     assert store.read_profiles(["g"])["g"].totals["view"] == 2
 
 
+def test_the_future_is_judged_from_the_log_time_so_a_replay_rejects_the_same_events(
+    store: FeastProfileStore, catalog: Catalog
+) -> None:
+    """An event 10 min ahead of its message's log time is dead-lettered live and again
+    by a replay a year later (clock far ahead); the checkpoint row counts both kinds."""
+    ahead = events_for("f", 1, start=1600)  # NOW + 600 s
+    ok = events_for("f", 1, start=0)
+    message = RawMessage(3, 0, encode_events(ok + ahead), timestamp=NOW)
+    for clock in (NOW, NOW + 365 * 86_400):
+        store.write_checkpoints({3: -1})  # each run starts afresh
+        state = ProfileState(FeastProfileStore(store.store))
+        result = ProfileProcessor(state, catalog, clock=lambda c=clock: c).process([message])
+        assert result.applied + result.redelivered == 1
+        assert [d.reason.split(":")[0] for _, d in result.dead_letters] == ["time"]
+    counts = store.read_partition_counts([3])[3]
+    assert (counts.offset, counts.events, counts.dead_letters) == (0, 1, 1)
+
+
 def test_the_cache_is_bounded_and_evicted_users_come_back_whole(
     store: FeastProfileStore, catalog: Catalog
 ) -> None:
