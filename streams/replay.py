@@ -227,9 +227,11 @@ def replay(
     if namespace.exists:
         manifest = namespace.manifest()
         if (manifest.range.start, manifest.range.stop) != (replayed.start, replayed.stop):
+            held = manifest.range
             raise ReplayError(
-                f"namespace {namespace.name} holds another range "
-                f"({manifest.range.start} - {manifest.range.stop}); delete it first"
+                f"namespace {namespace.name} holds another range (offsets {held.start} to "
+                f"{held.stop}); to resume it, give the same range (--from "
+                f"{held.start_time or 'log start'} --to {held.end_time}), or delete it first"
             )
         if manifest.complete:
             log.info("namespace %s is complete already", namespace.name)
