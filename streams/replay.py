@@ -228,10 +228,11 @@ def replay(
         manifest = namespace.manifest()
         if (manifest.range.start, manifest.range.stop) != (replayed.start, replayed.stop):
             held = manifest.range
+            since = "" if held.start_time is None else f"--from {held.start_time} "
             raise ReplayError(
                 f"namespace {namespace.name} holds another range (offsets {held.start} to "
-                f"{held.stop}); to resume it, give the same range (--from "
-                f"{held.start_time or 'log start'} --to {held.end_time}), or delete it first"
+                f"{held.stop}); to resume it, give the same range ({since}--to "
+                f"{held.end_time}), or delete it first"
             )
         if manifest.complete:
             log.info("namespace %s is complete already", namespace.name)
