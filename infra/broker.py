@@ -19,6 +19,7 @@ from pathlib import Path
 
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from infra.kafka_config import KafkaTarget, client_config
 from infra.processes import free_port, stop_process
 
 log = logging.getLogger(__name__)
@@ -99,10 +100,10 @@ class EmbeddedBroker:
         self.stop()
 
 
-def ensure_topics(bootstrap: str, topics: dict[str, int], timeout: float = 20.0) -> None:
+def ensure_topics(kafka: KafkaTarget, topics: dict[str, int], timeout: float = 20.0) -> None:
     """Create missing topics (name -> partitions) with explicit retention settings,
     which Tansu only reports back when a topic was created with them."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient(client_config(kafka))
     existing = set(admin.list_topics(timeout=timeout).topics)
     new = [
         NewTopic(

@@ -13,14 +13,14 @@ from dataclasses import dataclass
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
+from infra.kafka_config import KafkaTarget, client_config
+
 
 def committed_offsets(
-    bootstrap: str, group: str, topic: str, partitions: list[int]
+    kafka: KafkaTarget, group: str, topic: str, partitions: list[int]
 ) -> dict[int, int]:
     """The next offset ``group`` will read, per partition (-1 where nothing is committed)."""
-    consumer = Consumer(
-        {"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False}
-    )
+    consumer = Consumer({**client_config(kafka), "group.id": group, "enable.auto.commit": False})
     try:
         committed = consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=10)
         return {tp.partition: tp.offset for tp in committed}
@@ -29,7 +29,7 @@ def committed_offsets(
 
 
 def wait_until_consumed(
-    bootstrap: str,
+    kafka: KafkaTarget,
     group: str,
     topic: str,
     delivered: Mapping[int, int],
@@ -41,7 +41,7 @@ def wait_until_consumed(
     started = time.monotonic()
     partitions = sorted(delivered)
     while True:
-        committed = committed_offsets(bootstrap, group, topic, partitions)
+        committed = committed_offsets(kafka, group, topic, partitions)
         pending = [p for p in partitions if committed.get(p, -1) <= delivered[p]]
         waited = time.monotonic() - started
         if not pending:
@@ -61,7 +61,7 @@ class Record:
 
 
 def read_topic(
-    bootstrap: str,
+    kafka: KafkaTarget,
     topic: str,
     max_messages: int | None = None,
     timeout: float = 10.0,
@@ -73,7 +73,7 @@ def read_topic(
     exact, see above)."""
     consumer = Consumer(
         {
-            "bootstrap.servers": bootstrap,
+            **client_config(kafka),
             "group.id": f"streamrank-reader-{time.monotonic_ns()}",
             "enable.auto.commit": False,
         }

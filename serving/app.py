@@ -58,7 +58,7 @@ class Api:
         from streams.sink import FeastProfileStore
 
         self.impressions = ImpressionLog(
-            settings.bootstrap(), settings.impressions_topic, settings.events_partitions
+            settings.kafka_client_config(), settings.impressions_topic, settings.events_partitions
         )
 
         # (helpers live inside the class: Ray ships the ingress class by value)

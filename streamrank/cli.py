@@ -56,7 +56,7 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     from infra.broker import ensure_topics
     from streams.app import run_worker
 
-    ensure_topics(settings.bootstrap(), settings.topics())
+    ensure_topics(settings.kafka_client_config(), settings.topics())
     sys.argv = [sys.argv[0]]  # Faust's worker parses argv itself
     run_worker(settings, loglevel=args.log_level)
     return 0
@@ -66,7 +66,7 @@ def cmd_experiment_worker(settings: Settings, args: argparse.Namespace) -> int:
     from infra.broker import ensure_topics
     from streams.experiment_app import run_experiment_worker
 
-    ensure_topics(settings.bootstrap(), settings.topics())
+    ensure_topics(settings.kafka_client_config(), settings.topics())
     sys.argv = [sys.argv[0]]
     run_experiment_worker(settings, loglevel=args.log_level)
     return 0
@@ -93,15 +93,15 @@ def cmd_experiments(settings: Settings, args: argparse.Namespace) -> int:
     from streams.experiments import join_in_time_order
     from streams.impressions import Impression
 
-    bootstrap = settings.bootstrap()
+    kafka = settings.kafka_client_config()
     impressions = [
         Impression.model_validate_json(r.value or b"")
-        for r in read_topic(bootstrap, settings.impressions_topic, timeout=600, idle_s=args.idle_s)
+        for r in read_topic(kafka, settings.impressions_topic, timeout=600, idle_s=args.idle_s)
     ]
     now = time.time()
     events = [
         event
-        for r in read_topic(bootstrap, settings.events_topic, timeout=600, idle_s=args.idle_s)
+        for r in read_topic(kafka, settings.events_topic, timeout=600, idle_s=args.idle_s)
         for event in decode_message(r.value, now=now).events
     ]
     table = join_in_time_order(impressions, events, settings.experiment_window_s).table()

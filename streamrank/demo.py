@@ -53,7 +53,7 @@ def stream_events(
     Returns (events sent, last delivered offset per partition)."""
     shift = time.time() - float(events["ts"].max()) if shift_to_now and len(events) else 0.0
     with EventProducer(
-        settings.bootstrap(),
+        settings.kafka_client_config(),
         settings.events_topic,
         batch_events=settings.producer_batch_events,
         linger_ms=settings.producer_linger_ms,
@@ -72,9 +72,7 @@ def send_raw(settings: Settings, values: list[bytes]) -> dict[int, int]:
         if err is None:
             delivered[msg.partition()] = max(delivered.get(msg.partition(), -1), msg.offset())
 
-    producer = Producer(
-        {"bootstrap.servers": settings.bootstrap(), "partitioner": "murmur2_random"}
-    )
+    producer = Producer({**settings.kafka_client_config(), "partitioner": "murmur2_random"})
     for value in values:
         producer.produce(settings.events_topic, key=b"demo", value=value, on_delivery=on_delivery)
     producer.flush(10)
@@ -142,10 +140,7 @@ def run_demo(settings: Settings, events: int = 20_000, users: int = 3) -> int:
             print(f"[1/5] data and catalog ({settings.home_dir})")
             dataset = load_dataset(settings)
             prepare(settings, dataset)
-            ensure_topics(
-                settings.bootstrap(),
-                settings.topics(),
-            )
+            ensure_topics(settings.kafka_client_config(), settings.topics())
             print(f"[2/5] Faust worker and Ray Serve (broker {settings.bootstrap()})")
             worker = start_worker(settings)
             url = serve_app.start(settings)
@@ -157,7 +152,10 @@ def run_demo(settings: Settings, events: int = 20_000, users: int = 3) -> int:
             for part, offset in send_raw(settings, MALFORMED_EXAMPLES).items():
                 delivered[part] = max(delivered.get(part, -1), offset)
             waited = wait_until_consumed(
-                settings.bootstrap(), settings.consumer_group, settings.events_topic, delivered
+                settings.kafka_client_config(),
+                settings.consumer_group,
+                settings.events_topic,
+                delivered,
             )
             from feature_repo.store import open_store
             from streams.sink import FeastProfileStore
@@ -170,7 +168,7 @@ def run_demo(settings: Settings, events: int = 20_000, users: int = 3) -> int:
                 f"({waited:.1f}s after the last send)"
             )
             for record in read_topic(
-                settings.bootstrap(), settings.dlq_topic, len(MALFORMED_EXAMPLES)
+                settings.kafka_client_config(), settings.dlq_topic, len(MALFORMED_EXAMPLES)
             ):
                 print(f"      {settings.dlq_topic}: {record.headers.get('reason', '?')[:90]}")
 

@@ -12,7 +12,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -39,6 +39,12 @@ class Settings(BaseSettings):
     dlq_topic: str = "events.dlq"
     events_partitions: int = 4
     consumer_group: str = "streamrank-profiles"
+    # security: passed to every Kafka client (confluent-kafka and Faust's aiokafka)
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_ca_file: Path | None = Field(default=None, description="CA bundle (PEM) for TLS")
 
     # --- online store (through Feast)
     online_store: Literal["sqlite", "redis"] = "sqlite"
@@ -162,6 +168,22 @@ class Settings(BaseSettings):
     def bootstrap(self) -> str:
         return self.kafka_bootstrap or "127.0.0.1:9092"
 
+    def kafka_client_config(self) -> dict[str, str]:
+        """librdkafka settings shared by every confluent-kafka client: where, and how to
+        authenticate. Redis needs no counterpart: its URL carries both (``rediss://``,
+        ``redis://:password@host``)."""
+        config = {"bootstrap.servers": self.bootstrap()}
+        if self.kafka_security_protocol != "PLAINTEXT":
+            config["security.protocol"] = self.kafka_security_protocol
+        if self.kafka_security_protocol.startswith("SASL"):
+            config["sasl.mechanism"] = self.kafka_sasl_mechanism
+            config["sasl.username"] = self.kafka_sasl_username or ""
+            password = self.kafka_sasl_password
+            config["sasl.password"] = password.get_secret_value() if password else ""
+        if self.kafka_ssl_ca_file is not None:
+            config["ssl.ca.location"] = str(self.kafka_ssl_ca_file)
+        return config
+
     def as_env(self) -> dict[str, str]:
         """The settings as ``STREAMRANK_*`` variables, for child processes."""
         env: dict[str, str] = {}
@@ -170,6 +192,8 @@ class Settings(BaseSettings):
                 continue
             if name == "home":
                 value = self.home_dir
+            if isinstance(value, SecretStr):  # a child process needs the secret itself
+                value = value.get_secret_value()
             text = json.dumps(value) if isinstance(value, dict | list) else str(value)
             env[f"STREAMRANK_{name.upper()}"] = text
         return env

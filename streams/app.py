@@ -136,7 +136,7 @@ def create_app(settings: Settings) -> faust.App:
     def collector() -> Collector:
         if "collector" not in holder:
             producer = EventProducer(
-                settings.bootstrap(),
+                settings.kafka_client_config(),
                 settings.events_topic,
                 batch_events=settings.producer_batch_events,
                 linger_ms=settings.producer_linger_ms,

@@ -16,6 +16,7 @@ from confluent_kafka import KafkaException, Producer
 from prometheus_client import Counter
 from pydantic import BaseModel, ConfigDict, Field
 
+from infra.kafka_config import KafkaTarget, client_config
 from streams.producer import partition_for
 
 log = logging.getLogger(__name__)
@@ -41,12 +42,12 @@ class Impression(BaseModel):
 class ImpressionLog:
     """Fire-and-forget publication; delivery is confirmed in the background."""
 
-    def __init__(self, bootstrap: str, topic: str, partitions: int):
+    def __init__(self, kafka: KafkaTarget, topic: str, partitions: int):
         self.topic = topic
         self.partitions = partitions
         self._producer = Producer(
             {
-                "bootstrap.servers": bootstrap,
+                **client_config(kafka),
                 "linger.ms": 5,
                 "queue.buffering.max.messages": 100_000,
                 "message.timeout.ms": 30_000,

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+from infra.kafka_config import KafkaTarget, client_config
+
 log = logging.getLogger(__name__)
 
 Lookup = Callable[[int, float], int]
@@ -44,12 +46,12 @@ class OffsetAnswer:
 class TopicLog:
     """Random reads of one topic: the message at an offset, the bounds of a partition."""
 
-    def __init__(self, bootstrap: str, topic: str, timeout_s: float = 10.0):
+    def __init__(self, kafka: KafkaTarget, topic: str, timeout_s: float = 10.0):
         self.topic = topic
         self.timeout_s = timeout_s
         self.consumer = Consumer(
             {
-                "bootstrap.servers": bootstrap,
+                **client_config(kafka),
                 "group.id": f"streamrank-offsets-{uuid.uuid4().hex[:8]}",
                 "enable.auto.commit": False,
                 "enable.partition.eof": True,

@@ -18,6 +18,7 @@ from typing import Any
 from aiokafka.partitioner import murmur2
 from confluent_kafka import KafkaException, Producer
 
+from infra.kafka_config import KafkaTarget, client_config
 from streams.events import Event, encode_event, encode_events
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ class EventProducer:
 
     def __init__(
         self,
-        bootstrap: str,
+        kafka: KafkaTarget,
         topic: str = "events",
         *,
         batch_events: int = 200,
@@ -45,7 +46,7 @@ class EventProducer:
         self.linger_s = linger_ms / 1000
         self._producer = Producer(
             {
-                "bootstrap.servers": bootstrap,
+                **client_config(kafka),
                 "enable.idempotence": True,
                 "acks": "all",
                 "partitioner": "murmur2_random",

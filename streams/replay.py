@@ -65,7 +65,7 @@ def plan(
     stop: dict[int, int] = {}
     first: dict[int, int] = {}
     methods: dict[int, str] = {}
-    with TopicLog(settings.bootstrap(), settings.events_topic) as topic:
+    with TopicLog(settings.kafka_client_config(), settings.events_topic) as topic:
         for partition in topic.partitions():
             bounds = topic.bounds(partition)
             first[partition] = bounds[0]
@@ -103,7 +103,7 @@ def read_messages(
         return
     consumer = Consumer(
         {
-            "bootstrap.servers": settings.bootstrap(),
+            **settings.kafka_client_config(),
             "group.id": f"streamrank-replay-{uuid.uuid4().hex[:8]}",  # never committed
             "enable.auto.commit": False,
             "enable.partition.eof": True,

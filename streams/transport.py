@@ -10,6 +10,7 @@ bounds that delay on any broker. ``StreamApp(..., fetch_max_wait_ms=N)`` sets it
 
 from __future__ import annotations
 
+import ssl
 from typing import Any
 
 import aiokafka
@@ -53,6 +54,27 @@ class StreamApp(faust.App):
         return _Transport(self.conf.broker_consumer, self)
 
 
+def broker_credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
+    """The settings' Kafka security for Faust's aiokafka (``kafka_client_config`` gives
+    the same to confluent-kafka clients)."""
+    protocol = settings.kafka_security_protocol
+    if protocol == "PLAINTEXT":
+        return None
+    context = None
+    if protocol.endswith("SSL"):
+        cafile = str(settings.kafka_ssl_ca_file) if settings.kafka_ssl_ca_file else None
+        context = ssl.create_default_context(cafile=cafile)
+    if protocol == "SSL":
+        return faust.SSLCredentials(context)
+    password = settings.kafka_sasl_password
+    return faust.SASLCredentials(
+        username=settings.kafka_sasl_username,
+        password=password.get_secret_value() if password else None,
+        mechanism=settings.kafka_sasl_mechanism,
+        ssl_context=context,
+    )
+
+
 def stream_app(settings: Settings, group: str, web_port: int, **options: Any) -> StreamApp:
     """A Faust app of this project: the broker, fetch wait, partitions, group timeouts and
     web server every streamrank worker shares; ``options`` add app-specific settings."""
@@ -60,6 +82,7 @@ def stream_app(settings: Settings, group: str, web_port: int, **options: Any) ->
         group,
         fetch_max_wait_ms=settings.worker_fetch_max_wait_ms,
         broker=f"kafka://{settings.bootstrap()}",
+        broker_credentials=broker_credentials(settings),
         store="memory://",
         topic_partitions=settings.events_partitions,
         topic_disable_leader=True,

@@ -40,3 +40,39 @@ def test_settings_cross_process_boundaries_as_environment(
 def test_invalid_values_are_refused() -> None:
     with pytest.raises(ValueError):
         Settings(online_store="mongodb")  # type: ignore[arg-type]
+
+
+def test_kafka_security_reaches_every_client_and_the_secret_stays_out_of_logs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import faust
+
+    from streams.transport import broker_credentials
+
+    ca = tmp_path / "ca.pem"
+    monkeypatch.setenv("STREAMRANK_KAFKA_BOOTSTRAP", "kafka:9093")
+    monkeypatch.setenv("STREAMRANK_KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("STREAMRANK_KAFKA_SASL_MECHANISM", "SCRAM-SHA-512")
+    monkeypatch.setenv("STREAMRANK_KAFKA_SASL_USERNAME", "streamrank")
+    monkeypatch.setenv("STREAMRANK_KAFKA_SASL_PASSWORD", "hunter2")
+    monkeypatch.setenv("STREAMRANK_KAFKA_SSL_CA_FILE", str(ca))
+    s = Settings()
+    assert s.kafka_client_config() == {
+        "bootstrap.servers": "kafka:9093",
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanism": "SCRAM-SHA-512",
+        "sasl.username": "streamrank",
+        "sasl.password": "hunter2",
+        "ssl.ca.location": str(ca),
+    }
+    assert "hunter2" not in repr(s) and "hunter2" not in str(s.model_dump())
+    assert s.as_env()["STREAMRANK_KAFKA_SASL_PASSWORD"] == "hunter2"  # child processes
+    monkeypatch.delenv("STREAMRANK_KAFKA_SSL_CA_FILE")  # the system's CAs then
+    credentials = broker_credentials(Settings())
+    assert isinstance(credentials, faust.SASLCredentials)
+    assert credentials.mechanism.value == "SCRAM-SHA-512"
+    assert credentials.username == "streamrank" and credentials.ssl_context is not None
+    assert broker_credentials(Settings(kafka_security_protocol="PLAINTEXT")) is None
+    assert Settings(kafka_security_protocol="PLAINTEXT").kafka_client_config() == {
+        "bootstrap.servers": "kafka:9093"
+    }
