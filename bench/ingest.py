@@ -44,6 +44,7 @@ from streams.events import Event, encode_events
 from streams.processor import ProfileProcessor, RawMessage
 from streams.producer import EventProducer, partition_for
 from streams.profile import UserProfile, apply_event
+from streams.pseudonyms import RAW_IDS
 from streams.sink import FeastProfileStore
 from streams.state import ProfileState
 
@@ -195,7 +196,9 @@ def freshness(settings: Settings, events: pd.DataFrame, rate: float, seconds: fl
     stop = threading.Event()
 
     def load() -> None:
-        with EventProducer(settings.bootstrap(), settings.events_topic, linger_ms=5) as producer:
+        with EventProducer(
+            settings.bootstrap(), settings.events_topic, user_ids=RAW_IDS, linger_ms=5
+        ) as producer:
             started = time.perf_counter()
             for i, event in enumerate(iter_events(events)):
                 if stop.is_set():
@@ -209,7 +212,9 @@ def freshness(settings: Settings, events: pd.DataFrame, rate: float, seconds: fl
         _probe_ready(settings, store)
         loader = threading.Thread(target=load, daemon=True)
         loader.start()
-        with EventProducer(settings.bootstrap(), settings.events_topic, batch_events=1) as probe:
+        with EventProducer(
+            settings.bootstrap(), settings.events_topic, user_ids=RAW_IDS, batch_events=1
+        ) as probe:
             end = time.monotonic() + seconds
             n = 0
             while time.monotonic() < end:
@@ -237,7 +242,9 @@ def freshness(settings: Settings, events: pd.DataFrame, rate: float, seconds: fl
 
 def _probe_ready(settings: Settings, store: FeastProfileStore) -> bool:
     """Warm-up: one probe event must get through before timing starts."""
-    with EventProducer(settings.bootstrap(), settings.events_topic, batch_events=1) as probe:
+    with EventProducer(
+        settings.bootstrap(), settings.events_topic, user_ids=RAW_IDS, batch_events=1
+    ) as probe:
         probe.send(
             Event(event_id="warm", user_id="warm", type="view", item_id="1", ts=datetime.now(UTC))
         )  # type: ignore[arg-type]

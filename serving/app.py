@@ -55,6 +55,7 @@ class Api:
         from serving.recommender import Arm, Recommender
         from serving.scorer import BatchedScorer, ScorerModel
         from streams.impressions import ImpressionLog
+        from streams.pseudonyms import Pseudonymizer
         from streams.sink import FeastProfileStore
 
         self.impressions = ImpressionLog(
@@ -94,6 +95,7 @@ class Api:
             score_timeout_s=settings.scorer_timeout_s,
             store_timeout_s=settings.store_timeout_s,
             impressions=self.impressions.publish,
+            pseudonyms=Pseudonymizer.from_settings(settings),
         )
 
     def __del__(self) -> None:

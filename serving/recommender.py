@@ -34,6 +34,7 @@ from streams.covisitation import merge_neighbours
 from streams.impressions import Impression
 from streams.popularity import merge_popularity
 from streams.profile import ProfileFeatures, UserProfile, derive_features
+from streams.pseudonyms import RAW_IDS, Pseudonymizer
 from streams.sink import FeastProfileStore
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,7 @@ class Recommender:
         score_timeout_s: float = 1.0,
         store_timeout_s: float = 0.5,
         impressions: Callable[[Impression], None] | None = None,
+        pseudonyms: Pseudonymizer = RAW_IDS,
     ):
         self.catalog = catalog
         self.profiles = profiles
@@ -74,6 +76,7 @@ class Recommender:
         self.arm_names = sorted(self.arms)
         self.experiment = experiment
         self.publish_impression = impressions
+        self.pseudonyms = pseudonyms  # the store, arms and impressions know pseudonyms only
         self.partitions = list(range(partitions))
         self.candidates = CandidateGenerator(catalog, n_popular, n_interest)
         self.popular_refresh_s = popular_refresh_s
@@ -131,7 +134,8 @@ class Recommender:
 
     async def recommend(self, request: RecommendationRequest) -> RecommendationResponse:
         request_id = uuid.uuid4().hex
-        arm_name = self.arm_of(request.user_id)
+        user = self.pseudonyms(request.user_id)
+        arm_name = self.arm_of(user)
         arm = self.arms[arm_name]
         context = request.context
         query = context.query if context and context.query else None
@@ -139,7 +143,7 @@ class Recommender:
         fallback_reason = None
         covisits: dict[str, list[tuple[str, float]]] = {}
         try:
-            profile = await self._profile(request.user_id)
+            profile = await self._profile(user)
             features = derive_features(profile, time.time()) if profile else None
             popular = await self.popular()
             if request.candidate_ids is None:
@@ -187,7 +191,7 @@ class Recommender:
             self.publish_impression(
                 Impression(
                     request_id=request_id,
-                    user_id=request.user_id,
+                    user_id=user,
                     arm=arm_name,
                     model_version=arm.model_version,
                     strategy=strategy,
@@ -251,10 +255,11 @@ class Recommender:
     async def score(self, request: ScoreRequest) -> ScoreResponse:
         """Model scores for the given items; null where the catalog does not know the item,
         or for all of them (with the reason) when there is no profile to score from."""
-        arm = self.arms[self.arm_of(request.user_id)]
+        user = self.pseudonyms(request.user_id)
+        arm = self.arms[self.arm_of(user)]
         problem = None
         try:
-            profile = await self._profile(request.user_id)
+            profile = await self._profile(user)
         except Exception as exc:
             log.warning("online store unavailable (%r): no scores", exc)
             profile, problem = None, "profile store unavailable"

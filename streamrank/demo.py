@@ -28,6 +28,7 @@ from infra.processes import free_port, sigterm_as_interrupt, stop_process
 from streamrank.datasets import iter_events, load_dataset
 from streamrank.settings import Settings
 from streams.producer import EventProducer
+from streams.pseudonyms import Pseudonymizer
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ def stream_events(
     with EventProducer(
         settings.kafka_client_config(),
         settings.events_topic,
+        user_ids=Pseudonymizer.from_settings(settings),
         batch_events=settings.producer_batch_events,
         linger_ms=settings.producer_linger_ms,
     ) as producer:

@@ -46,6 +46,12 @@ class Settings(BaseSettings):
     kafka_sasl_password: SecretStr | None = None
     kafka_ssl_ca_file: Path | None = Field(default=None, description="CA bundle (PEM) for TLS")
 
+    # --- privacy (streams/pseudonyms.py): user ids become HMAC pseudonyms at the edge
+    pseudonymize: bool = True
+    user_id_key: SecretStr | None = Field(
+        default=None, description="HMAC key for user ids; default: <home>/user_id.key"
+    )
+
     # --- online store (through Feast)
     online_store: Literal["sqlite", "redis"] = "sqlite"
     redis_url: str = "redis://127.0.0.1:6379/0"

@@ -30,6 +30,7 @@ from streams import metrics
 from streams.collector import Collector
 from streams.processor import BatchResult, ProfileProcessor, RawMessage, build_processor
 from streams.producer import EventProducer
+from streams.pseudonyms import Pseudonymizer
 from streams.sink import FeastProfileStore, retry_forever
 from streams.transport import stream_app
 
@@ -138,6 +139,7 @@ def create_app(settings: Settings) -> faust.App:
             producer = EventProducer(
                 settings.kafka_client_config(),
                 settings.events_topic,
+                user_ids=Pseudonymizer.from_settings(settings),
                 batch_events=settings.producer_batch_events,
                 linger_ms=settings.producer_linger_ms,
             )

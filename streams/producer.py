@@ -20,6 +20,7 @@ from confluent_kafka import KafkaException, Producer
 
 from infra.kafka_config import KafkaTarget, client_config
 from streams.events import Event, encode_event, encode_events
+from streams.pseudonyms import Pseudonymizer
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +38,13 @@ class EventProducer:
         kafka: KafkaTarget,
         topic: str = "events",
         *,
+        user_ids: Pseudonymizer,
         batch_events: int = 200,
         linger_ms: int = 20,
         config: Mapping[str, Any] | None = None,
     ):
         self.topic = topic
+        self.user_ids = user_ids
         self.batch_events = max(1, batch_events)
         self.linger_s = linger_ms / 1000
         self._producer = Producer(
@@ -81,9 +84,13 @@ class EventProducer:
 
     # --- sending ---------------------------------------------------------------------------
     def send(self, event: Event | Mapping[str, Any]) -> None:
-        """Queue one event. A dict is validated first: a bad event raises here, at the edge."""
+        """Queue one event. A dict is validated first: a bad event raises here, at the edge.
+        The user id is replaced by its pseudonym (``user_ids``) before anything is sent."""
         if not isinstance(event, Event):
             event = Event.model_validate(event)
+        pseudonym = self.user_ids(event.user_id)
+        if pseudonym != event.user_id:
+            event = event.model_copy(update={"user_id": pseudonym})
         if self.batch_events == 1:
             self._produce(event.user_id.encode(), encode_event(event), None)
             return

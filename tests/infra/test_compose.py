@@ -29,7 +29,8 @@ def app_settings(compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Se
     for key in list(Settings.model_fields):
         monkeypatch.delenv(f"STREAMRANK_{key.upper()}", raising=False)
     for key, value in compose["x-streamrank"]["environment"].items():
-        monkeypatch.setenv(key, re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", str(value)))
+        value = re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", str(value))  # ${VAR:-default}
+        monkeypatch.setenv(key, re.sub(r"\$\{[A-Z_]+:\?[^}]*\}", "given", value))  # ${VAR:?}
     return Settings()
 
 
@@ -42,6 +43,7 @@ def test_every_setting_the_stack_passes_exists_and_parses(
     settings = app_settings(compose, monkeypatch)
     assert settings.online_store == "redis"
     assert str(settings.home_dir) == "/var/lib/streamrank"
+    assert settings.pseudonymize and settings.user_id_key is not None  # one key for all
 
 
 def test_every_app_service_runs_a_real_subcommand_of_the_one_image(
@@ -102,7 +104,7 @@ def test_the_image_installs_pinned_cpu_torch_first_and_no_secret_is_written_down
     for env in environments:
         for key, value in env.items():
             literal = re.sub(r"\$\{[^}]*\}", "", str(value))  # what is not a ${reference}
-            if re.search("PASSWORD|SECRET|TOKEN", key):
+            if re.search("PASSWORD|SECRET|TOKEN|_KEY$", key):
                 assert not literal, key
             if "://" in literal:
                 assert not urlparse(literal).password, key

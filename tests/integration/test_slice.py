@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 import schemathesis
+from confluent_kafka.admin import AdminClient
 from hypothesis import HealthCheck, given
 from hypothesis import settings as fuzz_settings
 from schemathesis import GenerationMode
@@ -31,6 +33,8 @@ from streamrank.settings import Settings
 from streams.events import Event
 from streams.impressions import Impression
 from streams.producer import EventProducer, partition_for
+from streams.profile import UserProfile
+from streams.pseudonyms import Pseudonymizer
 from streams.sink import FeastProfileStore
 from tests.conftest import isolated_settings, make_home
 from tests.integration.checks import assert_profiles_equal, offline_truth
@@ -46,6 +50,13 @@ class Stack:
     store: FeastProfileStore
     worker: object
     experiment_worker: object = None
+
+    def pseudonym(self, user: str) -> str:
+        """What the stack knows ``user`` by (the SDK and serving pseudonymize raw ids)."""
+        return Pseudonymizer.from_settings(self.settings)(user)
+
+    def profile(self, user: str) -> UserProfile:
+        return self.store.read_profiles([self.pseudonym(user)])[self.pseudonym(user)]
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +100,12 @@ def items_in(catalog: Catalog, category: str, n: int) -> list[str]:
 
 
 def send(settings: Settings, events: list[Event]) -> dict[int, int]:
-    with EventProducer(settings.bootstrap(), settings.events_topic, batch_events=50) as producer:
+    with EventProducer(
+        settings.kafka_client_config(),
+        settings.events_topic,
+        user_ids=Pseudonymizer.from_settings(settings),
+        batch_events=50,
+    ) as producer:
         producer.send_many(events)
         producer.flush()
         return dict(producer.delivered_offsets)
@@ -137,7 +153,7 @@ def test_recommendations_reflect_what_each_user_did(stack: Stack) -> None:
     )
     wait(stack, delivered)
 
-    profile = stack.store.read_profiles(["it-horror"])["it-horror"]
+    profile = stack.profile("it-horror")
     assert profile.totals["view"] == 6
     assert profile.totals["purchase"] == 2
     assert max(profile.categories, key=profile.categories.get) == "Horror"  # type: ignore[arg-type]
@@ -162,7 +178,9 @@ def test_recommendations_reflect_what_each_user_did(stack: Stack) -> None:
     }
     for answer in (scary, family):
         partition, impression = logged[answer["request_id"]]
-        assert partition == partition_for(answer["user_id"], stack.settings.events_partitions)
+        user = stack.pseudonym(answer["user_id"])
+        assert impression.user_id == user
+        assert partition == partition_for(user, stack.settings.events_partitions)
         assert impression.arm == answer["experiment_arm"] == "main"
         assert impression.items == [i["item_id"] for i in answer["items"]]
 
@@ -180,7 +198,8 @@ def test_new_visitors_get_popular_items_not_errors(stack: Stack) -> None:
 def test_malformed_messages_go_to_the_dlq_and_valid_ones_still_count(stack: Stack) -> None:
     s = stack.settings
     valid = behaviour("it-dlq", stack.catalog.ids[:5], [])
-    event = valid[0].to_wire()
+    event = {**valid[0].to_wire(), "user_id": stack.pseudonym("it-dlq")}  # a producer that
+    # hashes ids itself, as every producer of a deployment must
     malformed = [
         b"{broken json",
         json.dumps({**event, "event_id": "m1", "type": "teleport"}).encode(),
@@ -191,7 +210,7 @@ def test_malformed_messages_go_to_the_dlq_and_valid_ones_still_count(stack: Stac
         json.dumps(
             [
                 {**event, "event_id": "it-dlq-b1"},
-                {"event_id": "m5", "user_id": "it-dlq", "type": "view", "ts": event["ts"]},
+                {"event_id": "m5", "user_id": event["user_id"], "type": "view", "ts": event["ts"]},
                 {**event, "event_id": "it-dlq-b2"},
             ]
         ).encode(),
@@ -207,7 +226,7 @@ def test_malformed_messages_go_to_the_dlq_and_valid_ones_still_count(stack: Stac
     reasons = sorted(r.headers["reason"].split(":")[0] for r in dead)
     assert reasons == ["json", "schema", "schema", "schema", "size", "time"]
     assert all("source_offset" in r.headers for r in dead)
-    profile = stack.store.read_profiles(["it-dlq"])["it-dlq"]
+    profile = stack.profile("it-dlq")
     assert profile.totals["view"] == 5 + 2
 
 
@@ -265,8 +284,55 @@ def test_a_killed_worker_neither_loses_nor_double_counts(stack: Stack) -> None:
     wait(stack, delivered)
     assert len(read_topic(s.bootstrap(), s.dlq_topic, 1000, timeout=2)) == dead_before
 
-    truth = offline_truth(events, stack.catalog)
+    seen = [e.model_copy(update={"user_id": stack.pseudonym(e.user_id)}) for e in events]
+    truth = offline_truth(seen, stack.catalog)
     assert_profiles_equal(stack.store.read_profiles(sorted(truth)), truth)
+
+
+def test_raw_user_ids_reach_no_topic_no_state_and_no_store(stack: Stack) -> None:
+    """Ids that name people go in through the SDK, the HTTP collector and the API; after
+    the stream and serving have run, no topic, state or store holds any of them."""
+    s = stack.settings
+    raw = ["alice@example.com", "customer-0042-bob"]
+    items = stack.catalog.ids[:6]
+    delivered = send(s, behaviour(raw[0], items[:3], items[3:4]))
+    beacon = behaviour(raw[1], items[2:5], [])
+    collector = f"http://{s.worker_web_host}:{s.worker_web_port}/v1/events"
+    reply = httpx.post(collector, json=[e.to_wire() for e in beacon], timeout=30)
+    assert reply.status_code == 202, reply.text
+    deadline = time.monotonic() + 60
+    while stack.profile(raw[1]).event_count < 3:  # the beacon went its own way to Kafka
+        assert time.monotonic() < deadline, "the collector's events never arrived"
+        time.sleep(0.5)
+    wait(stack, delivered)
+    for user in raw:
+        answer = recommend(stack, user)
+        assert answer["strategy"] == "personalized", answer  # found under the pseudonym
+        assert answer["user_id"] == user  # the caller gets its own id back
+        assert stack.profile(user).event_count >= 3
+        assert stack.store.read_profiles([user])[user].event_count == 0  # nothing raw
+
+    needles = [u.encode() for u in raw]
+    for topic in (s.events_topic, s.dlq_topic, s.impressions_topic):
+        for record in read_topic(s.bootstrap(), topic, timeout=10, idle_s=2):
+            blob = (record.key or b"") + (record.value or b"")
+            assert not any(n in blob for n in needles), (topic, record.offset)
+    changelogs = [
+        t
+        for t in AdminClient({"bootstrap.servers": s.bootstrap()}).list_topics().topics
+        if t.startswith(s.experiments_group)  # the experiment join's Faust table
+    ]
+    assert changelogs
+    for topic in changelogs:
+        for record in read_topic(s.bootstrap(), topic, timeout=10, idle_s=2):
+            blob = (record.key or b"") + (record.value or b"")
+            assert not any(n in blob for n in needles), (topic, record.offset)
+    with sqlite3.connect(s.home_dir / "online.db") as db:
+        tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        for table in tables:
+            for row in db.execute(f'SELECT * FROM "{table}"'):
+                blob = b"".join(v if isinstance(v, bytes) else str(v).encode() for v in row)
+                assert not any(n in blob for n in needles), table
 
 
 def test_the_experiment_report_joins_impressions_with_later_clicks(

@@ -29,6 +29,7 @@ from streamrank.demo import send_raw, start_worker
 from streamrank.settings import Settings
 from streams.events import Event
 from streams.producer import EventProducer
+from streams.pseudonyms import RAW_IDS, Pseudonymizer
 from streams.sink import FeastProfileStore
 from tests.conftest import isolated_settings
 from tests.integration.checks import (
@@ -106,7 +107,7 @@ def send(
     settings: Settings, events: list[Event], delivered: dict[int, int] | None = None
 ) -> dict[int, int]:
     delivered = dict(delivered or {})
-    with EventProducer(settings.bootstrap(), settings.events_topic) as producer:
+    with EventProducer(settings.bootstrap(), settings.events_topic, user_ids=RAW_IDS) as producer:
         producer.send_many(events)
         producer.flush()
         for part, off in producer.delivered_offsets.items():
@@ -270,13 +271,19 @@ def test_the_http_collector_validates_and_feeds_the_stream(
         == 413
     )
 
+    # the collector pseudonymizes: the stream only ever sees the keyed hashes
+    pseudonym = Pseudonymizer.from_settings(s)
+    assert pseudonym.enabled
+    seen = [e.model_copy(update={"user_id": pseudonym(e.user_id)}) for e in events]
     deadline = time.monotonic() + 60
     store = FeastProfileStore(open_store(s))
-    users = sorted({e.user_id for e in events})
+    users = sorted({e.user_id for e in seen})
     while sum(p.event_count for p in store.read_profiles(users).values()) < 30:
         assert time.monotonic() < deadline, "collected events never reached the profiles"
         time.sleep(0.3)
-    check(s, events, catalog)
+    check(s, seen, catalog)
+    raw = sorted({e.user_id for e in events})
+    assert all(p.event_count == 0 for p in store.read_profiles(raw).values())
     metrics = httpx.get(f"http://127.0.0.1:{s.worker_web_port}/metrics", timeout=10).text
     assert 'streamrank_collector_events_total{outcome="accepted"} 30.0' in metrics
     assert "streamrank_consumer_lag_messages" in metrics

@@ -11,6 +11,7 @@ from infra.kafka_admin import read_topic
 from streamrank.settings import Settings
 from streams.events import Event
 from streams.producer import EventProducer, partition_for
+from streams.pseudonyms import RAW_IDS, Pseudonymizer
 
 
 def make_events(users: int, per_user: int) -> list[Event]:
@@ -24,7 +25,9 @@ def make_events(users: int, per_user: int) -> list[Event]:
 
 def test_batches_land_in_the_users_partition_in_order(settings: Settings) -> None:
     events = make_events(users=10, per_user=7)
-    with EventProducer(settings.bootstrap(), settings.events_topic, batch_events=16) as producer:
+    with EventProducer(
+        settings.bootstrap(), settings.events_topic, user_ids=RAW_IDS, batch_events=16
+    ) as producer:
         producer.send_many(events)
         producer.flush()
         assert producer.sent_events == 70
@@ -42,7 +45,9 @@ def test_batches_land_in_the_users_partition_in_order(settings: Settings) -> Non
 def test_single_event_mode_matches_kafkas_default_partitioner(settings: Settings) -> None:
     """Our partition function equals librdkafka's murmur2 (Java-compatible) partitioner."""
     events = make_events(users=20, per_user=1)
-    with EventProducer(settings.bootstrap(), settings.events_topic, batch_events=1) as producer:
+    with EventProducer(
+        settings.bootstrap(), settings.events_topic, user_ids=RAW_IDS, batch_events=1
+    ) as producer:
         producer.send_many(events)
     records = read_topic(settings.bootstrap(), settings.events_topic, 20)
     assert len(records) == 20
@@ -68,7 +73,33 @@ def test_invalid_dicts_are_refused_at_the_edge(settings: Settings) -> None:
     import pytest
     from pydantic import ValidationError
 
-    with EventProducer(settings.bootstrap(), settings.events_topic) as producer:
+    with EventProducer(settings.bootstrap(), settings.events_topic, user_ids=RAW_IDS) as producer:
         with pytest.raises(ValidationError):
             producer.send({"user_id": "u", "type": "view"})
         assert producer.sent_events == 0
+
+
+def test_the_sdk_sends_pseudonyms_never_raw_ids(settings: Settings) -> None:
+    pseudonym = Pseudonymizer(b"a key from the settings")
+    events = [
+        Event(
+            event_id=f"a{i}",
+            user_id="alice@example.com",
+            type="view",
+            item_id="1",
+            ts=datetime.now(UTC),
+        )  # type: ignore[arg-type]
+        for i in range(3)
+    ]
+    with EventProducer(settings.bootstrap(), settings.events_topic, user_ids=pseudonym) as producer:
+        producer.send_many(events)
+        producer.send({**events[0].to_wire(), "event_id": "a3"})  # a dict, as beacons arrive
+        producer.flush()
+    records = read_topic(settings.bootstrap(), settings.events_topic, producer.sent_messages)
+    sent = [item for r in records for item in json.loads(r.value or b"[]")]
+    assert len(sent) == 4
+    assert all(b"alice" not in (r.value or b"") for r in records)
+    assert {item["user_id"] for item in sent} == {pseudonym("alice@example.com")}
+    assert {r.partition for r in records} == {
+        partition_for(pseudonym("alice@example.com"), settings.events_partitions)
+    }
