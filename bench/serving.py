@@ -45,6 +45,7 @@ from streamrank.prepare import prepare
 from streamrank.settings import Settings
 from streams.processor import ProfileProcessor
 from streams.profile import derive_features
+from streams.pseudonyms import Pseudonymizer
 from streams.sink import FeastProfileStore
 from streams.state import ProfileState
 
@@ -57,14 +58,16 @@ def load_profiles(settings: Settings, catalog: Catalog, events: int) -> list[str
     """Fold the last ``events`` real events into the store; returns the users."""
     dataset = load_dataset(settings)
     window = recent(dataset.events.tail(events))
-    sample = list(iter_events(window))
+    pseudonym = Pseudonymizer.from_settings(settings)  # as the SDK sends them
+    raw = list(iter_events(window))
+    sample = [e.model_copy(update={"user_id": pseudonym(e.user_id)}) for e in raw]
     state = ProfileState(FeastProfileStore(open_store(settings)))
     processor = ProfileProcessor(state, catalog, clock=time.time)
     messages = wire_messages(sample, settings.events_partitions, 200)
     for i in range(0, len(messages), 50):
         processor.process(messages[i : i + 50])
     state.flush(items=True)
-    return sorted({e.user_id for e in sample})
+    return sorted({e.user_id for e in raw})  # requests carry raw ids
 
 
 async def closed_loop(

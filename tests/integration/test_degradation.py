@@ -14,6 +14,7 @@ from infra.broker import EmbeddedBroker, ensure_topics
 from infra.redis import RedisServer
 from streamrank.catalog import Catalog
 from streamrank.prepare import prepare
+from streams.pseudonyms import Pseudonymizer
 from streams.sink import FeastProfileStore
 from tests.conftest import isolated_settings
 from tests.serving.test_ranking import profile_of
@@ -32,6 +33,8 @@ def test_recommendations_survive_the_profile_store_going_down(
     prepare(settings, dataset)
     ensure_topics(settings.bootstrap(), settings.topics())
     profile = profile_of(catalog, ["1", "2", "3"], [])
+    user = profile.user_id  # the raw id the site asks with; the store knows the pseudonym
+    profile.user_id = Pseudonymizer.from_settings(settings)(user)
     FeastProfileStore(open_store(settings)).write_profiles([profile])
     url = serve_app.start(settings, num_cpus=2)
     try:
@@ -43,7 +46,7 @@ def test_recommendations_survive_the_profile_store_going_down(
             assert time.monotonic() - started < 5  # bounded: no hanging on the dead store
             return reply.json()
 
-        page = {"user_id": profile.user_id, "k": 5}
+        page = {"user_id": user, "k": 5}
         assert ask("/v1/recommendations", page)["strategy"] == "personalized"
 
         redis_server.stop()
@@ -52,7 +55,7 @@ def test_recommendations_survive_the_profile_store_going_down(
             assert answer["strategy"] == "fallback"
             assert answer["fallback_reason"] == "profile store unavailable"
             assert len(answer["items"]) == 5
-        scored = ask("/v1/score", {"user_id": profile.user_id, "item_ids": ["10", "11"]})
+        scored = ask("/v1/score", {"user_id": user, "item_ids": ["10", "11"]})
         assert scored["fallback_reason"] == "profile store unavailable"
         assert [s["score"] for s in scored["scores"]] == [None, None]
 
