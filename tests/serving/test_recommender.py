@@ -13,6 +13,7 @@ from serving.scorer import ScoreTask
 from streamrank.catalog import Catalog
 from streamrank.settings import Settings
 from streams.impressions import Impression
+from streams.pseudonyms import Pseudonymizer
 from streams.sink import FeastProfileStore
 from tests.serving.test_ranking import profile_of
 
@@ -155,3 +156,20 @@ def test_concurrent_requests_share_one_popularity_refresh(home: Path, catalog: C
 
     asyncio.run(burst())
     assert reads == 2  # the first, then one background refresh for all twenty
+
+
+def test_the_raw_id_is_looked_up_and_logged_as_its_pseudonym(home: Path, catalog: Catalog) -> None:
+    async def score(task: ScoreTask) -> np.ndarray:
+        return np.zeros(len(task.item_rows))
+
+    r = recommender(home, catalog, score)
+    pseudonym = Pseudonymizer(b"key")
+    stored = r.profiles.read_profiles(["u"])["u"]
+    stored.user_id = pseudonym("u")
+    r.profiles.write_profiles([stored])  # what the stream wrote for raw id "u"
+    r.pseudonyms = pseudonym
+    shown.clear()
+    answer = ask(r)
+    assert answer["strategy"] == "personalized"  # found under the pseudonym
+    assert answer["user_id"] == "u"  # the caller's own id back
+    assert [i.user_id for i in shown] == [pseudonym("u")]  # the impression: pseudonym only
