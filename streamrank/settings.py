@@ -98,6 +98,11 @@ class Settings(BaseSettings):
     replay_batch_messages: int = Field(default=250, ge=1, description="messages per write")
     replay_max_profiles: int = 1_000_000  # profiles cached per process (no re-reads)
 
+    # --- HTTP collector access (streams/collector.py): keys required when any are set
+    collector_write_keys: list[SecretStr] = Field(default_factory=list)
+    collector_rate_per_s: float = Field(default=50.0, ge=0, description="per client; 0: off")
+    collector_burst: int = Field(default=100, ge=1)
+
     # --- producer SDK wire batching
     producer_batch_events: int = 200
     producer_linger_ms: int = 20
@@ -198,11 +203,18 @@ class Settings(BaseSettings):
                 continue
             if name == "home":
                 value = self.home_dir
-            if isinstance(value, SecretStr):  # a child process needs the secret itself
-                value = value.get_secret_value()
+            value = _reveal(value)  # a child process needs the secrets themselves
             text = json.dumps(value) if isinstance(value, dict | list) else str(value)
             env[f"STREAMRANK_{name.upper()}"] = text
         return env
+
+
+def _reveal(value: object) -> object:
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, list):
+        return [_reveal(v) for v in value]
+    return value
 
 
 def get_settings(**overrides: object) -> Settings:

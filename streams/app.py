@@ -27,7 +27,7 @@ from prometheus_client import generate_latest
 
 from streamrank.settings import Settings, get_settings
 from streams import metrics
-from streams.collector import Collector
+from streams.collector import Collector, RateLimiter
 from streams.processor import BatchResult, ProfileProcessor, RawMessage, build_processor
 from streams.producer import EventProducer
 from streams.pseudonyms import Pseudonymizer
@@ -147,6 +147,8 @@ def create_app(settings: Settings) -> faust.App:
                 producer,
                 max_event_bytes=settings.max_event_bytes,
                 max_future_skew_s=settings.max_future_skew_s,
+                write_keys=[k.get_secret_value() for k in settings.collector_write_keys],
+                limiter=RateLimiter(settings.collector_rate_per_s, settings.collector_burst),
             )
         return holder["collector"]
 
@@ -155,8 +157,13 @@ def create_app(settings: Settings) -> faust.App:
         """Browser beacons: one event or a JSON array of events."""
 
         async def post(self, request: Any) -> Any:
-            reply = collector().accept(await request.read())
-            return self.json(reply.body, status=reply.status)
+            auth = request.headers.get("Authorization", "")
+            key = auth[7:] if auth.startswith("Bearer ") else request.headers.get("X-API-Key")
+            reply = collector().accept(await request.read(), request.remote or "", key)
+            headers = {}
+            if reply.status == 429:
+                headers["Retry-After"] = str(reply.body["retry_after_s"])
+            return self.json(reply.body, status=reply.status, headers=headers)
 
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:

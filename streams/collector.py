@@ -5,12 +5,20 @@ will accept too. Valid events go to Kafka through the producer SDK; invalid ones
 answered with their reasons and never sent. A batch with some valid events is accepted in
 part (202, with the rejected indexes), so one bad event in a beacon does not cost the rest;
 a request with none valid is a 422. Bodies over the size limit are a 413.
+
+Access: when write keys are configured, a request must carry one (``Authorization: Bearer
+KEY`` or ``X-API-Key: KEY``), compared in constant time, else 401. Every client (its key,
+else its address) has a token bucket of requests; past it, 429 with ``Retry-After``.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
+import math
 import time
+from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +35,31 @@ class CollectorReply:
     body: dict[str, Any]
 
 
+class RateLimiter:
+    """Token buckets per client: ``rate_per_s`` requests a second, bursts of ``burst``.
+    The least recently seen clients are forgotten past ``max_clients`` (memory stays flat
+    under a flood of spoofed addresses)."""
+
+    def __init__(self, rate_per_s: float, burst: int, max_clients: int = 10_000):
+        self.rate = rate_per_s
+        self.burst = float(burst)
+        self.max_clients = max_clients
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def wait_s(self, client: str, now: float | None = None) -> float:
+        """0 when the request may go (and takes a token), else seconds until it may."""
+        if self.rate <= 0:
+            return 0.0
+        now = time.monotonic() if now is None else now
+        tokens, since = self._buckets.pop(client, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - since) * self.rate)
+        wait = 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate
+        self._buckets[client] = (tokens - 1.0 if wait == 0.0 else tokens, now)
+        while len(self._buckets) > self.max_clients:
+            self._buckets.popitem(last=False)
+        return wait
+
+
 class Collector:
     def __init__(
         self,
@@ -34,13 +67,33 @@ class Collector:
         max_body_bytes: int = 1024 * 1024,
         max_event_bytes: int = 64 * 1024,
         max_future_skew_s: float = 300.0,
+        write_keys: Iterable[str] = (),
+        limiter: RateLimiter | None = None,
     ):
         self.producer = producer
         self.max_body_bytes = max_body_bytes
         self.max_event_bytes = max_event_bytes
         self.max_future_skew_s = max_future_skew_s
+        self.write_keys = [k.encode() for k in write_keys]
+        self.limiter = limiter
 
-    def accept(self, body: bytes) -> CollectorReply:
+    def authorized(self, key: str | None) -> bool:
+        if not self.write_keys:
+            return True
+        given = (key or "").encode()
+        matches = [hmac.compare_digest(given, k) for k in self.write_keys]  # no early exit
+        return any(matches)
+
+    def accept(self, body: bytes, client: str = "", api_key: str | None = None) -> CollectorReply:
+        if not self.authorized(api_key):
+            metrics.COLLECTED.labels("unauthorized").inc()
+            return CollectorReply(401, {"error": "a valid write key is required"})
+        wait = self.limiter.wait_s(api_key or client) if self.limiter else 0.0
+        if wait > 0:
+            metrics.COLLECTED.labels("rate_limited").inc()
+            return CollectorReply(
+                429, {"error": "too many requests", "retry_after_s": math.ceil(wait)}
+            )
         if len(body) > self.max_body_bytes:
             metrics.COLLECTED.labels("too_large").inc()
             return CollectorReply(413, {"error": f"body over {self.max_body_bytes} bytes"})

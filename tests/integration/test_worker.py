@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from pydantic import SecretStr
 
 from feature_repo.store import apply_repo, open_store
 from infra.broker import EmbeddedBroker, ensure_topics
@@ -244,7 +245,7 @@ def test_the_http_collector_validates_and_feeds_the_stream(
     stream_settings: Settings, workers: Workers, catalog: Catalog
 ) -> None:
     s = stream_settings
-    workers.start()
+    workers.start(collector_write_keys=[SecretStr("site-key")])
     url = f"http://127.0.0.1:{s.worker_web_port}/v1/events"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -256,20 +257,21 @@ def test_the_http_collector_validates_and_feeds_the_stream(
     events = make_events(catalog, 30, users=3, seed=6)
     wire = [e.to_wire() for e in events]
 
-    one = httpx.post(url, json=wire[0], timeout=10)
+    assert httpx.post(url, json=wire[0], timeout=10).status_code == 401  # no key
+    wrong = {"Authorization": "Bearer not-it"}
+    assert httpx.post(url, json=wire[0], headers=wrong, timeout=10).status_code == 401
+    client = httpx.Client(headers={"X-API-Key": "site-key"}, timeout=10)
+    one = client.post(url, json=wire[0])
     assert (one.status_code, one.json()["accepted"]) == (202, 1)
-    mixed = httpx.post(url, json=[*wire[1:], {"type": "view"}], timeout=10)
+    mixed = client.post(url, json=[*wire[1:], {"type": "view"}])
     assert mixed.status_code == 202
     assert mixed.json()["accepted"] == 29
     assert mixed.json()["rejected"][0]["index"] == 29
     assert "user_id" in mixed.json()["rejected"][0]["reason"]
-    assert httpx.post(url, json=[{"type": "view"}], timeout=10).status_code == 422
-    assert httpx.post(url, content=b"{oops", timeout=10).status_code == 400
-    assert httpx.post(url, json=[wire[0]] * 501, timeout=10).status_code == 413
-    assert (
-        httpx.post(url, content=b"[" + b" " * (2 * 1024 * 1024) + b"]", timeout=10).status_code
-        == 413
-    )
+    assert client.post(url, json=[{"type": "view"}]).status_code == 422
+    assert client.post(url, content=b"{oops").status_code == 400
+    assert client.post(url, json=[wire[0]] * 501).status_code == 413
+    assert client.post(url, content=b"[" + b" " * (2 * 1024 * 1024) + b"]").status_code == 413
 
     # the collector pseudonymizes: the stream only ever sees the keyed hashes
     pseudonym = Pseudonymizer.from_settings(s)

@@ -1,0 +1,64 @@
+"""The collector's door: write keys and per-client rate limits (its validation and the way
+to Kafka are tested through a real worker in tests/integration/test_worker.py)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import pytest
+
+from streamrank.settings import Settings
+from streams.collector import Collector, RateLimiter
+from streams.producer import EventProducer
+from streams.pseudonyms import RAW_IDS
+
+
+@pytest.fixture
+def producer(settings: Settings) -> Iterator[EventProducer]:
+    with EventProducer(settings.bootstrap(), settings.events_topic, user_ids=RAW_IDS) as sdk:
+        yield sdk
+
+
+BODY = json.dumps(
+    {
+        "event_id": "e1",
+        "user_id": "u",
+        "type": "view",
+        "item_id": "1",
+        "ts": datetime.now(UTC).isoformat(),
+    }
+).encode()
+
+
+def test_write_keys_are_required_once_configured(producer: EventProducer) -> None:
+    door = Collector(producer, write_keys=["k-site-1", "k-site-2"])
+    assert door.accept(BODY, "1.2.3.4").status == 401
+    assert door.accept(BODY, "1.2.3.4", "wrong").status == 401
+    assert door.accept(BODY, "1.2.3.4", "k-site-1x").status == 401
+    producer.flush()
+    assert producer.sent_events == 0  # refused before anything was produced
+    assert door.accept(BODY, "1.2.3.4", "k-site-2").status == 202
+    producer.flush()
+    assert producer.sent_events == 1
+    assert Collector(producer).accept(BODY, "1.2.3.4").status == 202  # none configured: open
+
+
+def test_each_client_has_its_own_bucket_and_gets_a_retry_after(producer: EventProducer) -> None:
+    door = Collector(producer, limiter=RateLimiter(rate_per_s=1.0, burst=3))
+    statuses = [door.accept(BODY, "flood").status for _ in range(5)]
+    assert statuses == [202, 202, 202, 429, 429]
+    limited = door.accept(BODY, "flood")
+    assert limited.body["retry_after_s"] >= 1
+    assert door.accept(BODY, "someone-else").status == 202  # not punished for the flood
+
+
+def test_buckets_refill_and_stay_bounded() -> None:
+    limiter = RateLimiter(rate_per_s=2.0, burst=2, max_clients=100)
+    assert [limiter.wait_s("c", now=0.0) for _ in range(3)] == [0.0, 0.0, 0.5]
+    assert limiter.wait_s("c", now=0.6) == 0.0  # refilled at 2 per second
+    for n in range(1000):
+        limiter.wait_s(f"spoofed-{n}", now=1.0)
+    assert len(limiter._buckets) == 100
+    assert RateLimiter(rate_per_s=0.0, burst=1).wait_s("c") == 0.0  # 0 turns it off
