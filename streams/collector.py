@@ -7,8 +7,9 @@ part (202, with the rejected indexes), so one bad event in a beacon does not cos
 a request with none valid is a 422. Bodies over the size limit are a 413.
 
 Access: when write keys are configured, a request must carry one (``Authorization: Bearer
-KEY`` or ``X-API-Key: KEY``), compared in constant time, else 401. Every client (its key,
-else its address) has a token bucket of requests; past it, 429 with ``Retry-After``.
+KEY`` or ``X-API-Key: KEY``), compared in constant time, else 401. Every client address has
+a token bucket of requests (not every key: all the browsers of a site share its key); past
+it, 429 with ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ class Collector:
         if not self.authorized(api_key):
             metrics.COLLECTED.labels("unauthorized").inc()
             return CollectorReply(401, {"error": "a valid write key is required"})
-        wait = self.limiter.wait_s(api_key or client) if self.limiter else 0.0
+        wait = self.limiter.wait_s(client) if self.limiter else 0.0
         if wait > 0:
             metrics.COLLECTED.labels("rate_limited").inc()
             return CollectorReply(
