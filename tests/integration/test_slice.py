@@ -295,8 +295,11 @@ def test_raw_user_ids_reach_no_topic_no_state_and_no_store(stack: Stack) -> None
     s = stack.settings
     raw = ["alice@example.com", "customer-0042-bob"]
     items = stack.catalog.ids[:6]
-    delivered = send(s, behaviour(raw[0], items[:3], items[3:4]))
-    beacon = behaviour(raw[1], items[2:5], [])
+    def neutral(events: list[Event], tag: str) -> list[Event]:  # ids that name no one
+        return [e.model_copy(update={"event_id": f"{tag}-{n}"}) for n, e in enumerate(events)]
+
+    delivered = send(s, neutral(behaviour(raw[0], items[:3], items[3:4]), "scan-a"))
+    beacon = neutral(behaviour(raw[1], items[2:5], []), "scan-b")
     collector = f"http://{s.worker_web_host}:{s.worker_web_port}/v1/events"
     reply = httpx.post(collector, json=[e.to_wire() for e in beacon], timeout=30)
     assert reply.status_code == 202, reply.text
