@@ -7,6 +7,8 @@ cost of the worker (``bench/ingest.py``). This plug-in keeps Feast's table layou
 everything else (reads, ``feast apply``, materialization, teardown) and changes two things:
 
 * writes build every row first and hand them to one ``executemany`` in one transaction;
+* rows of entities not written for longer than the view's TTL are deleted (hourly, with
+  the writes): Feast only hides them on read, so a user who left would stay in the file;
 * the database runs in WAL mode with ``synchronous=NORMAL``: readers (the serving
   replicas) no longer block the writer or wait for it, and a commit costs no fsync. A
   committed transaction survives a crash of any process; only an OS crash or power loss
@@ -20,8 +22,9 @@ BatchedSqliteOnlineStore``), Feast's documented way to plug in an online store.
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from feast import FeatureView
@@ -40,7 +43,15 @@ class BatchedSqliteOnlineStoreConfig(SqliteOnlineStoreConfig):
     type: Literal["feature_repo.sqlite_store.BatchedSqliteOnlineStore"] = STORE_TYPE  # type: ignore[assignment]
 
 
+PURGE_EVERY_S = 3600.0
+
+
 class BatchedSqliteOnlineStore(SqliteOnlineStore):
+    _purged_at: dict[str, float]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._purged_at = {}
     def _get_conn(self, config: RepoConfig) -> sqlite3.Connection:
         fresh = self._conn is None
         conn = super()._get_conn(config)
@@ -88,3 +99,23 @@ class BatchedSqliteOnlineStore(SqliteOnlineStore):
             conn.executemany(sql, rows)
         if progress:
             progress(len(data))
+        if time.monotonic() - self._purged_at.get(name, -PURGE_EVERY_S) >= PURGE_EVERY_S:
+            self.purge_expired(config, table)
+            self._purged_at[name] = time.monotonic()
+
+    def purge_expired(
+        self, config: RepoConfig, table: FeatureView, now: datetime | None = None
+    ) -> int:
+        """Delete the rows of entities not written for longer than the view's TTL.
+
+        Feast only hides such rows on read; on SQLite they would stay on disk for ever, so
+        a user who left would still be in the file. Redis expires its keys itself
+        (``key_ttl_seconds``). Runs with the writes, at most every ``PURGE_EVERY_S``."""
+        if not table.ttl:
+            return 0
+        name = compute_table_id(
+            config.project, table, config.registry.enable_online_feature_view_versioning
+        )
+        cutoff = to_naive_utc((now or datetime.now(UTC)) - table.ttl)
+        with self._get_conn(config) as conn:
+            return conn.execute(f'DELETE FROM "{name}" WHERE event_ts < ?', (cutoff,)).rowcount

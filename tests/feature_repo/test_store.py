@@ -116,3 +116,22 @@ def test_the_worker_imports_feast_without_torch() -> None:
     code = "import sys, streams.app; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_sqlite_forgets_users_past_the_ttl_on_disk_not_only_on_read(home: Path) -> None:
+    """Feast hides expired rows on read; our SQLite store also deletes them, so a user who
+    left is not kept in the file (Redis expires its keys by itself)."""
+    from datetime import UTC, datetime
+
+    store = apply_repo(Settings(home=home))
+    profiles = FeastProfileStore(store)
+    profiles.write_profiles([fold([ev(1, "view", "a")])])
+    online = store._get_provider().online_store
+    view = store.get_feature_view("user_profile")
+    assert online.purge_expired(store.config, view) == 0  # written just now: kept
+    later = datetime.now(UTC) + view.ttl + timedelta(days=1)
+    assert online.purge_expired(store.config, view, now=later) > 0
+    with sqlite3.connect(home / "online.db") as db:
+        table = f"{store.project}_user_profile"
+        assert db.execute(f'SELECT COUNT(*) FROM "{table}"').fetchone() == (0,)
+    assert profiles.read_profiles(["u"])["u"].event_count == 0

@@ -295,6 +295,7 @@ def test_raw_user_ids_reach_no_topic_no_state_and_no_store(stack: Stack) -> None
     s = stack.settings
     raw = ["alice@example.com", "customer-0042-bob"]
     items = stack.catalog.ids[:6]
+
     def neutral(events: list[Event], tag: str) -> list[Event]:  # ids that name no one
         return [e.model_copy(update={"event_id": f"{tag}-{n}"}) for n, e in enumerate(events)]
 

@@ -327,3 +327,72 @@ def test_a_replay_of_the_live_range_equals_the_live_profiles(
     assert cli(["verify-consistency", "--namespace", "check"]) == 1
     out = capsys.readouterr().out
     assert "total_view" in out and f"{len(users) - 1} equal" in out, out
+
+
+def test_fuzzed_beacons_get_4xx_or_202_never_a_5xx_and_the_worker_lives(
+    stream_settings: Settings, workers: Workers
+) -> None:
+    """Hypothesis throws JSON of every shape (and non-JSON bytes) at the real collector:
+    every answer is a deliberate status, and the worker keeps serving afterwards."""
+    from hypothesis import HealthCheck, given
+    from hypothesis import settings as fuzz_settings
+    from hypothesis import strategies as st
+
+    s = stream_settings
+    worker = workers.start(collector_rate_per_s=0.0)  # the limiter has its own tests
+    base = f"http://127.0.0.1:{s.worker_web_port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            httpx.get(f"{base}/healthz", timeout=1)
+            break
+        except httpx.HTTPError:
+            assert time.monotonic() < deadline, "worker never listened"
+            time.sleep(0.2)
+    scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=40)
+    json_values = st.recursive(
+        scalars,
+        lambda inner: (
+            st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=12), inner, max_size=6)
+        ),
+        max_leaves=20,
+    )
+    event_like = st.fixed_dictionaries(
+        {
+            "event_id": st.text(max_size=140),
+            "user_id": st.text(max_size=140),
+            "type": st.sampled_from(["view", "click", "purchase", "search", "nope"]),
+        },
+        optional={
+            "item_id": json_values,
+            "ts": st.text(max_size=30) | st.integers(),
+            "query": json_values,
+            "price": scalars,
+            "context": json_values,
+        },
+    )
+    bodies = (
+        json_values.map(lambda v: json.dumps(v).encode())
+        | st.lists(event_like, max_size=4).map(lambda v: json.dumps(v).encode())
+        | event_like.map(lambda v: json.dumps(v).encode())
+        | st.binary(max_size=200)
+    )
+    statuses: set[int] = set()
+    with httpx.Client(timeout=10) as client:
+
+        @fuzz_settings(
+            max_examples=300,
+            deadline=None,
+            derandomize=True,
+            suppress_health_check=list(HealthCheck),
+        )
+        @given(body=bodies)
+        def post(body: bytes) -> None:
+            reply = client.post(f"{base}/v1/events", content=body)
+            statuses.add(reply.status_code)
+            assert reply.status_code in {202, 400, 413, 422}, (body[:200], reply.text[:200])
+
+        post()
+    assert {202, 400, 422} <= statuses  # the fuzzer reached every kind of answer
+    assert worker.poll() is None
+    assert httpx.get(f"{base}/healthz", timeout=5).status_code == 200
