@@ -371,8 +371,22 @@ def test_fuzzed_beacons_get_4xx_or_202_never_a_5xx_and_the_worker_lives(
             "context": json_values,
         },
     )
+    ids = st.text(st.characters(codec="ascii", categories=["L", "N"]), min_size=1, max_size=20)
+    plausible = st.fixed_dictionaries(  # mostly valid: the path to Kafka is fuzzed too
+        {
+            "event_id": ids,
+            "user_id": ids,
+            "type": st.sampled_from(["view", "click", "add_to_cart", "purchase"]),
+            "item_id": ids,
+            "ts": st.datetimes(datetime(2020, 1, 1), datetime(2026, 1, 1)).map(
+                lambda t: t.isoformat() + "Z"
+            ),
+        },
+        optional={"price": st.floats(), "session_id": st.text(max_size=140)},
+    )
     bodies = (
-        json_values.map(lambda v: json.dumps(v).encode())
+        st.lists(plausible, min_size=1, max_size=5).map(lambda v: json.dumps(v).encode())
+        | json_values.map(lambda v: json.dumps(v).encode())
         | st.lists(event_like, max_size=4).map(lambda v: json.dumps(v).encode())
         | event_like.map(lambda v: json.dumps(v).encode())
         | st.binary(max_size=200)
