@@ -32,7 +32,7 @@ from streams.events import Event, EventType
 from training.baselines import all_baselines
 from training.examples import Example, Split, build_examples, time_cut, time_cut_labels
 from training.markdown import table
-from training.metrics import mask_seen, target_ranks
+from training.metrics import mask_seen, ndcg_at_k, recall_at_k, target_ranks
 
 log = logging.getLogger(__name__)
 
@@ -118,11 +118,10 @@ def metrics(ranked: np.ndarray, users: np.ndarray, k: int) -> dict[str, float]:
             f"hit_rate@{k}": float("nan"),
             "targets": 0,
         }
-    hit = ranked < k
-    per_user = pd.Series(hit).groupby(users).any()
+    per_user = pd.Series(ranked < k).groupby(users).any()
     return {
-        f"recall@{k}": float(hit.mean()),
-        f"ndcg@{k}": float(np.where(hit, 1.0 / np.log2(ranked + 2.0), 0.0).mean()),
+        f"recall@{k}": recall_at_k(ranked, k),
+        f"ndcg@{k}": ndcg_at_k(ranked, k),
         f"hit_rate@{k}": float(per_user.mean()),
         "targets": len(ranked),
     }
