@@ -16,7 +16,7 @@ from streamrank.catalog import Catalog
 from streamrank.settings import Settings
 from streams import metrics
 from streams.covisitation import covisit_anchors
-from streams.events import DeadLetter, Event, decode_message
+from streams.events import DeadLetter, DecodedMessage, Event, decode_message
 from streams.outbox import ItemEffect
 from streams.popularity import add_popularity
 from streams.profile import TYPE_WEIGHTS, ItemLookup, apply_event
@@ -50,6 +50,20 @@ class ValidationLimits:
     max_future_skew_s: float = 300.0
     max_event_bytes: int = 64 * 1024
     max_message_bytes: int = 4 * 1024 * 1024
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ValidationLimits:
+        return cls(settings.max_future_skew_s, settings.max_event_bytes, settings.max_message_bytes)
+
+    def decode(self, msg: RawMessage, now: float) -> DecodedMessage:
+        """One message judged as every consumer of ``events`` judges it (see ``arrival``)."""
+        return decode_message(
+            msg.value,
+            now=arrival(msg, now),
+            max_future_skew_s=self.max_future_skew_s,
+            max_event_bytes=self.max_event_bytes,
+            max_message_bytes=self.max_message_bytes,
+        )
 
 
 def arrival(msg: RawMessage, now: float) -> float:
@@ -89,13 +103,7 @@ class ProfileProcessor:
             if msg.offset <= state.checkpoints[msg.partition]:
                 result.skipped_messages += 1  # every effect of this message is written
                 continue
-            out = decode_message(
-                msg.value,
-                now=arrival(msg, now),
-                max_future_skew_s=self.limits.max_future_skew_s,
-                max_event_bytes=self.limits.max_event_bytes,
-                max_message_bytes=self.limits.max_message_bytes,
-            )
+            out = self.limits.decode(msg, now)
             state.count(msg.partition, len(out.events), len(out.dead))
             result.dead_letters.extend((msg, dead) for dead in out.dead)
             if out.events:
@@ -196,9 +204,8 @@ def build_processor(
         "item_flush_s": settings.worker_item_flush_s,
         **state_options,
     }
-    limits = ValidationLimits(
-        max_future_skew_s=settings.max_future_skew_s,
-        max_event_bytes=settings.max_event_bytes,
-        max_message_bytes=settings.max_message_bytes,
+    return ProfileProcessor(
+        ProfileState(store, **options),
+        Catalog.load(settings.home_dir),
+        ValidationLimits.from_settings(settings),
     )
-    return ProfileProcessor(ProfileState(store, **options), Catalog.load(settings.home_dir), limits)

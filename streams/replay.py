@@ -37,9 +37,9 @@ from tqdm.auto import tqdm
 
 from feature_repo.namespaces import Manifest, Namespace, ReplayRange
 from streamrank.settings import Settings
-from streams.events import Event, decode_message
+from streams.events import Event
 from streams.offsets import Lookup, TopicLog, find_offset, message_time
-from streams.processor import RawMessage, arrival, build_processor
+from streams.processor import RawMessage, ValidationLimits, build_processor
 from streams.sink import FeastProfileStore
 
 log = logging.getLogger(__name__)
@@ -154,19 +154,13 @@ def read_events(
 ) -> Iterator[Event]:
     """The valid events of a range, in log order per partition, judged as the worker
     judges them (dead letters are left out, as they are by the fold)."""
+    limits = ValidationLimits.from_settings(settings)
     bar = tqdm(total=replayed.messages, desc="reading", unit="msg", disable=not progress)
     for partition in sorted(replayed.start):
         start, stop = replayed.start[partition], replayed.stop[partition]
         for batch in read_messages(settings, partition, start, stop, 1000):
             for msg in batch:
-                now = arrival(msg, time.time())
-                yield from decode_message(
-                    msg.value,
-                    now=now,
-                    max_future_skew_s=settings.max_future_skew_s,
-                    max_event_bytes=settings.max_event_bytes,
-                    max_message_bytes=settings.max_message_bytes,
-                ).events
+                yield from limits.decode(msg, time.time()).events
             bar.update(len(batch))
     bar.close()
 
