@@ -93,6 +93,13 @@ class Namespace:
     def manifest(self) -> Manifest:
         return Manifest.model_validate_json((self.root / MANIFEST).read_text())
 
+    def finished(self) -> Manifest | None:
+        """The manifest of a replay that has run to its end; None when there is none yet."""
+        if not self.exists:
+            return None
+        manifest = self.manifest()
+        return manifest if manifest.complete else None
+
     def save(self, manifest: Manifest) -> None:
         tmp = self.root / f"{MANIFEST}.tmp"
         tmp.write_text(manifest.model_dump_json(indent=2))

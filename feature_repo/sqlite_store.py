@@ -52,6 +52,7 @@ class BatchedSqliteOnlineStore(SqliteOnlineStore):
     def __init__(self) -> None:
         super().__init__()
         self._purged_at = {}
+
     def _get_conn(self, config: RepoConfig) -> sqlite3.Connection:
         fresh = self._conn is None
         conn = super()._get_conn(config)

@@ -278,7 +278,8 @@ def cmd_backtest(settings: Settings, args: argparse.Namespace) -> int:
     from training.encoder import default_encoder_path, pick_device
 
     namespace = Namespace(settings, args.namespace)
-    if not namespace.exists or not namespace.manifest().complete:
+    manifest = namespace.finished()
+    if manifest is None:
         print(
             f"namespace {args.namespace} is missing or incomplete: replay it first", file=sys.stderr
         )
@@ -290,7 +291,7 @@ def cmd_backtest(settings: Settings, args: argparse.Namespace) -> int:
         directory = model if model.is_dir() else models_root(settings.home_dir) / model
         artifact = RankingArtifact.load(directory, encoder, args.device or pick_device())
         scorers.append(ModelScorer(artifact, catalog))
-    events = events_frame(list(read_events(settings, namespace.manifest().range, progress=True)))
+    events = events_frame(list(read_events(settings, manifest.range, progress=True)))
     data = prepare(events, catalog, args.cut, args.test_fraction)
     report = backtest(data, catalog, scorers, baselines=args.baselines, k=args.k)
     report["namespace"] = namespace.name
@@ -308,10 +309,13 @@ def cmd_verify_consistency(settings: Settings, args: argparse.Namespace) -> int:
     from streams.sink import FeastProfileStore
 
     namespace = Namespace(settings, args.namespace)
-    if not namespace.exists or not namespace.manifest().complete:
-        print(f"namespace {args.namespace} is missing or incomplete", file=sys.stderr)
+    manifest = namespace.finished()
+    if manifest is None:
+        print(
+            f"namespace {args.namespace} is missing or incomplete: replay it first", file=sys.stderr
+        )
         return 2
-    replayed = namespace.manifest().range
+    replayed = manifest.range
     if not replayed.from_log_start:
         print(
             "note: the range does not start at the log's start; live profiles hold "
