@@ -41,7 +41,8 @@ from streamrank.demo import start_worker, stream_events
 from streamrank.prepare import prepare
 from streamrank.settings import Settings
 from streams.events import Event, encode_events
-from streams.processor import ProfileProcessor, RawMessage
+from streams.messages import RawMessage
+from streams.processor import ProfileProcessor
 from streams.producer import EventProducer, partition_for
 from streams.profile import UserProfile, apply_event
 from streams.pseudonyms import RAW_IDS

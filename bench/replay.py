@@ -91,7 +91,7 @@ def main() -> None:
     results: dict[str, object] = {"machine": f"{psutil.cpu_count()} cpus", "events": len(stream)}
     with EmbeddedBroker(log_path=root / "broker.log") as broker:
         s = Settings(home=home, kafka_bootstrap=broker.bootstrap)
-        ensure_topics(s.bootstrap(), s.topics())
+        ensure_topics(s.bootstrap(), s.topics(), compacted=s.compacted_topics())
         stream_events(s, stream)
         started = time.perf_counter()
         planned = plan(s, None)

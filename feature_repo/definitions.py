@@ -65,6 +65,7 @@ def user_profile_schema() -> list[Field]:
         Field(name="applied_offsets", dtype=String),
         Field(name="recent_event_ids", dtype=Array(String)),
         Field(name="outbox", dtype=String),
+        Field(name="opted_out", dtype=Int64),  # 1: a tombstone (streams/privacy.py)
     ]
     return fields
 

@@ -7,6 +7,7 @@ cost of the worker (``bench/ingest.py``). This plug-in keeps Feast's table layou
 everything else (reads, ``feast apply``, materialization, teardown) and changes two things:
 
 * writes build every row first and hand them to one ``executemany`` in one transaction;
+* ``online_delete`` removes entities' rows (an erased user), which Feast's interface lacks;
 * rows of entities not written for longer than the view's TTL are deleted (hourly, with
   the writes): Feast only hides them on read, so a user who left would stay in the file;
 * the database runs in WAL mode with ``synchronous=NORMAL``: readers (the serving
@@ -103,6 +104,25 @@ class BatchedSqliteOnlineStore(SqliteOnlineStore):
         if time.monotonic() - self._purged_at.get(name, -PURGE_EVERY_S) >= PURGE_EVERY_S:
             self.purge_expired(config, table)
             self._purged_at[name] = time.monotonic()
+
+    def online_delete(
+        self, config: RepoConfig, table: FeatureView, entity_keys: list[EntityKeyProto]
+    ) -> int:
+        """Delete every row of ``entity_keys`` in ``table``'s view; returns rows deleted."""
+        if not entity_keys:
+            return 0
+        name = compute_table_id(
+            config.project, table, config.registry.enable_online_feature_view_versioning
+        )
+        version = config.entity_key_serialization_version
+        keys = [
+            (serialize_entity_key(k, entity_key_serialization_version=version),)
+            for k in entity_keys
+        ]
+        with self._get_conn(config) as conn:
+            before = conn.total_changes
+            conn.executemany(f'DELETE FROM "{name}" WHERE entity_key = ?', keys)
+            return conn.total_changes - before
 
     def purge_expired(
         self, config: RepoConfig, table: FeatureView, now: datetime | None = None

@@ -14,6 +14,7 @@ import os
 import socket
 import subprocess
 import time
+from collections.abc import Collection, Mapping
 from importlib import resources
 from pathlib import Path
 
@@ -100,17 +101,25 @@ class EmbeddedBroker:
         self.stop()
 
 
-def ensure_topics(kafka: KafkaTarget, topics: dict[str, int], timeout: float = 20.0) -> None:
+def ensure_topics(
+    kafka: KafkaTarget,
+    topics: Mapping[str, int],
+    timeout: float = 20.0,
+    compacted: Collection[str] = (),
+) -> None:
     """Create missing topics (name -> partitions) with explicit retention settings,
-    which Tansu only reports back when a topic was created with them."""
+    which Tansu only reports back when a topic was created with them. ``compacted`` ones
+    keep the latest record per key and nothing expires by time."""
     admin = AdminClient(client_config(kafka))
     existing = set(admin.list_topics(timeout=timeout).topics)
+    delete = {"retention.ms": str(7 * 86_400_000), "retention.bytes": "-1"}
+    compact = {"cleanup.policy": "compact", "retention.ms": "-1", "retention.bytes": "-1"}
     new = [
         NewTopic(
             name,
             num_partitions=partitions,
             replication_factor=1,
-            config={"retention.ms": str(7 * 86_400_000), "retention.bytes": "-1"},
+            config=compact if name in compacted else delete,
         )
         for name, partitions in topics.items()
         if name not in existing

@@ -11,7 +11,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, TIMESTAMP_NOT_AVAILABLE, Consumer, TopicPartition
 
 from infra.kafka_config import KafkaTarget, client_config
 
@@ -58,6 +58,7 @@ class Record:
     key: bytes | None
     value: bytes | None
     headers: dict[str, str]
+    timestamp: float | None = None  # the log's time (epoch s)
 
 
 def read_topic(
@@ -95,7 +96,11 @@ def read_topic(
                 continue
             last = time.monotonic()
             headers = {k: (v or b"").decode(errors="replace") for k, v in msg.headers() or []}
-            records.append(Record(msg.partition(), msg.offset(), msg.key(), msg.value(), headers))
+            kind, millis = msg.timestamp()
+            ts = millis / 1000 if kind != TIMESTAMP_NOT_AVAILABLE else None
+            records.append(
+                Record(msg.partition(), msg.offset(), msg.key(), msg.value(), headers, ts)
+            )
         return records
     finally:
         consumer.close()

@@ -59,7 +59,9 @@ class RecommendationResponse(BaseModel):
     items: list[RecommendedItem]
     model_version: str
     experiment_arm: str
-    strategy: Literal["personalized", "cold_start", "fallback"]
+    strategy: Literal["personalized", "cold_start", "opted_out", "fallback"] = Field(
+        description="opted_out: the user declined personalization (no profile is read or kept)"
+    )
     fallback_reason: str | None = None
     profile: ProfileSummary | None = None
 
@@ -85,6 +87,23 @@ class ScoreResponse(BaseModel):
     )
 
 
+class ConsentRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    personalization: bool = Field(
+        description="false: opt out (the profile is wiped, no new one is kept); true: opt in"
+    )
+
+
+class PrivacyAccepted(BaseModel):
+    """The request is on the user's partition of the events topic; the profile worker
+    applies it in order with the user's events (typically well under a second)."""
+
+    user_id: str
+    action: Literal["opt_out", "opt_in", "erase"]
+    request_id: str
+
+
 class ErrorMessage(BaseModel):
     detail: str
 
@@ -93,4 +112,21 @@ class ErrorMessage(BaseModel):
 # POST can answer with: 400 when the body is not JSON at all, 422 when it is but invalid.
 BAD_BODY: dict[int | str, dict[str, object]] = {
     400: {"model": ErrorMessage, "description": "the body is not parseable JSON"}
+}
+
+
+def _error(description: str) -> dict[str, object]:
+    return {"model": ErrorMessage, "description": description}
+
+
+UNRECORDED = _error("the events topic is unreachable: nothing was recorded, try again")
+CONSENT_ERRORS: dict[int | str, dict[str, object]] = {
+    **BAD_BODY,
+    401: _error("a write key is configured and the request carries none or a wrong one"),
+    503: UNRECORDED,
+}
+ERASE_ERRORS: dict[int | str, dict[str, object]] = {
+    401: _error("no admin key, or a wrong one"),
+    403: _error("erasure over HTTP is off: no admin key is configured (STREAMRANK_ADMIN_KEYS)"),
+    503: UNRECORDED,
 }

@@ -3,19 +3,22 @@
 (No ``from __future__ import annotations`` here: FastAPI must see the real types.)
 
     client ──HTTP──▶ Api (arm, profile, candidates, rules) ──handle──▶ scorer-<arm> (@serve.batch)
-                      └──▶ impressions topic (what was shown, for CTR/CVR per arm)
+                      ├──▶ impressions topic (what was shown, for CTR/CVR per arm)
+                      └──▶ events topic: consent and erasure requests (streams/privacy.py)
 
 On CPU the scorer runs inside the Api replica by default (still ``@serve.batch``): the
 handle call cost more than the model (``scorer_placement``, README's serving benchmark).
 """
 
+import asyncio
 import logging
 import os
 import signal
 import threading
+from typing import Annotated
 
 import numpy as np
-from fastapi import FastAPI
+from fastapi import FastAPI, Header, HTTPException, Path
 from fastapi.responses import PlainTextResponse
 from prometheus_client import generate_latest
 from ray import serve
@@ -24,6 +27,10 @@ from ray.serve.handle import DeploymentHandle
 from serving import metrics
 from serving.api import (
     BAD_BODY,
+    CONSENT_ERRORS,
+    ERASE_ERRORS,
+    ConsentRequest,
+    PrivacyAccepted,
     RecommendationRequest,
     RecommendationResponse,
     ScoreRequest,
@@ -34,8 +41,14 @@ from serving.ranking import RankingPolicy
 from serving.scorer import Scorer, ScoreTask, model_version
 from streamrank.catalog import Catalog
 from streamrank.settings import Settings
+from streams.access import AccessKeys, key_from_headers
+from streams.events import PrivacyAction
 
 log = logging.getLogger(__name__)
+
+UserId = Annotated[str, Path(min_length=1, max_length=128, description="the site's own user id")]
+AuthHeader = Annotated[str | None, Header(description="Bearer KEY")]
+KeyHeader = Annotated[str | None, Header(description="KEY (instead of Authorization)")]
 
 api = FastAPI(
     title="streamrank",
@@ -61,6 +74,11 @@ class Api:
         self.impressions = ImpressionLog(
             settings.kafka_client_config(), settings.impressions_topic, settings.events_partitions
         )
+        self.settings = settings
+        self.write_keys = AccessKeys(k.get_secret_value() for k in settings.collector_write_keys)
+        self.admin_keys = AccessKeys(k.get_secret_value() for k in settings.admin_keys)
+        self._privacy_producer: object = None  # made on first use: the broker may be late
+        self._privacy_lock = threading.Lock()
 
         # (helpers live inside the class: Ray ships the ingress class by value)
         def arm(name: str) -> Arm:
@@ -102,6 +120,8 @@ class Api:
         """Serve's shutdown hook: impressions still queued reach the topic."""
         if hasattr(self, "impressions"):
             self.impressions.close()
+        if getattr(self, "_privacy_producer", None) is not None:
+            self._privacy_producer.close()  # type: ignore[attr-defined]
 
     @api.post("/v1/recommendations", response_model=RecommendationResponse, responses=BAD_BODY)
     async def recommendations(self, request: RecommendationRequest) -> RecommendationResponse:
@@ -117,6 +137,73 @@ class Api:
         strategy = "fallback" if response.fallback_reason else "model"
         metrics.REQUESTS.labels("score", strategy, self.recommender.arm_of(request.user_id)).inc()
         return response
+
+    @api.post(
+        "/v1/users/{user_id}/consent",
+        status_code=202,
+        response_model=PrivacyAccepted,
+        responses=CONSENT_ERRORS,
+    )
+    async def consent(
+        self,
+        user_id: UserId,
+        body: ConsentRequest,
+        authorization: AuthHeader = None,
+        x_api_key: KeyHeader = None,
+    ) -> PrivacyAccepted:
+        """Opt out of personalization (the profile is wiped and none is kept) or back in.
+        A write endpoint: it needs a write key when any is configured."""
+        if not self.write_keys.allows(key_from_headers(authorization, x_api_key)):
+            raise HTTPException(401, "a valid write key is required")
+        action = PrivacyAction.OPT_IN if body.personalization else PrivacyAction.OPT_OUT
+        return await self._privacy(user_id, action)
+
+    @api.delete(
+        "/v1/users/{user_id}",
+        status_code=202,
+        response_model=PrivacyAccepted,
+        responses=ERASE_ERRORS,
+    )
+    async def erase(
+        self, user_id: UserId, authorization: AuthHeader = None, x_api_key: KeyHeader = None
+    ) -> PrivacyAccepted:
+        """Erase what is kept about the user: the profile in the online store, the
+        worker's state, the experiment join and every replay namespace (admin key)."""
+        if not self.admin_keys.configured:
+            raise HTTPException(403, "erasure over HTTP is off: no admin key is configured")
+        if not self.admin_keys.allows(key_from_headers(authorization, x_api_key)):
+            raise HTTPException(401, "a valid admin key is required")
+        return await self._privacy(user_id, PrivacyAction.ERASE)
+
+    async def _privacy(self, user_id: str, action: PrivacyAction) -> PrivacyAccepted:
+        """Put the request on the user's partition of ``events`` (pseudonymized by the
+        producer) and answer once the broker has it; a broker that cannot take it is a 503."""
+        from streams.privacy import privacy_request
+
+        request = privacy_request(user_id, action)
+        try:
+            await asyncio.wait_for(asyncio.to_thread(self._send_privacy, request), 15)
+        except Exception as exc:
+            log.warning("%s for a user not recorded: %r", action.value, exc)
+            raise HTTPException(503, "the request was not recorded; try again") from exc
+        metrics.PRIVACY.labels(action.value).inc()
+        return PrivacyAccepted(user_id=user_id, action=action.value, request_id=request.event_id)
+
+    def _send_privacy(self, request: object) -> None:
+        from streams.producer import EventProducer
+        from streams.pseudonyms import Pseudonymizer
+
+        with self._privacy_lock:
+            if self._privacy_producer is None:
+                self._privacy_producer = EventProducer(
+                    self.settings.kafka_client_config(),
+                    self.settings.events_topic,
+                    user_ids=Pseudonymizer.from_settings(self.settings),
+                    batch_events=1,  # alone and at once, keyed by user like every event
+                )
+            producer = self._privacy_producer
+        producer.send(request)  # type: ignore[attr-defined]
+        producer.flush(timeout=10)  # type: ignore[attr-defined]
 
     @api.get("/healthz")
     async def healthz(self) -> dict[str, object]:

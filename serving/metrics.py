@@ -20,3 +20,8 @@ LATENCY = Histogram(
     ["endpoint"],
     buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
+PRIVACY = Counter(
+    "streamrank_serve_privacy_requests_total",
+    "Consent and erasure requests accepted by the API",
+    ["action"],
+)

@@ -95,9 +95,12 @@ class Recommender:
         return await asyncio.wait_for(read, self.store_timeout_s)
 
     async def _profile(self, user_id: str) -> UserProfile | None:
+        """The user's profile; a tombstone for a user who opted out; None when unknown."""
         found = await self._read(self.profiles.read_profiles_async([user_id]))
         profile = found.get(user_id)
-        return profile if profile is not None and profile.event_count > 0 else None
+        if profile is None or not (profile.event_count > 0 or profile.opted_out):
+            return None
+        return profile
 
     async def popular(self) -> list[tuple[str, float]]:
         """Stream-kept popularity, refreshed every ``popular_refresh_s`` by one read in the
@@ -142,9 +145,11 @@ class Recommender:
         context_item = context.item_id if context else None
         fallback_reason = None
         covisits: dict[str, list[tuple[str, float]]] = {}
+        opted_out = False
         try:
             profile = await self._profile(user)
-            features = derive_features(profile, time.time()) if profile else None
+            opted_out = profile is not None and profile.opted_out
+            features = derive_features(profile, time.time()) if profile and not opted_out else None
             popular = await self.popular()
             if request.candidate_ids is None:
                 covisits = await self.covisits(self.candidates.anchors(features, context_item))
@@ -174,9 +179,12 @@ class Recommender:
             self.policy,
             np.random.default_rng(int(request_id[:16], 16)),  # replayable from the request id
         )
-        strategy = (
-            "fallback" if fallback_reason else ("personalized" if personalized else "cold_start")
-        )
+        if fallback_reason:
+            strategy = "fallback"
+        elif opted_out:
+            strategy = "opted_out"
+        else:
+            strategy = "personalized" if personalized else "cold_start"
         response = RecommendationResponse(
             request_id=request_id,
             user_id=request.user_id,
@@ -187,7 +195,7 @@ class Recommender:
             fallback_reason=fallback_reason,
             profile=_summary(features, self.catalog) if features else None,
         )
-        if self.publish_impression is not None and items:
+        if self.publish_impression is not None and items and not opted_out:
             self.publish_impression(
                 Impression(
                     request_id=request_id,
@@ -263,6 +271,8 @@ class Recommender:
         except Exception as exc:
             log.warning("online store unavailable (%r): no scores", exc)
             profile, problem = None, "profile store unavailable"
+        if profile is not None and profile.opted_out:
+            profile, problem = None, "the user opted out of personalization"
         features = derive_features(profile, time.time()) if profile else None
         known = [i for i in request.item_ids if i in self.catalog.index]
         result: dict[str, float] = {}

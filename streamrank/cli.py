@@ -31,10 +31,7 @@ def cmd_broker(settings: Settings, args: argparse.Namespace) -> int:
     from infra.processes import sigterm_as_interrupt
 
     with sigterm_as_interrupt(), EmbeddedBroker(port=args.port) as broker:
-        ensure_topics(
-            broker.bootstrap,
-            settings.topics(),
-        )
+        ensure_topics(broker.bootstrap, settings.topics(), compacted=settings.compacted_topics())
         print(f"broker ready: STREAMRANK_KAFKA_BOOTSTRAP={broker.bootstrap}  (Ctrl-C stops it)")
         try:
             while broker.process and broker.process.poll() is None:
@@ -56,7 +53,9 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     from infra.broker import ensure_topics
     from streams.app import run_worker
 
-    ensure_topics(settings.kafka_client_config(), settings.topics())
+    ensure_topics(
+        settings.kafka_client_config(), settings.topics(), compacted=settings.compacted_topics()
+    )
     sys.argv = [sys.argv[0]]  # Faust's worker parses argv itself
     run_worker(settings, loglevel=args.log_level)
     return 0
@@ -66,7 +65,9 @@ def cmd_experiment_worker(settings: Settings, args: argparse.Namespace) -> int:
     from infra.broker import ensure_topics
     from streams.experiment_app import run_experiment_worker
 
-    ensure_topics(settings.kafka_client_config(), settings.topics())
+    ensure_topics(
+        settings.kafka_client_config(), settings.topics(), compacted=settings.compacted_topics()
+    )
     sys.argv = [sys.argv[0]]
     run_experiment_worker(settings, loglevel=args.log_level)
     return 0
@@ -89,9 +90,10 @@ def cmd_experiments(settings: Settings, args: argparse.Namespace) -> int:
     import time
 
     from infra.kafka_admin import read_topic
-    from streams.events import decode_message
     from streams.experiments import join_in_time_order
     from streams.impressions import Impression
+    from streams.messages import RawMessage, ValidationLimits
+    from streams.privacy import PrivacyLog, PrivacyRegistry, kept_events
 
     kafka = settings.kafka_client_config()
     impressions = [
@@ -99,10 +101,18 @@ def cmd_experiments(settings: Settings, args: argparse.Namespace) -> int:
         for r in read_topic(kafka, settings.impressions_topic, timeout=600, idle_s=args.idle_s)
     ]
     now = time.time()
-    events = [
-        event
-        for r in read_topic(kafka, settings.events_topic, timeout=600, idle_s=args.idle_s)
-        for event in decode_message(r.value, now=now).events
+    limits = ValidationLimits.from_settings(settings)  # as the workers judge events
+    privacy = PrivacyRegistry(PrivacyLog(kafka, settings.privacy_topic).load)
+    privacy.ensure_partitions(range(settings.events_partitions))
+    events = []
+    for r in read_topic(kafka, settings.events_topic, timeout=600, idle_s=args.idle_s):
+        records = limits.decode(RawMessage(r.partition, r.offset, r.value, r.timestamp), now)
+        events.extend(kept_events(privacy, r.partition, r.offset, records.records))
+    states = privacy.states  # the impressions of users who opted out or were erased go too
+    impressions = [
+        i
+        for i in impressions
+        if i.user_id not in states or not states[i.user_id].withholds_at(i.ts.timestamp())
     ]
     table = join_in_time_order(impressions, events, settings.experiment_window_s).table()
     if args.json:
@@ -342,6 +352,37 @@ def cmd_verify_consistency(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if report.consistent else 1
 
 
+def cmd_privacy(settings: Settings, args: argparse.Namespace) -> int:
+    """Send a user's privacy request (as the API does) and wait until a worker applied it."""
+    import time
+
+    from streams.events import PrivacyAction
+    from streams.privacy import PrivacyLog, privacy_request, wait_applied
+    from streams.producer import EventProducer
+    from streams.pseudonyms import Pseudonymizer
+
+    action = PrivacyAction(args.action.replace("-", "_"))
+    pseudonyms = Pseudonymizer.from_settings(settings)
+    request = privacy_request(args.user_id, action)
+    started = time.perf_counter()
+    with EventProducer(
+        settings.kafka_client_config(), settings.events_topic, user_ids=pseudonyms, batch_events=1
+    ) as producer:
+        producer.send(request)
+        producer.flush()
+        [(partition, offset)] = producer.delivered_offsets.items()
+    print(f"{action.value} for {args.user_id} sent (request {request.event_id})")
+    if args.no_wait:
+        return 0
+    log_ = PrivacyLog(settings.kafka_client_config(), settings.privacy_topic)
+    state = wait_applied(log_, pseudonyms(args.user_id), partition, offset, args.timeout_s)
+    if state is None:
+        print(f"not applied within {args.timeout_s:g}s: is a profile worker running?")
+        return 1
+    print(f"applied in {time.perf_counter() - started:.2f}s: opted out={state.opted_out}")
+    return 0
+
+
 def cmd_download(settings: Settings, args: argparse.Namespace) -> int:
     from streamrank.datasets.movielens import download_movielens_100k
 
@@ -432,6 +473,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--namespace", required=True)
     p.add_argument("--show", type=int, default=20, help="differences printed")
     p.set_defaults(func=cmd_verify_consistency)
+
+    p = sub.add_parser("privacy", help="a user's opt-out, opt-in or erasure, applied live")
+    p.add_argument("action", choices=["opt-out", "opt-in", "erase"])
+    p.add_argument("user_id", help="the site's own user id (pseudonymized before sending)")
+    p.add_argument("--no-wait", action="store_true", help="return once the broker has it")
+    p.add_argument("--timeout-s", type=float, default=60.0)
+    p.set_defaults(func=cmd_privacy)
 
     p = sub.add_parser("download-movielens", help="fetch MovieLens 100K (needs internet)")
     p.add_argument("directory")

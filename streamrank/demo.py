@@ -142,7 +142,11 @@ def run_demo(settings: Settings, events: int = 20_000, users: int = 3) -> int:
             print(f"[1/5] data and catalog ({settings.home_dir})")
             dataset = load_dataset(settings)
             prepare(settings, dataset)
-            ensure_topics(settings.kafka_client_config(), settings.topics())
+            ensure_topics(
+                settings.kafka_client_config(),
+                settings.topics(),
+                compacted=settings.compacted_topics(),
+            )
             print(f"[2/5] Faust worker and Ray Serve (broker {settings.bootstrap()})")
             worker = start_worker(settings)
             url = serve_app.start(settings)

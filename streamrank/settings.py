@@ -51,6 +51,10 @@ class Settings(BaseSettings):
     user_id_key: SecretStr | None = Field(
         default=None, description="HMAC key for user ids; default: <home>/user_id.key"
     )
+    # opt-outs and erasures (streams/privacy.py): each user's latest state, compacted
+    privacy_topic: str = "privacy"
+    # keys for admin endpoints (DELETE /v1/users/{id}); none set: erasure over HTTP is off
+    admin_keys: list[SecretStr] = Field(default_factory=list)
 
     # --- online store (through Feast)
     online_store: Literal["sqlite", "redis"] = "sqlite"
@@ -168,13 +172,18 @@ class Settings(BaseSettings):
         return arms
 
     def topics(self) -> dict[str, int]:
-        """Every topic the system uses, with its partition count. Impressions are
-        partitioned like events (by user) so that a user's two streams meet in one worker."""
+        """Every topic the system uses, with its partition count. Impressions and privacy
+        states are partitioned like events (by user), so a user's streams meet in one worker."""
         return {
             self.events_topic: self.events_partitions,
             self.dlq_topic: 1,
             self.impressions_topic: self.events_partitions,
+            self.privacy_topic: self.events_partitions,
         }
+
+    def compacted_topics(self) -> set[str]:
+        """Topics that keep the latest record per key for ever (no time retention)."""
+        return {self.privacy_topic}
 
     def bootstrap(self) -> str:
         return self.kafka_bootstrap or "127.0.0.1:9092"

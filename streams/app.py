@@ -5,7 +5,8 @@ Exactly-once effect, step by step:
 1. ``take_events`` hands the agent a batch and acks it only when the agent asks for the
    next one, so Faust commits a batch's offsets only after the body below has returned;
 2. the body writes every changed row (each with the offsets it applied) and waits for the
-   dead letters' delivery, retrying until both succeed;
+   delivery of the dead letters and of the users' new privacy states (``streams/privacy.py``),
+   retrying until all succeed;
 3. after a crash, the uncommitted tail is redelivered and ``ProfileProcessor`` skips what
    the stored rows say they already contain;
 4. Faust acks (and so may commit) messages it *skips* around a rebalance. So that no
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -27,8 +29,11 @@ from prometheus_client import generate_latest
 
 from streamrank.settings import Settings, get_settings
 from streams import metrics
+from streams.access import key_from_headers
 from streams.collector import Collector, RateLimiter
-from streams.processor import BatchResult, ProfileProcessor, RawMessage, build_processor
+from streams.messages import RawMessage
+from streams.privacy import encode_state, erase_from_namespaces
+from streams.processor import BatchResult, ProfileProcessor, build_processor
 from streams.producer import EventProducer
 from streams.pseudonyms import Pseudonymizer
 from streams.sink import FeastProfileStore, retry_forever
@@ -40,7 +45,11 @@ log = logging.getLogger(__name__)
 def build_live_processor(settings: Settings) -> ProfileProcessor:
     from feature_repo.store import open_store
 
-    return build_processor(settings, FeastProfileStore(open_store(settings), settings.write_path))
+    return build_processor(
+        settings,
+        FeastProfileStore(open_store(settings), settings.write_path),
+        on_wiped=lambda users: erase_from_namespaces(settings, users),
+    )
 
 
 def create_app(settings: Settings) -> faust.App:
@@ -52,6 +61,7 @@ def create_app(settings: Settings) -> faust.App:
         partitions=settings.events_partitions,
     )
     dlq_topic = app.topic(settings.dlq_topic, key_serializer="raw", value_serializer="raw")
+    privacy_topic = app.topic(settings.privacy_topic, key_serializer="raw", value_serializer="raw")
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="profiles")
     holder: dict[str, Any] = {}
 
@@ -76,6 +86,20 @@ def create_app(settings: Settings) -> faust.App:
             await asyncio.gather(*pending)  # delivered before the batch may be acked
             log.warning("%d dead letters sent to %s", len(pending), settings.dlq_topic)
 
+    async def publish_privacy(result: BatchResult) -> None:
+        """Each changed user's state on the compacted privacy topic, on the user's
+        partition, delivered before the batch may be acked (the restore reads it back)."""
+        pending = []
+        for state in result.privacy:
+            key, value = encode_state(state)
+            pending.append(
+                await privacy_topic.send(key=key, value=value, partition=state.partition)
+            )
+        if pending:
+            await asyncio.gather(*pending)
+            for state in result.privacy:
+                metrics.PRIVACY_SECONDS.observe(max(0.0, time.time() - state.requested_at))
+
     @app.agent(events_topic)
     async def profiles(stream: faust.StreamT[Any]) -> None:
         worker = await processor()
@@ -94,6 +118,7 @@ def create_app(settings: Settings) -> faust.App:
             result = await on_thread(worker.process, messages)
             log.debug("batch of %d messages: %s", len(messages), result)
             await send_dead_letters(result)
+            await publish_privacy(result)
             last: dict[Any, int] = {}
             for e in batch:
                 last[e.message.tp] = max(last.get(e.message.tp, -1), e.message.offset)
@@ -157,8 +182,9 @@ def create_app(settings: Settings) -> faust.App:
         """Browser beacons: one event or a JSON array of events."""
 
         async def post(self, request: Any) -> Any:
-            auth = request.headers.get("Authorization", "")
-            key = auth[7:] if auth.startswith("Bearer ") else request.headers.get("X-API-Key")
+            key = key_from_headers(
+                request.headers.get("Authorization"), request.headers.get("X-API-Key")
+            )
             reply = collector().accept(await request.read(), request.remote or "", key)
             headers = {}
             if reply.status == 429:

@@ -6,6 +6,10 @@ answered with their reasons and never sent. A batch with some valid events is ac
 part (202, with the rejected indexes), so one bad event in a beacon does not cost the rest;
 a request with none valid is a 422. Bodies over the size limit are a 413.
 
+A browser may send the user's own consent choice (``{"type": "opt_out"}`` or ``"opt_in"``,
+``streams/privacy.py``) like any event; an erasure is an admin request
+(``DELETE /v1/users/{id}`` on the API) and is refused here.
+
 Access: when write keys are configured, a request must carry one (``Authorization: Bearer
 KEY`` or ``X-API-Key: KEY``), compared in constant time, else 401. Every client address has
 a token bucket of requests (not every key: all the browsers of a site share its key); past
@@ -14,7 +18,6 @@ it, 429 with ``Retry-After``.
 
 from __future__ import annotations
 
-import hmac
 import json
 import math
 import time
@@ -24,7 +27,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from streams import metrics
-from streams.events import DeadLetter, Event, validate_event
+from streams.access import AccessKeys
+from streams.events import DeadLetter, PrivacyAction, PrivacyRequest, Record, validate_event
 from streams.producer import EventProducer
 
 MAX_EVENTS_PER_REQUEST = 500
@@ -75,15 +79,11 @@ class Collector:
         self.max_body_bytes = max_body_bytes
         self.max_event_bytes = max_event_bytes
         self.max_future_skew_s = max_future_skew_s
-        self.write_keys = [k.encode() for k in write_keys]
+        self.write_keys = AccessKeys(write_keys)
         self.limiter = limiter
 
     def authorized(self, key: str | None) -> bool:
-        if not self.write_keys:
-            return True
-        given = (key or "").encode()
-        matches = [hmac.compare_digest(given, k) for k in self.write_keys]  # no early exit
-        return any(matches)
+        return self.write_keys.allows(key)
 
     def accept(self, body: bytes, client: str = "", api_key: str | None = None) -> CollectorReply:
         if not self.authorized(api_key):
@@ -112,7 +112,7 @@ class Collector:
                 413, {"error": f"{len(items)} events > {MAX_EVENTS_PER_REQUEST} per request"}
             )
         now = time.time()
-        valid: list[Event] = []
+        valid: list[Record] = []
         rejected: list[dict[str, Any]] = []
         for index, item in enumerate(items):
             result = validate_event(
@@ -123,6 +123,9 @@ class Collector:
             )
             if isinstance(result, DeadLetter):
                 rejected.append({"index": index, "reason": result.reason})
+            elif isinstance(result, PrivacyRequest) and result.type is PrivacyAction.ERASE:
+                reason = "erase: an erasure is an admin request (DELETE /v1/users/{id})"
+                rejected.append({"index": index, "reason": reason})
             else:
                 valid.append(result)
         for event in valid:

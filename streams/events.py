@@ -5,6 +5,11 @@ or a JSON array of events. The SDK and the collector send arrays: one message pe
 batch, because a Faust agent handles a few thousand *messages* per second but folds hundreds
 of thousands of events per second when each message carries many (see DESIGN.md). Every
 event of an array is validated on its own, so one bad element never costs its neighbours.
+
+Besides what shoppers do (``Event``), the topic carries what users decide about their data
+(``PrivacyRequest``: opt out, opt back in, erase), in the same stream and partition as
+their events, so the worker applies a choice exactly between the events before and after
+it (``streams/privacy.py``).
 """
 
 from __future__ import annotations
@@ -18,17 +23,28 @@ from functools import cached_property
 from typing import Annotated, Any
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
     StringConstraints,
     TypeAdapter,
     ValidationError,
-    field_validator,
     model_validator,
 )
 
 Id = Annotated[str, StringConstraints(min_length=1, max_length=128, strip_whitespace=True)]
+
+
+def _utc(value: datetime) -> datetime:
+    """Naive timestamps are taken as UTC; aware ones are converted to it."""
+    offset = value.utcoffset()
+    if offset is None or not offset:  # naive, or already UTC under another tzinfo class
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+UtcTime = Annotated[datetime, AfterValidator(_utc)]
 
 
 class EventType(StrEnum):
@@ -47,7 +63,7 @@ class Event(BaseModel):
     event_id: Id
     user_id: Id
     type: EventType
-    ts: datetime
+    ts: UtcTime
     item_id: Id | None = None
     query: Annotated[str, StringConstraints(max_length=256, strip_whitespace=True)] | None = None
     session_id: Id | None = None
@@ -55,15 +71,6 @@ class Event(BaseModel):
     context: dict[Id, Annotated[str, StringConstraints(max_length=256)]] | None = Field(
         default=None, max_length=16
     )
-
-    @field_validator("ts")
-    @classmethod
-    def _utc(cls, value: datetime) -> datetime:
-        """Naive timestamps are taken as UTC; aware ones are converted to it."""
-        offset = value.utcoffset()
-        if offset is None or not offset:  # naive, or already UTC under another tzinfo class
-            return value.replace(tzinfo=UTC)
-        return value.astimezone(UTC)
 
     @model_validator(mode="after")
     def _item_or_query(self) -> Event:
@@ -85,6 +92,37 @@ class Event(BaseModel):
         return self.model_dump(mode="json", exclude_none=True)
 
 
+class PrivacyAction(StrEnum):
+    OPT_OUT = "opt_out"  # no profile from now on; what was kept is wiped
+    OPT_IN = "opt_in"  # personalization again, from a fresh profile
+    ERASE = "erase"  # everything kept about the user up to now is deleted (admin request)
+
+
+class PrivacyRequest(BaseModel):
+    """A user's decision about their data. On the wire it looks like an event (``type`` is
+    the action), so it travels in order with the user's events through any producer."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    event_id: Id
+    user_id: Id
+    type: PrivacyAction
+    ts: UtcTime
+
+    @cached_property
+    def epoch(self) -> float:
+        return self.ts.timestamp()
+
+    def to_wire(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+Record = Event | PrivacyRequest
+"""What one element of an ``events`` message can be."""
+
+PRIVACY_TYPES = frozenset(a.value for a in PrivacyAction)
+
+
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
     """A message or array element that failed validation, with the reason, for ``events.dlq``."""
@@ -95,8 +133,12 @@ class DeadLetter:
 
 @dataclass(frozen=True, slots=True)
 class DecodedMessage:
-    events: list[Event]
+    records: list[Record]  # in message order: privacy requests sit between events
     dead: list[DeadLetter]
+
+    @property
+    def events(self) -> list[Event]:
+        return [r for r in self.records if isinstance(r, Event)]
 
 
 def _reason(error: ValidationError) -> str:
@@ -109,20 +151,23 @@ def _reason(error: ValidationError) -> str:
 
 def validate_event(
     obj: Any, *, now: float, max_future_skew_s: float, max_event_bytes: int
-) -> Event | DeadLetter:
+) -> Record | DeadLetter:
     """Validate one decoded JSON value; ``now`` is injected so replay stays deterministic."""
     if not isinstance(obj, dict):
         return DeadLetter(_dump(obj), f"schema: expected a JSON object, got {type(obj).__name__}")
     raw = _dump(obj)
     if len(raw) > max_event_bytes:
         return DeadLetter(raw[:1024], f"size: event of {len(raw)} bytes > {max_event_bytes}")
+    schema: type[Event] | type[PrivacyRequest] = (
+        PrivacyRequest if obj.get("type") in PRIVACY_TYPES else Event
+    )
     try:
-        event = Event.model_validate(obj)
+        record = schema.model_validate(obj)
     except ValidationError as exc:
         return DeadLetter(raw, _reason(exc))
-    if event.epoch > now + max_future_skew_s:
-        return DeadLetter(raw, f"time: ts {event.ts.isoformat()} is in the future")
-    return event
+    if record.epoch > now + max_future_skew_s:
+        return DeadLetter(raw, f"time: ts {record.ts.isoformat()} is in the future")
+    return record
 
 
 _EVENT_LIST = TypeAdapter(list[Event])
@@ -169,24 +214,27 @@ def decode_message(
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         return DecodedMessage([], [DeadLetter(value, f"json: {exc}")])
     items = decoded if isinstance(decoded, list) else [decoded]
-    events: list[Event] = []
+    records: list[Record] = []
     dead: list[DeadLetter] = []
     for item in items:
         result = validate_event(
             item, now=now, max_future_skew_s=max_future_skew_s, max_event_bytes=max_event_bytes
         )
-        (events if isinstance(result, Event) else dead).append(result)  # type: ignore[arg-type]
-    return DecodedMessage(events, dead)
+        if isinstance(result, DeadLetter):
+            dead.append(result)
+        else:
+            records.append(result)
+    return DecodedMessage(records, dead)
 
 
-def encode_event(event: Event) -> bytes:
+def encode_event(event: Record) -> bytes:
     """The wire form of a single event: a JSON object."""
     return _dump(event.to_wire())
 
 
-def encode_events(events: Iterable[Event | dict[str, Any]]) -> bytes:
+def encode_events(events: Iterable[Record | dict[str, Any]]) -> bytes:
     """The wire form of a batch: a JSON array of events."""
-    return _dump([e.to_wire() if isinstance(e, Event) else e for e in events])
+    return _dump([e if isinstance(e, dict) else e.to_wire() for e in events])
 
 
 def _dump(obj: Any) -> bytes:

@@ -12,10 +12,15 @@ the profile worker: it reads every event message too, and the profile worker's t
 is the system's ceiling (issue 4), so it scales and fails apart. Per-arm impressions,
 clicks, conversions, CTR and CVR are Prometheus gauges on its ``/metrics`` page, summed
 over the partitions this worker owns (across workers: ``sum by (arm)``).
+
+Privacy (``streams/privacy.py``): an opt-out or erasure on the events topic removes the
+user's record (a changelog tombstone), and the events of opted-out or wiped users are left
+out, by the same rule as the profile worker's.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Iterator
@@ -28,14 +33,17 @@ from prometheus_client.registry import Collector
 from pydantic import ValidationError
 
 from streamrank.settings import Settings, get_settings
-from streams.events import decode_message
+from streams.events import PrivacyAction, PrivacyRequest
 from streams.experiments import ArmResult, ExperimentJoin, arm_totals
 from streams.impressions import Impression
+from streams.messages import RawMessage, ValidationLimits
+from streams.privacy import PrivacyLog, PrivacyRegistry, kept_events
 from streams.producer import partition_for
 from streams.transport import stream_app
 
 log = logging.getLogger(__name__)
 
+WIPES = {PrivacyAction.OPT_OUT, PrivacyAction.ERASE}
 JOINED = Counter(
     "streamrank_experiment_messages_total",
     "Messages read by the experiment join, by topic and outcome",
@@ -103,6 +111,10 @@ def create_experiment_app(settings: Settings) -> faust.App:
         "experiment-join", partitions=settings.events_partitions
     )
     join = ExperimentJoin(settings.experiment_window_s, users=users)
+    limits = ValidationLimits.from_settings(settings)  # judged as the profile worker judges
+    privacy = PrivacyRegistry(
+        PrivacyLog(settings.kafka_client_config(), settings.privacy_topic).load
+    )
 
     def owned() -> set[int]:
         return {tp.partition for tp in app.assignor.assigned_actives()}
@@ -128,7 +140,15 @@ def create_experiment_app(settings: Settings) -> faust.App:
                     continue
                 join.add_impression(impression)
             else:  # invalid events are the profile worker's to dead-letter
-                for clicked in decode_message(event.value, now=time.time()).events:
+                msg = event.message
+                raw = RawMessage(msg.partition, msg.offset, event.value, msg.timestamp)
+                records = limits.decode(raw, time.time()).records
+                if not privacy.knows(msg.partition):  # restored once, off the event loop
+                    await asyncio.to_thread(privacy.ensure_partitions, [msg.partition])
+                for record in records:
+                    if isinstance(record, PrivacyRequest) and record.type in WIPES:
+                        join.forget(record.user_id)
+                for clicked in kept_events(privacy, msg.partition, msg.offset, records):
                     join.add_event(clicked)
             JOINED.labels(topic, "joined").inc()
 

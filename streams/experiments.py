@@ -136,6 +136,11 @@ class ExperimentJoin:
                 break
         self.users[event.user_id] = record
 
+    def forget(self, user_id: str) -> None:
+        """An opt-out or erasure: the user's record goes (and with it their share of the
+        per-arm counts, which were kept in it)."""
+        self.users.pop(user_id, None)
+
     def _recent(self, entries: list[dict[str, Any]], keep: int, now: float) -> list[dict[str, Any]]:
         """Entries still inside the window of the time just seen, at most ``keep``."""
         horizon = now - self.window_s

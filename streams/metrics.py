@@ -5,7 +5,7 @@ from prometheus_client import Counter, Gauge, Histogram
 EVENTS = Counter(
     "streamrank_events_total",
     "Events seen by the profile worker, by outcome",
-    ["outcome"],  # applied | duplicate | redelivered | dead
+    ["outcome"],  # applied | duplicate | redelivered | dead | withheld (privacy)
 )
 MESSAGES = Counter("streamrank_messages_total", "Kafka messages consumed from the events topic")
 SKIPPED_MESSAGES = Counter(
@@ -40,4 +40,16 @@ COLLECTED = Counter(
 )
 STORE_RETRIES = Counter(
     "streamrank_store_retries_total", "Online store calls that failed and were retried", ["what"]
+)
+PRIVACY_REQUESTS = Counter(
+    "streamrank_privacy_requests_total", "Opt-outs, opt-ins and erasures applied", ["action"]
+)
+PRIVACY_SECONDS = Histogram(
+    "streamrank_privacy_apply_seconds",
+    "From a privacy request's time to its state being written and published",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+NAMESPACE_ERASE_FAILURES = Counter(
+    "streamrank_namespace_erase_failures_total",
+    "Replay namespaces that wiped users could not be removed from (see the worker log)",
 )

@@ -16,22 +16,16 @@ from streamrank.catalog import Catalog
 from streamrank.settings import Settings
 from streams import metrics
 from streams.covisitation import covisit_anchors
-from streams.events import DeadLetter, DecodedMessage, Event, decode_message
+from streams.events import DeadLetter, PrivacyAction, PrivacyRequest, Record
+from streams.messages import RawMessage, ValidationLimits
 from streams.outbox import ItemEffect
 from streams.popularity import add_popularity
+from streams.privacy import PrivacyLog, PrivacyRegistry, PrivacyState
 from streams.profile import TYPE_WEIGHTS, ItemLookup, apply_event
 from streams.sink import FeastProfileStore
 from streams.state import ProfileState
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class RawMessage:
-    partition: int
-    offset: int
-    value: bytes | None
-    timestamp: float | None = None  # the log's time for it (epoch s): validation, latency
 
 
 @dataclass
@@ -43,35 +37,8 @@ class BatchResult:
     skipped_messages: int = 0  # messages at or below the partition's checkpoint
     dead_letters: list[tuple[RawMessage, DeadLetter]] = field(default_factory=list)
     profiles_written: int = 0
-
-
-@dataclass(frozen=True)
-class ValidationLimits:
-    max_future_skew_s: float = 300.0
-    max_event_bytes: int = 64 * 1024
-    max_message_bytes: int = 4 * 1024 * 1024
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> ValidationLimits:
-        return cls(settings.max_future_skew_s, settings.max_event_bytes, settings.max_message_bytes)
-
-    def decode(self, msg: RawMessage, now: float) -> DecodedMessage:
-        """One message judged as every consumer of ``events`` judges it (see ``arrival``)."""
-        return decode_message(
-            msg.value,
-            now=arrival(msg, now),
-            max_future_skew_s=self.max_future_skew_s,
-            max_event_bytes=self.max_event_bytes,
-            max_message_bytes=self.max_message_bytes,
-        )
-
-
-def arrival(msg: RawMessage, now: float) -> float:
-    """When the message arrived, for the "from the future" check: its log time, capped by
-    the processing clock (a forged future log time cannot widen the window). The live
-    worker and a replay years later judge every event alike, so they dead-letter the same
-    ones."""
-    return now if msg.timestamp is None else min(msg.timestamp, now)
+    withheld: int = 0  # events of opted-out or wiped users (streams/privacy.py)
+    privacy: list[PrivacyState] = field(default_factory=list)  # to publish, in order
 
 
 class ProfileProcessor:
@@ -97,25 +64,34 @@ class ProfileProcessor:
         now = self.clock()
         state.ensure_partitions({m.partition for m in messages})
 
-        decoded: list[tuple[RawMessage, list[Event]]] = []
+        decoded: list[tuple[RawMessage, list[Record]]] = []
         for msg in messages:
             state.advance(msg.partition, msg.offset)
             if msg.offset <= state.checkpoints[msg.partition]:
                 result.skipped_messages += 1  # every effect of this message is written
                 continue
             out = self.limits.decode(msg, now)
-            state.count(msg.partition, len(out.events), len(out.dead))
+            state.count(msg.partition, len(out.records), len(out.dead))
             result.dead_letters.extend((msg, dead) for dead in out.dead)
-            if out.events:
-                decoded.append((msg, out.events))
+            if out.records:
+                decoded.append((msg, out.records))
 
-        state.ensure_users(e.user_id for _, events in decoded for e in events)
+        state.ensure_users(r.user_id for _, records in decoded for r in records)
         effects: list[ItemEffect] = []
-        for msg, events in decoded:
+        for msg, records in decoded:
             touched: set[str] = set()
             replayed: set[str] = set()
-            for event in events:
+            for event in records:
+                if isinstance(event, PrivacyRequest):
+                    touched.discard(event.user_id)  # the wiped profile records nothing
+                    result.privacy.append(self._apply_privacy(event, msg))
+                    continue
                 profile = state.profile(event.user_id)
+                if profile.opted_out or state.privacy.withholds(
+                    event.user_id, msg.partition, msg.offset
+                ):
+                    result.withheld += 1  # the tombstone holds even if the registry lost it
+                    continue
                 if profile.applied_offsets.get(msg.partition, -1) >= msg.offset:
                     result.redelivered += 1  # in the stored profile already (crash replay)
                     if event.user_id not in replayed:  # its item-side effects wait in the outbox
@@ -147,6 +123,20 @@ class ProfileProcessor:
         result.profiles_written = state.flush()
         self._observe(result, time.perf_counter() - started, messages)
         return result
+
+    def _apply_privacy(self, request: PrivacyRequest, msg: RawMessage) -> PrivacyState:
+        """The user's new standing; what is kept about them changes with it (a tombstone,
+        a deletion, or, opting in, a fresh start without the tombstone)."""
+        state = self.state
+        before = state.privacy.opted_out(request.user_id)
+        after = state.privacy.apply(request, msg.partition, msg.offset)
+        if request.type is not PrivacyAction.OPT_IN or before:
+            state.wipe(request.user_id, opted_out=after.opted_out)
+        metrics.PRIVACY_REQUESTS.labels(request.type.value).inc()
+        log.info(
+            "%s for %s at %d/%d", request.type.value, request.user_id, msg.partition, msg.offset
+        )
+        return after
 
     def _apply_item_effects(self, effects: list[ItemEffect]) -> None:
         """Popularity and co-visitation rows, in order; a row skips the effects of messages
@@ -187,6 +177,7 @@ class ProfileProcessor:
         metrics.EVENTS.labels("redelivered").inc(result.redelivered)
         metrics.SKIPPED_MESSAGES.inc(result.skipped_messages)
         metrics.EVENTS.labels("dead").inc(len(result.dead_letters))
+        metrics.EVENTS.labels("withheld").inc(result.withheld)
         for _, dead in result.dead_letters:
             metrics.DEAD_LETTERS.labels(dead.reason.split(":", 1)[0]).inc()
         appended = [m.timestamp for m in messages if m.timestamp]
@@ -197,11 +188,14 @@ class ProfileProcessor:
 def build_processor(
     settings: Settings, store: FeastProfileStore, **state_options: Any
 ) -> ProfileProcessor:
-    """The processor the live worker and replay both run, over the store given."""
+    """The processor the live worker and replay both run, over the store given. Both
+    restore users' privacy states from the privacy topic (the state now)."""
+    privacy_log = PrivacyLog(settings.kafka_client_config(), settings.privacy_topic)
     options: dict[str, Any] = {
         "max_profiles": settings.worker_max_profiles,
         "max_covisits": settings.worker_max_covisits,
         "item_flush_s": settings.worker_item_flush_s,
+        "privacy": PrivacyRegistry(privacy_log.load),
         **state_options,
     }
     return ProfileProcessor(

@@ -19,7 +19,7 @@ from aiokafka.partitioner import murmur2
 from confluent_kafka import KafkaException, Producer
 
 from infra.kafka_config import KafkaTarget, client_config
-from streams.events import Event, encode_event, encode_events
+from streams.events import PRIVACY_TYPES, Event, PrivacyRequest, Record, encode_event, encode_events
 from streams.pseudonyms import Pseudonymizer
 
 log = logging.getLogger(__name__)
@@ -83,11 +83,14 @@ class EventProducer:
         return len(topic.partitions)
 
     # --- sending ---------------------------------------------------------------------------
-    def send(self, event: Event | Mapping[str, Any]) -> None:
-        """Queue one event. A dict is validated first: a bad event raises here, at the edge.
-        The user id is replaced by its pseudonym (``user_ids``) before anything is sent."""
-        if not isinstance(event, Event):
-            event = Event.model_validate(event)
+    def send(self, event: Record | Mapping[str, Any]) -> None:
+        """Queue one event (or privacy request, ``streams/privacy.py``: it keeps its place
+        among the user's events). A dict is validated first: a bad event raises here, at
+        the edge. The user id is replaced by its pseudonym (``user_ids``) before anything
+        is sent."""
+        if isinstance(event, Mapping):
+            schema = PrivacyRequest if event.get("type") in PRIVACY_TYPES else Event
+            event = schema.model_validate(event)
         pseudonym = self.user_ids(event.user_id)
         if pseudonym != event.user_id:
             event = event.model_copy(update={"user_id": pseudonym})
@@ -104,7 +107,7 @@ class EventProducer:
                 self._send_partition(partition)
         self._producer.poll(0)
 
-    def send_many(self, events: Iterable[Event | Mapping[str, Any]]) -> None:
+    def send_many(self, events: Iterable[Record | Mapping[str, Any]]) -> None:
         for event in events:
             self.send(event)
 

@@ -114,6 +114,12 @@ class UserProfile:
     applied_offsets: dict[int, int] = field(default_factory=dict)
     recent_event_ids: list[str] = field(default_factory=list)
     outbox: list[ItemEffect] = field(default_factory=list)  # see streams/outbox.py
+    opted_out: bool = False
+    """A tombstone: the user opted out, nothing else is kept (``streams/privacy.py``)."""
+
+    @classmethod
+    def tombstone(cls, user_id: str) -> UserProfile:
+        return cls(user_id=user_id, opted_out=True)
 
     @property
     def event_count(self) -> int:
@@ -168,12 +174,13 @@ class UserProfile:
         row["applied_offsets"] = json.dumps({str(p): o for p, o in self.applied_offsets.items()})
         row["recent_event_ids"] = list(self.recent_event_ids)
         row["outbox"] = encode_outbox(self.outbox)
+        row["opted_out"] = int(self.opted_out)
         return row
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> UserProfile:
         """Rebuild the state written by ``to_row``; missing values give an empty profile."""
-        profile = cls(user_id=str(row["user_id"]))
+        profile = cls(user_id=str(row["user_id"]), opted_out=bool(row.get("opted_out")))
         if row.get("as_of") is None:
             return profile
         profile.as_of = profile.ref = float(row["as_of"])

@@ -12,6 +12,11 @@ Fast: no group protocol, batches of ``replay_batch_messages`` messages (an SDK m
 carries up to 200 events), each user's row written once per batch, and partitions spread
 over ``replay_workers`` processes (the fold is pure Python: one process per core).
 
+Privacy: the workers start from every user's privacy state *now* (the compacted privacy
+topic, ``streams/privacy.py``), so the events an opt-out or erasure wiped, then or since,
+are withheld, and what users decide within the range is applied as it was live. Users whose
+state changes while the replay runs are removed from the namespace at its end.
+
 Resumable: every batch ends with the namespace's checkpoint per partition, written after
 the rows it covers, exactly as in the live worker. A replay killed at any point and started
 again with the same range skips what is stored, and the profiles' applied offsets stop the
@@ -38,8 +43,10 @@ from tqdm.auto import tqdm
 from feature_repo.namespaces import Manifest, Namespace, ReplayRange
 from streamrank.settings import Settings
 from streams.events import Event
+from streams.messages import RawMessage, ValidationLimits
 from streams.offsets import Lookup, TopicLog, find_offset, message_time
-from streams.processor import RawMessage, ValidationLimits, build_processor
+from streams.privacy import PrivacyLog, PrivacyRegistry, PrivacyState, kept_events
+from streams.processor import build_processor
 from streams.sink import FeastProfileStore
 
 log = logging.getLogger(__name__)
@@ -153,16 +160,50 @@ def read_events(
     settings: Settings, replayed: ReplayRange, progress: bool = False
 ) -> Iterator[Event]:
     """The valid events of a range, in log order per partition, judged as the worker
-    judges them (dead letters are left out, as they are by the fold)."""
+    judges them (dead letters are left out, as they are by the fold), without the events
+    users' privacy states withhold."""
     limits = ValidationLimits.from_settings(settings)
+    privacy = PrivacyRegistry(_privacy_log(settings).load)
     bar = tqdm(total=replayed.messages, desc="reading", unit="msg", disable=not progress)
     for partition in sorted(replayed.start):
         start, stop = replayed.start[partition], replayed.stop[partition]
+        privacy.ensure_partitions([partition])
         for batch in read_messages(settings, partition, start, stop, 1000):
             for msg in batch:
-                yield from limits.decode(msg, time.time()).events
+                records = limits.decode(msg, time.time()).records
+                yield from kept_events(privacy, msg.partition, msg.offset, records)
             bar.update(len(batch))
     bar.close()
+
+
+def _privacy_log(settings: Settings) -> PrivacyLog:
+    return PrivacyLog(settings.kafka_client_config(), settings.privacy_topic)
+
+
+def purge_changed(
+    settings: Settings,
+    namespace: Namespace,
+    before: dict[str, PrivacyState],
+    after: dict[str, PrivacyState],
+) -> list[str]:
+    """Remove from the namespace the users who opted out or were erased while it was being
+    filled (its workers started from ``before``). Returns them."""
+    changed = sorted(
+        user
+        for user, now in after.items()
+        if (then := before.get(user)) is None
+        or now.wiped_through > then.wiped_through
+        or (now.opted_out and not then.opted_out)
+    )
+    changed = [u for u in changed if after[u].opted_out or after[u].wiped_through >= 0]
+    if changed:
+        FeastProfileStore(namespace.open_store()).delete_profiles(changed)
+        log.info(
+            "namespace %s: %d users removed (privacy requests during the replay)",
+            namespace.name,
+            len(changed),
+        )
+    return changed
 
 
 # --- running ----------------------------------------------------------------------------------
@@ -236,6 +277,7 @@ def replay(
         manifest = Manifest(namespace=namespace.name, range=replayed)
         namespace.create(manifest)
     started = time.perf_counter()
+    privacy_before = _privacy_log(settings).read()
     parts = [p for p in sorted(replayed.start) if replayed.stop[p] > replayed.start[p]]
     workers = max(1, min(workers or settings.replay_workers, len(parts) or 1))
     bar = tqdm(
@@ -249,6 +291,7 @@ def replay(
     else:
         _in_processes(settings, namespace.name, replayed, parts, workers, bar)
     bar.close()
+    purge_changed(settings, namespace, privacy_before, _privacy_log(settings).read())
     totals = FeastProfileStore(namespace.open_store()).read_partition_counts(sorted(replayed.start))
     manifest.events = sum(c.events for c in totals.values())
     manifest.dead_letters = sum(c.dead_letters for c in totals.values())

@@ -110,6 +110,17 @@ class ViewIO:
         self.provider.online_write_batch(self.store.config, self.view, data, progress=None)
         return len(rows)
 
+    def delete(self, keys: Sequence[Mapping[str, Any]]) -> int:
+        """Remove the rows of ``keys`` (an erasure): our SQLite and Redis plug-ins add
+        ``online_delete`` to Feast's store interface, which has no way to do it."""
+        if not keys:
+            return 0
+        online = self.provider.online_store
+        if not hasattr(online, "online_delete"):
+            raise NotImplementedError(f"{type(online).__name__} cannot delete entities")
+        entity_keys = [self._entity_key(k) for k in keys]
+        return int(online.online_delete(self.store.config, self.view, entity_keys))
+
     @property
     def reads_async(self) -> bool:
         """Whether the online store has its own async read (Feast: Redis yes, SQLite no)."""
@@ -181,6 +192,9 @@ class FeastProfileStore:
 
     def write_profiles(self, profiles: Iterable[UserProfile]) -> int:
         return self.profiles.write([p.to_row() for p in profiles])
+
+    def delete_profiles(self, user_ids: Sequence[str]) -> int:
+        return self.profiles.delete([{"user_id": u} for u in user_ids])
 
     # --- item side ------------------------------------------------------------------------
     def read_popularity(self, partitions: Sequence[int]) -> dict[int, PartitionPopularity]:

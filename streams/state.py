@@ -14,6 +14,10 @@ rewinds to the checkpoints, so the redelivered messages are folded into the prof
 lack them, and the outbox entries of the profiles that hold them are applied to the item
 rows that lack them. Messages at or below a partition's checkpoint are skipped whole.
 
+Privacy (``streams/privacy.py``): a wiped user's row is replaced by a tombstone (opted out)
+or queued for deletion (erased); deletions go to the store before the flush's writes, so a
+fresh profile started after an erasure in the same batch survives it.
+
 Memory is bounded: at most ``max_profiles`` profiles and ``max_covisits`` co-visitation
 rows stay cached. The least recently used clean ones are dropped after each flush and read
 back from the store when needed again.
@@ -28,6 +32,7 @@ from typing import TypeVar
 
 from streams.covisitation import CovisitRow
 from streams.popularity import PartitionPopularity, trim
+from streams.privacy import PrivacyRegistry
 from streams.profile import UserProfile
 from streams.sink import FeastProfileStore, PartitionCounts, retry_forever
 
@@ -40,8 +45,12 @@ class ProfileState:
         max_covisits: int = 50_000,
         item_flush_s: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
+        privacy: PrivacyRegistry | None = None,
+        on_wiped: Callable[[list[str]], None] | None = None,
     ):
         self.store = store
+        self.privacy = privacy or PrivacyRegistry()
+        self.on_wiped = on_wiped  # e.g. erase the users from replay namespaces too
         self.max_profiles = max_profiles
         self.max_covisits = max_covisits
         self.item_flush_s = item_flush_s
@@ -55,11 +64,15 @@ class ProfileState:
         self._dirty_users: set[str] = set()
         self._dirty_partitions: set[int] = set()
         self._dirty_covisits: set[tuple[int, str]] = set()
+        self._deleted_users: set[str] = set()
+        self._wiped_users: set[str] = set()
         self._processed: dict[int, int] = {}  # last offset folded, per partition
         self._items_written: dict[int, int] = {}  # item rows hold every effect up to here
 
     # --- loading ----------------------------------------------------------------------------
     def ensure_partitions(self, partitions: Iterable[int]) -> None:
+        partitions = set(partitions)
+        self.privacy.ensure_partitions(partitions)
         missing = sorted({p for p in partitions if p not in self.checkpoints})
         if not missing:
             return
@@ -88,6 +101,19 @@ class ProfileState:
     def mark_user(self, user_id: str) -> None:
         self._dirty_users.add(user_id)
 
+    def wipe(self, user_id: str, opted_out: bool) -> None:
+        """Forget what is kept about ``user_id`` (``streams/privacy.py``): an opted-out
+        user's row becomes a tombstone; otherwise it is deleted, and a fresh profile takes
+        its place in the cache for the user's later events."""
+        self._dirty_users.discard(user_id)
+        self._wiped_users.add(user_id)
+        if opted_out:
+            self.profiles[user_id] = UserProfile.tombstone(user_id)
+            self._dirty_users.add(user_id)
+        else:
+            self.profiles[user_id] = UserProfile(user_id)
+            self._deleted_users.add(user_id)
+
     def mark_partition(self, partition: int) -> None:
         self._dirty_partitions.add(partition)
 
@@ -109,6 +135,10 @@ class ProfileState:
         waiting for the item rows; their outbox entries cover the item rows meanwhile.
         Every write is retried until done. Returns the number of profiles written."""
         crowded = len(self._dirty_covisits) > self.max_covisits // 2  # dirty rows stay cached
+        if self._deleted_users:  # before the writes: a profile begun since must survive
+            deleted = sorted(self._deleted_users)
+            retry_forever(lambda: self.store.delete_profiles(deleted), "deleting profiles")
+            self._deleted_users.clear()
         users = [self.profiles[u] for u in sorted(self._dirty_users)]
         for user in users:  # effects already in the item rows need no outbox entry
             user.outbox = [
@@ -116,6 +146,9 @@ class ProfileState:
             ]
         written = retry_forever(lambda: self.store.write_profiles(users), "writing profiles")
         self._dirty_users.clear()
+        if self._wiped_users and self.on_wiped is not None:
+            self.on_wiped(sorted(self._wiped_users))
+        self._wiped_users.clear()
         if items or (items is None and (self._items_due() or crowded)):
             self._write_item_rows()
             self._write_checkpoints()
@@ -176,6 +209,7 @@ class ProfileState:
         Unwritten item rows of dropped partitions are dropped too: the next owner rewinds to
         the checkpoint and rebuilds them from the profiles' outboxes."""
         self.profiles.clear()
+        self.privacy.forget(partitions)
         dropped = (
             set(self.checkpoints) | set(self.popularity) if partitions is None else set(partitions)
         )

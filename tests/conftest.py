@@ -97,6 +97,7 @@ def isolated_settings(home: Path, bootstrap: str | None = None, **overrides: obj
         "events_topic": f"events-{tag}",
         "dlq_topic": f"events-{tag}.dlq",
         "impressions_topic": f"impressions-{tag}",
+        "privacy_topic": f"privacy-{tag}",
         "consumer_group": f"profiles-{tag}",
         "experiments_group": f"experiments-{tag}",
         "experiments_web_port": free_port(),
@@ -113,7 +114,7 @@ def isolated_settings(home: Path, bootstrap: str | None = None, **overrides: obj
 @pytest.fixture
 def settings(home: Path, broker: EmbeddedBroker) -> Settings:
     s = isolated_settings(home, broker.bootstrap)
-    ensure_topics(s.bootstrap(), s.topics())
+    ensure_topics(s.bootstrap(), s.topics(), compacted=s.compacted_topics())
     return s
 
 

@@ -76,6 +76,34 @@ def test_profiles_round_trip_through_each_online_store(
         assert keys and all(client.ttl(k) > 0 for k in keys)  # every profile expires
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_an_erased_profile_leaves_each_online_store(
+    backend: str, home: Path, request: pytest.FixtureRequest
+) -> None:
+    """Feast's store interface cannot delete an entity; both our plug-ins can."""
+    overrides: dict[str, object] = {"home": home, "online_store": backend}
+    if backend == "redis":
+        overrides["redis_url"] = request.getfixturevalue("redis_server").url
+    store = FeastProfileStore(apply_repo(Settings(**overrides)))  # type: ignore[arg-type]
+    kept, erased = fold([ev(1, "view", "a")]), fold([ev(2, "purchase", "b")])
+    kept.user_id, erased.user_id = "kept", "erased"
+    store.write_profiles([kept, erased])
+    store.write_checkpoints({0: 5})  # another view of the store: must survive
+    assert store.delete_profiles(["erased", "never-there"]) > 0
+    back = store.read_profiles(["kept", "erased"])
+    assert back["kept"].totals["view"] == 1
+    assert back["erased"].event_count == 0
+    assert store.read_checkpoints([0]) == {0: 5}
+    if backend == "redis":
+        client = redis.Redis.from_url(str(overrides["redis_url"]))
+        assert not any(b"erased" in key for key in client.keys("*"))  # the key itself is gone
+    else:
+        with sqlite3.connect(home / "online.db") as db:
+            table = f"{store.store.project}_{USER_PROFILE_VIEW}"
+            rows = db.execute(f'SELECT COUNT(*) FROM "{table}"').fetchone()[0]
+        assert rows == len(user_profile_schema())  # one row per feature: the kept user's
+
+
 def test_batched_sqlite_writes_are_what_feasts_own_store_writes(home: Path) -> None:
     """The plug-in changes how rows are written, never what: the same profiles written by
     Feast's stock SQLite store and by ours give identical tables, and Feast's public read

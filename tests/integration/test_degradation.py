@@ -31,7 +31,7 @@ def test_recommendations_survive_the_profile_store_going_down(
         home, broker.bootstrap, online_store="redis", redis_url=redis_server.url
     )
     prepare(settings, dataset)
-    ensure_topics(settings.bootstrap(), settings.topics())
+    ensure_topics(settings.bootstrap(), settings.topics(), compacted=settings.compacted_topics())
     profile = profile_of(catalog, ["1", "2", "3"], [])
     user = profile.user_id  # the raw id the site asks with; the store knows the pseudonym
     profile.user_id = Pseudonymizer.from_settings(settings)(user)

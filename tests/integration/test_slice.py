@@ -32,6 +32,7 @@ from streamrank.prepare import prepare
 from streamrank.settings import Settings
 from streams.events import Event
 from streams.impressions import Impression
+from streams.privacy import PrivacyLog
 from streams.producer import EventProducer, partition_for
 from streams.profile import UserProfile
 from streams.pseudonyms import Pseudonymizer
@@ -40,6 +41,7 @@ from tests.conftest import isolated_settings, make_home
 from tests.integration.checks import assert_profiles_equal, offline_truth
 
 pytestmark = pytest.mark.integration
+ADMIN_KEY = "it-admin-key"
 
 
 @dataclass
@@ -69,12 +71,9 @@ def stack(
     from serving import app as serve_app
 
     home = make_home(tmp_path_factory.mktemp("stack") / "home", catalog_home)
-    settings = isolated_settings(home, broker.bootstrap)
+    settings = isolated_settings(home, broker.bootstrap, admin_keys=[ADMIN_KEY])
     prepare(settings, dataset)
-    ensure_topics(
-        settings.bootstrap(),
-        settings.topics(),
-    )
+    ensure_topics(settings.bootstrap(), settings.topics(), compacted=settings.compacted_topics())
     running = Stack(settings, "", Catalog.load(home), FeastProfileStore(open_store(settings)), None)
     running.worker = start_worker(settings)
     running.experiment_worker = start_worker(settings, "experiment-worker")
@@ -138,6 +137,15 @@ def recommend(stack: Stack, user: str, **body: object) -> dict:
     )
     assert reply.status_code == 200, reply.text
     return reply.json()
+
+
+def until(check, within_s: float, message: str) -> float:  # type: ignore[no-untyped-def]
+    """Poll ``check`` until it holds; returns the seconds it took."""
+    started = time.monotonic()
+    while not check():
+        assert time.monotonic() - started < within_s, message
+        time.sleep(0.05)
+    return time.monotonic() - started
 
 
 def share_with(items: list[dict], categories: set[str]) -> float:
@@ -316,8 +324,16 @@ def test_raw_user_ids_reach_no_topic_no_state_and_no_store(stack: Stack) -> None
         assert stack.profile(user).event_count >= 3
         assert stack.store.read_profiles([user])[user].event_count == 0  # nothing raw
 
+    # the consent API takes raw ids too; the state it leads to is keyed by the pseudonym
+    consent = httpx.post(
+        f"{stack.url}/v1/users/{raw[1]}/consent", json={"personalization": False}, timeout=30
+    )
+    assert consent.status_code == 202, consent.text
+    privacy = PrivacyLog(s.bootstrap(), s.privacy_topic)
+    until(lambda: stack.pseudonym(raw[1]) in privacy.read(), 60, "the opt-out was not applied")
+
     needles = [u.encode() for u in raw]
-    for topic in (s.events_topic, s.dlq_topic, s.impressions_topic):
+    for topic in (s.events_topic, s.dlq_topic, s.impressions_topic, s.privacy_topic):
         for record in read_topic(s.bootstrap(), topic, timeout=10, idle_s=2):
             blob = (record.key or b"") + (record.value or b"")
             assert not any(n in blob for n in needles), (topic, record.offset)
@@ -422,3 +438,120 @@ def test_requests_generated_from_the_openapi_spec_never_get_a_5xx(
             case.call_and_validate()
 
         call()
+
+
+def visits(user: str, tag: str, items: list[str], kind: str = "view") -> list[Event]:
+    """Events with ids of their own (a user's second visit must not look like a retry)."""
+    now = datetime.now(UTC) - timedelta(minutes=5)
+    return [
+        Event(
+            event_id=f"{user}-{tag}-{n}",
+            user_id=user,
+            type=kind,  # type: ignore[arg-type]
+            item_id=item,
+            ts=now + timedelta(seconds=n),
+        )
+        for n, item in enumerate(items)
+    ]
+
+
+def impressions_of(stack: Stack, request_ids: set[str]) -> list[Impression]:
+    records = read_topic(stack.settings.bootstrap(), stack.settings.impressions_topic, idle_s=2)
+    shown = [Impression.model_validate_json(r.value or b"") for r in records]
+    return [i for i in shown if i.request_id in request_ids]
+
+
+def test_an_opted_out_user_keeps_no_profile_and_gets_no_personalization(stack: Stack) -> None:
+    s = stack.settings
+    user, items = "it-optout", stack.catalog.ids[20:32]
+    wait(stack, send(s, visits(user, "a", items[:4])))
+    assert recommend(stack, user)["strategy"] == "personalized"
+
+    # the site's consent banner sends the choice as an event, through the collector
+    collector = f"http://{s.worker_web_host}:{s.worker_web_port}/v1/events"
+    choice = {"event_id": f"{user}-no", "user_id": user, "type": "opt_out"}
+    reply = httpx.post(collector, json={**choice, "ts": datetime.now(UTC).isoformat()})
+    assert reply.status_code == 202, reply.text
+    until(lambda: stack.profile(user).opted_out, 60, "the opt-out never reached the profile")
+    wait(stack, send(s, visits(user, "b", items[4:8])))  # browsing on: none of it is kept
+
+    profile = stack.profile(user)
+    assert profile.opted_out and profile.event_count == 0 and profile.interest_sum is None
+    answer = recommend(stack, user)
+    assert answer["strategy"] == "opted_out" and answer["profile"] is None
+    assert len(answer["items"]) == 10
+    scored = httpx.post(f"{stack.url}/v1/score", json={"user_id": user, "item_ids": items[:2]})
+    assert scored.json()["fallback_reason"] == "the user opted out of personalization"
+    assert impressions_of(stack, {answer["request_id"]}) == []  # not even what was shown
+
+    # back in, through the API: a fresh start, nothing from before the opt-out
+    back = httpx.post(f"{stack.url}/v1/users/{user}/consent", json={"personalization": True})
+    assert back.status_code == 202 and back.json()["action"] == "opt_in"
+    until(lambda: not stack.profile(user).opted_out, 60, "the opt-in never applied")
+    wait(stack, send(s, visits(user, "c", items[8:11])))
+    assert stack.profile(user).totals["view"] == 3
+    assert recommend(stack, user)["strategy"] == "personalized"
+
+
+def test_an_erased_user_is_gone_everywhere_and_a_replay_does_not_bring_them_back(
+    stack: Stack,
+) -> None:
+    from feature_repo.namespaces import Namespace
+    from streams.replay import plan, replay
+
+    s = stack.settings
+    user, items = "it-erase", stack.catalog.ids[40:52]
+    shown = recommend(stack, user)
+    clicks = [shown["items"][0]["item_id"]]
+    wait(stack, send(s, visits(user, "a", items[:5]) + visits(user, "k", clicks, "click")))
+    assert stack.profile(user).event_count == 6
+    before = Namespace(s, "before_erase")
+    replay(s, before, plan(s, None), workers=1, progress=False)
+    copy = FeastProfileStore(before.open_store())
+    pseudonym = stack.pseudonym(user)
+    assert copy.read_profiles([pseudonym])[pseudonym].event_count == 6
+
+    url = f"{stack.url}/v1/users/{user}"
+    assert httpx.delete(url, timeout=30).status_code == 401
+    wrong = httpx.delete(url, headers={"Authorization": "Bearer nope"}, timeout=30)
+    assert wrong.status_code == 401
+    started = time.monotonic()
+    reply = httpx.delete(url, headers={"X-API-Key": ADMIN_KEY}, timeout=30)
+    assert reply.status_code == 202, reply.text
+    until(lambda: stack.profile(user).event_count == 0, 60, "the profile was not erased")
+    print(
+        f"\ntime to erase (DELETE -> profile gone from the online store): "
+        f"{time.monotonic() - started:.2f}s"
+    )
+
+    privacy = PrivacyLog(s.bootstrap(), s.privacy_topic)
+    until(lambda: pseudonym in privacy.read(), 30, "no privacy state was published")
+    assert privacy.read()[pseudonym].wiped_through >= 0
+    assert copy.read_profiles([pseudonym])[pseudonym].event_count == 0  # the old replay too
+
+    # the experiment join forgot them (a changelog tombstone), before anything new came
+    changelog = next(
+        t
+        for t in AdminClient({"bootstrap.servers": s.bootstrap()}).list_topics().topics
+        if t.startswith(s.experiments_group)
+    )
+
+    def join_forgot() -> bool:
+        mine = [
+            r
+            for r in read_topic(s.bootstrap(), changelog, idle_s=1)
+            if pseudonym.encode() in (r.key or b"")
+        ]
+        return bool(mine) and mine[-1].value is None
+
+    until(join_forgot, 60, "the experiment join still holds the user")
+    assert recommend(stack, user)["strategy"] == "cold_start"
+
+    # a replay of the whole log, after the erasure, does not rebuild them; when they come
+    # back, only what they do from now on counts
+    after = Namespace(s, "after_erase")
+    replay(s, after, plan(s, None), workers=1, progress=False)
+    rebuilt = FeastProfileStore(after.open_store()).read_profiles([pseudonym])[pseudonym]
+    assert rebuilt.event_count == 0
+    wait(stack, send(s, visits(user, "b", items[5:7])))
+    assert stack.profile(user).event_count == 2

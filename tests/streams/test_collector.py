@@ -62,3 +62,22 @@ def test_buckets_refill_and_stay_bounded() -> None:
         limiter.wait_s(f"spoofed-{n}", now=1.0)
     assert len(limiter._buckets) == 100
     assert RateLimiter(rate_per_s=0.0, burst=1).wait_s("c") == 0.0  # 0 turns it off
+
+
+def test_a_browser_may_send_its_consent_choice_but_never_an_erasure(
+    settings: Settings, producer: EventProducer
+) -> None:
+    from infra.kafka_admin import read_topic
+
+    now = datetime.now(UTC).isoformat()
+    choice = {"event_id": "c1", "user_id": "u-consent", "type": "opt_out", "ts": now}
+    erase = {"event_id": "c2", "user_id": "u-other", "type": "erase", "ts": now}
+    reply = Collector(producer).accept(json.dumps([choice, erase]).encode(), "1.2.3.4")
+    assert reply.status == 202
+    assert reply.body["accepted"] == 1
+    assert reply.body["rejected"][0]["index"] == 1
+    assert reply.body["rejected"][0]["reason"].startswith("erase:")
+    producer.flush()
+    records = read_topic(settings.bootstrap(), settings.events_topic, timeout=10, idle_s=2)
+    sent = [json.loads(r.value) for r in records]
+    assert [e["type"] for batch in sent for e in batch] == ["opt_out"]

@@ -12,7 +12,8 @@ from feature_repo.store import apply_repo
 from streamrank.catalog import Catalog
 from streamrank.settings import Settings
 from streams.events import Event, encode_events
-from streams.processor import ProfileProcessor, RawMessage
+from streams.messages import RawMessage
+from streams.processor import ProfileProcessor
 from streams.sink import FeastProfileStore
 from streams.state import ProfileState
 
