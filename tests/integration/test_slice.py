@@ -41,7 +41,8 @@ from tests.conftest import isolated_settings, make_home
 from tests.integration.checks import assert_profiles_equal, offline_truth
 
 pytestmark = pytest.mark.integration
-ADMIN_KEY = "it-admin-key"
+ADMIN_KEY, WRITE_KEY = "it-admin-key", "it-site-key"
+SITE = {"Authorization": f"Bearer {WRITE_KEY}"}  # what the site's pages and backend send
 
 
 @dataclass
@@ -71,7 +72,9 @@ def stack(
     from serving import app as serve_app
 
     home = make_home(tmp_path_factory.mktemp("stack") / "home", catalog_home)
-    settings = isolated_settings(home, broker.bootstrap, admin_keys=[ADMIN_KEY])
+    settings = isolated_settings(
+        home, broker.bootstrap, admin_keys=[ADMIN_KEY], collector_write_keys=[WRITE_KEY]
+    )
     prepare(settings, dataset)
     ensure_topics(settings.bootstrap(), settings.topics(), compacted=settings.compacted_topics())
     running = Stack(settings, "", Catalog.load(home), FeastProfileStore(open_store(settings)), None)
@@ -310,7 +313,7 @@ def test_raw_user_ids_reach_no_topic_no_state_and_no_store(stack: Stack) -> None
     delivered = send(s, neutral(behaviour(raw[0], items[:3], items[3:4]), "scan-a"))
     beacon = neutral(behaviour(raw[1], items[2:5], []), "scan-b")
     collector = f"http://{s.worker_web_host}:{s.worker_web_port}/v1/events"
-    reply = httpx.post(collector, json=[e.to_wire() for e in beacon], timeout=30)
+    reply = httpx.post(collector, json=[e.to_wire() for e in beacon], headers=SITE, timeout=30)
     assert reply.status_code == 202, reply.text
     deadline = time.monotonic() + 60
     while stack.profile(raw[1]).event_count < 3:  # the beacon went its own way to Kafka
@@ -326,7 +329,10 @@ def test_raw_user_ids_reach_no_topic_no_state_and_no_store(stack: Stack) -> None
 
     # the consent API takes raw ids too; the state it leads to is keyed by the pseudonym
     consent = httpx.post(
-        f"{stack.url}/v1/users/{raw[1]}/consent", json={"personalization": False}, timeout=30
+        f"{stack.url}/v1/users/{raw[1]}/consent",
+        json={"personalization": False},
+        headers=SITE,
+        timeout=30,
     )
     assert consent.status_code == 202, consent.text
     privacy = PrivacyLog(s.bootstrap(), s.privacy_topic)
@@ -470,7 +476,9 @@ def test_an_opted_out_user_keeps_no_profile_and_gets_no_personalization(stack: S
     # the site's consent banner sends the choice as an event, through the collector
     collector = f"http://{s.worker_web_host}:{s.worker_web_port}/v1/events"
     choice = {"event_id": f"{user}-no", "user_id": user, "type": "opt_out"}
-    reply = httpx.post(collector, json={**choice, "ts": datetime.now(UTC).isoformat()})
+    choice["ts"] = datetime.now(UTC).isoformat()
+    assert httpx.post(collector, json=choice).status_code == 401  # the site's key is needed
+    reply = httpx.post(collector, json=choice, headers=SITE)
     assert reply.status_code == 202, reply.text
     until(lambda: stack.profile(user).opted_out, 60, "the opt-out never reached the profile")
     wait(stack, send(s, visits(user, "b", items[4:8])))  # browsing on: none of it is kept
@@ -485,7 +493,9 @@ def test_an_opted_out_user_keeps_no_profile_and_gets_no_personalization(stack: S
     assert impressions_of(stack, {answer["request_id"]}) == []  # not even what was shown
 
     # back in, through the API: a fresh start, nothing from before the opt-out
-    back = httpx.post(f"{stack.url}/v1/users/{user}/consent", json={"personalization": True})
+    consent = f"{stack.url}/v1/users/{user}/consent"
+    assert httpx.post(consent, json={"personalization": True}).status_code == 401
+    back = httpx.post(consent, json={"personalization": True}, headers={"X-API-Key": WRITE_KEY})
     assert back.status_code == 202 and back.json()["action"] == "opt_in"
     until(lambda: not stack.profile(user).opted_out, 60, "the opt-in never applied")
     wait(stack, send(s, visits(user, "c", items[8:11])))
