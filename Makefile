@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 TORCH := torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo ui test lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -24,6 +24,9 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/streamrank demo
+
+ui: $(STAMP)
+	$(BIN)/streamrank demo --ui
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -104,6 +104,39 @@ class PrivacyAccepted(BaseModel):
     request_id: str
 
 
+class ItemCard(BaseModel):
+    item_id: str
+    title: str
+    categories: list[str]
+    price: float | None
+    available: bool
+
+
+class ItemPage(BaseModel):
+    """A page of the catalog (the storefront's grid), most popular first."""
+
+    items: list[ItemCard]
+    total: int
+    categories: list[str] = Field(description="every category of the catalog, for filters")
+
+
+class ProfileView(BaseModel):
+    """What the system keeps about a user, as the user may see it (seed 002: transparency)."""
+
+    user_id: str
+    opted_out: bool
+    experiment_arm: str
+    events: int
+    totals: dict[str, int] = Field(description="events per type, ever")
+    last_24h: dict[str, float] = Field(description="decayed events per type, 24 h window")
+    top_categories: list[tuple[str, float]]
+    recent: dict[str, list[ItemCard]] = Field(description="viewed, clicked, carted, purchased")
+    recent_queries: list[str]
+    sessions: int
+    session_events: int
+    last_event_at: float | None
+
+
 class ErrorMessage(BaseModel):
     detail: str
 
@@ -124,6 +157,10 @@ CONSENT_ERRORS: dict[int | str, dict[str, object]] = {
     **BAD_BODY,
     401: _error("a write key is configured and the request carries none or a wrong one"),
     503: UNRECORDED,
+}
+PROFILE_ERRORS: dict[int | str, dict[str, object]] = {
+    401: CONSENT_ERRORS[401],
+    503: _error("the profile store is unreachable"),
 }
 ERASE_ERRORS: dict[int | str, dict[str, object]] = {
     401: _error("no admin key, or a wrong one"),

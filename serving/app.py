@@ -18,8 +18,8 @@ import threading
 from typing import Annotated
 
 import numpy as np
-from fastapi import FastAPI, Header, HTTPException, Path
-from fastapi.responses import PlainTextResponse
+from fastapi import FastAPI, Header, HTTPException, Path, Query, Request
+from fastapi.responses import FileResponse, HTMLResponse, PlainTextResponse
 from prometheus_client import generate_latest
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -29,8 +29,11 @@ from serving.api import (
     BAD_BODY,
     CONSENT_ERRORS,
     ERASE_ERRORS,
+    PROFILE_ERRORS,
     ConsentRequest,
+    ItemPage,
     PrivacyAccepted,
+    ProfileView,
     RecommendationRequest,
     RecommendationResponse,
     ScoreRequest,
@@ -79,6 +82,10 @@ class Api:
         self.admin_keys = AccessKeys(k.get_secret_value() for k in settings.admin_keys)
         self._privacy_producer: object = None  # made on first use: the broker may be late
         self._privacy_lock = threading.Lock()
+        from serving.platform import PlatformMonitor
+
+        self.monitor = PlatformMonitor.from_settings(settings)
+        self._http: object = None
 
         # (helpers live inside the class: Ray ships the ingress class by value)
         def arm(name: str) -> Arm:
@@ -204,6 +211,91 @@ class Api:
             producer = self._privacy_producer
         producer.send(request)  # type: ignore[attr-defined]
         producer.flush(timeout=10)  # type: ignore[attr-defined]
+
+    # --- the storefront and the platform page (serving/pages.py) ---------------------------
+    @api.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def storefront(self, request: Request) -> str:
+        return self._page("storefront.html", request)
+
+    @api.get("/platform", response_class=HTMLResponse, include_in_schema=False)
+    async def platform(self, request: Request) -> str:
+        return self._page("platform.html", request)
+
+    @api.get("/static/{name}", include_in_schema=False)
+    async def static(self, name: str) -> FileResponse:
+        from serving.pages import asset
+
+        found = asset(name)
+        if found is None:
+            raise HTTPException(404, "no such file")
+        return FileResponse(found[0], media_type=found[1])
+
+    def _page(self, name: str, request: Request) -> str:
+        """The page with its settings: the collector is on the worker's web server (a site's
+        beacons go to a collector of their own), and the site's write key, which a real
+        page carries too (it identifies the site; the admin key never leaves the server)."""
+        from serving.pages import render
+
+        s = self.settings
+        host = request.url.hostname or "127.0.0.1"
+        collector = s.collector_public_url or f"http://{host}:{s.worker_web_port}/v1/events"
+        keys = s.collector_write_keys
+        return render(
+            name,
+            {
+                "collectorUrl": collector,
+                "writeKey": keys[0].get_secret_value() if keys else None,
+                "experiment": s.experiment_name,
+            },
+        )
+
+    @api.get("/v1/items", response_model=ItemPage)
+    async def items(
+        self,
+        q: Annotated[str | None, Query(max_length=256, description="words to match")] = None,
+        category: Annotated[str | None, Query(max_length=128)] = None,
+        limit: Annotated[int, Query(ge=1, le=100)] = 24,
+        offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+    ) -> ItemPage:
+        """The catalog's available items, most popular first (the storefront's grid)."""
+        from serving.storefront import list_items
+
+        popular = await self.recommender.popular()
+        return list_items(self.recommender.catalog, popular, q, category, limit, offset)
+
+    @api.get("/v1/users/{user_id}/profile", response_model=ProfileView, responses=PROFILE_ERRORS)
+    async def profile(
+        self, user_id: UserId, authorization: AuthHeader = None, x_api_key: KeyHeader = None
+    ) -> ProfileView:
+        """What is kept about the user, as they may see it (the site shows it to them)."""
+        from serving.storefront import profile_view
+
+        if not self.write_keys.allows(key_from_headers(authorization, x_api_key)):
+            raise HTTPException(401, "a valid write key is required")
+        user = self.recommender.pseudonyms(user_id)
+        try:
+            kept = await self.recommender.profile_of(user)
+        except Exception as exc:
+            raise HTTPException(503, "the profile store is unreachable") from exc
+        return profile_view(user_id, kept, self.recommender.catalog, self.recommender.arm_of(user))
+
+    @api.get("/v1/platform/summary")
+    async def platform_summary(self) -> dict[str, object]:
+        """Stream and serving health now, and the latest backtest (the platform page)."""
+        import httpx
+
+        if self._http is None:
+            self._http = httpx.AsyncClient()
+        return await self.monitor.summary(self._http)  # type: ignore[arg-type]
+
+    @api.get("/v1/platform/backtest.png", include_in_schema=False)
+    async def backtest_plot(self) -> FileResponse:
+        from serving.platform import latest_backtest
+
+        latest = latest_backtest(self.settings.home_dir)
+        if latest is None or not os.path.exists(latest["plot"]):
+            raise HTTPException(404, "no backtest report yet (streamrank backtest)")
+        return FileResponse(latest["plot"], media_type="image/png")
 
     @api.get("/healthz")
     async def healthz(self) -> dict[str, object]:

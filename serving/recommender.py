@@ -94,8 +94,9 @@ class Recommender:
         page; ``TimeoutError`` leads to the fallback."""
         return await asyncio.wait_for(read, self.store_timeout_s)
 
-    async def _profile(self, user_id: str) -> UserProfile | None:
-        """The user's profile; a tombstone for a user who opted out; None when unknown."""
+    async def profile_of(self, user_id: str) -> UserProfile | None:
+        """The user's profile (by pseudonym); a tombstone for a user who opted out; None when
+        unknown. Bounded by ``store_timeout_s``."""
         found = await self._read(self.profiles.read_profiles_async([user_id]))
         profile = found.get(user_id)
         if profile is None or not (profile.event_count > 0 or profile.opted_out):
@@ -147,7 +148,7 @@ class Recommender:
         covisits: dict[str, list[tuple[str, float]]] = {}
         opted_out = False
         try:
-            profile = await self._profile(user)
+            profile = await self.profile_of(user)
             opted_out = profile is not None and profile.opted_out
             features = derive_features(profile, time.time()) if profile and not opted_out else None
             popular = await self.popular()
@@ -267,7 +268,7 @@ class Recommender:
         arm = self.arms[self.arm_of(user)]
         problem = None
         try:
-            profile = await self._profile(user)
+            profile = await self.profile_of(user)
         except Exception as exc:
             log.warning("online store unavailable (%r): no scores", exc)
             profile, problem = None, "profile store unavailable"

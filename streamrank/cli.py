@@ -156,7 +156,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     from streamrank.demo import run_demo
 
-    return run_demo(settings, events=args.events, users=args.users)
+    return run_demo(settings, events=args.events, users=args.users, ui=args.ui)
 
 
 def cmd_train(settings: Settings, args: argparse.Namespace) -> int:
@@ -429,6 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the whole system on embedded defaults, end to end")
     p.add_argument("--events", type=int, default=20_000, help="events streamed")
     p.add_argument("--users", type=int, default=3, help="users shown")
+    p.add_argument("--ui", action="store_true", help="stay up: the storefront and platform page")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("train", help="fine-tune the ranking model on the data set")

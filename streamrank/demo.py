@@ -2,7 +2,9 @@
 
 broker (Tansu, unless STREAMRANK_KAFKA_BOOTSTRAP names one) -> Faust worker (subprocess)
 -> Feast SQLite online store -> Ray Serve; a slice of real events goes in through the
-producer SDK, and recommendations for a few users come out.
+producer SDK, and recommendations for a few users come out. With ``--ui`` it stays up
+(with the experiment worker too) and prints the storefront's and the platform page's
+addresses, until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -122,13 +124,14 @@ def print_user(payload: Mapping[str, object]) -> None:
         print(f"    {rank:2d}. {title:44s} {cats[:22]:22s} {score:.3f}  {reason}")
 
 
-def run_demo(settings: Settings, events: int = 20_000, users: int = 3) -> int:
+def run_demo(settings: Settings, events: int = 20_000, users: int = 3, ui: bool = False) -> int:
     from serving import app as serve_app
     from streamrank.prepare import prepare
 
     started = time.monotonic()
     broker: EmbeddedBroker | None = None
     worker: subprocess.Popen[bytes] | None = None
+    experiments: subprocess.Popen[bytes] | None = None
     serving = False
     with sigterm_as_interrupt():
         try:
@@ -149,6 +152,8 @@ def run_demo(settings: Settings, events: int = 20_000, users: int = 3) -> int:
             )
             print(f"[2/5] Faust worker and Ray Serve (broker {settings.bootstrap()})")
             worker = start_worker(settings)
+            if ui:
+                experiments = start_worker(settings, "experiment-worker")
             url = serve_app.start(settings)
             serving = True
 
@@ -185,6 +190,18 @@ def run_demo(settings: Settings, events: int = 20_000, users: int = 3) -> int:
                     reply = client.post("/v1/recommendations", json={"user_id": user, "k": 10})
                     reply.raise_for_status()
                     print_user(reply.json())
+            if ui:
+                print(
+                    f"\n[5/5] up in {time.monotonic() - started:.0f}s\n"
+                    f"      storefront:    {url}/\n"
+                    f"      platform page: {url}/platform\n"
+                    f"      API docs:      {url}/docs\n"
+                    "      Ctrl-C stops everything"
+                )
+                while worker.poll() is None:
+                    time.sleep(1)
+                print("the worker stopped; shutting down")
+                return 1
             print(f"\n[5/5] done in {time.monotonic() - started:.0f}s; shutting down")
             return 0
         except KeyboardInterrupt:
@@ -195,5 +212,7 @@ def run_demo(settings: Settings, events: int = 20_000, users: int = 3) -> int:
                 serve_app.stop()
             if worker is not None:
                 stop_process(worker, "faust worker")
+            if experiments is not None:
+                stop_process(experiments, "experiment worker")
             if broker is not None:
                 broker.stop()

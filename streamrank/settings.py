@@ -106,6 +106,8 @@ class Settings(BaseSettings):
     collector_write_keys: list[SecretStr] = Field(default_factory=list)
     collector_rate_per_s: float = Field(default=50.0, ge=0, description="per client; 0: off")
     collector_burst: int = Field(default=100, ge=1)
+    # origins whose pages may post beacons from a browser (CORS); "*": any
+    collector_cors_origins: list[str] = Field(default_factory=lambda: ["*"])
 
     # --- producer SDK wire batching
     producer_batch_events: int = 200
@@ -140,6 +142,10 @@ class Settings(BaseSettings):
     experiments_group: str = "streamrank-experiments"
     experiments_web_port: int = 6067
     experiment_window_s: float = Field(default=1800.0, gt=0, description="click attribution")
+    # the storefront and platform pages (serving/pages.py): where browsers find the collector
+    # (default: the page's own host, the worker's web port), and the workers' /metrics
+    collector_public_url: str | None = None
+    platform_worker_urls: list[str] = Field(default_factory=list)
     popular_refresh_s: float = 2.0
     candidates_popular: int = 200
     candidates_similar: int = 200

@@ -177,7 +177,19 @@ def create_app(settings: Settings) -> faust.App:
             )
         return holder["collector"]
 
-    @app.page("/v1/events")
+    # Browsers post beacons from the shop's own pages, another origin than the collector's:
+    # CORS (aiohttp-cors under Faust's web server) answers their preflight requests.
+    beacons_from = {
+        origin: faust.web.ResourceOptions(
+            allow_credentials=False,
+            allow_headers=("Content-Type", "Authorization", "X-API-Key"),
+            allow_methods=("POST",),
+            max_age=600,
+        )
+        for origin in settings.collector_cors_origins
+    }
+
+    @app.page("/v1/events", cors_options=beacons_from)
     class Events(faust.web.View):
         """Browser beacons: one event or a JSON array of events."""
 

@@ -9,7 +9,6 @@ import signal
 import sqlite3
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -22,44 +21,24 @@ from hypothesis import settings as fuzz_settings
 from schemathesis import GenerationMode
 
 from feature_repo.store import open_store
-from infra.broker import EmbeddedBroker, ensure_topics
+from infra.broker import EmbeddedBroker
 from infra.kafka_admin import read_topic, wait_until_consumed
 from infra.probes import wait_until_checkpointed
-from infra.processes import stop_process
 from streamrank.catalog import Catalog
+from streamrank.datasets import Dataset
 from streamrank.demo import send_raw, start_worker
-from streamrank.prepare import prepare
 from streamrank.settings import Settings
 from streams.events import Event
 from streams.impressions import Impression
 from streams.privacy import PrivacyLog
 from streams.producer import EventProducer, partition_for
-from streams.profile import UserProfile
 from streams.pseudonyms import Pseudonymizer
 from streams.sink import FeastProfileStore
 from tests.conftest import isolated_settings, make_home
 from tests.integration.checks import assert_profiles_equal, offline_truth
+from tests.integration.stack import ADMIN_KEY, SITE, WRITE_KEY, Stack, running_stack
 
 pytestmark = pytest.mark.integration
-ADMIN_KEY, WRITE_KEY = "it-admin-key", "it-site-key"
-SITE = {"Authorization": f"Bearer {WRITE_KEY}"}  # what the site's pages and backend send
-
-
-@dataclass
-class Stack:
-    settings: Settings
-    url: str
-    catalog: Catalog
-    store: FeastProfileStore
-    worker: object
-    experiment_worker: object = None
-
-    def pseudonym(self, user: str) -> str:
-        """What the stack knows ``user`` by (the SDK and serving pseudonymize raw ids)."""
-        return Pseudonymizer.from_settings(self.settings)(user)
-
-    def profile(self, user: str) -> UserProfile:
-        return self.store.read_profiles([self.pseudonym(user)])[self.pseudonym(user)]
 
 
 @pytest.fixture(scope="module")
@@ -67,31 +46,14 @@ def stack(
     tmp_path_factory: pytest.TempPathFactory,
     catalog_home: Path,
     broker: EmbeddedBroker,
-    dataset,
+    dataset: Dataset,
 ) -> Iterator[Stack]:
-    from serving import app as serve_app
-
     home = make_home(tmp_path_factory.mktemp("stack") / "home", catalog_home)
     settings = isolated_settings(
         home, broker.bootstrap, admin_keys=[ADMIN_KEY], collector_write_keys=[WRITE_KEY]
     )
-    prepare(settings, dataset)
-    ensure_topics(settings.bootstrap(), settings.topics(), compacted=settings.compacted_topics())
-    running = Stack(settings, "", Catalog.load(home), FeastProfileStore(open_store(settings)), None)
-    running.worker = start_worker(settings)
-    running.experiment_worker = start_worker(settings, "experiment-worker")
-    try:
-        running.url = serve_app.start(settings, num_cpus=2)
-        try:
-            yield running
-        finally:
-            serve_app.stop()
-    finally:
-        stop_process(running.worker, "faust worker")  # type: ignore[arg-type]
-        stop_process(running.experiment_worker, "experiment worker")  # type: ignore[arg-type]
-        for name in ("worker", "experiment-worker"):
-            log = (home / "logs" / f"{name}.log").read_text(errors="replace")
-            assert "Traceback" not in log, log[-3000:]
+    with running_stack(settings, dataset) as running:
+        yield running
 
 
 def items_in(catalog: Catalog, category: str, n: int) -> list[str]:

@@ -54,18 +54,26 @@ def test_demo_prints_recommendations_and_cleans_up(tmp_path: Path, catalog_home:
     assert leftovers(home) == []
 
 
-def test_ctrl_c_stops_every_process(tmp_path: Path, catalog_home: Path) -> None:
+def test_the_ui_demo_stays_up_with_its_pages_until_ctrl_c(
+    tmp_path: Path, catalog_home: Path
+) -> None:
+    import httpx
+
     home = make_home(tmp_path / "home", catalog_home)
-    proc = demo(home, "--events", "50000")
+    proc = demo(home, "--events", "3000", "--users", "1", "--ui")
     assert proc.stdout is not None
-    lines = []
+    lines: list[str] = []
     for line in proc.stdout:
         lines.append(line)
-        if line.startswith("[3/5]"):
+        if "Ctrl-C stops everything" in line:
             break
     else:
         pytest.fail("".join(lines)[-3000:])
-    time.sleep(1)
+    urls = {line.split(":", 1)[0].strip(): line.split(":", 1)[1].strip() for line in lines[-4:-1]}
+    page = httpx.get(urls["storefront"], timeout=30)
+    assert page.status_code == 200 and "collectorUrl" in page.text
+    assert httpx.get(urls["platform page"], timeout=30).status_code == 200
+    assert httpx.get(urls["storefront"] + "static/storefront.js", timeout=30).status_code == 200
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, out[-3000:]
