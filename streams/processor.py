@@ -91,6 +91,8 @@ class ProfileProcessor:
                     event.user_id, msg.partition, msg.offset
                 ):
                     result.withheld += 1  # the tombstone holds even if the registry lost it
+                    if profile.opted_out or state.privacy.opted_out(event.user_id):
+                        state.keep_tombstone(event.user_id)
                     continue
                 if profile.applied_offsets.get(msg.partition, -1) >= msg.offset:
                     result.redelivered += 1  # in the stored profile already (crash replay)

@@ -114,6 +114,13 @@ class ProfileState:
             self.profiles[user_id] = UserProfile(user_id)
             self._deleted_users.add(user_id)
 
+    def keep_tombstone(self, user_id: str) -> None:
+        """An opted-out user is still browsing: their tombstone is written again, so it
+        outlives the profile TTL for as long as they are around (serving reads it)."""
+        if not self.profiles[user_id].opted_out:
+            self.profiles[user_id] = UserProfile.tombstone(user_id)
+        self._dirty_users.add(user_id)
+
     def mark_partition(self, partition: int) -> None:
         self._dirty_partitions.add(partition)
 
