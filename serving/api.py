@@ -144,7 +144,8 @@ class ErrorMessage(BaseModel):
 # Documented so that clients (and the OpenAPI fuzzing in the tests) know every status a
 # POST can answer with: 400 when the body is not JSON at all, 422 when it is but invalid.
 BAD_BODY: dict[int | str, dict[str, object]] = {
-    400: {"model": ErrorMessage, "description": "the body is not parseable JSON"}
+    400: {"model": ErrorMessage, "description": "the body is not parseable JSON"},
+    413: {"model": ErrorMessage, "description": "the body is over 256 KiB (serving/limits.py)"},
 }
 
 

@@ -40,6 +40,7 @@ from serving.api import (
     ScoreResponse,
 )
 from serving.config import APP_NAME
+from serving.limits import BodyLimit
 from serving.ranking import RankingPolicy
 from serving.scorer import Scorer, ScoreTask, model_version
 from streamrank.catalog import Catalog
@@ -58,6 +59,7 @@ api = FastAPI(
     description="Real-time recommendations from live behaviour profiles",
     version="0.1.0",
 )
+api.add_middleware(BodyLimit)  # 413 before a huge body is read (serving/limits.py)
 
 
 @serve.deployment(name="api")

@@ -216,6 +216,13 @@ def test_bad_requests_are_4xx_with_reasons(stack: Stack) -> None:
         timeout=30,
     )
     assert bad_json.status_code == 422
+    huge = httpx.post(
+        f"{stack.url}/v1/recommendations",
+        content=b'{"user_id": "u", "exclude_ids": ["' + b"x" * 2_000_000 + b'"]}',
+        headers={"content-type": "application/json"},
+        timeout=30,
+    )
+    assert huge.status_code == 413, huge.text  # refused before it is read
     assert "user_id" in post({"k": 3}).text
 
     ranked = post({"user_id": "it-horror", "candidate_ids": ["1", "2", "unknown-item"], "k": 5})
