@@ -65,11 +65,14 @@ class PrivacyState(BaseModel):
             PrivacyAction.ERASE: self.opted_out,
         }[request.type]
         wipes = request.type in (PrivacyAction.OPT_OUT, PrivacyAction.ERASE)
+        # offsets compare within one partition; a request on another one (a producer that
+        # partitions differently) starts the user's offsets afresh there
+        kept = self.wiped_through if partition == self.partition else -1
         return PrivacyState(
             user_id=self.user_id,
             partition=partition,
             opted_out=opted_out,
-            wiped_through=max(self.wiped_through, offset) if wipes else self.wiped_through,
+            wiped_through=max(kept, offset) if wipes else kept,
             wiped_at=request.epoch if wipes else self.wiped_at,
             offset=offset,
             requested_at=request.epoch,

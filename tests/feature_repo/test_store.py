@@ -49,14 +49,18 @@ def test_redis_urls_become_feast_connection_strings(url: str, expected: str) -> 
     assert redis_connection_string(url) == expected
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "redis"])
-def test_profiles_round_trip_through_each_online_store(
-    backend: str, home: Path, request: pytest.FixtureRequest
-) -> None:
-    overrides: dict[str, object] = {"home": home, "online_store": backend}
-    if backend == "redis":
+@pytest.fixture(params=["sqlite", "redis"])
+def each_store(home: Path, request: pytest.FixtureRequest) -> tuple[str, Settings]:
+    """Settings for each online store (a Redis of the test's own)."""
+    overrides: dict[str, object] = {"home": home, "online_store": request.param}
+    if request.param == "redis":
         overrides["redis_url"] = request.getfixturevalue("redis_server").url
-    store = FeastProfileStore(apply_repo(Settings(**overrides)))  # type: ignore[arg-type]
+    return request.param, Settings(**overrides)  # type: ignore[arg-type]
+
+
+def test_profiles_round_trip_through_each_online_store(each_store: tuple[str, Settings]) -> None:
+    backend, settings = each_store
+    store = FeastProfileStore(apply_repo(settings))
     profile = fold([ev(1, "purchase", "a"), ev(2, "search", dt=3), ev(3, "view", "b", dt=4)])
     profile.applied_offsets = {1: 99}
     assert store.write_profiles([profile]) == 1
@@ -71,20 +75,17 @@ def test_profiles_round_trip_through_each_online_store(
     assert again["u"].to_row() == back["u"].to_row()
     assert again["missing"].event_count == 0
     if backend == "redis":
-        client = redis.Redis.from_url(str(overrides["redis_url"]))
+        client = redis.Redis.from_url(settings.redis_url)
         keys = client.keys("*")
         assert keys and all(client.ttl(k) > 0 for k in keys)  # every profile expires
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "redis"])
 def test_an_erased_profile_leaves_each_online_store(
-    backend: str, home: Path, request: pytest.FixtureRequest
+    each_store: tuple[str, Settings], home: Path
 ) -> None:
     """Feast's store interface cannot delete an entity; both our plug-ins can."""
-    overrides: dict[str, object] = {"home": home, "online_store": backend}
-    if backend == "redis":
-        overrides["redis_url"] = request.getfixturevalue("redis_server").url
-    store = FeastProfileStore(apply_repo(Settings(**overrides)))  # type: ignore[arg-type]
+    backend, settings = each_store
+    store = FeastProfileStore(apply_repo(settings))
     kept, erased = fold([ev(1, "view", "a")]), fold([ev(2, "purchase", "b")])
     kept.user_id, erased.user_id = "kept", "erased"
     store.write_profiles([kept, erased])
@@ -95,7 +96,7 @@ def test_an_erased_profile_leaves_each_online_store(
     assert back["erased"].event_count == 0
     assert store.read_checkpoints([0]) == {0: 5}
     if backend == "redis":
-        client = redis.Redis.from_url(str(overrides["redis_url"]))
+        client = redis.Redis.from_url(settings.redis_url)
         assert not any(b"erased" in key for key in client.keys("*"))  # the key itself is gone
     else:
         with sqlite3.connect(home / "online.db") as db:

@@ -75,19 +75,23 @@ def send(settings: Settings, events: list[Event]) -> dict[int, int]:
         return dict(producer.delivered_offsets)
 
 
-def behaviour(user: str, views: list[str], buys: list[str]) -> list[Event]:
-    now = datetime.now(UTC) - timedelta(minutes=10)
-    actions = [("view", i) for i in views] + [("purchase", i) for i in buys]
+def actions(user: str, done: list[tuple[str, str]], ids: str, minutes_ago: float) -> list[Event]:
+    """``user`` did ``done`` ((type, item) pairs), a second apart, ending just before now."""
+    now = datetime.now(UTC) - timedelta(minutes=minutes_ago)
     return [
         Event(
-            event_id=f"{user}-{n}",
+            event_id=f"{ids}-{n}",
             user_id=user,
             type=kind,  # type: ignore[arg-type]
             item_id=item,
             ts=now + timedelta(seconds=n),
         )
-        for n, (kind, item) in enumerate(actions)
+        for n, (kind, item) in enumerate(done)
     ]
+
+
+def behaviour(user: str, views: list[str], buys: list[str]) -> list[Event]:
+    return actions(user, [("view", i) for i in views] + [("purchase", i) for i in buys], user, 10)
 
 
 def wait(stack: Stack, delivered: dict[int, int]) -> None:
@@ -417,17 +421,7 @@ def test_requests_generated_from_the_openapi_spec_never_get_a_5xx(
 
 def visits(user: str, tag: str, items: list[str], kind: str = "view") -> list[Event]:
     """Events with ids of their own (a user's second visit must not look like a retry)."""
-    now = datetime.now(UTC) - timedelta(minutes=5)
-    return [
-        Event(
-            event_id=f"{user}-{tag}-{n}",
-            user_id=user,
-            type=kind,  # type: ignore[arg-type]
-            item_id=item,
-            ts=now + timedelta(seconds=n),
-        )
-        for n, item in enumerate(items)
-    ]
+    return actions(user, [(kind, i) for i in items], f"{user}-{tag}", 5)
 
 
 def impressions_of(stack: Stack, request_ids: set[str]) -> list[Impression]:
