@@ -528,3 +528,22 @@ def test_an_erased_user_is_gone_everywhere_and_a_replay_does_not_bring_them_back
     assert rebuilt.event_count == 0
     wait(stack, send(s, visits(user, "b", items[5:7])))
     assert stack.profile(user).event_count == 2
+
+
+def test_the_privacy_command_waits_until_a_worker_applied_it(
+    stack: Stack, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from streamrank.cli import main as cli
+
+    user = "it-cli"
+    wait(stack, send(stack.settings, visits(user, "a", stack.catalog.ids[60:63])))
+    for key, value in stack.settings.as_env().items():
+        monkeypatch.setenv(key, value)
+    assert cli(["privacy", "opt-out", user]) == 0
+    out = capsys.readouterr().out
+    assert "applied in" in out and "opted out=True" in out, out
+    assert stack.profile(user).opted_out  # applied before the command returned
+    assert cli(["privacy", "erase", user]) == 0
+    assert "opted out=True" in capsys.readouterr().out  # an erasure keeps the choice
+    assert cli(["privacy", "opt-in", user]) == 0
+    assert not stack.profile(user).opted_out
