@@ -125,7 +125,9 @@ class PlatformMonitor:
             "127.0.0.1" if settings.worker_web_host in ("0.0.0.0", "") else settings.worker_web_host
         )
         workers = settings.platform_worker_urls or [f"http://{host}:{settings.worker_web_port}"]
-        experiments = f"http://{host}:{settings.experiments_web_port}"
+        experiments = (
+            settings.platform_experiments_url or f"http://{host}:{settings.experiments_web_port}"
+        )
         return cls(workers, settings.home_dir, experiments)
 
     async def summary(self, client: httpx.AsyncClient) -> dict[str, Any]:

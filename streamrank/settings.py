@@ -146,6 +146,7 @@ class Settings(BaseSettings):
     # (default: the page's own host, the worker's web port), and the workers' /metrics
     collector_public_url: str | None = None
     platform_worker_urls: list[str] = Field(default_factory=list)
+    platform_experiments_url: str | None = None  # default: the local experiment worker
     popular_refresh_s: float = 2.0
     candidates_popular: int = 200
     candidates_similar: int = 200

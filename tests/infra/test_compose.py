@@ -86,6 +86,25 @@ def test_addresses_match_the_services_that_listen_there(
     }
     assert all(host in services for host, _ in scraped)
 
+    # what the serve service adds: real settings, and addresses of services that listen there
+    extra = services["serve"]["environment"]
+    fields = {f"STREAMRANK_{name.upper()}" for name in Settings.model_fields}
+    assert set(extra) <= fields, set(extra) - fields
+    for key, value in extra.items():
+        monkeypatch.setenv(key, re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", str(value)))
+    serve = Settings()
+    for url, service, port in (
+        (serve.platform_worker_urls[0], "worker", settings.worker_web_port),
+        (serve.platform_experiments_url, "experiment-worker", settings.experiments_web_port),
+    ):
+        parsed = urlparse(url)
+        assert (parsed.hostname, parsed.port) == (service, port)
+    collector = urlparse(serve.collector_public_url)
+    published = services["worker"]["ports"][0]
+    assert published.startswith(f"{collector.port}-") and published.endswith(
+        f":{settings.worker_web_port}"
+    )
+
 
 def test_the_image_installs_pinned_cpu_torch_first_and_no_secret_is_written_down(
     compose: dict[str, Any],
