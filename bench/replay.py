@@ -9,6 +9,7 @@ One run, one topic, so the rows compare:
   (the ceiling of the one profile definition in one process);
 - replay, 1 process / N processes: the real command path (processor, item rows,
   namespace writes, checkpoints), at the default batch;
+- replay, N processes, profiles only (``--profiles-only``: no item rows, what backtests need);
 - replay at the live worker's batch size: the same with 10-message batches, i.e. writes
   as often as the live worker makes them (the baseline that batching is measured against).
 Streams are MovieLens 100K replicated with shifted user ids (never invented).
@@ -59,10 +60,14 @@ def read_rate(settings: Settings, planned, events: int, fold: str) -> float:  # 
     return events / (time.perf_counter() - started)
 
 
-def replay_rate(settings: Settings, planned, name: str, workers: int) -> dict[str, float]:  # type: ignore[no-untyped-def]
+def replay_rate(  # type: ignore[no-untyped-def]
+    settings: Settings, planned, name: str, workers: int, profiles_only: bool = False
+) -> dict[str, float]:
     namespace = Namespace(settings, name)
     started = time.perf_counter()
-    manifest = replay(settings, namespace, planned, workers=workers, progress=False)
+    manifest = replay(
+        settings, namespace, planned, workers=workers, progress=False, profiles_only=profiles_only
+    )
     seconds = time.perf_counter() - started
     namespace.delete()
     return {
@@ -103,6 +108,9 @@ def main() -> None:
         results["read_validate_fold_events_per_s"] = read_rate(s, planned, n, "profile")
         results["replay_1"] = replay_rate(s, planned, "bench1", 1)
         results[f"replay_{args.workers}"] = replay_rate(s, planned, "benchn", args.workers)
+        results[f"replay_{args.workers}_profiles_only"] = replay_rate(
+            s, planned, "benchlean", args.workers, profiles_only=True
+        )
         small = s.model_copy(update={"replay_batch_messages": 10})
         results["replay_1_live_batches"] = replay_rate(small, planned, "benchsmall", 1)
 
@@ -120,6 +128,11 @@ def main() -> None:
         ),
         ("replay, 1 process", one, ""),
         (f"replay, {args.workers} processes", many, ">= 100,000"),
+        (
+            f"replay, {args.workers} processes, profiles only",
+            results[f"replay_{args.workers}_profiles_only"]["events_per_s"],  # type: ignore[index]
+            ">= 100,000",
+        ),
         ("replay, 1 process, live-sized batches (10 msgs)", small_rate, ""),
     ]
     width = max(len(r[0]) for r in rows)

@@ -59,6 +59,7 @@ class Manifest(BaseModel):
     events: int = 0
     dead_letters: int = 0
     seconds: float = 0.0
+    profiles_only: bool = False  # no item rows (popularity, co-visitation) were replayed
 
     @property
     def complete(self) -> bool:

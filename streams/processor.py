@@ -50,11 +50,15 @@ class ProfileProcessor:
         items: ItemLookup,
         limits: ValidationLimits | None = None,
         clock: Callable[[], float] = time.time,
+        item_side: bool = True,
     ):
+        """``item_side=False`` folds profiles only: no popularity, no co-visitation, no
+        outbox (a replay for backtests, which read profiles alone)."""
         self.state = state
         self.items = items
         self.limits = limits or ValidationLimits()
         self.clock = clock
+        self.item_side = item_side
 
     def process(self, messages: Sequence[RawMessage]) -> BatchResult:
         """Validate, fold and write one batch. Returns once the profiles are durable; item
@@ -105,12 +109,13 @@ class ProfileProcessor:
                         )
                     continue
                 touched.add(event.user_id)
-                anchors = covisit_anchors(profile, event)  # from the profile before it
+                # co-visitation links come from the profile before the event
+                anchors = covisit_anchors(profile, event) if self.item_side else ()
                 if not apply_event(profile, event, self.items):
                     result.duplicates += 1
                     continue
                 result.applied += 1
-                if event.item_id is not None:
+                if event.item_id is not None and self.item_side:
                     effect = ItemEffect(
                         msg.partition, msg.offset, event.type, event.item_id, event.epoch, anchors
                     )
@@ -188,7 +193,7 @@ class ProfileProcessor:
 
 
 def build_processor(
-    settings: Settings, store: FeastProfileStore, **state_options: Any
+    settings: Settings, store: FeastProfileStore, item_side: bool = True, **state_options: Any
 ) -> ProfileProcessor:
     """The processor the live worker and replay both run, over the store given. Both
     restore users' privacy states from the privacy topic (the state now)."""
@@ -204,4 +209,5 @@ def build_processor(
         ProfileState(store, **options),
         Catalog.load(settings.home_dir),
         ValidationLimits.from_settings(settings),
+        item_side=item_side,
     )

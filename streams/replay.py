@@ -221,6 +221,7 @@ def replay_partition(
     start: int,
     stop: int,
     report: Callable[[int], None] | None = None,
+    profiles_only: bool = False,
 ) -> PartitionDone:
     """Fold one partition's messages ``[start, stop)`` into the namespace, resuming after
     its stored checkpoint. Runs in a worker process (arguments are picklable)."""
@@ -229,6 +230,7 @@ def replay_partition(
     processor = build_processor(
         settings,
         store,
+        item_side=not profiles_only,
         max_profiles=settings.replay_max_profiles,
         max_covisits=settings.replay_max_profiles,
         item_flush_s=0.0,  # item rows and the checkpoint with every batch
@@ -257,8 +259,11 @@ def replay(
     replayed: ReplayRange,
     workers: int | None = None,
     progress: bool = True,
+    profiles_only: bool = False,
 ) -> Manifest:
-    """Fill ``namespace`` with the state of ``replayed``; resume if it was interrupted."""
+    """Fill ``namespace`` with the state of ``replayed``; resume if it was interrupted.
+    ``profiles_only``: the profiles alone, no item rows (about twice as fast; what a
+    backtest or verify-consistency reads); a resumed replay keeps the mode it began with."""
     if namespace.exists:
         manifest = namespace.manifest()
         if (manifest.range.start, manifest.range.stop) != (replayed.start, replayed.stop):
@@ -273,8 +278,9 @@ def replay(
             log.info("namespace %s is complete already", namespace.name)
             return manifest
         replayed = manifest.range  # the same offsets; keep the times first asked for
+        profiles_only = manifest.profiles_only
     else:
-        manifest = Manifest(namespace=namespace.name, range=replayed)
+        manifest = Manifest(namespace=namespace.name, range=replayed, profiles_only=profiles_only)
         namespace.create(manifest)
     started = time.perf_counter()
     privacy_before = _privacy_log(settings).read()
@@ -286,10 +292,16 @@ def replay(
     if workers == 1:
         for p in parts:
             replay_partition(
-                settings, namespace.name, p, replayed.start[p], replayed.stop[p], bar.update
+                settings,
+                namespace.name,
+                p,
+                replayed.start[p],
+                replayed.stop[p],
+                bar.update,
+                profiles_only,
             )
     else:
-        _in_processes(settings, namespace.name, replayed, parts, workers, bar)
+        _in_processes(settings, namespace.name, replayed, parts, workers, bar, profiles_only)
     bar.close()
     purge_changed(settings, namespace, privacy_before, _privacy_log(settings).read())
     totals = FeastProfileStore(namespace.open_store()).read_partition_counts(sorted(replayed.start))
@@ -324,6 +336,7 @@ def _in_processes(
     parts: list[int],
     workers: int,
     bar: tqdm,  # type: ignore[type-arg]
+    profiles_only: bool,
 ) -> None:
     """One partition per task over ``workers`` processes, progress through a queue."""
     context = multiprocessing.get_context(_start_method())
@@ -338,6 +351,7 @@ def _in_processes(
                 replayed.start[p],
                 replayed.stop[p],
                 updates.put,
+                profiles_only,
             )
             for p in parts
         ]

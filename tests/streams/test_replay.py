@@ -18,6 +18,7 @@ from streamrank.catalog import Catalog
 from streamrank.cli import main as cli
 from streamrank.demo import send_raw
 from streamrank.settings import Settings
+from streams.consistency import feature_differences
 from streams.profile import UserProfile
 from streams.replay import ReplayError, plan, replay
 from streams.sink import FeastProfileStore
@@ -82,6 +83,31 @@ def test_two_processes_give_the_same_state_as_one(settings: Settings, catalog: C
         store = FeastProfileStore(Namespace(settings, name).open_store())
         assert_profiles_equal(store.read_profiles(sorted(truth)), truth)
     assert [m.namespace for m in list_namespaces(settings)] == ["one", "two"]
+
+
+def test_a_profiles_only_replay_has_the_same_profiles_and_no_item_rows(
+    settings: Settings, catalog: Catalog
+) -> None:
+    events = make_events(catalog, 2000, 60, seed=5)
+    send(settings, events)
+    planned = plan(settings, None)
+    full = Namespace(settings, "full")
+    lean = Namespace(settings, "lean")
+    replay(settings, full, planned, workers=1, progress=False)
+    manifest = replay(settings, lean, planned, workers=1, progress=False, profiles_only=True)
+    assert manifest.profiles_only and manifest.events == len(events)
+    users = sorted({e.user_id for e in events})
+    mine = FeastProfileStore(lean.open_store())
+    theirs = FeastProfileStore(full.open_store()).read_profiles(users)
+    for user, profile in mine.read_profiles(users).items():
+        assert not list(feature_differences(profile, theirs[user])), user
+        assert profile.outbox == []
+    assert all(not p.scores for p in mine.read_popularity([0, 1, 2, 3]).values())
+    assert mine.read_checkpoints([0, 1, 2, 3]) == {
+        p: planned.stop[p] - 1 for p in range(4)
+    }  # resumable like any replay
+    # a resumed replay keeps its mode, whatever the second call asks
+    assert replay(settings, lean, planned, progress=False).profiles_only
 
 
 def _replay_process(settings: Settings, *args: str) -> subprocess.Popen[bytes]:
