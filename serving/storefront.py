@@ -54,12 +54,8 @@ def list_items(
     return ItemPage(
         items=[item_card(catalog, i) for i in matches[offset : offset + limit]],
         total=len(matches),
-        categories=all_categories(catalog),
+        categories=catalog.all_categories,
     )
-
-
-def all_categories(catalog: Catalog) -> list[str]:
-    return sorted({c for item in catalog.ids for c in catalog.categories(item)})
 
 
 def profile_view(

@@ -14,6 +14,7 @@ import logging
 import shutil
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +62,11 @@ class Catalog:
     def embedding(self, item_id: str) -> np.ndarray | None:
         i = self.index.get(item_id)
         return self.embeddings[i] if i is not None else None
+
+    @cached_property
+    def all_categories(self) -> list[str]:
+        """Every category of the catalog, sorted (the storefront's filters)."""
+        return sorted({c for item in self._categories for c in item})
 
     def title(self, item_id: str) -> str:
         i = self.index.get(item_id)

@@ -102,7 +102,7 @@ def cmd_experiments(settings: Settings, args: argparse.Namespace) -> int:
     ]
     now = time.time()
     limits = ValidationLimits.from_settings(settings)  # as the workers judge events
-    privacy = PrivacyRegistry(PrivacyLog(kafka, settings.privacy_topic).load)
+    privacy = PrivacyRegistry(PrivacyLog.from_settings(settings).load)
     privacy.ensure_partitions(range(settings.events_partitions))
     events = []
     for r in read_topic(kafka, settings.events_topic, timeout=600, idle_s=args.idle_s):
@@ -376,8 +376,8 @@ def cmd_privacy(settings: Settings, args: argparse.Namespace) -> int:
     print(f"{action.value} for {args.user_id} sent (request {request.event_id})")
     if args.no_wait:
         return 0
-    log_ = PrivacyLog(settings.kafka_client_config(), settings.privacy_topic)
-    state = wait_applied(log_, pseudonyms(args.user_id), partition, offset, args.timeout_s)
+    privacy = PrivacyLog.from_settings(settings)
+    state = wait_applied(privacy, pseudonyms(args.user_id), partition, offset, args.timeout_s)
     if state is None:
         print(f"not applied within {args.timeout_s:g}s: is a profile worker running?")
         return 1

@@ -112,9 +112,7 @@ def create_experiment_app(settings: Settings) -> faust.App:
     )
     join = ExperimentJoin(settings.experiment_window_s, users=users)
     limits = ValidationLimits.from_settings(settings)  # judged as the profile worker judges
-    privacy = PrivacyRegistry(
-        PrivacyLog(settings.kafka_client_config(), settings.privacy_topic).load
-    )
+    privacy = PrivacyRegistry(PrivacyLog.from_settings(settings).load)
 
     def owned() -> set[int]:
         return {tp.partition for tp in app.assignor.assigned_actives()}

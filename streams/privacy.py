@@ -155,6 +155,10 @@ class PrivacyLog:
         self.topic = topic
         self.timeout_s = timeout_s
 
+    @classmethod
+    def from_settings(cls, settings: Settings) -> PrivacyLog:
+        return cls(settings.kafka_client_config(), settings.privacy_topic)
+
     def read(self, partitions: Iterable[int] | None = None) -> dict[str, PrivacyState]:
         """The latest state of every user in ``partitions`` (all by default): each read to
         its end, which the fetch reports (the broker's latest offset may lag it)."""

@@ -197,12 +197,11 @@ def build_processor(
 ) -> ProfileProcessor:
     """The processor the live worker and replay both run, over the store given. Both
     restore users' privacy states from the privacy topic (the state now)."""
-    privacy_log = PrivacyLog(settings.kafka_client_config(), settings.privacy_topic)
     options: dict[str, Any] = {
         "max_profiles": settings.worker_max_profiles,
         "max_covisits": settings.worker_max_covisits,
         "item_flush_s": settings.worker_item_flush_s,
-        "privacy": PrivacyRegistry(privacy_log.load),
+        "privacy": PrivacyRegistry(PrivacyLog.from_settings(settings).load),
         **state_options,
     }
     return ProfileProcessor(

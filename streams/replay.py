@@ -163,7 +163,7 @@ def read_events(
     judges them (dead letters are left out, as they are by the fold), without the events
     users' privacy states withhold."""
     limits = ValidationLimits.from_settings(settings)
-    privacy = PrivacyRegistry(_privacy_log(settings).load)
+    privacy = PrivacyRegistry(PrivacyLog.from_settings(settings).load)
     bar = tqdm(total=replayed.messages, desc="reading", unit="msg", disable=not progress)
     for partition in sorted(replayed.start):
         start, stop = replayed.start[partition], replayed.stop[partition]
@@ -176,10 +176,6 @@ def read_events(
     bar.close()
 
 
-def _privacy_log(settings: Settings) -> PrivacyLog:
-    return PrivacyLog(settings.kafka_client_config(), settings.privacy_topic)
-
-
 def purge_changed(
     settings: Settings,
     namespace: Namespace,
@@ -188,14 +184,11 @@ def purge_changed(
 ) -> list[str]:
     """Remove from the namespace the users who opted out or were erased while it was being
     filled (its workers started from ``before``). Returns them."""
-    changed = sorted(
-        user
-        for user, now in after.items()
-        if (then := before.get(user)) is None
-        or now.wiped_through > then.wiped_through
-        or (now.opted_out and not then.opted_out)
-    )
-    changed = [u for u in changed if after[u].opted_out or after[u].wiped_through >= 0]
+    changed = []
+    for user, now in sorted(after.items()):
+        then = before.get(user) or PrivacyState.initial(user, now.partition)
+        if now.wiped_through > then.wiped_through or (now.opted_out and not then.opted_out):
+            changed.append(user)
     if changed:
         FeastProfileStore(namespace.open_store()).delete_profiles(changed)
         log.info(
@@ -283,7 +276,7 @@ def replay(
         manifest = Manifest(namespace=namespace.name, range=replayed, profiles_only=profiles_only)
         namespace.create(manifest)
     started = time.perf_counter()
-    privacy_before = _privacy_log(settings).read()
+    privacy_before = PrivacyLog.from_settings(settings).read()
     parts = [p for p in sorted(replayed.start) if replayed.stop[p] > replayed.start[p]]
     workers = max(1, min(workers or settings.replay_workers, len(parts) or 1))
     bar = tqdm(
@@ -303,7 +296,7 @@ def replay(
     else:
         _in_processes(settings, namespace.name, replayed, parts, workers, bar, profiles_only)
     bar.close()
-    purge_changed(settings, namespace, privacy_before, _privacy_log(settings).read())
+    purge_changed(settings, namespace, privacy_before, PrivacyLog.from_settings(settings).read())
     totals = FeastProfileStore(namespace.open_store()).read_partition_counts(sorted(replayed.start))
     manifest.events = sum(c.events for c in totals.values())
     manifest.dead_letters = sum(c.dead_letters for c in totals.values())
