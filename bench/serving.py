@@ -66,7 +66,7 @@ def load_profiles(settings: Settings, catalog: Catalog, events: int) -> list[str
     messages = wire_messages(sample, settings.events_partitions, 200)
     for i in range(0, len(messages), 50):
         processor.process(messages[i : i + 50])
-    state.flush(items=True)
+    state.flush(force_items=True)
     return sorted({e.user_id for e in raw})  # requests carry raw ids
 
 

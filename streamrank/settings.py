@@ -87,6 +87,9 @@ class Settings(BaseSettings):
     # profiles are written every batch; popularity and co-visitation rows (shared, costly)
     # every this many seconds, exactly once thanks to the profiles' outboxes
     worker_item_flush_s: float = 2.0
+    # the item rows in a process beside the worker's (streams/item_process.py): two cores,
+    # and profiles that never wait for an item flush; False keeps them in the worker
+    worker_item_process: bool = True
     # how long a consumer fetch may wait for data: bounds the append -> seen delay on brokers
     # that hold fetches to the deadline (the embedded one does; streams/transport.py)
     worker_fetch_max_wait_ms: int = Field(default=100, ge=1, le=10_000)

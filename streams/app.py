@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 import faust
@@ -31,24 +33,33 @@ from streamrank.settings import Settings, get_settings
 from streams import metrics
 from streams.access import key_from_headers
 from streams.collector import Collector, RateLimiter
+from streams.item_process import ItemProcess, ItemProcessDied
 from streams.messages import RawMessage
 from streams.privacy import encode_state, erase_from_namespaces
 from streams.processor import BatchResult, ProfileProcessor, build_processor
 from streams.producer import EventProducer
 from streams.pseudonyms import Pseudonymizer
-from streams.sink import FeastProfileStore, retry_forever
+from streams.sink import open_profile_store, retry_forever
 from streams.transport import stream_app
 
 log = logging.getLogger(__name__)
 
 
 def build_live_processor(settings: Settings) -> ProfileProcessor:
-    from feature_repo.store import open_store
-
+    items = (
+        ItemProcess(
+            partial(open_profile_store, settings),
+            settings.worker_max_covisits,
+            settings.worker_item_flush_s,
+        )
+        if settings.worker_item_process
+        else None
+    )
     return build_processor(
         settings,
-        FeastProfileStore(open_store(settings), settings.write_path),
+        open_profile_store(settings),
         on_wiped=lambda users: erase_from_namespaces(settings, users),
+        items=items,
     )
 
 
@@ -66,11 +77,22 @@ def create_app(settings: Settings) -> faust.App:
     holder: dict[str, Any] = {}
 
     async def on_thread(fn: Any, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+        except ItemProcessDied:
+            # Unwritten item effects live on only in the profiles' outboxes, which a
+            # restart (rewinding to the checkpoints) applies again: stop like a crash.
+            log.critical("the item process died; stopping the worker", exc_info=True)
+            logging.shutdown()
+            os._exit(70)
+
+    building = asyncio.Lock()
 
     async def processor() -> ProfileProcessor:
-        if "processor" not in holder:
-            holder["processor"] = await on_thread(build_live_processor, settings)
+        """Built once, by whichever comes first: the agent or the first rebalance."""
+        async with building:
+            if "processor" not in holder:
+                holder["processor"] = await on_thread(build_live_processor, settings)
         return holder["processor"]
 
     async def send_dead_letters(result: BatchResult) -> None:
@@ -212,9 +234,13 @@ def create_app(settings: Settings) -> faust.App:
         return web.json({"status": "ok", "ready": "processor" in holder})
 
     @app.on_before_shutdown.connect
-    async def close_collector(sender: Any, **_: Any) -> None:
+    async def close_clients(sender: Any, **_: Any) -> None:
+        """After the consumer stopped: the collector's producer, and the item process once
+        any batch still on the thread is done."""
         if "collector" in holder:
             holder["collector"].producer.close()
+        if "processor" in holder:
+            await on_thread(holder["processor"].state.items.close)
 
     return app
 

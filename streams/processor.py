@@ -19,9 +19,8 @@ from streams.covisitation import covisit_anchors
 from streams.events import DeadLetter, PrivacyAction, PrivacyRequest, Record
 from streams.messages import RawMessage, ValidationLimits
 from streams.outbox import ItemEffect
-from streams.popularity import add_popularity
 from streams.privacy import PrivacyLog, PrivacyRegistry, PrivacyState
-from streams.profile import TYPE_WEIGHTS, ItemLookup, apply_event
+from streams.profile import ItemLookup, apply_event
 from streams.sink import FeastProfileStore
 from streams.state import ProfileState
 
@@ -124,10 +123,8 @@ class ProfileProcessor:
             for user in touched:
                 state.profile(user).applied_offsets[msg.partition] = msg.offset
                 state.mark_user(user)
-        self._apply_item_effects(effects)
-
         started = time.perf_counter()
-        result.profiles_written = state.flush()
+        result.profiles_written = state.flush(effects)
         self._observe(result, time.perf_counter() - started, messages)
         return result
 
@@ -144,34 +141,6 @@ class ProfileProcessor:
             "%s for %s at %d/%d", request.type.value, request.user_id, msg.partition, msg.offset
         )
         return after
-
-    def _apply_item_effects(self, effects: list[ItemEffect]) -> None:
-        """Popularity and co-visitation rows, in order; a row skips the effects of messages
-        it already holds (its applied offset), except those this batch has just added."""
-        state = self.state
-        state.ensure_covisits((e.partition, a) for e in effects for a in e.anchors)
-        moved_partitions: set[int] = set()
-        moved_rows: set[tuple[int, str]] = set()
-        for e in effects:
-            pop = state.popularity[e.partition]
-            if e.offset > pop.applied_offset or (
-                e.offset == pop.applied_offset and e.partition in moved_partitions
-            ):
-                add_popularity(pop, e.event_type, e.item_id, e.ts)
-                pop.applied_offset = e.offset
-                moved_partitions.add(e.partition)
-                state.mark_partition(e.partition)
-            weight = TYPE_WEIGHTS[e.event_type]
-            for anchor in e.anchors:
-                key = (e.partition, anchor)
-                row = state.covisits[key]
-                if e.offset > row.applied_offset or (
-                    e.offset == row.applied_offset and key in moved_rows
-                ):
-                    row.add(e.item_id, weight, e.ts)
-                    row.applied_offset = e.offset
-                    moved_rows.add(key)
-                    state.mark_covisit(key)
 
     @staticmethod
     def _observe(result: BatchResult, flush_s: float, messages: Sequence[RawMessage]) -> None:

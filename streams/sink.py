@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import pandas as pd
 from feast import FeatureStore, FeatureView
@@ -42,6 +42,9 @@ from streams import metrics
 from streams.covisitation import CovisitRow
 from streams.popularity import PartitionPopularity
 from streams.profile import UserProfile
+
+if TYPE_CHECKING:
+    from streamrank.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -255,6 +258,13 @@ class FeastProfileStore:
                 for p, o in offsets.items()
             ]
         )
+
+
+def open_profile_store(settings: Settings) -> FeastProfileStore:
+    """The live online store as the stream's sink (by name, so a child process can open it)."""
+    from feature_repo.store import open_store
+
+    return FeastProfileStore(open_store(settings), settings.write_path)
 
 
 Row = dict[str, Any] | None
