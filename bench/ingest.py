@@ -150,10 +150,17 @@ def worker_rate(settings: Settings, events: pd.DataFrame) -> dict[str, float]:
             0.1,
         )
         elapsed = time.perf_counter() - started
-        tree = psutil.Process(worker.pid)  # the worker and its item process
-        rss = sum(p.memory_info().rss for p in [tree, *tree.children(recursive=True)])
+        tree = psutil.Process(worker.pid)  # the worker, its item process and spawn's tracker
+        own = tree.memory_info().rss / 2**20
+        children = sum(p.memory_info().rss for p in tree.children(recursive=True)) / 2**20
         total = applied_events(settings.worker_web_port)
-        return {"events": total, "events_per_s": total / elapsed, "rss_mb": rss / 2**20}
+        return {
+            "events": total,
+            "events_per_s": total / elapsed,
+            "rss_mb": own + children,
+            "rss_worker_process_mb": own,
+            "rss_child_processes_mb": children,
+        }
     finally:
         stop_process(worker, "faust worker")
 

@@ -27,6 +27,7 @@ counts of events and dead letters, so the summary is exact after any number of r
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import multiprocessing
 import queue
@@ -333,6 +334,11 @@ def _in_processes(
 ) -> None:
     """One partition per task over ``workers`` processes, progress through a queue."""
     context = multiprocessing.get_context(_start_method())
+    # Free the parent's unreachable store and Kafka handles (namespace creation, the privacy
+    # read) now: a forked child would otherwise free its copies later, and closing an
+    # inherited SQLite descriptor drops the POSIX locks of the child's own connection to the
+    # same file (the suspected cause of a rare empty 2-process replay in the tests).
+    gc.collect()
     with context.Manager() as manager, ProcessPoolExecutor(workers, mp_context=context) as pool:
         updates = manager.Queue()
         futures: list[Future[PartitionDone]] = [
