@@ -34,6 +34,7 @@ from streams import metrics
 from streams.access import key_from_headers
 from streams.collector import Collector, RateLimiter
 from streams.item_process import ItemProcess, ItemProcessDied
+from streams.memory import HeapTrimmer
 from streams.messages import RawMessage
 from streams.privacy import encode_state, erase_from_namespaces
 from streams.processor import BatchResult, ProfileProcessor, build_processor
@@ -149,11 +150,15 @@ def create_app(settings: Settings) -> faust.App:
                 if high is not None:
                     metrics.LAG.labels(str(tp.partition)).set(max(0, high - offset - 1))
 
+    trim_heap = HeapTrimmer()
+
     @app.timer(interval=max(0.1, settings.worker_item_flush_s / 2))
     async def flush_item_rows() -> None:
-        """A quiet stream still gets its item rows and checkpoints written."""
+        """A quiet stream still gets its item rows and checkpoints written; the memory of
+        evicted cache entries goes back to the system (``streams/memory.py``)."""
         if "processor" in holder:
             await on_thread(holder["processor"].state.flush_items_if_due)
+        await on_thread(trim_heap)
 
     @app.on_partitions_revoked.connect
     async def forget_revoked(sender: Any, revoked: set[Any], **_: Any) -> None:

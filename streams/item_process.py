@@ -31,6 +31,7 @@ from typing import Any
 
 from streams import metrics
 from streams.item_rows import ItemRows
+from streams.memory import TRIM_EVERY_S, HeapTrimmer
 from streams.outbox import ItemEffect
 from streams.sink import FeastProfileStore, PartitionCounts
 
@@ -182,8 +183,10 @@ def serve(
     conn.send(("ready",))
     reported: dict[int, int] = {}
     retries: dict[str, float] = {}
+    trim_heap = HeapTrimmer()
     while True:
-        wait = max(0.05, flush_s / 2) if rows.pending() else None
+        trim_heap()
+        wait = max(0.05, flush_s / 2) if rows.pending() else TRIM_EVERY_S
         try:
             ready = conn.poll(wait)
             message = conn.recv() if ready else ("tick",)
