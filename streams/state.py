@@ -43,7 +43,7 @@ class ProfileState:
     def __init__(
         self,
         store: FeastProfileStore,
-        max_profiles: int = 20_000,
+        max_profiles: int = 10_000,
         max_covisits: int = 50_000,
         item_flush_s: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
