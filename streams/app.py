@@ -13,7 +13,9 @@ Exactly-once effect, step by step:
    committed offset can run ahead of what is written, every rebalance ends by committing
    each partition's own checkpoint + 1, just before Faust seeks to the committed offsets.
 The blocking work (validation, folds, store I/O) runs on one dedicated thread so the event
-loop keeps heartbeating to the broker while a batch is written.
+loop keeps heartbeating to the broker while a batch is written. The item rows and the
+checkpoints are written by a process beside the worker (``streams/item_process.py``),
+which gets each batch's item effects once the batch's profiles are written.
 """
 
 from __future__ import annotations
