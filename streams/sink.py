@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, runtime_checkable
 
 import pandas as pd
 from feast import FeatureStore, FeatureView
@@ -31,7 +31,8 @@ from feast.data_source import PushMode
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import DoubleList, FloatList, Int64List, StringList
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
-from feast.type_map import feast_value_type_to_python_type, python_values_to_proto_values
+from feast.repo_config import RepoConfig
+from feast.type_map import python_values_to_proto_values
 from feast.value_type import ValueType
 
 from feature_repo.definitions import (
@@ -41,6 +42,7 @@ from feature_repo.definitions import (
     USER_PROFILE_VIEW,
     push_source_name,
 )
+from feature_repo.row_codec import values_from_protos
 from streams import metrics
 from streams.covisitation import CovisitRow
 from streams.popularity import PartitionPopularity
@@ -74,6 +76,24 @@ def to_protos(values: Sequence[Any], value_type: ValueType) -> list[ValueProto]:
     return [ValueProto() if v is None else fast(v) for v in values]
 
 
+@runtime_checkable
+class RowOnlineStore(Protocol):
+    """An online store that also takes and gives features as Python values, so no value
+    proto is built either way (``feature_repo/sqlite_store.py``; Feast's Redis store is
+    used through protos)."""
+
+    def write_rows(
+        self,
+        config: RepoConfig,
+        table: FeatureView,
+        rows: Sequence[tuple[EntityKeyProto, Mapping[str, Any], datetime]],
+    ) -> None: ...
+
+    def read_rows(
+        self, config: RepoConfig, table: FeatureView, entity_keys: Sequence[EntityKeyProto]
+    ) -> list[tuple[datetime | None, dict[str, Any] | None]]: ...
+
+
 class ViewIO:
     """Batched reads and writes of one feature view's rows (dicts keyed by column)."""
 
@@ -82,6 +102,8 @@ class ViewIO:
         self.path = path
         self.view: FeatureView = store.get_feature_view(view_name)
         self.provider = store._get_provider()  # the online store's own batch API
+        online = self.provider.online_store
+        self.rows: RowOnlineStore | None = online if isinstance(online, RowOnlineStore) else None
         self.join_keys = {col.name: col.dtype.to_value_type() for col in self.view.entity_columns}
         self.features = {f.name: f.dtype.to_value_type() for f in self.view.features}
         self.ttl_s = self.view.ttl.total_seconds() if self.view.ttl else None
@@ -99,6 +121,10 @@ class ViewIO:
             frame = pd.DataFrame(list(rows))
             frame["updated_at"] = now
             self.store.push(push_source_name(self.view.name), frame, to=PushMode.ONLINE)
+            return len(rows)
+        if self.rows is not None:
+            data = [(self._entity_key(r), r, now) for r in rows]
+            self.rows.write_rows(self.store.config, self.view, data)
             return len(rows)
         columns: dict[str, list[ValueProto]] = {
             name: to_protos([r[name] for r in rows], value_type)
@@ -137,26 +163,28 @@ class ViewIO:
         if not keys:
             return []
         entity_keys = [self._entity_key(k) for k in keys]
+        if self.rows is not None:
+            return self._rows(keys, self.rows.read_rows(self.store.config, self.view, entity_keys))
         results = self.provider.online_read(self.store.config, self.view, entity_keys, None)
-        return self._rows(keys, results)
+        return self._rows(keys, _python_values(results))
 
     async def read_async(self, keys: Sequence[Mapping[str, Any]]) -> list[dict[str, Any] | None]:
         """``read`` for an event loop: the store's async client where Feast has one, else
         the blocking read on a thread."""
         if not keys:
             return []
+        if not self.reads_async:
+            return await asyncio.to_thread(self.read, keys)
         entity_keys = [self._entity_key(k) for k in keys]
-        config = self.store.config
-        if self.reads_async:
-            results = await self.provider.online_read_async(config, self.view, entity_keys, None)
-        else:
-            results = await asyncio.to_thread(
-                self.provider.online_read, config, self.view, entity_keys, None
-            )
-        return self._rows(keys, results)
+        results = await self.provider.online_read_async(
+            self.store.config, self.view, entity_keys, None
+        )
+        return self._rows(keys, _python_values(results))
 
     def _rows(
-        self, keys: Sequence[Mapping[str, Any]], results: Sequence[tuple[Any, Any]]
+        self,
+        keys: Sequence[Mapping[str, Any]],
+        results: Sequence[tuple[datetime | None, dict[str, Any] | None]],
     ) -> list[dict[str, Any] | None]:
         now = time.time()
         out: list[dict[str, Any] | None] = []
@@ -171,11 +199,15 @@ class ViewIO:
                 out.append(None)
                 continue
             row = dict(key)
-            for name, proto in values.items():
-                if name in self.features:
-                    row[name] = feast_value_type_to_python_type(proto)
+            row.update(values)
             out.append(row)
         return out
+
+
+def _python_values(
+    results: Sequence[tuple[datetime | None, dict[str, ValueProto] | None]],
+) -> list[tuple[datetime | None, dict[str, Any] | None]]:
+    return [(ts, None if protos is None else values_from_protos(protos)) for ts, protos in results]
 
 
 class FeastProfileStore:

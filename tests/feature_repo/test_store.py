@@ -102,42 +102,90 @@ def test_an_erased_profile_leaves_each_online_store(
         with sqlite3.connect(home / "online.db") as db:
             table = f"{store.store.project}_{USER_PROFILE_VIEW}"
             rows = db.execute(f'SELECT COUNT(*) FROM "{table}"').fetchone()[0]
-        assert rows == len(user_profile_schema())  # one row per feature: the kept user's
+        assert rows == 1  # one row per entity: the kept user's
 
 
-def test_batched_sqlite_writes_are_what_feasts_own_store_writes(home: Path) -> None:
-    """The plug-in changes how rows are written, never what: the same profiles written by
-    Feast's stock SQLite store and by ours give identical tables, and Feast's public read
-    API (``get_online_features``) reads ours."""
-    settings = Settings(home=home)
-    ours = apply_repo(settings)
+def stock_sqlite_store(settings: Settings, home: Path, db: Path) -> FeatureStore:
+    """Feast's own SQLite online store over the same definitions, writing to ``db``."""
     stock_yaml = repo_yaml(settings)
-    stock_yaml["online_store"] = {"type": "sqlite", "path": str(home / "stock.db")}
+    stock_yaml["online_store"] = {"type": "sqlite", "path": str(db)}
     stock = FeatureStore(config=RepoConfig(repo_path=home, **stock_yaml))
     stock.apply(build_definitions(home, timedelta(days=settings.profile_ttl_days)))
-    assert type(ours._get_provider().online_store).__name__ == "BatchedSqliteOnlineStore"
+    return stock
 
+
+def three_profiles() -> list[UserProfile]:
     profiles = []
     for i in range(3):
         profiles.append(fold([ev(1, "view", "a"), ev(2, "purchase", "b", dt=5)]))
         profiles[-1].user_id = f"u{i}"
+    profiles[0].interest_sum = None  # a value-less feature too
+    return profiles
+
+
+def test_our_sqlite_rows_read_as_feasts_own_store_reads(home: Path) -> None:
+    """The plug-in changes how rows are stored (one per entity, no protos on the stream's
+    path), never what is read: the same profiles written by Feast's stock SQLite store and
+    by ours read back identically, through Feast's API and through the stream's, and
+    Feast's own write path (``push``) into ours stores the same rows as the stream's."""
+    settings = Settings(home=home)
+    ours = apply_repo(settings)
+    stock = stock_sqlite_store(settings, home, home / "stock.db")
+    assert type(ours._get_provider().online_store).__name__ == "EntityRowSqliteOnlineStore"
+    profiles = three_profiles()
     for store in (ours, stock):
         FeastProfileStore(store, "direct").write_profiles(profiles)
 
-    def table(path: Path) -> list[tuple[object, ...]]:
-        with sqlite3.connect(path) as conn:
-            name = f"{settings.feast_project}_{USER_PROFILE_VIEW}"
-            return conn.execute(
-                f'SELECT entity_key, feature_name, value, value_text FROM "{name}" ORDER BY 1, 2'
-            ).fetchall()
+    view = ours.get_feature_view(USER_PROFILE_VIEW)
+    keys = [FeastProfileStore(ours).profiles._entity_key({"user_id": p.user_id}) for p in profiles]
 
-    assert table(home / "online.db") == table(home / "stock.db")
-    online = ours.get_online_features(
-        features=[f"{USER_PROFILE_VIEW}:total_purchase"], entity_rows=[{"user_id": "u1"}]
-    ).to_dict()
-    assert online["total_purchase"] == [1]
+    def online(store: FeatureStore) -> list[dict[str, object]]:
+        read = store._get_provider().online_read(store.config, view, keys, None)
+        return [{n: v.SerializeToString() for n, v in values.items()} for _, values in read]
+
+    assert online(ours) == online(stock)
+    features = [f"{USER_PROFILE_VIEW}:{f.name}" for f in user_profile_schema()]
+    rows = [{"user_id": p.user_id} for p in profiles]
+    assert (
+        ours.get_online_features(features=features, entity_rows=rows).to_dict()
+        == stock.get_online_features(features=features, entity_rows=rows).to_dict()
+    )
+    ids = [p.user_id for p in profiles]
+    mine, theirs = (
+        FeastProfileStore(ours).read_profiles(ids),
+        FeastProfileStore(stock).read_profiles(ids),
+    )
+    assert [mine[u].to_row() for u in ids] == [theirs[u].to_row() for u in ids]
+    assert [mine[u].to_row() for u in ids] == [p.to_row() for p in profiles]
+
+    before = online(ours)
+    FeastProfileStore(ours, "push").write_profiles(profiles)  # protos in, the same rows
+    assert online(ours) == before
     with sqlite3.connect(home / "online.db") as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        table = f"{settings.feast_project}_{USER_PROFILE_VIEW}"
+        assert conn.execute(f'SELECT COUNT(*) FROM "{table}"').fetchone() == (3,)
+
+
+def test_a_store_in_feasts_own_layout_is_converted_at_apply(home: Path) -> None:
+    """An online.db written with Feast's row-per-feature layout (streamrank before this
+    store) keeps every profile when the repository is applied with ours."""
+    settings = Settings(home=home)
+    stock = stock_sqlite_store(settings, home, home / "online.db")
+    profiles = three_profiles()
+    FeastProfileStore(stock).write_profiles(profiles)
+    FeastProfileStore(stock).write_checkpoints({0: 41})
+    del stock  # its connection must not hold the file
+
+    ours = FeastProfileStore(apply_repo(settings))
+    back = ours.read_profiles([p.user_id for p in profiles])
+    assert [back[p.user_id].to_row() for p in profiles] == [p.to_row() for p in profiles]
+    assert ours.read_checkpoints([0]) == {0: 41}
+    with sqlite3.connect(home / "online.db") as conn:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert not any(t.endswith("__feast_layout") for t in tables)
+    apply_repo(settings)  # applying again changes nothing
+    assert ours.read_checkpoints([0]) == {0: 41}
 
 
 def test_the_worker_imports_feast_without_torch() -> None:
