@@ -84,14 +84,18 @@ def covisit_anchors(profile: UserProfile, event: Event) -> tuple[str, ...]:
     if event.type is EventType.SEARCH or event.item_id is None:
         return ()
     ts = event.epoch
+    since = ts - LOOKBACK_S
     target = event.item_id
     recent: dict[str, float] = {}
     for entries in profile.recent.values():
         # newest first: the ANCHORS newest overall are among each list's ANCHORS + 1 newest
         for item, seen in entries[: ANCHORS + 1]:
-            if item != target and ts - LOOKBACK_S <= seen <= ts:
-                recent[item] = max(seen, recent.get(item, 0.0))
-    return tuple(sorted(recent, key=lambda i: -recent[i])[:ANCHORS])
+            if since <= seen <= ts and item != target and seen > recent.get(item, -1.0):
+                recent[item] = seen
+    if not recent:
+        return ()
+    # newest first; equal times keep their order of discovery (a stable sort)
+    return tuple(sorted(recent, key=recent.__getitem__, reverse=True)[:ANCHORS])
 
 
 def covisit_edges(profile: UserProfile, event: Event) -> list[tuple[str, str, float]]:

@@ -37,11 +37,13 @@ Id = Annotated[str, StringConstraints(min_length=1, max_length=128, strip_whites
 
 
 def _utc(value: datetime) -> datetime:
-    """Naive timestamps are taken as UTC; aware ones are converted to it."""
+    """Naive timestamps are taken as UTC; aware ones are converted to it. One already in
+    UTC (pydantic's own ``TzInfo(0)``, equal to ``UTC``) is returned as it is: a copy per
+    event was a quarter of the cost of validating a batch."""
     offset = value.utcoffset()
-    if offset is None or not offset:  # naive, or already UTC under another tzinfo class
+    if offset is None:
         return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
+    return value.astimezone(UTC) if offset else value
 
 
 UtcTime = Annotated[datetime, AfterValidator(_utc)]

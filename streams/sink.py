@@ -1,15 +1,16 @@
 """The online store as the stream's sink and as the durable copy of its state.
 
 Writes go in batches, one store call per view per flush, never one per event. Two paths:
-``direct`` turns rows into Feast value protos column by column and hands them to the
-online store's own ``online_write_batch`` (no DataFrame, no registry lookup per call);
-``push`` goes through ``FeatureStore.push`` with a DataFrame, Feast's public ingestion API.
-Both write the same rows; ``bench/ingest.py`` measures one against the other. With
-10k-event batches (many events per user) they were as fast end to end (6.1k vs 5.1k
-events/s, session 3), but a profile row costs ``push`` 2.2x what it costs ``direct`` (1.33
-against 0.59 ms on 2 cores, session 7), and at a live rate a batch writes a profile for
-every two events or so: there ``direct`` took freshness p99 at 5k events/s from 5.1 s to
-1.7 s. So ``direct`` is the default and ``push`` the option for stores we have not tuned.
+``direct`` hands rows to the online store itself: as Python values where the store takes
+them (``RowOnlineStore``: our SQLite store, one row per entity), else as Feast value protos
+built column by column for its ``online_write_batch`` (Redis); no DataFrame and no registry
+lookup per call. ``push`` goes through ``FeatureStore.push`` with a DataFrame, Feast's
+public ingestion API. Both write the same rows; ``bench/ingest.py`` measures one against
+the other. At a live rate a batch holds few events per user, so it writes a profile for
+every two events or so, and the cost of one profile row decides the worker's speed: on 2
+cores ``push`` took 1.33 ms a profile, protos through ``online_write_batch`` 0.59 ms, and
+Python values into one SQLite row per entity 0.11-0.16 ms (sessions 7 and 8). So ``direct``
+is the default and ``push`` the option for stores we have not tuned.
 
 Every row carries the offsets it has applied, so a row and the position in the topic that
 produced it are written together, atomically per row.
