@@ -85,6 +85,9 @@ def counter_name(event_type: EventType, window: str) -> str:
 COUNTER_TAUS: dict[str, float] = {
     counter_name(t, w): tau for t in EventType for w, tau in COUNT_WINDOWS.items()
 }
+COUNTERS_OF_TYPE: dict[EventType, tuple[tuple[str, float], ...]] = {
+    t: tuple((counter_name(t, w), tau) for w, tau in COUNT_WINDOWS.items()) for t in EventType
+}
 
 
 @dataclass
@@ -275,8 +278,8 @@ def apply_event(profile: UserProfile, event: Event, items: ItemLookup) -> bool:
     profile.as_of = max(profile.as_of, ts)
 
     profile.totals[event.type.value] += 1
-    for window, tau in COUNT_WINDOWS.items():
-        profile.decayed[counter_name(event.type, window)] += growth(ts, profile.ref, tau)
+    for name, tau in COUNTERS_OF_TYPE[event.type]:
+        profile.decayed[name] += growth(ts, profile.ref, tau)
 
     if event.type is EventType.SEARCH:
         assert event.query is not None
