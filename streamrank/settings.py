@@ -105,7 +105,10 @@ class Settings(BaseSettings):
 
     # --- replay (streams/replay.py): a namespace's state, rebuilt from a range of the topic
     replay_workers: int = Field(default=2, ge=1, description="processes, partitions shared")
-    replay_batch_messages: int = Field(default=250, ge=1, description="messages per write")
+    replay_batch_messages: int = Field(default=250, ge=1, description="messages per fold")
+    replay_flush_s: float = Field(
+        default=10.0, ge=0, description="seconds between a replay process's writes; 0: every batch"
+    )
     replay_max_profiles: int = 1_000_000  # profiles cached per process (no re-reads)
 
     # --- HTTP collector access (streams/collector.py): keys required when any are set

@@ -58,10 +58,14 @@ class ProfileProcessor:
         self.limits = limits or ValidationLimits()
         self.clock = clock
         self.item_side = item_side
+        self._unwritten: list[ItemEffect] = []  # effects of folded batches not yet flushed
 
-    def process(self, messages: Sequence[RawMessage]) -> BatchResult:
+    def process(self, messages: Sequence[RawMessage], write: bool = True) -> BatchResult:
         """Validate, fold and write one batch. Returns once the profiles are durable; item
-        rows follow at the state's item-flush interval (see ``streams/outbox.py``)."""
+        rows follow at the state's item-flush interval (see ``streams/outbox.py``).
+
+        ``write=False`` folds only: the batch is written by a later ``flush`` (replay
+        writes every few seconds, not every batch; nothing reads its rows meanwhile)."""
         result = BatchResult(messages=len(messages))
         state = self.state
         now = self.clock()
@@ -123,10 +127,21 @@ class ProfileProcessor:
             for user in touched:
                 state.profile(user).applied_offsets[msg.partition] = msg.offset
                 state.mark_user(user)
-        started = time.perf_counter()
-        result.profiles_written = state.flush(effects)
-        self._observe(result, time.perf_counter() - started, messages)
+        self._unwritten.extend(effects)
+        if write:
+            result.profiles_written = self.flush()
+        self._observe(result, messages)
         return result
+
+    def flush(self) -> int:
+        """Write what the folded batches changed (profiles first, then the item side, as
+        ``ProfileState.flush`` orders it). Returns the number of profiles written."""
+        started = time.perf_counter()
+        effects, self._unwritten = self._unwritten, []
+        written = self.state.flush(effects)
+        metrics.FLUSH_SECONDS.observe(time.perf_counter() - started)
+        metrics.PROFILES_WRITTEN.inc(written)
+        return written
 
     def _apply_privacy(self, request: PrivacyRequest, msg: RawMessage) -> PrivacyState:
         """The user's new standing; what is kept about them changes with it (a tombstone,
@@ -143,11 +158,9 @@ class ProfileProcessor:
         return after
 
     @staticmethod
-    def _observe(result: BatchResult, flush_s: float, messages: Sequence[RawMessage]) -> None:
-        metrics.FLUSH_SECONDS.observe(flush_s)
+    def _observe(result: BatchResult, messages: Sequence[RawMessage]) -> None:
         metrics.MESSAGES.inc(result.messages)
         metrics.BATCH_SIZE.observe(result.messages)
-        metrics.PROFILES_WRITTEN.inc(result.profiles_written)
         metrics.EVENTS.labels("applied").inc(result.applied)
         metrics.EVENTS.labels("duplicate").inc(result.duplicates)
         metrics.EVENTS.labels("redelivered").inc(result.redelivered)

@@ -9,15 +9,16 @@ own store (``feature_repo/namespaces.py``); the live store and the live consumer
 never opened (reads use ``assign``, commit nothing, and belong to no group).
 
 Fast: no group protocol, batches of ``replay_batch_messages`` messages (an SDK message
-carries up to 200 events), each user's row written once per batch, and partitions spread
-over ``replay_workers`` processes (the fold is pure Python: one process per core).
+carries up to 200 events), writes every ``replay_flush_s`` seconds (each user's row once
+per write, however many of their events it covers), and partitions spread over
+``replay_workers`` processes (the fold is pure Python: one process per core).
 
 Privacy: the workers start from every user's privacy state *now* (the compacted privacy
 topic, ``streams/privacy.py``), so the events an opt-out or erasure wiped, then or since,
 are withheld, and what users decide within the range is applied as it was live. Users whose
 state changes while the replay runs are removed from the namespace at its end.
 
-Resumable: every batch ends with the namespace's checkpoint per partition, written after
+Resumable: every write ends with the namespace's checkpoint per partition, written after
 the rows it covers, exactly as in the live worker. A replay killed at any point and started
 again with the same range skips what is stored, and the profiles' applied offsets stop the
 batch in flight from counting twice. The checkpoint rows also hold the partition's running
@@ -238,12 +239,17 @@ def replay_partition(
         if report:
             report(resume - start)
     done = 0
+    written_at = time.monotonic()
     batches = read_messages(settings, partition, resume, stop, settings.replay_batch_messages)
     for batch in batches:
-        processor.process(batch)
+        due = time.monotonic() - written_at >= settings.replay_flush_s
+        processor.process(batch, write=due)
+        if due:
+            written_at = time.monotonic()
         done += len(batch)
         if report:
             report(len(batch))
+    processor.flush()
     return PartitionDone(partition, done, time.perf_counter() - started)
 
 

@@ -111,7 +111,12 @@ def test_a_profiles_only_replay_has_the_same_profiles_and_no_item_rows(
 
 
 def _replay_process(settings: Settings, *args: str) -> subprocess.Popen[bytes]:
-    env = {**os.environ, **settings.as_env(), "STREAMRANK_REPLAY_BATCH_MESSAGES": "2"}
+    env = {
+        **os.environ,
+        **settings.as_env(),
+        "STREAMRANK_REPLAY_BATCH_MESSAGES": "2",
+        "STREAMRANK_REPLAY_FLUSH_S": "0",  # a checkpoint after every batch: many to kill between
+    }
     return subprocess.Popen(
         [sys.executable, "-m", "streamrank", "replay", *args],
         env=env,
