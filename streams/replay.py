@@ -126,7 +126,10 @@ def read_messages(
         last_seen = time.monotonic()
         position = start
         while position < stop:
-            got = consumer.consume(num_messages=min(batch, 1000), timeout=0.5)
+            # never ask for more than the range holds: consume() waits out its timeout
+            # for a count it cannot fill (0.5 s at the end of every partition)
+            want = min(batch - len(pending), stop - position, 1000)
+            got = consumer.consume(num_messages=want, timeout=0.5)
             if not got and time.monotonic() - last_seen > idle_timeout_s:
                 raise ReplayError(
                     f"{settings.events_topic}[{partition}]: nothing from offset {position} "
