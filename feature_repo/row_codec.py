@@ -14,11 +14,12 @@ feature reads as missing, as in Feast's own layout).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import msgpack
 import numpy as np
+from feast.protos.feast.types.Value_pb2 import DoubleList, FloatList, Int64List, StringList
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.type_map import feast_value_type_to_python_type, python_values_to_proto_values
 from feast.value_type import ValueType
@@ -92,11 +93,25 @@ def protos_from_values(
     values: Mapping[str, Any], types: Mapping[str, ValueType]
 ) -> dict[str, ValueProto]:
     """A stored row as Feast's readers expect it (``online_read``: ``get_online_features``)."""
-    return {
-        name: ValueProto() if values.get(name) is None else to_proto(values[name], value_type)
-        for name, value_type in types.items()
-    }
+    return {name: to_protos([values.get(name)], t)[0] for name, t in types.items()}
 
 
-def to_proto(value: Any, value_type: ValueType) -> ValueProto:
-    return python_values_to_proto_values([value], value_type)[0]
+# Value protos built directly for the types the stream writes: Feast's generic converter
+# (type inference and checks per value) was half of a flush's time.
+FAST_PROTO: dict[ValueType, Callable[[Any], ValueProto]] = {
+    ValueType.STRING: lambda v: ValueProto(string_val=v),
+    ValueType.INT64: lambda v: ValueProto(int64_val=v),
+    ValueType.DOUBLE: lambda v: ValueProto(double_val=v),
+    ValueType.STRING_LIST: lambda v: ValueProto(string_list_val=StringList(val=v)),
+    ValueType.INT64_LIST: lambda v: ValueProto(int64_list_val=Int64List(val=v)),
+    ValueType.DOUBLE_LIST: lambda v: ValueProto(double_list_val=DoubleList(val=v)),
+    ValueType.FLOAT_LIST: lambda v: ValueProto(float_list_val=FloatList(val=v)),
+}
+
+
+def to_protos(values: Sequence[Any], value_type: ValueType) -> list[ValueProto]:
+    """Python values of one type as Feast value protos (``None``: an empty proto)."""
+    fast = FAST_PROTO.get(value_type)
+    if fast is None:
+        return python_values_to_proto_values(list(values), value_type)
+    return [ValueProto() if v is None else fast(v) for v in values]

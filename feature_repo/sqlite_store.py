@@ -43,6 +43,7 @@ from feast.infra.online_stores.sqlite import SqliteOnlineStore, SqliteOnlineStor
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.repo_config import RepoConfig
+from feast.utils import make_tzaware
 from feast.value_type import ValueType
 
 from feature_repo.row_codec import RowCodec, check_types, protos_from_values, values_from_protos
@@ -132,7 +133,7 @@ class EntityRowSqliteOnlineStore(SqliteOnlineStore):
         self.write_rows(
             config,
             table,
-            [(key, values_from_protos(protos), _aware(ts)) for key, protos, ts, _ in data],
+            [(key, values_from_protos(protos), make_tzaware(ts)) for key, protos, ts, _ in data],
         )
         if progress:
             progress(len(data))
@@ -243,10 +244,6 @@ def _key(config: RepoConfig, entity_key: EntityKeyProto) -> bytes:
     return serialize_entity_key(entity_key, entity_key_serialization_version=version)
 
 
-def _aware(ts: datetime) -> datetime:
-    return ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
-
-
 def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
     return {row[1] for row in conn.execute(f'PRAGMA table_info("{table}")')}
 
@@ -278,8 +275,8 @@ def _epoch(ts: Any) -> float:
     """Feast's SQLite store writes times as naive UTC datetimes (read back as such) or, in
     some versions, as epoch numbers."""
     if isinstance(ts, datetime):
-        return _aware(ts).timestamp()
+        return make_tzaware(ts).timestamp()
     if isinstance(ts, str | bytes):
         text = ts.decode() if isinstance(ts, bytes) else ts
-        return _aware(datetime.fromisoformat(text)).timestamp()
+        return make_tzaware(datetime.fromisoformat(text)).timestamp()
     return float(ts or 0.0)

@@ -30,11 +30,8 @@ import pandas as pd
 from feast import FeatureStore, FeatureView
 from feast.data_source import PushMode
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
-from feast.protos.feast.types.Value_pb2 import DoubleList, FloatList, Int64List, StringList
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.repo_config import RepoConfig
-from feast.type_map import python_values_to_proto_values
-from feast.value_type import ValueType
 
 from feature_repo.definitions import (
     CHECKPOINT_VIEW,
@@ -43,7 +40,7 @@ from feature_repo.definitions import (
     USER_PROFILE_VIEW,
     push_source_name,
 )
-from feature_repo.row_codec import values_from_protos
+from feature_repo.row_codec import FAST_PROTO, to_protos, values_from_protos
 from streams import metrics
 from streams.covisitation import CovisitRow
 from streams.popularity import PartitionPopularity
@@ -56,25 +53,6 @@ log = logging.getLogger(__name__)
 
 WritePath = Literal["direct", "push"]
 T = TypeVar("T")
-
-# Value protos built directly for the types the stream writes: Feast's generic converter
-# (type inference and checks per value) was half of a flush's time.
-_FAST_PROTO: dict[ValueType, Callable[[Any], ValueProto]] = {
-    ValueType.STRING: lambda v: ValueProto(string_val=v),
-    ValueType.INT64: lambda v: ValueProto(int64_val=v),
-    ValueType.DOUBLE: lambda v: ValueProto(double_val=v),
-    ValueType.STRING_LIST: lambda v: ValueProto(string_list_val=StringList(val=v)),
-    ValueType.INT64_LIST: lambda v: ValueProto(int64_list_val=Int64List(val=v)),
-    ValueType.DOUBLE_LIST: lambda v: ValueProto(double_list_val=DoubleList(val=v)),
-    ValueType.FLOAT_LIST: lambda v: ValueProto(float_list_val=FloatList(val=v)),
-}
-
-
-def to_protos(values: Sequence[Any], value_type: ValueType) -> list[ValueProto]:
-    fast = _FAST_PROTO.get(value_type)
-    if fast is None:
-        return python_values_to_proto_values(list(values), value_type)
-    return [ValueProto() if v is None else fast(v) for v in values]
 
 
 @runtime_checkable
@@ -111,7 +89,7 @@ class ViewIO:
 
     def _entity_key(self, key: Mapping[str, Any]) -> EntityKeyProto:
         names = list(self.join_keys)
-        values = [_FAST_PROTO[self.join_keys[name]](key[name]) for name in names]
+        values = [FAST_PROTO[self.join_keys[name]](key[name]) for name in names]
         return EntityKeyProto(join_keys=names, entity_values=values)
 
     def write(self, rows: Sequence[Mapping[str, Any]]) -> int:
