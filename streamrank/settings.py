@@ -99,6 +99,9 @@ class Settings(BaseSettings):
     worker_web_port: int = 6066
     # streams/sink.py: "direct" writes a profile row for ~1/10 of what "push" costs (SQLite)
     write_path: Literal["direct", "push"] = "direct"
+    # Python's cyclic GC in the worker, its item process and replay (streams/memory.py):
+    # a young collection every 50k allocations instead of 700; "[700,10,10]" is the default
+    gc_thresholds: tuple[int, int, int] = (50_000, 20, 100)
     max_event_bytes: int = 64 * 1024
     max_message_bytes: int = 4 * 1024 * 1024
     max_future_skew_s: float = 300.0
@@ -229,7 +232,7 @@ class Settings(BaseSettings):
             if name == "home":
                 value = self.home_dir
             value = _reveal(value)  # a child process needs the secrets themselves
-            text = json.dumps(value) if isinstance(value, dict | list) else str(value)
+            text = json.dumps(value) if isinstance(value, dict | list | tuple) else str(value)
             env[f"STREAMRANK_{name.upper()}"] = text
         return env
 

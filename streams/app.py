@@ -36,7 +36,7 @@ from streams import metrics
 from streams.access import key_from_headers
 from streams.collector import Collector, RateLimiter
 from streams.item_process import ItemProcess, ItemProcessDied
-from streams.memory import HeapTrimmer
+from streams.memory import HeapTrimmer, gc_pace
 from streams.messages import RawMessage
 from streams.privacy import encode_state, erase_from_namespaces
 from streams.processor import BatchResult, ProfileProcessor, build_processor
@@ -54,6 +54,7 @@ def build_live_processor(settings: Settings) -> ProfileProcessor:
             partial(open_profile_store, settings),
             settings.worker_max_covisits,
             settings.worker_item_flush_s,
+            settings.gc_thresholds,
         )
         if settings.worker_item_process
         else None
@@ -257,4 +258,5 @@ def run_worker(settings: Settings | None = None, loglevel: str = "info") -> None
     settings = settings or get_settings()
     app = create_app(settings)
     worker = faust.Worker(app, loglevel=loglevel)
-    worker.execute_from_commandline()
+    with gc_pace(settings.gc_thresholds):
+        worker.execute_from_commandline()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import logging
 import multiprocessing
 import os
@@ -53,14 +54,16 @@ class ItemProcess:
         open_store: Callable[[], FeastProfileStore],
         max_covisits: int,
         flush_s: float,
+        gc_thresholds: tuple[int, int, int] | None = None,
     ):
         """``open_store`` must be picklable (a module-level function or a partial of one):
-        the child opens its own connection to the online store."""
+        the child opens its own connection to the online store. ``gc_thresholds``: the
+        child's collector pace (``streams/memory.py``; None: Python's)."""
         context = multiprocessing.get_context("spawn")  # never fork a process with threads
         self._conn, child = context.Pipe()
         self._process = context.Process(
             target=serve,
-            args=(child, open_store, max_covisits, flush_s, os.getpid()),
+            args=(child, open_store, max_covisits, flush_s, os.getpid(), gc_thresholds),
             name="streamrank-items",
             daemon=True,
         )
@@ -171,9 +174,12 @@ def serve(
     max_covisits: int,
     flush_s: float,
     parent_pid: int,
+    gc_thresholds: tuple[int, int, int] | None = None,
 ) -> None:
     """The item process: apply what the pipe brings, write when due, report what is written."""
     _die_with_parent(parent_pid)
+    if gc_thresholds is not None:
+        gc.set_threshold(*gc_thresholds)  # for the life of this process
     logging.basicConfig(
         level=logging.WARNING, format="%(asctime)s items %(levelname)s %(name)s: %(message)s"
     )

@@ -45,6 +45,7 @@ from tqdm.auto import tqdm
 from feature_repo.namespaces import Manifest, Namespace, ReplayRange
 from streamrank.settings import Settings
 from streams.events import Event
+from streams.memory import gc_pace
 from streams.messages import RawMessage, ValidationLimits
 from streams.offsets import Lookup, TopicLog, find_offset, message_time
 from streams.privacy import PrivacyLog, PrivacyRegistry, PrivacyState, kept_events
@@ -222,7 +223,21 @@ def replay_partition(
     profiles_only: bool = False,
 ) -> PartitionDone:
     """Fold one partition's messages ``[start, stop)`` into the namespace, resuming after
-    its stored checkpoint. Runs in a worker process (arguments are picklable)."""
+    its stored checkpoint. Runs in a worker process (arguments are picklable), at the
+    collector pace of the settings (``streams/memory.py``)."""
+    with gc_pace(settings.gc_thresholds):
+        return _replay_partition(settings, namespace, partition, start, stop, report, profiles_only)
+
+
+def _replay_partition(
+    settings: Settings,
+    namespace: str,
+    partition: int,
+    start: int,
+    stop: int,
+    report: Callable[[int], None] | None,
+    profiles_only: bool,
+) -> PartitionDone:
     started = time.perf_counter()
     store = FeastProfileStore(Namespace(settings, namespace).open_store(), settings.write_path)
     processor = build_processor(

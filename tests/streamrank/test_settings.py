@@ -25,7 +25,13 @@ def test_settings_cross_process_boundaries_as_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     arms = {"control": "", "candidate": str(tmp_path / "m2")}
-    s = Settings(home=tmp_path, events_partitions=8, kafka_bootstrap="h:1", experiment_arms=arms)
+    s = Settings(
+        home=tmp_path,
+        events_partitions=8,
+        kafka_bootstrap="h:1",
+        experiment_arms=arms,
+        gc_thresholds=(1000, 5, 5),
+    )
     env = s.as_env()
     assert env["STREAMRANK_EVENTS_PARTITIONS"] == "8"
     for name, value in env.items():  # what a child process sees

@@ -1,5 +1,5 @@
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from pydantic import ValidationError
@@ -32,6 +32,11 @@ def test_naive_and_offset_timestamps_become_utc() -> None:
     naive = Event.model_validate(event(ts="2025-12-31T23:00:00"))
     shifted = Event.model_validate(event(ts="2026-01-01T01:00:00+02:00"))
     assert naive.ts == shifted.ts == datetime(2025, 12, 31, 23, tzinfo=UTC)
+    assert naive.epoch == shifted.epoch == naive.ts.timestamp()
+    built = Event.model_construct(
+        **event(ts=datetime(2026, 1, 1, 1, tzinfo=timezone(timedelta(hours=2))))
+    )
+    assert built.epoch == shifted.epoch  # built without validation: computed when read
     assert Event.model_validate(event(ts=1_767_222_000)).ts.tzinfo == UTC
 
 

@@ -1,14 +1,17 @@
-"""Freed heap memory goes back to the system (glibc), which bounds a worker's RSS."""
+"""Freed heap memory goes back to the system (glibc), which bounds a worker's RSS; the
+collector's pace is set for a block and put back."""
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
 import textwrap
 
 import pytest
 
-from streams.memory import HeapTrimmer
+from streamrank.settings import Settings
+from streams.memory import HeapTrimmer, gc_pace
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim")
@@ -46,3 +49,16 @@ def test_it_trims_at_most_once_per_interval() -> None:
     trimmer()
     trimmer()
     assert calls == [0]
+
+
+def test_gc_pace_holds_inside_the_block_and_is_put_back_after_an_error() -> None:
+    before = gc.get_threshold()
+    with pytest.raises(RuntimeError), gc_pace((50_000, 20, 100)):
+        assert gc.get_threshold() == (50_000, 20, 100)
+        raise RuntimeError("the block failed")
+    assert gc.get_threshold() == before
+
+
+def test_the_pace_is_set_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STREAMRANK_GC_THRESHOLDS", "[700,10,10]")
+    assert Settings().gc_thresholds == (700, 10, 10)
