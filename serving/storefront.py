@@ -65,7 +65,11 @@ def profile_view(
     kept = profile if profile is not None and not profile.opted_out else UserProfile(user_id)
     features = derive_features(kept, time.time())
     recent = {
-        name: [item_card(catalog, i) for i, _ in kept.recent[name] if i in catalog.index]
+        name: [
+            item_card(catalog, i)
+            for i in kept.recent[name].keys_newest_first()
+            if i in catalog.index
+        ]
         for name in RECENT_LISTS
     }
     return ProfileView(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any
 
 from streams.decay import growth, needs_rebase, value_at
@@ -89,7 +90,7 @@ def covisit_anchors(profile: UserProfile, event: Event) -> tuple[str, ...]:
     recent: dict[str, float] = {}
     for entries in profile.recent.values():
         # newest first: the ANCHORS newest overall are among each list's ANCHORS + 1 newest
-        for item, seen in entries[: ANCHORS + 1]:
+        for item, seen in islice(reversed(entries.items()), ANCHORS + 1):
             if since <= seen <= ts and item != target and seen > recent.get(item, -1.0):
                 recent[item] = seen
     if not recent:

@@ -115,7 +115,7 @@ def test_opting_out_leaves_a_tombstone_and_withholds_later_events(
     assert [(s.user_id, s.opted_out, s.wiped_through) for s in result.privacy] == [("u", True, 1)]
     stored = store.read_profiles(["u", "v"])
     assert stored["u"].opted_out and stored["u"].event_count == 0  # nothing but the flag
-    assert stored["u"].recent["viewed"] == [] and stored["u"].interest_sum is None
+    assert stored["u"].recent["viewed"] == {} and stored["u"].interest_sum is None
     assert stored["v"].event_count == 1  # others are untouched
 
     back = proc.process([message(0, 3, request("u", "opt_in", 1)), message(0, 4, view("u", 6))])
@@ -148,7 +148,7 @@ def test_an_erased_profile_is_deleted_and_a_restart_does_not_bring_it_back(
     again = processor(store, catalog, published).process(batch)
     assert (again.withheld, again.applied, again.redelivered) == (2, 1, 1)  # w's is stored
     profile = store.read_profiles(["u"])["u"]
-    assert profile.totals["view"] == 1 and profile.recent["viewed"][0][0] == "1"
+    assert profile.totals["view"] == 1 and profile.recent["viewed"].keys_newest_first()[0] == "1"
 
 
 def test_an_opted_out_user_stays_out_when_the_registry_is_lost(

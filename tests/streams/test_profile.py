@@ -6,7 +6,11 @@ import pytest
 
 from streams.profile import (
     COUNT_WINDOWS,
+    INTEREST_TAU_S,
+    MAX_UNSUMMED,
     RECENT_N,
+    TYPE_WEIGHTS,
+    Recent,
     UserProfile,
     apply_event,
     derive_features,
@@ -18,10 +22,10 @@ def test_counts_totals_and_last_event_time() -> None:
     p = fold([ev(1), ev(2, "click", "b", 10), ev(3, "purchase", "c", 20), ev(4, "search", dt=30)])
     assert p.totals == {"view": 1, "click": 1, "add_to_cart": 0, "purchase": 1, "search": 1}
     assert p.as_of == T0 + 30
-    assert p.recent["purchased"] == [("c", T0 + 20)]
-    assert p.recent["clicked"] == [("b", T0 + 10)]
-    assert p.recent["viewed"] == [("a", T0)]
-    assert p.recent_queries == [("shoes", T0 + 30)]
+    assert p.recent["purchased"].newest_first() == [("c", T0 + 20)]
+    assert p.recent["clicked"].newest_first() == [("b", T0 + 10)]
+    assert p.recent["viewed"].newest_first() == [("a", T0)]
+    assert p.recent_queries.newest_first() == [("shoes", T0 + 30)]
 
 
 def test_decayed_counters_follow_exponential_decay() -> None:
@@ -77,8 +81,67 @@ def test_out_of_order_events_give_the_same_profile() -> None:
         assert b[name] == pytest.approx(a[name], rel=1e-9)
     assert b["top_categories"] == a["top_categories"]
     assert b["category_weights"] == pytest.approx(a["category_weights"], rel=1e-9)
-    assert shuffled.recent == in_order.recent
+    for name, entries in in_order.recent.items():
+        assert shuffled.recent[name].newest_first() == entries.newest_first()
     np.testing.assert_allclose(b["interest_sum"], a["interest_sum"], rtol=1e-5)
+
+
+def test_the_interest_sum_is_the_same_whenever_it_is_read() -> None:
+    """Its terms are added when it is read, or every ``MAX_UNSUMMED`` events: a profile
+    read after every event and one read once hold the same vector (float32 rounding), and
+    both equal the sum computed term by term in float64."""
+    rng = random.Random(3)
+    types = ["view", "click", "add_to_cart", "purchase"]
+    events = [
+        ev(i, rng.choice(types), rng.choice("abc"), dt=rng.uniform(0, 86400))
+        for i in range(MAX_UNSUMMED + 300)
+    ]
+    read_often, read_once = UserProfile("u"), UserProfile("u")
+    for event in events:
+        apply_event(read_often, event, ITEMS)
+        assert read_often.interest_sum is not None
+        apply_event(read_once, event, ITEMS)
+        assert len(read_once._unsummed or ()) < MAX_UNSUMMED  # bounded memory
+    expected = sum(
+        TYPE_WEIGHTS[e.type]
+        * math.exp((e.epoch - read_once.ref) / INTEREST_TAU_S)
+        * ITEMS.embedding(e.item_id).astype(np.float64)  # type: ignore[union-attr]
+        for e in events
+    )
+    for profile in (read_often, read_once):
+        assert profile.interest_sum is not None
+        np.testing.assert_allclose(profile.interest_sum, expected, rtol=1e-5)
+
+
+def _insert_as_a_list(
+    entries: list[tuple[str, float]], key: str, ts: float, limit: int
+) -> list[tuple[str, float]]:
+    """The list definition ``Recent.add`` replaced (newest first), which it must match: one
+    entry per key at its newest time; a key as new as the newest goes first, a late one
+    after the entries of its time; the oldest cut."""
+    if entries and entries[0][0] == key and entries[0][1] >= ts:
+        return entries
+    kept = [(k, t) for k, t in entries if k != key]
+    previous = next((t for k, t in entries if k == key), None)
+    ts = max(ts, previous) if previous is not None else ts
+    if not kept or ts >= kept[0][1]:
+        kept.insert(0, (key, ts))
+    else:
+        kept.append((key, ts))
+        kept.sort(key=lambda kt: -kt[1])
+    return kept[:limit]
+
+
+def test_recent_matches_the_plain_list_definition() -> None:
+    """Random keys and times, late and repeated ones, ties and evictions included."""
+    rng = random.Random(11)
+    for _ in range(200):
+        recent, reference = Recent(), []
+        for _ in range(60):
+            key, ts = rng.choice("abcdefghij"), float(rng.randint(0, 30))
+            recent.add(key, ts, 6)
+            reference = _insert_as_a_list(reference, key, ts, 6)
+            assert recent.newest_first() == reference
 
 
 def test_recent_lists_are_bounded_unique_and_newest_first() -> None:
@@ -86,7 +149,7 @@ def test_recent_lists_are_bounded_unique_and_newest_first() -> None:
     events = [ev(i, "view", item, dt=i) for i, item in enumerate(items)]
     events.append(ev(999, "view", "x0", dt=1000))  # re-view moves x0 to the front
     p = fold(events)
-    viewed = [i for i, _ in p.recent["viewed"]]
+    viewed = p.recent["viewed"].keys_newest_first()
     assert len(viewed) == RECENT_N
     assert viewed[0] == "x0"
     assert len(set(viewed)) == RECENT_N
