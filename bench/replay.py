@@ -9,7 +9,8 @@ One run, one topic, so the rows compare:
   (the ceiling of the one profile definition in one process);
 - replay, 1 process / N processes: the real command path (processor, item rows,
   namespace writes, checkpoints), at the default batch;
-- replay, N processes, profiles only (``--profiles-only``: no item rows, what backtests need);
+- replay, 1 and N processes, profiles only (``--profiles-only``: no item rows, what
+  backtests need), so the scaling shows within one run;
 - replay at the live worker's batch size: the same with 10-message batches, each written
   at once, i.e. writes as often as the live worker makes them (the baseline that batched,
   deferred writes are measured against).
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import resource
 import shutil
 import time
 from pathlib import Path
@@ -36,6 +38,7 @@ from streamrank.demo import stream_events
 from streamrank.prepare import prepare
 from streamrank.settings import Settings
 from streams.events import decode_message
+from streams.memory import gc_pace
 from streams.profile import UserProfile, apply_event
 from streams.replay import plan, read_messages, replay
 
@@ -43,7 +46,12 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def read_rate(settings: Settings, planned, events: int, fold: str) -> float:  # type: ignore[no-untyped-def]
-    """``fold``: "none", "validate" or "profile"."""
+    """``fold``: "none", "validate" or "profile". At replay's collector pace, as a ceiling."""
+    with gc_pace(settings.gc_thresholds):
+        return _read_rate(settings, planned, events, fold)
+
+
+def _read_rate(settings: Settings, planned, events: int, fold: str) -> float:  # type: ignore[no-untyped-def]
     catalog = Catalog.load(settings.home_dir) if fold == "profile" else None
     profiles: dict[str, UserProfile] = {}
     started = time.perf_counter()
@@ -64,18 +72,29 @@ def read_rate(settings: Settings, planned, events: int, fold: str) -> float:  # 
 def replay_rate(  # type: ignore[no-untyped-def]
     settings: Settings, planned, name: str, workers: int, profiles_only: bool = False
 ) -> dict[str, float]:
+    """Wall time and the CPU time of this process and its replay processes (a figure that
+    the box's noise moves less than the wall time)."""
     namespace = Namespace(settings, name)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), _cpu_seconds()
     manifest = replay(
         settings, namespace, planned, workers=workers, progress=False, profiles_only=profiles_only
     )
     seconds = time.perf_counter() - started
+    cpu = _cpu_seconds() - cpu
     namespace.delete()
     return {
         "events": manifest.events,
         "seconds": seconds,
         "events_per_s": manifest.events / seconds,
+        "cpu_seconds": cpu,
+        "cpu_us_per_event": cpu / manifest.events * 1e6,
     }
+
+
+def _cpu_seconds() -> float:
+    """This process and its ended children (the replay pool's processes)."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
 
 
 def main() -> None:
@@ -109,6 +128,9 @@ def main() -> None:
         results["read_validate_fold_events_per_s"] = read_rate(s, planned, n, "profile")
         results["replay_1"] = replay_rate(s, planned, "bench1", 1)
         results[f"replay_{args.workers}"] = replay_rate(s, planned, "benchn", args.workers)
+        results["replay_1_profiles_only"] = replay_rate(
+            s, planned, "benchlean1", 1, profiles_only=True
+        )
         results[f"replay_{args.workers}_profiles_only"] = replay_rate(
             s, planned, "benchlean", args.workers, profiles_only=True
         )
@@ -130,17 +152,33 @@ def main() -> None:
         ("replay, 1 process", one, ""),
         (f"replay, {args.workers} processes", many, ">= 100,000"),
         (
+            "replay, 1 process, profiles only",
+            results["replay_1_profiles_only"]["events_per_s"],  # type: ignore[index]
+            "",
+        ),
+        (
             f"replay, {args.workers} processes, profiles only",
             results[f"replay_{args.workers}_profiles_only"]["events_per_s"],  # type: ignore[index]
             ">= 100,000",
         ),
         ("replay, 1 process, a write per 10 messages (as live)", small_rate, ""),
     ]
+    cpu = {  # CPU µs an event, all processes, for the replay rows
+        "replay, 1 process": results["replay_1"],
+        f"replay, {args.workers} processes": results[f"replay_{args.workers}"],
+        "replay, 1 process, profiles only": results["replay_1_profiles_only"],
+        f"replay, {args.workers} processes, profiles only": results[
+            f"replay_{args.workers}_profiles_only"
+        ],
+        "replay, 1 process, a write per 10 messages (as live)": results["replay_1_live_batches"],
+    }
     width = max(len(r[0]) for r in rows)
     print(f"\n{len(stream):,} events in {planned.messages:,} messages; {results['machine']}")
-    print(f"{'measure':{width}}  {'events/s':>10}  target")
+    print(f"{'measure':{width}}  {'events/s':>10}  {'CPU µs/ev':>9}  target")
     for name, value, target in rows:
-        print(f"{name:{width}}  {float(value):>10,.0f}  {target}")  # type: ignore[arg-type]
+        used = cpu.get(name)
+        spent = f"{used['cpu_us_per_event']:9.1f}" if used else " " * 9  # type: ignore[index]
+        print(f"{name:{width}}  {float(value):>10,.0f}  {spent}  {target}")  # type: ignore[arg-type]
     print(f"{'batched vs live-sized writes':{width}}  {results['batched_vs_live_batches']:>9.1f}x")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
