@@ -86,9 +86,6 @@ class ProfileState:
         touch_or_load(self.profiles, user_ids, self.store.read_profiles, "reading profiles")
 
     # --- changes ----------------------------------------------------------------------------
-    def profile(self, user_id: str) -> UserProfile:
-        return self.profiles[user_id]
-
     def mark_user(self, user_id: str) -> None:
         self._dirty_users.add(user_id)
 
