@@ -283,6 +283,13 @@ def test_the_http_collector_validates_and_feeds_the_stream(
     while sum(p.event_count for p in store.read_profiles(users).values()) < 30:
         assert time.monotonic() < deadline, "collected events never reached the profiles"
         time.sleep(0.3)
+    # item rows follow the profiles at the item flush: wait for the checkpoints to cover
+    # the messages the profiles hold
+    covered: dict[int, int] = {}
+    for profile in store.read_profiles(users).values():
+        for part, offset in profile.applied_offsets.items():
+            covered[part] = max(covered.get(part, -1), offset)
+    wait_until_checkpointed(store, covered, timeout=60)
     check(s, seen, catalog)
     raw = sorted({e.user_id for e in events})
     assert all(p.event_count == 0 for p in store.read_profiles(raw).values())
