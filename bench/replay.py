@@ -137,48 +137,41 @@ def main() -> None:
         small = s.model_copy(update={"replay_batch_messages": 10, "replay_flush_s": 0.0})
         results["replay_1_live_batches"] = replay_rate(small, planned, "benchsmall", 1)
 
-    one = results["replay_1"]["events_per_s"]  # type: ignore[index]
-    many = results[f"replay_{args.workers}"]["events_per_s"]  # type: ignore[index]
-    small_rate = results["replay_1_live_batches"]["events_per_s"]  # type: ignore[index]
-    results["batched_vs_live_batches"] = one / small_rate
-    rows = [
-        ("read (replay reader, no decoding)", results["read_events_per_s"], ""),
-        ("read + validate", results["read_validate_events_per_s"], ""),
+    runs: dict[str, dict[str, float]] = {  # type: ignore[assignment]
+        k: v for k, v in results.items() if k.startswith("replay_")
+    }
+    results["batched_vs_live_batches"] = (
+        runs["replay_1"]["events_per_s"] / runs["replay_1_live_batches"]["events_per_s"]
+    )
+    # (measure, events/s, the replay run behind it for its CPU time, target)
+    rows: list[tuple[str, float, dict[str, float] | None, str]] = [
+        ("read (replay reader, no decoding)", results["read_events_per_s"], None, ""),  # type: ignore[list-item]
+        ("read + validate", results["read_validate_events_per_s"], None, ""),  # type: ignore[list-item]
         (
             "read + validate + profile fold (no store)",
-            results["read_validate_fold_events_per_s"],
+            results["read_validate_fold_events_per_s"],  # type: ignore[arg-type]
+            None,
             "",
         ),
-        ("replay, 1 process", one, ""),
-        (f"replay, {args.workers} processes", many, ">= 100,000"),
+    ]
+    for key, name, target in (
+        ("replay_1", "replay, 1 process", ""),
+        (f"replay_{args.workers}", f"replay, {args.workers} processes", ">= 100,000"),
+        ("replay_1_profiles_only", "replay, 1 process, profiles only", ""),
         (
-            "replay, 1 process, profiles only",
-            results["replay_1_profiles_only"]["events_per_s"],  # type: ignore[index]
-            "",
-        ),
-        (
+            f"replay_{args.workers}_profiles_only",
             f"replay, {args.workers} processes, profiles only",
-            results[f"replay_{args.workers}_profiles_only"]["events_per_s"],  # type: ignore[index]
             ">= 100,000",
         ),
-        ("replay, 1 process, a write per 10 messages (as live)", small_rate, ""),
-    ]
-    cpu = {  # CPU µs an event, all processes, for the replay rows
-        "replay, 1 process": results["replay_1"],
-        f"replay, {args.workers} processes": results[f"replay_{args.workers}"],
-        "replay, 1 process, profiles only": results["replay_1_profiles_only"],
-        f"replay, {args.workers} processes, profiles only": results[
-            f"replay_{args.workers}_profiles_only"
-        ],
-        "replay, 1 process, a write per 10 messages (as live)": results["replay_1_live_batches"],
-    }
+        ("replay_1_live_batches", "replay, 1 process, a write per 10 messages (as live)", ""),
+    ):
+        rows.append((name, runs[key]["events_per_s"], runs[key], target))
     width = max(len(r[0]) for r in rows)
     print(f"\n{len(stream):,} events in {planned.messages:,} messages; {results['machine']}")
     print(f"{'measure':{width}}  {'events/s':>10}  {'CPU µs/ev':>9}  target")
-    for name, value, target in rows:
-        used = cpu.get(name)
-        spent = f"{used['cpu_us_per_event']:9.1f}" if used else " " * 9  # type: ignore[index]
-        print(f"{name:{width}}  {float(value):>10,.0f}  {spent}  {target}")  # type: ignore[arg-type]
+    for name, value, run, target in rows:
+        spent = f"{run['cpu_us_per_event']:9.1f}" if run else " " * 9
+        print(f"{name:{width}}  {float(value):>10,.0f}  {spent}  {target}")
     print(f"{'batched vs live-sized writes':{width}}  {results['batched_vs_live_batches']:>9.1f}x")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))

@@ -215,20 +215,21 @@ class UserProfile:
         for cat in self.categories:
             self.categories[cat] *= factor
         factor = math.exp(-gap / INTEREST_TAU_S)
-        if self.interest_sum is not None:
-            self.interest_sum *= factor
+        interest = self.interest_sum  # adds the pending terms first
+        if interest is not None:
+            interest *= factor
         self.interest_weight *= factor
         self.ref = new_ref
 
     # --- online-store row (one Feast entity row; see feature_repo/definitions.py) ---------
     def to_row(self) -> dict[str, Any]:
         """The state as a flat row, every decayed value as of ``as_of``."""
-        self.interest_sum  # noqa: B018  (adds the pending terms before the copy)
+        interest = self.interest_sum  # adds the pending terms before the copy
         current = UserProfile.__new__(UserProfile)
         current.__dict__.update(self.__dict__)
         current.decayed = dict(self.decayed)
         current.categories = dict(self.categories)
-        current.interest_sum = None if self.interest_sum is None else self.interest_sum.copy()
+        current.interest_sum = None if interest is None else interest.copy()
         current.rebase(self.as_of)
 
         row: dict[str, Any] = {"user_id": self.user_id, "as_of": self.as_of}
