@@ -47,7 +47,7 @@ RESULTS = Path(__file__).parent / "results"
 
 def read_rate(settings: Settings, planned, events: int, fold: str) -> float:  # type: ignore[no-untyped-def]
     """``fold``: "none", "validate" or "profile". At replay's collector pace, as a ceiling."""
-    with gc_pace(settings.gc_thresholds):
+    with gc_pace(settings.replay_gc_thresholds):
         return _read_rate(settings, planned, events, fold)
 
 

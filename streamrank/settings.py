@@ -99,8 +99,8 @@ class Settings(BaseSettings):
     worker_web_port: int = 6066
     # streams/sink.py: "direct" writes a profile row for ~1/10 of what "push" costs (SQLite)
     write_path: Literal["direct", "push"] = "direct"
-    # Python's cyclic GC in the worker, its item process and replay (streams/memory.py):
-    # a young collection every 50k allocations instead of 700; "[700,10,10]" is the default
+    # Python's cyclic GC in the worker and its item process (streams/memory.py): a young
+    # collection every 50k allocations instead of 700; "[700,10,10]" is Python's default
     gc_thresholds: tuple[int, int, int] = (50_000, 20, 100)
     max_event_bytes: int = 64 * 1024
     max_message_bytes: int = 4 * 1024 * 1024
@@ -113,6 +113,9 @@ class Settings(BaseSettings):
         default=10.0, ge=0, description="seconds between a replay process's writes; 0: every batch"
     )
     replay_max_profiles: int = 1_000_000  # profiles cached per process (no re-reads)
+    # a replay process's GC pace: young collections only once a million objects outlive
+    # their batch (a batch's events, ~300k objects, are freed by reference counts)
+    replay_gc_thresholds: tuple[int, int, int] = (1_000_000, 20, 100)
 
     # --- HTTP collector access (streams/collector.py): keys required when any are set
     collector_write_keys: list[SecretStr] = Field(default_factory=list)

@@ -31,6 +31,7 @@ import contextlib
 import gc
 import logging
 import multiprocessing
+import multiprocessing.queues
 import queue
 import time
 import uuid
@@ -225,7 +226,7 @@ def replay_partition(
     """Fold one partition's messages ``[start, stop)`` into the namespace, resuming after
     its stored checkpoint. Runs in a worker process (arguments are picklable), at the
     collector pace of the settings (``streams/memory.py``)."""
-    with gc_pace(settings.gc_thresholds):
+    with gc_pace(settings.replay_gc_thresholds):
         return _replay_partition(settings, namespace, partition, start, stop, report, profiles_only)
 
 
@@ -302,7 +303,11 @@ def replay(
         namespace.create(manifest)
     started = time.perf_counter()
     privacy_before = PrivacyLog.from_settings(settings).read()
-    parts = [p for p in sorted(replayed.start) if replayed.stop[p] > replayed.start[p]]
+    # largest first, so that no process is left with a long partition while the others idle
+    parts = sorted(
+        (p for p in replayed.start if replayed.stop[p] > replayed.start[p]),
+        key=lambda p: (replayed.start[p] - replayed.stop[p], p),
+    )
     workers = max(1, min(workers or settings.replay_workers, len(parts) or 1))
     bar = tqdm(
         total=replayed.messages, desc=f"replay {namespace.name}", unit="msg", disable=not progress
@@ -356,15 +361,14 @@ def _in_processes(
     bar: tqdm,  # type: ignore[type-arg]
     profiles_only: bool,
 ) -> None:
-    """One partition per task over ``workers`` processes, progress through a queue."""
+    """One partition per task over ``workers`` processes, progress through a queue that
+    each process is given when it starts (a queue travels only that way; a ``Manager``
+    proxy would cost a process more and a round trip per batch)."""
     context = multiprocessing.get_context(_start_method())
-    # Free the parent's unreachable store and Kafka handles (namespace creation, the privacy
-    # read) now: a forked child would otherwise free its copies later, and closing an
-    # inherited SQLite descriptor drops the POSIX locks of the child's own connection to the
-    # same file (the suspected cause of a rare empty 2-process replay in the tests).
-    gc.collect()
-    with context.Manager() as manager, ProcessPoolExecutor(workers, mp_context=context) as pool:
-        updates = manager.Queue()
+    updates: multiprocessing.queues.Queue[int] = context.Queue()
+    with ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_start_process, initargs=(updates,)
+    ) as pool:
         futures: list[Future[PartitionDone]] = [
             pool.submit(
                 replay_partition,
@@ -373,15 +377,40 @@ def _in_processes(
                 p,
                 replayed.start[p],
                 replayed.stop[p],
-                updates.put,
+                _report,
                 profiles_only,
             )
             for p in parts
         ]
+        for future in futures:  # wakes the loop below at once when the last one ends
+            future.add_done_callback(lambda _: updates.put(0))
         while not all(f.done() for f in futures):
             with contextlib.suppress(queue.Empty):
-                bar.update(updates.get(timeout=0.2))
-        while not updates.empty():
-            bar.update(updates.get())
+                bar.update(updates.get(timeout=1.0))
         for future in futures:
             future.result()  # re-raise a worker's error
+    with contextlib.suppress(queue.Empty):  # the processes have ended: all is in the queue
+        while True:
+            bar.update(updates.get(timeout=0.05))
+    updates.close()
+
+
+_progress: multiprocessing.queues.Queue[int] | None = None
+"""In a replay process: where it reports the messages it has done (``_report``)."""
+
+
+def _start_process(updates: multiprocessing.queues.Queue[int]) -> None:
+    """Pool initializer of a replay process. Freezes what a forked process inherits, so
+    that its collector never walks the parent's heap (each walk would copy the pages it
+    touches) and never finalizes the parent's unreachable objects: closing an inherited
+    SQLite descriptor drops the POSIX locks of the process's own connection to the same
+    file (the suspected cause of a rare empty 2-process replay in the tests). A full
+    collection in the parent before forking did the latter too, at 0.2 s a replay."""
+    global _progress
+    gc.freeze()
+    _progress = updates
+
+
+def _report(messages: int) -> None:
+    if _progress is not None:
+        _progress.put(messages)

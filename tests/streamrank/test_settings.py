@@ -31,6 +31,7 @@ def test_settings_cross_process_boundaries_as_environment(
         kafka_bootstrap="h:1",
         experiment_arms=arms,
         gc_thresholds=(1000, 5, 5),
+        replay_gc_thresholds=(2000, 6, 7),
     )
     env = s.as_env()
     assert env["STREAMRANK_EVENTS_PARTITIONS"] == "8"
