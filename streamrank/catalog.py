@@ -63,6 +63,10 @@ class Catalog:
         i = self.index.get(item_id)
         return self.embeddings[i] if i is not None else None
 
+    def embedding_row(self, item_id: str) -> tuple[np.ndarray, int] | None:
+        i = self.index.get(item_id)
+        return (self.embeddings, i) if i is not None else None
+
     @cached_property
     def all_categories(self) -> list[str]:
         """Every category of the catalog, sorted (the storefront's filters)."""

@@ -117,7 +117,23 @@ class ItemLookup(Protocol):
 
     def categories(self, item_id: str) -> Sequence[str]: ...
 
-    def embedding(self, item_id: str) -> np.ndarray | None: ...
+    def embedding_row(self, item_id: str) -> tuple[np.ndarray, int] | None:
+        """The matrix of item vectors and the item's row in it; None: no vector. A row
+        rather than the vector: the interest sum gathers its pending rows in one step."""
+        ...
+
+
+@dataclass(slots=True)
+class PendingTerms:
+    """Terms ``weight · matrix[row]`` of an interest sum, not added yet."""
+
+    matrix: np.ndarray
+    weights: list[float] = field(default_factory=list)
+    rows: list[int] = field(default_factory=list)
+
+    def total(self) -> np.ndarray:
+        # a gather of the rows: 3x quicker than building the array from the row vectors
+        return np.asarray(self.weights, dtype=np.float32) @ self.matrix[self.rows]
 
 
 def counter_name(event_type: EventType, window: str) -> str:
@@ -161,9 +177,9 @@ class UserProfile:
     outbox: list[ItemEffect] = field(default_factory=list)  # see streams/outbox.py
     opted_out: bool = False
     """A tombstone: the user opted out, nothing else is kept (``streams/privacy.py``)."""
-    _unsummed: list[tuple[float, np.ndarray]] | None = field(default=None, repr=False)
-    """Terms ``(weight, item vector)`` of the interest sum not added yet (see
-    ``interest_sum``); None when there are none, which costs a cached profile nothing."""
+    _unsummed: PendingTerms | None = field(default=None, repr=False)
+    """Terms of the interest sum not added yet (see ``interest_sum``); None when there are
+    none, which costs a cached profile nothing."""
 
     @property
     def interest_sum(self) -> np.ndarray | None:
@@ -174,7 +190,7 @@ class UserProfile:
         a fifth of the fold's time. The order of float32 additions changes with it, so two
         runs that read at other moments agree within float32 rounding, not bit for bit
         (``streams/consistency.py`` compares the vector with a tolerance)."""
-        if self._unsummed:
+        if self._unsummed is not None:
             self._add_unsummed()
         return self._interest_sum
 
@@ -183,14 +199,10 @@ class UserProfile:
         self._interest_sum, self._unsummed = value, None
 
     def _add_unsummed(self) -> None:
-        terms, self._unsummed = self._unsummed or [], None
-        if len(terms) == 1:
-            weight, vector = terms[0]
-            total = weight * vector
-        else:
-            weights, vectors = zip(*terms, strict=True)
-            # np.array, not np.stack: stack's checks per array cost 3x the copy
-            total = np.asarray(weights, dtype=np.float32) @ np.array(vectors)
+        pending, self._unsummed = self._unsummed, None
+        if pending is None:
+            return
+        total = pending.total()
         if self._interest_sum is None:
             self._interest_sum = np.zeros(total.shape[0], dtype=np.float32)
         self._interest_sum += total
@@ -366,14 +378,17 @@ def apply_event(profile: UserProfile, event: Event, items: ItemLookup) -> bool:
             ranked = sorted(affinity.items(), key=lambda kv: -kv[1])
             profile.categories = dict(ranked[:MAX_CATEGORIES])
 
-    vector = items.embedding(item)
-    if vector is not None:
+    found = items.embedding_row(item)
+    if found is not None:
+        matrix, row = found
         w = weight * growth(ts, ref, INTEREST_TAU_S)
-        terms = profile._unsummed
-        if terms is None:
-            terms = profile._unsummed = []
-        terms.append((w, vector))  # added when read (``interest_sum``)
-        if len(terms) >= MAX_UNSUMMED:
+        pending = profile._unsummed
+        if pending is None or pending.matrix is not matrix:  # (a reloaded catalog)
+            profile._add_unsummed()
+            pending = profile._unsummed = PendingTerms(matrix)
+        pending.weights.append(w)  # added when read (``interest_sum``)
+        pending.rows.append(row)
+        if len(pending.rows) >= MAX_UNSUMMED:
             profile._add_unsummed()
         profile.interest_weight += w
     return True

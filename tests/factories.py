@@ -34,7 +34,12 @@ class Items:
     def embedding(self, item_id: str) -> np.ndarray | None:
         return self.vecs.get(item_id)
 
+    def embedding_row(self, item_id: str) -> tuple[np.ndarray, int] | None:
+        return (MATRIX, ROWS[item_id]) if item_id in ROWS else None
 
+
+ROWS = {item: i for i, item in enumerate(Items.vecs)}
+MATRIX = np.array(list(Items.vecs.values()), dtype=np.float32)
 ITEMS = Items()
 
 

@@ -101,7 +101,8 @@ def test_the_interest_sum_is_the_same_whenever_it_is_read() -> None:
         apply_event(read_often, event, ITEMS)
         assert read_often.interest_sum is not None
         apply_event(read_once, event, ITEMS)
-        assert len(read_once._unsummed or ()) < MAX_UNSUMMED  # bounded memory
+        pending = read_once._unsummed
+        assert pending is None or len(pending.rows) < MAX_UNSUMMED  # bounded memory
     expected = sum(
         TYPE_WEIGHTS[e.type]
         * math.exp((e.epoch - read_once.ref) / INTEREST_TAU_S)
@@ -111,6 +112,37 @@ def test_the_interest_sum_is_the_same_whenever_it_is_read() -> None:
     for profile in (read_often, read_once):
         assert profile.interest_sum is not None
         np.testing.assert_allclose(profile.interest_sum, expected, rtol=1e-5)
+
+
+class _Reloaded:
+    """The test catalog after a reload: the same items, new vectors in a new matrix."""
+
+    matrix = np.array([[0, 2.0, 0], [0, 0, 2.0], [2.0, 0, 0]], dtype=np.float32)
+
+    def categories(self, item_id: str) -> tuple[str, ...]:
+        return ITEMS.categories(item_id)
+
+    def embedding_row(self, item_id: str) -> tuple[np.ndarray, int] | None:
+        return self.matrix, "abc".index(item_id)
+
+
+def test_terms_pending_from_a_replaced_catalog_keep_their_own_vectors() -> None:
+    """A worker that reloads its catalog mid-stream: the terms gathered against the old
+    matrix are added before the first one against the new matrix is kept."""
+    events = [ev(i, "click", "abc"[i % 3], dt=60.0 * i) for i in range(10)]
+    profile = UserProfile("u")
+    for event in events[:5]:
+        apply_event(profile, event, ITEMS)
+    for event in events[5:]:
+        apply_event(profile, event, _Reloaded())
+    weights = [
+        TYPE_WEIGHTS[e.type] * math.exp((e.epoch - profile.ref) / INTEREST_TAU_S) for e in events
+    ]
+    old = [ITEMS.embedding(e.item_id) for e in events[:5]]  # type: ignore[arg-type]
+    new = [_Reloaded.matrix["abc".index(e.item_id)] for e in events[5:]]  # type: ignore[arg-type]
+    expected = sum(w * v.astype(np.float64) for w, v in zip(weights, old + new, strict=True))
+    assert profile.interest_sum is not None
+    np.testing.assert_allclose(profile.interest_sum, expected, rtol=1e-5)
 
 
 def _insert_as_a_list(
