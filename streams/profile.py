@@ -143,6 +143,16 @@ def counter_name(event_type: EventType, window: str) -> str:
 COUNTER_TAUS: dict[str, float] = {
     counter_name(t, w): tau for t in EventType for w, tau in COUNT_WINDOWS.items()
 }
+TOTAL_NAMES: dict[str, str] = {t.value: f"total_{t.value}" for t in EventType}
+TAUS = frozenset([*COUNT_WINDOWS.values(), CATEGORY_TAU_S, INTEREST_TAU_S])
+
+
+def decay_factors(gap: float) -> dict[float, float]:
+    """``exp(-gap/τ)`` per time constant: what moving ``ref`` on by ``gap`` multiplies the
+    sums of each τ by (one ``exp`` per τ, not per counter)."""
+    return {tau: math.exp(-gap / tau) for tau in TAUS}
+
+
 COUNTERS_OF_TYPE: dict[EventType, tuple[tuple[str, float], ...]] = {
     t: tuple((counter_name(t, w), tau) for w, tau in COUNT_WINDOWS.items()) for t in EventType
 }
@@ -221,44 +231,45 @@ class UserProfile:
         gap = new_ref - self.ref
         if gap == 0:
             return
+        factor = decay_factors(gap)
+        decayed = self.decayed
         for name, tau in COUNTER_TAUS.items():
-            self.decayed[name] *= math.exp(-gap / tau)
-        factor = math.exp(-gap / CATEGORY_TAU_S)
+            decayed[name] *= factor[tau]
+        weight = factor[CATEGORY_TAU_S]
         for cat in self.categories:
-            self.categories[cat] *= factor
-        factor = math.exp(-gap / INTEREST_TAU_S)
+            self.categories[cat] *= weight
         interest = self.interest_sum  # adds the pending terms first
         if interest is not None:
-            interest *= factor
-        self.interest_weight *= factor
+            interest *= factor[INTEREST_TAU_S]
+        self.interest_weight *= factor[INTEREST_TAU_S]
         self.ref = new_ref
 
     # --- online-store row (one Feast entity row; see feature_repo/definitions.py) ---------
     def to_row(self) -> dict[str, Any]:
-        """The state as a flat row, every decayed value as of ``as_of``."""
-        interest = self.interest_sum  # adds the pending terms before the copy
-        current = UserProfile.__new__(UserProfile)
-        current.__dict__.update(self.__dict__)
-        current.decayed = dict(self.decayed)
-        current.categories = dict(self.categories)
-        current.interest_sum = None if interest is None else interest.copy()
-        current.rebase(self.as_of)
-
+        """The state as a flat row, every decayed value as of ``as_of``: the values a
+        ``rebase(as_of)`` would hold, bit for bit, computed without changing the state."""
+        interest = self.interest_sum  # adds the pending terms first
+        factor = decay_factors(self.as_of - self.ref)
+        decayed = self.decayed
         row: dict[str, Any] = {"user_id": self.user_id, "as_of": self.as_of}
-        row.update({f"total_{k}": v for k, v in self.totals.items()})
-        row.update(current.decayed)
+        for kind, count in self.totals.items():
+            row[TOTAL_NAMES[kind]] = count
+        for name, tau in COUNTER_TAUS.items():
+            row[name] = decayed[name] * factor[tau]
         for name, entries in self.recent.items():
             row[f"recent_{name}"] = entries.keys_newest_first()
             row[f"recent_{name}_ts"] = list(reversed(entries.values()))
         row["recent_queries"] = self.recent_queries.keys_newest_first()
         row["recent_queries_ts"] = list(reversed(self.recent_queries.values()))
-        ranked = sorted(current.categories.items(), key=lambda kv: -kv[1])
+        weight = factor[CATEGORY_TAU_S]
+        ranked = sorted(
+            [(c, w * weight) for c, w in self.categories.items()], key=lambda kv: -kv[1]
+        )
         row["top_categories"] = [c for c, _ in ranked]
         row["category_weights"] = [w for _, w in ranked]
-        row["interest_sum"] = (
-            [] if current.interest_sum is None else current.interest_sum.astype(np.float32).tolist()
-        )
-        row["interest_weight"] = current.interest_weight
+        weight = factor[INTEREST_TAU_S]
+        row["interest_sum"] = [] if interest is None else (interest * weight).tolist()
+        row["interest_weight"] = self.interest_weight * weight
         row["session_id"] = self.session_id
         row["session_start"] = self.session_start
         row["session_events"] = self.session_events

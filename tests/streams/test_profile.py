@@ -1,3 +1,4 @@
+import copy
 import math
 import random
 
@@ -221,6 +222,26 @@ def test_row_round_trip_is_lossless_for_state() -> None:
             assert back.to_row()[name] == value, name
     assert back.applied_offsets == {0: 41, 3: 7}
     assert (back.sessions, back.session_events) == (p.sessions, p.session_events)
+
+
+def test_a_row_holds_what_a_rebase_to_its_time_would_and_leaves_the_state_alone() -> None:
+    p = fold(
+        [ev(i, ["view", "click", "purchase"][i % 3], "abc"[i % 3], dt=3000.0 * i) for i in range(9)]
+    )
+    p.ref = T0 - 86_400.0  # sums held relative to an older reference, as between rebases
+    state = copy.deepcopy(p.__dict__)
+    row = p.to_row()
+    assert p.__dict__.keys() == state.keys() and p.ref == state["ref"]
+    assert p.decayed == state["decayed"] and p.categories == state["categories"]
+    rebased = copy.deepcopy(p)
+    rebased.rebase(p.as_of)
+    assert {name: row[name] for name in rebased.decayed} == rebased.decayed  # bit for bit
+    assert (
+        dict(zip(row["top_categories"], row["category_weights"], strict=True)) == rebased.categories
+    )
+    assert rebased.interest_sum is not None
+    assert row["interest_sum"] == rebased.interest_sum.tolist()
+    assert row["interest_weight"] == rebased.interest_weight
 
 
 def test_an_empty_row_is_an_empty_profile() -> None:
