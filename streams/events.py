@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from enum import StrEnum
 from functools import cached_property
 from typing import Annotated, Any
@@ -50,10 +50,30 @@ def _settle_time(record: Event | PrivacyRequest) -> None:
     the instance dict (the models are frozen), from the model's one Python validator: each
     call out of pydantic-core costs about a microsecond, and a first read of a
     ``cached_property`` takes a lock on Python 3.11 (together a sixth of a batch's
-    validation, measured)."""
-    ts = _utc(record.ts)
-    record.__dict__["ts"] = ts
-    record.__dict__["epoch"] = ts.timestamp()
+    validation, measured). ``_utc`` is inlined: this runs once per event."""
+    ts = record.ts
+    offset = ts.utcoffset()
+    if offset is None:
+        ts = ts.replace(tzinfo=UTC)
+    elif offset:
+        ts = ts.astimezone(UTC)
+    fields = record.__dict__
+    fields["ts"] = ts
+    fields["epoch"] = epoch_of_utc(ts)
+
+
+_UNIX_EPOCH_DAY = date(1970, 1, 1).toordinal()
+
+
+def epoch_of_utc(ts: datetime) -> float:
+    """``ts.timestamp()`` for a datetime in UTC, from its fields, and the same float: the
+    exact count of microseconds over a million, rounded once, as ``timestamp`` divides it.
+    Half the cost of ``timestamp``, which asks pydantic's time zone (a Rust object) for
+    its offset again."""
+    seconds = (ts.toordinal() - _UNIX_EPOCH_DAY) * 86_400 + ts.hour * 3600 + ts.minute * 60
+    seconds += ts.second
+    micro = ts.microsecond
+    return (seconds * 1_000_000 + micro) / 1_000_000 if micro else float(seconds)
 
 
 class EventType(StrEnum):

@@ -1,10 +1,18 @@
 import json
+import random
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from pydantic import ValidationError
 
-from streams.events import Event, EventType, decode_message, encode_event, encode_events
+from streams.events import (
+    Event,
+    EventType,
+    decode_message,
+    encode_event,
+    encode_events,
+    epoch_of_utc,
+)
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
 
@@ -38,6 +46,24 @@ def test_naive_and_offset_timestamps_become_utc() -> None:
     )
     assert built.epoch == shifted.epoch  # built without validation: computed when read
     assert Event.model_validate(event(ts=1_767_222_000)).ts.tzinfo == UTC
+
+
+def test_the_epoch_is_the_float_timestamp_gives() -> None:
+    """``epoch_of_utc`` stands in for ``datetime.timestamp`` at validation: bit for bit,
+    microseconds, times before 1970 and far ahead included."""
+    rng = random.Random(7)
+    stamps = [datetime(1970, 1, 1, tzinfo=UTC), datetime(1969, 12, 31, 23, 59, 59, 999_999, UTC)]
+    for _ in range(20_000):
+        seconds = rng.uniform(-2e9, 7e9)
+        stamps.append(
+            datetime.fromtimestamp(seconds, UTC).replace(
+                microsecond=rng.choice([0, rng.randrange(1_000_000)])
+            )
+        )
+    assert [epoch_of_utc(ts) for ts in stamps] == [ts.timestamp() for ts in stamps]
+    wire = [event(event_id=f"e{i}", ts=ts.isoformat()) for i, ts in enumerate(stamps[:500])]
+    decoded = decode_message(json.dumps(wire).encode(), now=NOW + 1e10)
+    assert [e.epoch for e in decoded.events] == [ts.timestamp() for ts in stamps[:500]]
 
 
 @pytest.mark.parametrize(
