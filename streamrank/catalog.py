@@ -59,10 +59,6 @@ class Catalog:
         i = self.index.get(item_id)
         return self._categories[i] if i is not None else ()
 
-    def embedding(self, item_id: str) -> np.ndarray | None:
-        i = self.index.get(item_id)
-        return self.embeddings[i] if i is not None else None
-
     def embedding_row(self, item_id: str) -> tuple[np.ndarray, int] | None:
         i = self.index.get(item_id)
         return (self.embeddings, i) if i is not None else None
