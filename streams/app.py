@@ -67,6 +67,16 @@ def build_live_processor(settings: Settings) -> ProfileProcessor:
     )
 
 
+async def stopping(app: faust.App, within_s: float = 2.0) -> bool:
+    """Whether the worker is being stopped. A stop signal goes to the worker's whole process
+    group, so its item process may be gone before the worker's own handler has run: give
+    that handler a moment to be seen before a lost item process is taken for a crash."""
+    deadline = time.monotonic() + within_s
+    while not app.should_stop and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    return bool(app.should_stop)
+
+
 def create_app(settings: Settings) -> faust.App:
     app = stream_app(settings, settings.consumer_group, settings.worker_web_port)
     events_topic = app.topic(
@@ -86,6 +96,10 @@ def create_app(settings: Settings) -> faust.App:
         except ItemProcessDied:
             # Unwritten item effects live on only in the profiles' outboxes, which a
             # restart (rewinding to the checkpoints) applies again: stop like a crash.
+            if await stopping(app):  # the signal that stops the worker stopped it too
+                log.info("the item process stopped with the worker")
+                logging.shutdown()
+                os._exit(0)
             log.critical("the item process died; stopping the worker", exc_info=True)
             logging.shutdown()
             os._exit(70)

@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 from pydantic import SecretStr
 
@@ -417,3 +418,33 @@ def test_fuzzed_beacons_get_4xx_or_202_never_a_5xx_and_the_worker_lives(
     assert {202, 400, 422} <= statuses  # the fuzzer reached every kind of answer
     assert worker.poll() is None
     assert httpx.get(f"{base}/healthz", timeout=5).status_code == 200
+
+
+def test_a_worker_stopped_while_its_item_process_starts_exits_cleanly(workers: Workers) -> None:
+    """A stop signal reaches the worker's whole process group, so the item process it is
+    still waiting for can die first: that is a shutdown, not a crash (exit 0, and no
+    traceback in the log, which the fixture checks). Whether the worker's stop or the lost
+    item process is noticed first varies from run to run; both must end cleanly (a clean-
+    clone CI run once logged the second as a crash)."""
+    worker = workers.start()
+    deadline = time.monotonic() + 120
+    item_process = None
+    while item_process is None and time.monotonic() < deadline:
+        assert worker.poll() is None, workers.log()[-4000:]
+        item_process = next((c for c in _children(worker) if "spawn_main" in c[1]), None)
+        time.sleep(0.02)
+    assert item_process is not None, "the worker never started its item process"
+    assert "item process" not in workers.log()  # still starting: not ready, not gone
+    stop_process(worker, "faust worker")
+    assert worker.returncode == 0, workers.log()[-4000:]  # whichever noticed first
+
+
+def _children(process: subprocess.Popen[bytes]) -> list[tuple[int, str]]:
+    """(pid, command line) of a process's descendants that are still there."""
+    found = []
+    for child in psutil.Process(process.pid).children(recursive=True):
+        try:
+            found.append((child.pid, " ".join(child.cmdline())))
+        except psutil.Error:  # ended meanwhile
+            continue
+    return found
