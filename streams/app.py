@@ -8,7 +8,9 @@ Exactly-once effect, step by step:
    delivery of the dead letters and of the users' new privacy states (``streams/privacy.py``),
    retrying until all succeed;
 3. after a crash, the uncommitted tail is redelivered and ``ProfileProcessor`` skips what
-   the stored rows say they already contain;
+   the stored rows say they already contain. A batch that fails (judging never does: any
+   exception is the machinery's) ends the process unacknowledged, as a crash would
+   (``streams/supervision.py``), never an agent restarted past it;
 4. Faust acks (and so may commit) messages it *skips* around a rebalance. So that no
    committed offset can run ahead of what is written, every rebalance ends by committing
    each partition's own checkpoint + 1, just before Faust seeks to the committed offsets.
@@ -22,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -35,6 +36,7 @@ from streamrank.settings import Settings, get_settings
 from streams import metrics
 from streams.access import key_from_headers
 from streams.collector import Collector, RateLimiter
+from streams.events import DEAD_LETTER_MAX_BYTES
 from streams.item_process import ItemProcess, ItemProcessDied
 from streams.memory import HeapTrimmer, gc_pace
 from streams.messages import RawMessage
@@ -43,6 +45,7 @@ from streams.processor import BatchResult, ProfileProcessor, build_processor
 from streams.producer import EventProducer
 from streams.pseudonyms import Pseudonymizer
 from streams.sink import open_profile_store, retry_forever
+from streams.supervision import exit_unfinished
 from streams.transport import stream_app
 
 log = logging.getLogger(__name__)
@@ -67,16 +70,6 @@ def build_live_processor(settings: Settings) -> ProfileProcessor:
     )
 
 
-async def stopping(app: faust.App, within_s: float = 2.0) -> bool:
-    """Whether the worker is being stopped. A stop signal goes to the worker's whole process
-    group, so its item process may be gone before the worker's own handler has run: give
-    that handler a moment to be seen before a lost item process is taken for a crash."""
-    deadline = time.monotonic() + within_s
-    while not app.should_stop and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    return bool(app.should_stop)
-
-
 def create_app(settings: Settings) -> faust.App:
     app = stream_app(settings, settings.consumer_group, settings.worker_web_port)
     events_topic = app.topic(
@@ -95,14 +88,8 @@ def create_app(settings: Settings) -> faust.App:
             return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
         except ItemProcessDied:
             # Unwritten item effects live on only in the profiles' outboxes, which a
-            # restart (rewinding to the checkpoints) applies again: stop like a crash.
-            if await stopping(app):  # the signal that stops the worker stopped it too
-                log.info("the item process stopped with the worker")
-                logging.shutdown()
-                os._exit(0)
-            log.critical("the item process died; stopping the worker", exc_info=True)
-            logging.shutdown()
-            os._exit(70)
+            # restart (rewinding to the checkpoints) applies again.
+            await exit_unfinished(app, "the item process died")
 
     building = asyncio.Lock()
 
@@ -121,7 +108,11 @@ def create_app(settings: Settings) -> faust.App:
                 "source_partition": str(msg.partition).encode(),
                 "source_offset": str(msg.offset).encode(),
             }
-            pending.append(await dlq_topic.send(value=dead.raw, headers=headers))
+            raw = dead.raw
+            if len(raw) > DEAD_LETTER_MAX_BYTES:  # the source offset leads to all of it
+                headers["original_bytes"] = str(len(raw)).encode()
+                raw = raw[:DEAD_LETTER_MAX_BYTES]
+            pending.append(await dlq_topic.send(value=raw, headers=headers))
         if pending:
             await asyncio.gather(*pending)  # delivered before the batch may be acked
             log.warning("%d dead letters sent to %s", len(pending), settings.dlq_topic)
@@ -146,26 +137,29 @@ def create_app(settings: Settings) -> faust.App:
         async for batch in stream.take_events(
             settings.worker_batch_max, within=settings.worker_batch_within_s
         ):
-            messages = [
-                RawMessage(
-                    e.message.partition,
-                    e.message.offset,
-                    e.message.value,
-                    e.message.timestamp,
-                )
-                for e in batch
-            ]
-            result = await on_thread(worker.process, messages)
-            log.debug("batch of %d messages: %s", len(messages), result)
-            await send_dead_letters(result)
-            await publish_privacy(result)
-            last: dict[Any, int] = {}
-            for e in batch:
-                last[e.message.tp] = max(last.get(e.message.tp, -1), e.message.offset)
-            for tp, offset in last.items():
-                high = app.consumer.highwater(tp)
-                if high is not None:
-                    metrics.LAG.labels(str(tp.partition)).set(max(0, high - offset - 1))
+            try:
+                await handle(worker, batch)
+            except Exception:  # within the loop, so that the batch is never acknowledged
+                await exit_unfinished(app, f"a batch of {len(batch)} messages failed")
+
+    async def handle(worker: ProfileProcessor, batch: list[Any]) -> None:
+        """One batch: judged and folded (every message ends as applied events or dead
+        letters), its state written, its dead letters and privacy states delivered."""
+        messages = [
+            RawMessage(e.message.partition, e.message.offset, e.message.value, e.message.timestamp)
+            for e in batch
+        ]
+        result = await on_thread(worker.process, messages)
+        log.debug("batch of %d messages: %s", len(messages), result)
+        await send_dead_letters(result)
+        await publish_privacy(result)
+        last: dict[Any, int] = {}
+        for e in batch:
+            last[e.message.tp] = max(last.get(e.message.tp, -1), e.message.offset)
+        for tp, offset in last.items():
+            high = app.consumer.highwater(tp)
+            if high is not None:
+                metrics.LAG.labels(str(tp.partition)).set(max(0, high - offset - 1))
 
     trim_heap = HeapTrimmer()
 
@@ -243,7 +237,7 @@ def create_app(settings: Settings) -> faust.App:
             )
             reply = collector().accept(await request.read(), request.remote or "", key)
             headers = {}
-            if reply.status == 429:
+            if "retry_after_s" in reply.body:  # 429 (rate limit), 503 (stream unavailable)
                 headers["Retry-After"] = str(reply.body["retry_after_s"])
             return self.json(reply.body, status=reply.status, headers=headers)
 

@@ -18,7 +18,7 @@ it, 429 with ``Retry-After``.
 
 from __future__ import annotations
 
-import json
+import logging
 import math
 import time
 from collections import OrderedDict
@@ -26,10 +26,22 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from confluent_kafka import KafkaException
+
 from streams import metrics
 from streams.access import AccessKeys
-from streams.events import DeadLetter, PrivacyAction, PrivacyRequest, Record, validate_event
+from streams.events import (
+    DeadLetter,
+    JsonError,
+    PrivacyAction,
+    PrivacyRequest,
+    Record,
+    load_json,
+    validate_event,
+)
 from streams.producer import EventProducer
+
+log = logging.getLogger(__name__)
 
 MAX_EVENTS_PER_REQUEST = 500
 
@@ -98,11 +110,10 @@ class Collector:
         if len(body) > self.max_body_bytes:
             metrics.COLLECTED.labels("too_large").inc()
             return CollectorReply(413, {"error": f"body over {self.max_body_bytes} bytes"})
-        try:
-            decoded = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        decoded = load_json(body)
+        if isinstance(decoded, JsonError):
             metrics.COLLECTED.labels("rejected").inc()
-            return CollectorReply(400, {"error": f"invalid JSON: {exc}"})
+            return CollectorReply(400, {"error": f"invalid JSON: {decoded.reason}"})
         items = decoded if isinstance(decoded, list) else [decoded]
         if not items:
             return CollectorReply(422, {"error": "no events"})
@@ -120,6 +131,7 @@ class Collector:
                 now=now,
                 max_future_skew_s=self.max_future_skew_s,
                 max_event_bytes=self.max_event_bytes,
+                where="collector",
             )
             if isinstance(result, DeadLetter):
                 rejected.append({"index": index, "reason": result.reason})
@@ -128,8 +140,17 @@ class Collector:
                 rejected.append({"index": index, "reason": reason})
             else:
                 valid.append(result)
-        for event in valid:
-            self.producer.send(event)
+        try:
+            for event in valid:
+                self.producer.send(event)
+        except (BufferError, KafkaException) as exc:
+            # Not the body's fault: the client may send it again (event ids make a resend
+            # of what did go out count once).
+            log.error("collector: events not sent to the stream: %s", exc)
+            metrics.COLLECTED.labels("unavailable").inc(len(valid))
+            return CollectorReply(
+                503, {"error": "the event stream is unavailable; retry later", "retry_after_s": 1}
+            )
         metrics.COLLECTED.labels("accepted").inc(len(valid))
         metrics.COLLECTED.labels("rejected").inc(len(rejected))
         status = 202 if valid else 422

@@ -33,12 +33,13 @@ from prometheus_client.registry import Collector
 from pydantic import ValidationError
 
 from streamrank.settings import Settings, get_settings
-from streams.events import PrivacyAction, PrivacyRequest
+from streams.events import DEAD_LETTER_MAX_BYTES, PrivacyAction, PrivacyRequest, report_unjudged
 from streams.experiments import ArmResult, ExperimentJoin, arm_totals
 from streams.impressions import Impression
 from streams.messages import RawMessage, ValidationLimits
 from streams.privacy import PrivacyLog, PrivacyRegistry, kept_events
 from streams.producer import partition_for
+from streams.supervision import exit_unfinished
 from streams.transport import stream_app
 
 log = logging.getLogger(__name__)
@@ -93,6 +94,18 @@ class ArmGauges(Collector):
         }
 
 
+def parse_impression(value: bytes | None) -> Impression | str:
+    """An ``impressions`` message, or the reason it is not one. Total, as event judging
+    is: an exception validation did not foresee is reported and becomes the reason."""
+    try:
+        return Impression.model_validate_json(value or b"")
+    except ValidationError as exc:
+        return f"impression: {exc.errors(include_url=False)[0]['msg']}"
+    except Exception as exc:
+        report_unjudged(exc, "impressions")
+        return f"internal: {type(exc).__name__} while judging"
+
+
 def create_experiment_app(settings: Settings) -> faust.App:
     app = stream_app(
         settings,
@@ -120,35 +133,40 @@ def create_experiment_app(settings: Settings) -> faust.App:
     gauges = ArmGauges(join, settings.events_partitions, owned)
     REGISTRY.register(gauges)
 
+    async def join_message(event: Any) -> None:
+        """One message of either topic into the join, or to the dead-letter topic."""
+        topic = event.message.topic
+        if topic == settings.impressions_topic:
+            impression = parse_impression(event.value)
+            if isinstance(impression, str):
+                JOINED.labels(topic, "dead").inc()
+                log.warning("bad impression at offset %d: %s", event.message.offset, impression)
+                await dlq_topic.send(
+                    value=(event.value or b"")[:DEAD_LETTER_MAX_BYTES],
+                    headers={"reason": impression.encode(), "source_topic": topic.encode()},
+                )
+                return
+            join.add_impression(impression)
+        else:  # invalid events are the profile worker's to dead-letter
+            msg = event.message
+            raw = RawMessage(msg.partition, msg.offset, event.value, msg.timestamp)
+            records = limits.decode(raw, time.time()).records
+            if not privacy.knows(msg.partition):  # restored once, off the event loop
+                await asyncio.to_thread(privacy.ensure_partitions, [msg.partition])
+            for record in records:
+                if isinstance(record, PrivacyRequest) and record.type in WIPES:
+                    join.forget(record.user_id)
+            for clicked in kept_events(privacy, msg.partition, msg.offset, records):
+                join.add_event(clicked)
+        JOINED.labels(topic, "joined").inc()
+
     @app.agent(source)
     async def experiment_join(stream: faust.StreamT[Any]) -> None:
         async for event in stream.events():
-            topic = event.message.topic
-            if topic == settings.impressions_topic:
-                try:
-                    impression = Impression.model_validate_json(event.value or b"")
-                except ValidationError as exc:
-                    JOINED.labels(topic, "dead").inc()
-                    reason = f"impression: {exc.errors(include_url=False)[0]['msg']}"
-                    log.warning("bad impression at offset %d: %s", event.message.offset, reason)
-                    await dlq_topic.send(
-                        value=event.value or b"",
-                        headers={"reason": reason.encode(), "source_topic": topic.encode()},
-                    )
-                    continue
-                join.add_impression(impression)
-            else:  # invalid events are the profile worker's to dead-letter
-                msg = event.message
-                raw = RawMessage(msg.partition, msg.offset, event.value, msg.timestamp)
-                records = limits.decode(raw, time.time()).records
-                if not privacy.knows(msg.partition):  # restored once, off the event loop
-                    await asyncio.to_thread(privacy.ensure_partitions, [msg.partition])
-                for record in records:
-                    if isinstance(record, PrivacyRequest) and record.type in WIPES:
-                        join.forget(record.user_id)
-                for clicked in kept_events(privacy, msg.partition, msg.offset, records):
-                    join.add_event(clicked)
-            JOINED.labels(topic, "joined").inc()
+            try:
+                await join_message(event)
+            except Exception:  # in the loop: the message is never acknowledged
+                await exit_unfinished(app, f"a message at offset {event.message.offset} failed")
 
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:

@@ -53,3 +53,9 @@ NAMESPACE_ERASE_FAILURES = Counter(
     "streamrank_namespace_erase_failures_total",
     "Replay namespaces that wiped users could not be removed from (see the worker log)",
 )
+UNJUDGED = Counter(
+    "streamrank_unjudged_inputs_total",
+    "Inputs whose validation raised an exception it did not foresee (dead-lettered or "
+    "refused with reason 'internal'): a new class of bad input, see the log",
+    ["where", "exception"],  # where: decode (every reader of events) | sdk | collector
+)

@@ -19,10 +19,14 @@ from aiokafka.partitioner import murmur2
 from confluent_kafka import KafkaException, Producer
 
 from infra.kafka_config import KafkaTarget, client_config
-from streams.events import PRIVACY_TYPES, Event, PrivacyRequest, Record, encode_event, encode_events
+from streams.events import Record, encode_event, encode_events, parse_record
 from streams.pseudonyms import Pseudonymizer
 
 log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 900_000
+"""A batch message's JSON at most: below the Kafka clients' default ``message.max.bytes``
+(1,000,000), with room for the record's own framing."""
 
 
 def partition_for(user_id: str, partitions: int) -> int:
@@ -85,12 +89,11 @@ class EventProducer:
     # --- sending ---------------------------------------------------------------------------
     def send(self, event: Record | Mapping[str, Any]) -> None:
         """Queue one event (or privacy request, ``streams/privacy.py``: it keeps its place
-        among the user's events). A dict is validated first: a bad event raises here, at
-        the edge. The user id is replaced by its pseudonym (``user_ids``) before anything
-        is sent."""
-        if isinstance(event, Mapping):
-            schema = PrivacyRequest if event.get("type") in PRIVACY_TYPES else Event
-            event = schema.model_validate(event)
+        among the user's events). Anything but a record is validated first: a bad event
+        raises pydantic's ``ValidationError`` here, at the edge, whatever its shape. The
+        user id is replaced by its pseudonym (``user_ids``) before anything is sent."""
+        if not isinstance(event, Record):
+            event = parse_record(event)
         pseudonym = self.user_ids(event.user_id)
         if pseudonym != event.user_id:
             event = event.model_copy(update={"user_id": pseudonym})
@@ -116,7 +119,18 @@ class EventProducer:
         batch = self._buffers.pop(partition, None)
         self._first_buffered.pop(partition, None)
         if batch:
-            self._produce(None, encode_events(batch), partition, count=len(batch))
+            self._produce_batch(batch, partition)
+
+    def _produce_batch(self, batch: list[dict[str, Any]], partition: int) -> None:
+        """One message, or, when the batch's JSON is over ``MAX_MESSAGE_BYTES``, its halves
+        in order (a message the client would refuse must never reach ``produce``)."""
+        value = encode_events(batch)
+        if len(value) > MAX_MESSAGE_BYTES and len(batch) > 1:
+            half = len(batch) // 2
+            self._produce_batch(batch[:half], partition)
+            self._produce_batch(batch[half:], partition)
+            return
+        self._produce(None, value, partition, count=len(batch))
 
     def _produce(self, key: bytes | None, value: bytes, partition: int | None, count: int = 1):  # type: ignore[no-untyped-def]
         kwargs: dict[str, Any] = {"key": key, "value": value, "on_delivery": self._on_delivery}

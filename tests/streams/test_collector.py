@@ -1,5 +1,6 @@
-"""The collector's door: write keys and per-client rate limits (its validation and the way
-to Kafka are tested through a real worker in tests/integration/test_worker.py)."""
+"""The collector's door: write keys, per-client rate limits, and any body at all answered
+with a deliberate status (its way to Kafka is tested through a real worker in
+tests/integration/test_worker.py)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,15 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as fuzz_settings
+from pydantic_core import from_json
 
 from streamrank.settings import Settings
 from streams.collector import Collector, RateLimiter
 from streams.producer import EventProducer
 from streams.pseudonyms import RAW_IDS
+from tests.hostile_inputs import hostile_messages, nested
 
 
 @pytest.fixture
@@ -81,3 +86,43 @@ def test_a_browser_may_send_its_consent_choice_but_never_an_erasure(
     records = read_topic(settings.bootstrap(), settings.events_topic, timeout=10, idle_s=2)
     sent = [json.loads(r.value) for r in records]
     assert [e["type"] for batch in sent for e in batch] == ["opt_out"]
+
+
+@fuzz_settings(
+    max_examples=400,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(body=hostile_messages)
+def test_any_body_gets_a_deliberate_answer_never_an_exception(
+    producer: EventProducer, body: bytes
+) -> None:
+    """Whatever the body, a 2xx or a 4xx with its reasons: the shapes that once raised out
+    of the collector (a list for ``type``, nesting 100,000 deep) among them. What is
+    accepted plus what is rejected is what was sent."""
+    reply = Collector(producer).accept(body, "fuzz")
+    assert reply.status in {202, 400, 413, 422}, (body[:200], reply)
+    if reply.status == 202:
+        try:
+            sent = from_json(body)
+        except ValueError:
+            raise AssertionError(f"accepted a body that is not JSON: {body[:200]!r}") from None
+        count = len(sent) if isinstance(sent, list) else 1
+        assert reply.body["accepted"] + len(reply.body["rejected"]) == count
+    for rejected in reply.body.get("rejected", []):
+        assert not rejected["reason"].startswith("internal"), (body[:200], rejected)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        json.dumps({**json.loads(BODY), "type": ["view"]}).encode(),
+        nested(100_000),
+        b'{"event_id": ' + b"1" * 5000 + b"}",
+        json.dumps({**json.loads(BODY), "ts": "0001-01-01T00:00:00+01:00"}).encode(),
+    ],
+)
+def test_bodies_that_once_got_a_500_get_a_4xx(producer: EventProducer, body: bytes) -> None:
+    reply = Collector(producer).accept(body, "1.2.3.4")
+    assert reply.status in {400, 422}, reply

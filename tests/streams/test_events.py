@@ -1,18 +1,29 @@
 import json
+import logging
 import random
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+from hypothesis import given
+from hypothesis import settings as fuzz_settings
+from hypothesis import strategies as st
+from prometheus_client import REGISTRY
 from pydantic import ValidationError
+from pydantic_core import from_json
 
+import streams.events as events_module
 from streams.events import (
+    DecodedMessage,
     Event,
     EventType,
+    PrivacyRequest,
     decode_message,
     encode_event,
     encode_events,
     epoch_of_utc,
+    parse_record,
 )
+from tests.hostile_inputs import elements, hostile_messages, json_values, nested, wrong_records
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
 
@@ -140,3 +151,138 @@ def test_events_are_immutable() -> None:
     parsed = Event.model_validate(event())
     with pytest.raises(ValidationError):
         parsed.user_id = "other"  # type: ignore[misc]
+
+
+# --- hostile input: judging is total --------------------------------------------------------
+
+FUZZ = fuzz_settings(max_examples=600, deadline=None, derandomize=True)
+
+
+def _elements_in(value: bytes) -> int | None:
+    """How many elements the message holds, or None when it is not JSON to the decoder's
+    parser (pydantic-core's: ~200 levels deep at most, no lone surrogate escapes)."""
+    try:
+        decoded = from_json(value)
+    except ValueError:
+        return None
+    return len(decoded) if isinstance(decoded, list) else 1
+
+
+def _loaded(value: bytes) -> object:
+    """The Python value of a JSON text, or the text itself where Python cannot load it."""
+    try:
+        return json.loads(value)
+    except (ValueError, RecursionError):
+        return value.decode("utf-8", "replace")
+
+
+def _judged(value: bytes) -> DecodedMessage:
+    out = decode_message(value, now=NOW)
+    unforeseen = [d.reason for d in out.dead if d.reason.startswith("internal")]
+    assert not unforeseen, (value[:300], unforeseen)  # a shape judging did not foresee
+    return out
+
+
+@FUZZ
+@given(value=hostile_messages)
+def test_any_message_ends_as_records_or_dead_letters_with_reasons(value: bytes) -> None:
+    out = _judged(value)
+    count = _elements_in(value)
+    if count is None or (count == 0 and value.strip() != b"[]"):
+        assert (out.records, len(out.dead)) == ([], 1)  # the message is one dead letter
+    else:
+        assert len(out.records) + len(out.dead) == count  # each element, one outcome
+    for dead in out.dead:
+        assert dead.reason.split(":", 1)[0] in {"json", "schema", "time", "size", "empty"}
+        assert isinstance(dead.raw, bytes)
+
+
+@FUZZ
+@given(parts=st.lists(elements(), max_size=6))
+def test_a_batch_is_judged_as_its_elements_alone(parts: list[bytes]) -> None:
+    """The one-call fast path and the per-element path agree: a batch's records are those
+    of its elements judged one by one (an element that is not JSON spoils only the batch's
+    parse, and then the whole message is one dead letter)."""
+    batch = _judged(b"[" + b",".join(parts) + b"]")
+    alone = [_judged(b"[" + part + b"]") for part in parts]
+    if any(_elements_in(b"[" + part + b"]") is None for part in parts):
+        assert batch.records == [] and len(batch.dead) == 1
+        return
+    assert batch.records == [r for out in alone for r in out.records]
+    assert [d.reason for d in batch.dead] == [d.reason for out in alone for d in out.dead]
+
+
+@FUZZ
+@given(value=json_values | wrong_records().map(_loaded))
+def test_parse_record_raises_only_validation_errors(value: object) -> None:
+    """What the SDK calls on a dict: any input is a record or a ``ValidationError``."""
+    try:
+        record = parse_record(value)
+    except ValidationError as exc:
+        assert all(e["type"] != "internal" for e in exc.errors())
+    else:
+        assert isinstance(record, Event | PrivacyRequest)
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (json.dumps(event(type=["view"])).encode(), "schema: type"),
+        (json.dumps(event(type={"view": 1})).encode(), "schema: type"),
+        (json.dumps(event(ts="0001-01-01T00:00:00+01:00")).encode(), "out of the calendar"),
+        (json.dumps(event(ts="9999-12-31T23:59:59-01:00")).encode(), "out of the calendar"),
+        (nested(100_000), "json: recursion limit exceeded"),
+        (b"[" + nested(1000, "{") + b"]", "json: recursion limit exceeded"),
+        (b"[" + nested(150, "{") + b"]", "schema: event_id: Field required"),
+        (json.dumps(event(event_id="__")).replace('"__"', "7" * 5000).encode(), "json: number"),
+        (json.dumps(event(user_id="\ud800")).encode(), "json: unexpected end of hex escape"),
+        (json.dumps(event(price=float("inf"))).encode(), "schema: price"),
+    ],
+)
+def test_inputs_that_once_crashed_a_reader_are_dead_letters(value: bytes, reason: str) -> None:
+    """The shapes that raised out of judging (TypeError, RecursionError, OverflowError,
+    ValueError) and stopped the worker's agent. A valid neighbour in the same batch stays
+    when the batch is JSON to the parser."""
+    [dead] = _judged(value).dead
+    assert reason in dead.reason
+    if value.startswith(b"{") and reason.startswith("schema"):
+        neighbour = json.dumps(event(event_id="ok")).encode()
+        out = _judged(b"[" + value + b"," + neighbour + b"]")
+        assert [e.event_id for e in out.events] == ["ok"]
+        assert len(out.dead) == 1
+
+
+def test_an_unforeseen_exception_dead_letters_that_element_and_is_reported(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Should judging itself fail, the element is a dead letter with reason ``internal``,
+    counted under its exception's type and logged (the traceback once per kind); its
+    neighbours are judged as usual, and so is the next message."""
+    original = events_module._settle_time
+
+    def flaky(record: Event | PrivacyRequest) -> None:  # runs inside pydantic's validation
+        if record.event_id == "boom":
+            raise KeyError("a bug in judging")
+        original(record)
+
+    monkeypatch.setattr(events_module, "_settle_time", flaky)
+    monkeypatch.setattr(events_module, "UNJUDGED_LOGGED", set())
+    before = REGISTRY.get_sample_value(
+        "streamrank_unjudged_inputs_total", {"where": "decode", "exception": "KeyError"}
+    )
+    batch = [event(event_id="a"), event(event_id="boom"), event(event_id="b")]
+    with caplog.at_level(logging.ERROR, logger="streams.events"):
+        out = decode_message(json.dumps(batch).encode(), now=NOW)
+        again = decode_message(json.dumps([event(event_id="boom")]).encode(), now=NOW)
+    assert [e.event_id for e in out.events] == ["a", "b"]
+    [dead] = out.dead
+    assert dead.reason == "internal: KeyError while judging"
+    assert json.loads(dead.raw)["event_id"] == "boom"
+    assert again.dead[0].reason == dead.reason
+    after = REGISTRY.get_sample_value(
+        "streamrank_unjudged_inputs_total", {"where": "decode", "exception": "KeyError"}
+    )
+    assert after == (before or 0) + 2
+    lines = [r for r in caplog.records if "could not judge" in r.getMessage()]
+    assert len(lines) == 2  # a line for every one
+    assert sum(bool(r.exc_info) for r in lines) == 1  # the traceback once per kind

@@ -6,12 +6,16 @@ import json
 from datetime import UTC, datetime
 
 from confluent_kafka import Producer
+from hypothesis import given
+from hypothesis import settings as fuzz_settings
+from pydantic import ValidationError
 
 from infra.kafka_admin import read_topic
 from streamrank.settings import Settings
 from streams.events import Event
-from streams.producer import EventProducer, partition_for
+from streams.producer import MAX_MESSAGE_BYTES, EventProducer, partition_for
 from streams.pseudonyms import RAW_IDS, Pseudonymizer
+from tests.hostile_inputs import json_values, wrong_records
 
 
 def make_events(users: int, per_user: int) -> list[Event]:
@@ -103,3 +107,47 @@ def test_the_sdk_sends_pseudonyms_never_raw_ids(settings: Settings) -> None:
     assert {r.partition for r in records} == {
         partition_for(pseudonym("alice@example.com"), settings.events_partitions)
     }
+
+
+def test_anything_but_an_event_raises_a_validation_error(settings: Settings) -> None:
+    """The SDK's edge: any value a caller passes is sent or refused with pydantic's
+    ``ValidationError`` (a list for ``type`` once raised a ``TypeError``)."""
+    values = json_values | wrong_records().map(lambda text: json.loads(text, parse_int=float))
+    with EventProducer(settings.bootstrap(), settings.events_topic, user_ids=RAW_IDS) as producer:
+
+        @fuzz_settings(max_examples=300, deadline=None, derandomize=True)
+        @given(value=values)
+        def send(value: object) -> None:
+            sent = producer.sent_events
+            try:
+                producer.send(value)  # type: ignore[arg-type]
+            except ValidationError:
+                assert producer.sent_events == sent
+            else:
+                assert isinstance(value, dict)
+
+        send()
+
+
+def test_a_batch_over_the_message_limit_goes_as_several_messages_in_order(
+    settings: Settings,
+) -> None:
+    now = datetime.now(UTC)
+    context = {f"k{i}": "v" * 250 for i in range(16)}  # ~4.3 kB an event
+    events = [
+        Event(
+            event_id=f"big{i}", user_id="u-big", type="view", item_id="1", ts=now, context=context
+        )  # type: ignore[arg-type]
+        for i in range(500)
+    ]
+    with EventProducer(
+        settings.bootstrap(), settings.events_topic, user_ids=RAW_IDS, batch_events=500
+    ) as producer:
+        producer.send_many(events)
+        producer.flush()
+        assert producer.sent_messages >= 3  # 500 such events are over 2 MB
+    records = read_topic(settings.bootstrap(), settings.events_topic, producer.sent_messages)
+    records.sort(key=lambda r: r.offset)
+    assert all(len(r.value or b"") <= MAX_MESSAGE_BYTES for r in records)
+    sent = [item["event_id"] for r in records for item in json.loads(r.value or b"[]")]
+    assert sent == [e.event_id for e in events]
