@@ -91,14 +91,15 @@ def cmd_experiments(settings: Settings, args: argparse.Namespace) -> int:
 
     from infra.kafka_admin import read_topic
     from streams.experiments import join_in_time_order
-    from streams.impressions import Impression
+    from streams.impressions import Impression, parse_impression
     from streams.messages import RawMessage, ValidationLimits
     from streams.privacy import PrivacyLog, PrivacyRegistry, kept_events
 
     kafka = settings.kafka_client_config()
-    impressions = [
-        Impression.model_validate_json(r.value or b"")
+    impressions = [  # bad ones are the experiment worker's to dead-letter
+        parsed
         for r in read_topic(kafka, settings.impressions_topic, timeout=600, idle_s=args.idle_s)
+        if isinstance(parsed := parse_impression(r.value), Impression)
     ]
     now = time.time()
     limits = ValidationLimits.from_settings(settings)  # as the workers judge events

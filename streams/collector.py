@@ -10,6 +10,10 @@ A browser may send the user's own consent choice (``{"type": "opt_out"}`` or ``"
 ``streams/privacy.py``) like any event; an erasure is an admin request
 (``DELETE /v1/users/{id}`` on the API) and is refused here.
 
+Any body gets a deliberate answer, never a 500: judging is total (``streams/events.py``),
+and a producer that cannot take the events (the broker gone, its queue full) makes a 503
+with ``Retry-After``.
+
 Access: when write keys are configured, a request must carry one (``Authorization: Bearer
 KEY`` or ``X-API-Key: KEY``), compared in constant time, else 401. Every client address has
 a token bucket of requests (not every key: all the browsers of a site share its key); past

@@ -30,12 +30,11 @@ import faust
 from prometheus_client import REGISTRY, Counter, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-from pydantic import ValidationError
 
 from streamrank.settings import Settings, get_settings
-from streams.events import DEAD_LETTER_MAX_BYTES, PrivacyAction, PrivacyRequest, report_unjudged
+from streams.events import DEAD_LETTER_MAX_BYTES, PrivacyAction, PrivacyRequest
 from streams.experiments import ArmResult, ExperimentJoin, arm_totals
-from streams.impressions import Impression
+from streams.impressions import parse_impression
 from streams.messages import RawMessage, ValidationLimits
 from streams.privacy import PrivacyLog, PrivacyRegistry, kept_events
 from streams.producer import partition_for
@@ -92,18 +91,6 @@ class ArmGauges(Collector):
                 ("cvr", "Converted / impressions"),
             )
         }
-
-
-def parse_impression(value: bytes | None) -> Impression | str:
-    """An ``impressions`` message, or the reason it is not one. Total, as event judging
-    is: an exception validation did not foresee is reported and becomes the reason."""
-    try:
-        return Impression.model_validate_json(value or b"")
-    except ValidationError as exc:
-        return f"impression: {exc.errors(include_url=False)[0]['msg']}"
-    except Exception as exc:
-        report_unjudged(exc, "impressions")
-        return f"internal: {type(exc).__name__} while judging"
 
 
 def create_experiment_app(settings: Settings) -> faust.App:

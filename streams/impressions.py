@@ -14,9 +14,10 @@ from datetime import datetime
 
 from confluent_kafka import KafkaException, Producer
 from prometheus_client import Counter
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from infra.kafka_config import KafkaTarget, client_config
+from streams.events import report_unjudged
 from streams.producer import partition_for
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,18 @@ class Impression(BaseModel):
     items: list[str] = Field(max_length=100)
     propensities: list[float] = Field(max_length=100)
     ts: datetime
+
+
+def parse_impression(value: bytes | None) -> Impression | str:
+    """An ``impressions`` message, or the reason it is not one. Total, as event judging
+    is: an exception validation did not foresee is reported and becomes the reason."""
+    try:
+        return Impression.model_validate_json(value or b"")
+    except ValidationError as exc:
+        return f"impression: {exc.errors(include_url=False)[0]['msg']}"
+    except Exception as exc:
+        report_unjudged(exc, "impressions")
+        return f"internal: {type(exc).__name__} while judging"
 
 
 class ImpressionLog:

@@ -57,5 +57,5 @@ UNJUDGED = Counter(
     "streamrank_unjudged_inputs_total",
     "Inputs whose validation raised an exception it did not foresee (dead-lettered or "
     "refused with reason 'internal'): a new class of bad input, see the log",
-    ["where", "exception"],  # where: decode (every reader of events) | sdk | collector
+    ["where", "exception"],  # decode (every reader of events) | sdk | collector | impressions
 )

@@ -35,8 +35,10 @@ from streams.producer import EventProducer, partition_for
 from streams.pseudonyms import Pseudonymizer
 from streams.sink import FeastProfileStore
 from tests.conftest import isolated_settings, make_home
+from tests.hostile_inputs import nested
 from tests.integration.checks import assert_profiles_equal, offline_truth
 from tests.integration.stack import ADMIN_KEY, SITE, WRITE_KEY, Stack, running_stack
+from tests.integration.test_worker import poison_for, send_keyed
 
 pytestmark = pytest.mark.integration
 
@@ -346,6 +348,13 @@ def test_the_experiment_report_joins_impressions_with_later_clicks(
         Event(event_id="exp-c", user_id="it-exp", type="click", item_id=clicked, ts=later),  # type: ignore[arg-type]
         Event(event_id="exp-p", user_id="it-exp", type="purchase", item_id=bought, ts=later),  # type: ignore[arg-type]
     ]
+    # poison between the impression and the clicks, on the user's keys, on both topics the
+    # join reads: judged (dead-lettered) as the profile worker judges, never a restart
+    s = stack.settings
+    key = stack.pseudonym("it-exp").encode()
+    send_keyed(s, [(key, value) for value in poison_for(stack.pseudonym("it-exp"), 1)])
+    bad_impressions = [b'{"request_id": ["x"]}', nested(100_000), b"\xff\xfe", b"null"]
+    send_keyed(s, [(key, value) for value in bad_impressions], s.impressions_topic)
     wait(stack, send(stack.settings, events))
     capsys.readouterr()
     os.environ.update(stack.settings.as_env())
@@ -388,6 +397,9 @@ def test_the_experiment_report_joins_impressions_with_later_clicks(
     stack.experiment_worker.wait()  # type: ignore[attr-defined]
     stack.experiment_worker = start_worker(stack.settings, "experiment-worker")
     live_join_reaches(report["arms"], 120)
+    log = (s.home_dir / "logs" / "experiment-worker.log").read_text(errors="replace")
+    assert "Restarting" not in log and "Crashed" not in log, log[-3000:]
+    assert log.count("bad impression at offset") >= len(bad_impressions)
 
 
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])

@@ -9,6 +9,7 @@ import os
 import random
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -17,6 +18,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+from confluent_kafka import Producer
 from pydantic import SecretStr
 
 from feature_repo.store import apply_repo, open_store
@@ -29,11 +31,13 @@ from streamrank.catalog import Catalog
 from streamrank.datasets import Dataset, iter_events
 from streamrank.demo import send_raw, start_worker
 from streamrank.settings import Settings
-from streams.events import Event
+from streams.events import DEAD_LETTER_MAX_BYTES, Event, encode_event
 from streams.producer import EventProducer
 from streams.pseudonyms import RAW_IDS, Pseudonymizer
 from streams.sink import FeastProfileStore
+from streams.supervision import EXIT_UNFINISHED
 from tests.conftest import isolated_settings
+from tests.hostile_inputs import hostile_messages, nested
 from tests.integration.checks import (
     assert_items_equal,
     assert_profiles_equal,
@@ -67,7 +71,8 @@ class Workers:
             stop_process(worker, "faust worker")
 
     def log(self) -> str:
-        return (self.settings.home_dir / "logs" / "worker.log").read_text(errors="replace")
+        path = self.settings.home_dir / "logs" / "worker.log"
+        return path.read_text(errors="replace") if path.exists() else ""
 
 
 @pytest.fixture
@@ -242,6 +247,154 @@ def test_ten_thousand_mixed_messages_valid_plus_dead_equals_produced(
     check(s, arrival, catalog)
 
 
+def send_keyed(
+    settings: Settings, messages: list[tuple[bytes, bytes | None]], topic: str | None = None
+) -> dict[int, int]:
+    """Messages as another team's producer writes them: keyed by user id (so in the
+    user's partition), any value, up to 5 MB a message; to ``events`` unless told."""
+    delivered: dict[int, int] = {}
+
+    def on_delivery(err, msg) -> None:  # type: ignore[no-untyped-def]
+        assert err is None, err
+        delivered[msg.partition()] = max(delivered.get(msg.partition(), -1), msg.offset())
+
+    producer = Producer(
+        {
+            **settings.kafka_client_config(),
+            "partitioner": "murmur2_random",
+            "message.max.bytes": 5_000_000,
+        }
+    )
+    for key, value in messages:
+        producer.produce(
+            topic or settings.events_topic, key=key, value=value, on_delivery=on_delivery
+        )
+        producer.poll(0)
+    assert producer.flush(30) == 0
+    return delivered
+
+
+def poison_for(user: str, i: int) -> list[bytes]:
+    """Messages of the kinds that once crashed the agent or could, as the user's: each is
+    exactly one dead letter."""
+    ts = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
+    base = {"event_id": f"p{i}", "user_id": user, "type": "view", "item_id": "1", "ts": ts}
+    return [
+        json.dumps({**base, "type": ["view"]}).encode(),  # TypeError: unhashable
+        json.dumps({**base, "type": {"view": True}}).encode(),
+        nested(100_000),  # RecursionError in json.loads
+        json.dumps({**base, "ts": "0001-01-01T00:00:00+01:00"}).encode(),  # OverflowError
+        json.dumps({**base, "event_id": "__"}).replace('"__"', "1" * 5000).encode(),  # digits
+        json.dumps({**base, "user_id": "\ud800"}).encode(),  # a lone surrogate escape
+        json.dumps({**base, "price": "NaN"}).replace('"NaN"', "NaN").encode(),
+        b"\x00" + os.urandom(64),
+        b"null",
+        b"[" + nested(150, "{") + b"]",
+    ]
+
+
+def test_poison_messages_on_the_same_keys_cost_no_neighbour(
+    stream_settings: Settings, workers: Workers, catalog: Catalog
+) -> None:
+    """Poison messages of every kind that once stopped the agent, between valid events of
+    the same users (same partitions), single and inside SDK-style arrays, and one message
+    of 2 MB: every valid event is applied, every poison is exactly one dead letter, the
+    profiles equal an offline fold, and the agent never crashed or restarted."""
+    s = stream_settings
+    rng = random.Random(20)
+    valid = make_events(catalog, 3000, users=40, seed=20)
+    messages: list[tuple[bytes, bytes | None]] = []
+    arrival: list[Event] = []
+    poisons = 0
+    for i, event in enumerate(valid):
+        key = event.user_id.encode()
+        if i % 10 == 9:  # an array: valid events of the user around a bad element
+            bad = json.dumps({**event.to_wire(), "event_id": f"a{i}", "type": [1]}).encode()
+            body = b"[" + encode_event(event) + b"," + bad + b"]"
+            messages.append((key, body))
+            poisons += 1
+        else:
+            messages.append((key, encode_event(event)))
+        arrival.append(event)
+        if i % 3 == 0:
+            kinds = poison_for(event.user_id, i)
+            messages.append((key, kinds[(i // 3) % len(kinds)]))
+            poisons += 1
+    messages.insert(rng.randrange(len(messages)), (b"u1", b"[" + b" " * 2_000_000 + b"x]"))
+    messages.insert(rng.randrange(len(messages)), (b"u2", None))  # a tombstone-like null
+    poisons += 2
+    worker = workers.start()
+    delivered = send_keyed(s, messages)
+    wait(s, delivered)
+    dead = read_topic(s.bootstrap(), s.dlq_topic, poisons + 1, timeout=30, idle_s=5)
+    reasons = [r.headers["reason"] for r in dead]
+    assert len(dead) == poisons, sorted(set(reasons))
+    assert not [r for r in reasons if r.startswith("internal")]
+    assert max(len(r.value or b"") for r in dead) <= DEAD_LETTER_MAX_BYTES
+    stored = FeastProfileStore(open_store(s)).read_profiles(sorted({e.user_id for e in valid}))
+    assert sum(p.event_count for p in stored.values()) == len(valid)
+    check(s, arrival, catalog)
+    assert worker.poll() is None
+    log = workers.log()
+    assert "Crashed" not in log and "Restarting" not in log, log[-4000:]
+    metrics = httpx.get(f"http://127.0.0.1:{s.worker_web_port}/metrics", timeout=10).text
+    assert "streamrank_unjudged_inputs_total{" not in metrics
+
+
+FAILING_WORKER = """
+import sys
+import streams.processor as processor
+
+original = processor.ProfileProcessor.process
+calls = []
+
+def failing(self, messages, write=True):
+    calls.append(len(messages))
+    if len(calls) == 2:
+        raise RuntimeError("injected: a batch that cannot be finished")
+    return original(self, messages, write)
+
+processor.ProfileProcessor.process = failing
+from streamrank.cli import main
+sys.exit(main(["worker"]))
+"""
+
+
+def test_a_batch_that_fails_outside_judging_stops_the_worker_unacknowledged(
+    stream_settings: Settings, workers: Workers, catalog: Catalog
+) -> None:
+    """An exception outside judging (here injected into the processor's second batch) must
+    not let Faust restart the agent past the batch: the worker exits 70, and the next one
+    resumes from the checkpoints, so the profiles still equal an offline fold."""
+    s = stream_settings
+    events = make_events(catalog, 20_000, users=300, seed=21)
+    env = {**os.environ, **s.as_env(), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    log_path = s.home_dir / "logs" / "failing-worker.log"
+    log_path.parent.mkdir(exist_ok=True)
+    with open(log_path, "ab") as out:
+        failing = subprocess.Popen(
+            [sys.executable, "-c", FAILING_WORKER],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    workers.started.append(failing)
+    delivered = send(s, events[:10_000])
+    wait_until_consumed(s.bootstrap(), s.consumer_group, s.events_topic, delivered, 120)
+    delivered = send(s, events[10_000:], delivered)  # the second batch: it fails
+    try:
+        assert failing.wait(120) == EXIT_UNFINISHED
+    finally:
+        stop_process(failing, "failing worker")
+    log = log_path.read_text(errors="replace")
+    assert "injected: a batch that cannot be finished" in log
+    assert "Restarting" not in log
+    workers.start()
+    wait(s, delivered)
+    check(s, events, catalog)
+
+
 def test_the_http_collector_validates_and_feeds_the_stream(
     stream_settings: Settings, workers: Workers, catalog: Catalog
 ) -> None:
@@ -340,8 +493,9 @@ def test_a_replay_of_the_live_range_equals_the_live_profiles(
 def test_fuzzed_beacons_get_4xx_or_202_never_a_5xx_and_the_worker_lives(
     stream_settings: Settings, workers: Workers
 ) -> None:
-    """Hypothesis throws JSON of every shape (and non-JSON bytes) at the real collector:
-    every answer is a deliberate status, and the worker keeps serving afterwards."""
+    """Hypothesis throws JSON of every shape (and non-JSON bytes, ``tests/hostile_inputs``)
+    at the real collector: every answer is a deliberate status, and the worker keeps
+    serving afterwards."""
     from hypothesis import HealthCheck, given
     from hypothesis import settings as fuzz_settings
     from hypothesis import strategies as st
@@ -357,28 +511,6 @@ def test_fuzzed_beacons_get_4xx_or_202_never_a_5xx_and_the_worker_lives(
         except httpx.HTTPError:
             assert time.monotonic() < deadline, "worker never listened"
             time.sleep(0.2)
-    scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=40)
-    json_values = st.recursive(
-        scalars,
-        lambda inner: (
-            st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=12), inner, max_size=6)
-        ),
-        max_leaves=20,
-    )
-    event_like = st.fixed_dictionaries(
-        {
-            "event_id": st.text(max_size=140),
-            "user_id": st.text(max_size=140),
-            "type": st.sampled_from(["view", "click", "purchase", "search", "nope"]),
-        },
-        optional={
-            "item_id": json_values,
-            "ts": st.text(max_size=30) | st.integers(),
-            "query": json_values,
-            "price": scalars,
-            "context": json_values,
-        },
-    )
     ids = st.text(st.characters(codec="ascii", categories=["L", "N"]), min_size=1, max_size=20)
     plausible = st.fixed_dictionaries(  # mostly valid: the path to Kafka is fuzzed too
         {
@@ -394,10 +526,7 @@ def test_fuzzed_beacons_get_4xx_or_202_never_a_5xx_and_the_worker_lives(
     )
     bodies = (
         st.lists(plausible, min_size=1, max_size=5).map(lambda v: json.dumps(v).encode())
-        | json_values.map(lambda v: json.dumps(v).encode())
-        | st.lists(event_like, max_size=4).map(lambda v: json.dumps(v).encode())
-        | event_like.map(lambda v: json.dumps(v).encode())
-        | st.binary(max_size=200)
+        | hostile_messages
     )
     statuses: set[int] = set()
     with httpx.Client(timeout=10) as client:

@@ -23,7 +23,7 @@ from streams.profile import UserProfile
 from streams.replay import ReplayError, plan, replay
 from streams.sink import FeastProfileStore
 from tests.integration.checks import assert_profiles_equal, offline_truth
-from tests.integration.test_worker import make_events, send
+from tests.integration.test_worker import make_events, poison_for, send
 
 pytestmark = pytest.mark.integration
 
@@ -41,7 +41,8 @@ def test_a_time_range_replays_exactly_its_events_and_never_touches_live(
     time.sleep(0.05)
     inside = make_events(catalog, 2000, 50, seed=2)
     send(settings, inside)
-    send_raw(settings, [b"not json", b'[{"event_id": "x"}]'])
+    poison = poison_for("u5", 0)  # what once crashed the live agent: one dead letter each
+    send_raw(settings, [b"not json", b'[{"event_id": "x"}]', *poison])
     time.sleep(0.05)
     end = time.time()
     time.sleep(0.05)
@@ -52,7 +53,7 @@ def test_a_time_range_replays_exactly_its_events_and_never_touches_live(
     manifest = replay(settings, namespace, planned, workers=1, progress=False)
 
     assert manifest.complete
-    assert (manifest.events, manifest.dead_letters) == (len(inside), 2)
+    assert (manifest.events, manifest.dead_letters) == (len(inside), 2 + len(poison))
     truth = offline_truth(inside, catalog)
     stored = FeastProfileStore(namespace.open_store()).read_profiles(sorted(truth))
     assert_profiles_equal(stored, truth)
