@@ -32,7 +32,14 @@ from streams.events import Event, EventType
 from training.baselines import all_baselines
 from training.examples import Example, Split, build_examples, time_cut, time_cut_labels
 from training.markdown import table
-from training.metrics import mask_seen, ndcg_at_k, recall_at_k, target_ranks
+from training.metrics import (
+    RankerFailed,
+    check_scores,
+    mask_seen,
+    ndcg_at_k,
+    recall_at_k,
+    target_ranks,
+)
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +110,7 @@ def ranks(scorer: Scorer, data: BacktestData, catalog: Catalog) -> np.ndarray:
     for start in range(0, len(data.examples), CHUNK):
         chunk = data.examples[start : start + CHUNK]
         scores = np.asarray(scorer.score(chunk), dtype=np.float32)
+        check_scores(scores)  # a NaN would rank its target first
         targets = np.array([catalog.index[e.item_id] for e in chunk], dtype=np.int64)
         seen = [[catalog.index[i] for i in e.seen if i in catalog.index] for e in chunk]
         mask_seen(scores, seen, targets)
@@ -152,8 +160,14 @@ def backtest(
     slice_of = np.clip(np.searchsorted(edges, times, side="right") - 1, 0, max(slices - 1, 0))
 
     results: dict[str, Any] = {}
+    failed: dict[str, str] = {}
     for ranker in rankers:
-        ranked = ranks(ranker, data, catalog)
+        try:
+            ranked = ranks(ranker, data, catalog)
+        except RankerFailed as exc:
+            log.error("%s failed: %s", ranker.name, exc)
+            failed[ranker.name] = str(exc)
+            continue
         results[ranker.name] = {
             "overall": metrics(ranked, users, k),
             "segments": {
@@ -181,6 +195,7 @@ def backtest(
         "users": len(set(users)),
         "new_users": len(set(users[segment == "new"])),
         "results": results,
+        "failed": failed,
     }
 
 
@@ -211,6 +226,8 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         *table(["ranker", *cols], [[n, *(results[n]["overall"][c] for c in cols)] for n in order]),
     ]
+    for name, reason in report.get("failed", {}).items():
+        lines += ["", f"**{name} failed** and is not ranked: {reason}."]
     first = results[order[0]]
     for title, key in (("Segments", "segments"), ("Target category", "categories")):
         groups = list(first[key])

@@ -90,16 +90,23 @@ class RecentPopular:
             self.times[int(col)] = np.sort(ts.to_numpy(dtype=np.float64))  # type: ignore[call-overload]
 
     def score(self, examples: Sequence[Example]) -> np.ndarray:
+        """Σ exp(-(t - t_j)/τ) over an item's t_j < t, for every example time t.
+
+        In log space: a running log-sum-exp of (t_j - t_max)/τ over the item's sorted
+        times, shifted by (t_max - t)/τ. Both terms may be huge (an example years before
+        the item's last event: e^(10^4)) but their sum, the log of the answer, is at most
+        log(count), so nothing overflows. A plain prefix sum of exp(...) times
+        exp((t_max - t)/τ) gave inf · 0 = NaN on data spanning years."""
         at = np.array([e.ts for e in examples], dtype=np.float64)
         out = np.zeros((len(examples), len(self.items)), dtype=np.float64)
         for col, times in enumerate(self.times):
             if not len(times):
                 continue
-            # Σ exp(-(t - t_j)/τ) over t_j < t, via prefix sums of exp(t_j/τ) relative to t_max
-            scaled = np.exp((times - times[-1]) / self.tau_s)
-            prefix = np.concatenate([[0.0], np.cumsum(scaled)])
+            log_prefix = np.concatenate(
+                [[-np.inf], np.logaddexp.accumulate((times - times[-1]) / self.tau_s)]
+            )
             before = np.searchsorted(times, at, side="left")
-            out[:, col] = prefix[before] * np.exp((times[-1] - at) / self.tau_s)
+            out[:, col] = np.exp(log_prefix[before] + (times[-1] - at) / self.tau_s)
         return out.astype(np.float32)
 
 

@@ -13,6 +13,7 @@ import json
 import logging
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from training.baselines import all_baselines
 from training.config import TrainConfig
 from training.examples import Example
 from training.markdown import table
-from training.metrics import ranking_report
+from training.metrics import RankerFailed, ranking_report
 from training.train import TrainingData, model_scores, prepare_training_data, target_rows
 
 log = logging.getLogger(__name__)
@@ -44,13 +45,13 @@ def evaluate(
             artifact.meta.get("data_hash"),
         )
     results: dict[str, dict[str, float]] = {}
-    scores, targets, seen = model_scores(artifact, data.test)
-    results["model"] = ranking_report(scores, targets, seen)
+    failed: dict[str, str] = {}
     int8 = artifact.quantized()
-    scores, targets, seen = model_scores(int8, data.test)
-    results["model-int8"] = ranking_report(scores, targets, seen)
+    for name, model in (("model", artifact), ("model-int8", int8)):
+        scores, targets, seen = model_scores(model, data.test)
+        judge(name, lambda s=scores, t=targets, u=seen: ranking_report(s, t, u), results, failed)
     if baselines:
-        results.update(baseline_results(data, catalog, config.seed))
+        baseline_results(data, catalog, config.seed, results, failed)
     speed = scoring_speed(artifact, int8, data.test)
     best_baseline = max(
         (k for k in results if not k.startswith("model")),
@@ -67,9 +68,10 @@ def evaluate(
         },
         "items": data.space.n_items,
         "results": results,
+        "failed": failed,
         "speed_ms": speed,
     }
-    if best_baseline:
+    if best_baseline and "model" in results:
         lift = results["model"][HEADLINE] / max(results[best_baseline][HEADLINE], 1e-12) - 1
         report["best_baseline"] = best_baseline
         report["lift_over_best_baseline"] = lift
@@ -78,21 +80,40 @@ def evaluate(
 
 
 def baseline_results(
-    data: TrainingData, catalog: Catalog, seed: int
-) -> dict[str, dict[str, float]]:
+    data: TrainingData,
+    catalog: Catalog,
+    seed: int,
+    results: dict[str, dict[str, float]],
+    failed: dict[str, str],
+) -> None:
+    """Every baseline fitted and judged into ``results`` (or ``failed``, with the reason)."""
     targets, seen = target_rows(data.space, data.test)
-    out = {}
     for ranker in all_baselines(catalog.ids, catalog.embeddings, seed):
         started = time.perf_counter()
-        ranker.fit(data.fit_interactions)
-        out[ranker.name] = ranking_report(ranker.score(data.test), targets, seen)
-        log.info(
-            "%s: ndcg@10 %.4f (%.1fs)",
-            ranker.name,
-            out[ranker.name][HEADLINE],
-            time.perf_counter() - started,
-        )
-    return out
+
+        def run(r: Any = ranker) -> dict[str, float]:
+            r.fit(data.fit_interactions)
+            return ranking_report(r.score(data.test), targets, seen)
+
+        if judge(ranker.name, run, results, failed):
+            took = time.perf_counter() - started
+            log.info("%s: ndcg@10 %.4f (%.1fs)", ranker.name, results[ranker.name][HEADLINE], took)
+
+
+def judge(
+    name: str,
+    run: Callable[[], dict[str, float]],
+    results: dict[str, dict[str, float]],
+    failed: dict[str, str],
+) -> bool:
+    """One ranker's metrics into ``results``, or its failure into ``failed``, loudly."""
+    try:
+        results[name] = run()
+    except RankerFailed as exc:
+        log.error("%s failed: %s", name, exc)
+        failed[name] = str(exc)
+        return False
+    return True
 
 
 def scoring_speed(
@@ -145,6 +166,8 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     ordered = sorted(results, key=lambda k: -results[k][HEADLINE])
     lines += table(["ranker", *metrics], [[n, *(results[n][m] for m in metrics)] for n in ordered])
+    for name, reason in report.get("failed", {}).items():
+        lines += ["", f"**{name} failed** and is not ranked: {reason}."]
     if "best_baseline" in report:
         lines += [
             "",

@@ -15,6 +15,21 @@ import numpy as np
 MASKED = -np.inf
 
 
+class RankerFailed(ValueError):
+    """A ranker whose scores or metrics are not finite numbers. A NaN score ranks its target
+    above everything (every comparison with NaN is false), so a broken ranker would top the
+    table: it is reported as failed instead, never ranked or named the best."""
+
+
+def check_scores(scores: np.ndarray) -> None:
+    """Raise ``RankerFailed`` unless every score is a finite number."""
+    bad = ~np.isfinite(scores)
+    if bad.any():
+        raise RankerFailed(
+            f"{int(bad.sum())} of {scores.size} scores are not finite (e.g. {scores[bad][0]})"
+        )
+
+
 def mask_seen(scores: np.ndarray, seen_rows: Sequence[Sequence[int]], targets: np.ndarray) -> None:
     """Set the scores of already-seen items to -inf, in place, except each row's target (a
     repeat purchase stays rankable)."""
@@ -73,7 +88,9 @@ def ranking_report(
     seen_rows: Sequence[Sequence[int]],
     ks: Sequence[int] = (10, 20),
 ) -> dict[str, float]:
-    """Every metric for one scorer. ``scores`` is [examples, items] and is modified."""
+    """Every metric for one scorer. ``scores`` is [examples, items] and is modified.
+    Raises ``RankerFailed`` when a score or a metric is not a finite number."""
+    check_scores(scores)
     mask_seen(scores, seen_rows, targets)
     ranks = target_ranks(scores, targets)
     candidates = np.isfinite(scores).sum(axis=1)
@@ -84,4 +101,7 @@ def ranking_report(
     report["mrr"] = mrr(ranks)
     report["auc"] = auc(ranks, candidates)
     report["coverage@10"] = coverage(top_k(scores, 10), scores.shape[1])
+    broken = sorted(name for name, value in report.items() if not np.isfinite(value))
+    if broken:
+        raise RankerFailed(f"metrics not finite: {', '.join(broken)}")
     return report

@@ -50,6 +50,20 @@ class Oracle:
         return scores
 
 
+class Broken:
+    """A scorer whose arithmetic overflowed somewhere: NaN for some items."""
+
+    name = "broken"
+
+    def __init__(self, n_items: int):
+        self.n_items = n_items
+
+    def score(self, examples: Sequence[Example]) -> np.ndarray:
+        scores = np.ones((len(examples), self.n_items), np.float32)
+        scores[:, ::7] = np.nan
+        return scores
+
+
 def test_the_scored_profile_never_holds_the_target_or_anything_after_it(
     dataset: Dataset, catalog: Catalog
 ) -> None:
@@ -107,10 +121,11 @@ def test_a_backtest_reports_models_and_baselines_overall_over_time_and_per_segme
     model_dir = trained / "models" / (trained / "models" / "LATEST").read_text().strip()
     model = ModelScorer(RankingArtifact.load(model_dir, default_encoder_path()), catalog)
     data = prepare(events, catalog, test_fraction=0.2)
-    report = backtest(
-        data, catalog, [model, Oracle(catalog), Oracle(catalog, worst=True)], baselines=True, k=10
-    )
+    scorers = [model, Oracle(catalog), Oracle(catalog, worst=True), Broken(len(catalog.ids))]
+    report = backtest(data, catalog, scorers, baselines=True, k=10)
     results = report["results"]
+    assert "broken" not in results  # reported as failed, never ranked (a NaN ranked first)
+    assert "not finite" in report["failed"]["broken"]
     assert {model.name, "oracle", "worst", "popular", "item-knn", "als"} <= set(results)
     assert results["oracle"]["overall"]["recall@10"] == 1.0
     assert results["oracle"]["overall"]["ndcg@10"] == 1.0
@@ -127,3 +142,4 @@ def test_a_backtest_reports_models_and_baselines_overall_over_time_and_per_segme
     out = write_report(report, tmp_path / "report")
     assert {p.name for p in out.iterdir()} == {"backtest.md", "backtest.json", "backtest.png"}
     assert model.name in (out / "backtest.md").read_text()
+    assert "**broken failed**" in (out / "backtest.md").read_text()

@@ -64,3 +64,23 @@ def test_matrix_factorization_scores_fitted_users() -> None:
     assert scores.shape == (2, len(ITEMS))
     assert scores[0, ITEMS.index("b")] > scores[0, ITEMS.index("c")]
     assert not scores[1].any()  # never seen in fitting: no opinion
+
+
+def test_recent_popular_on_events_spanning_decades_is_finite_and_exact() -> None:
+    """Examples years before an item's last event once gave exp(+10^4) = inf times 0 = NaN
+    (and an NDCG of inf). The log-space sum equals the direct sum wherever that is
+    representable, and is finite everywhere."""
+    year = 365 * 86_400.0
+    rng = np.random.default_rng(3)
+    times = np.sort(rng.uniform(0, 20 * year, 400))
+    frame = _interactions([(f"u{i}", ITEMS[i % 4], t) for i, t in enumerate(times)])
+    ranker = RecentPopular(ITEMS)  # τ = 7 days
+    ranker.fit(frame)
+    at = np.concatenate([rng.uniform(0, 21 * year, 200), times[:50], [-year, 30 * year]])
+    scores = ranker.score([_example("x", set(), ts=float(t)) for t in at])
+    assert np.isfinite(scores).all()
+    for row, t in enumerate(at):
+        for col, item in enumerate(ITEMS):
+            mine = times[(frame["item_id"] == item).to_numpy() & (times < t)]
+            direct = np.exp(-(t - mine) / ranker.tau_s).sum()
+            assert np.isclose(scores[row, col], direct, rtol=1e-5, atol=1e-30), (t, item)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from training.metrics import (
+    RankerFailed,
     auc,
     coverage,
     mask_seen,
@@ -64,3 +65,15 @@ def test_report_over_two_examples() -> None:
     assert report["ndcg@10"] == pytest.approx((1 + 1 / math.log2(5)) / 2)
     assert report["mrr"] == pytest.approx((1 + 1 / 4) / 2)
     assert report["auc"] == pytest.approx((1 + 0) / 2)
+
+
+def test_a_ranker_with_a_nan_score_fails_instead_of_ranking_first() -> None:
+    """Every comparison with NaN is false, so a NaN target would have rank -1 and an NDCG of
+    inf: such a ranker is reported as failed, never as the best."""
+    scores = np.array([[0.1, np.nan, 0.3], [0.2, 0.1, 0.0]], dtype=np.float32)
+    with pytest.raises(RankerFailed, match="not finite"):
+        ranking_report(scores, np.array([1, 0]), [[], []])
+    with pytest.raises(RankerFailed):
+        ranking_report(np.full((2, 3), np.inf, np.float32), np.array([1, 0]), [[], []])
+    fine = ranking_report(np.array([[0.1, 0.2, 0.3]], np.float32), np.array([2]), [[]])
+    assert all(math.isfinite(v) for v in fine.values())
