@@ -42,7 +42,7 @@ from serving.api import (
 from serving.config import APP_NAME
 from serving.limits import BodyLimit
 from serving.ranking import RankingPolicy
-from serving.scorer import Scorer, ScoreTask, model_version
+from serving.scorer import Scorer, ScoreTask, model_directory, model_version
 from streamrank.catalog import Catalog
 from streamrank.settings import Settings
 from streams.access import AccessKeys, key_from_headers
@@ -92,6 +92,7 @@ class Api:
         # (helpers live inside the class: Ray ships the ingress class by value)
         def arm(name: str) -> Arm:
             version = model_version(settings, arm_model_dir(settings, name))
+            trained = model_directory(settings, arm_model_dir(settings, name)) is not None
             if scorers:
                 handle = scorers[name]
 
@@ -101,12 +102,12 @@ class Api:
                 async def search(query: str, n: int) -> np.ndarray:
                     return await handle.search.remote(query, n)
 
-                return Arm(score, version, search)
+                return Arm(score, version, search, trained)
             model = ScorerModel(settings, model_dir=arm_model_dir(settings, name))
             local = BatchedScorer(
                 model, settings.scorer_max_batch_size, settings.scorer_batch_wait_s
             )
-            return Arm(local.score, version, local.search)
+            return Arm(local.score, version, local.search, trained)
 
         arms = {name: arm(name) for name in settings.experiment_arms}
         self.recommender = Recommender(

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from serving.stream_ranker import recent_items
 from streamrank.catalog import Catalog
 from streams.profile import ProfileFeatures
 
@@ -52,8 +53,9 @@ class CandidateGenerator:
 
     @staticmethod
     def anchors(features: ProfileFeatures | None, context_item: str | None) -> list[str]:
-        """The items whose neighbours are worth a look: the one in view, then recent ones."""
-        recent = features.engaged[:RECENT_ANCHORS] if features is not None else []
+        """The items whose co-visited neighbours are worth a look: the one in view, then the
+        user's most recent ones, newest first (the no-model ranker scores from them too)."""
+        recent = recent_items(features)
         return list(dict.fromkeys([context_item, *recent] if context_item else recent))
 
     def generate(

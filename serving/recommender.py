@@ -29,6 +29,7 @@ from serving.candidates import Candidate, CandidateGenerator
 from serving.experiments import assign_arm
 from serving.ranking import RankingPolicy, blocked_items, rank
 from serving.scorer import ScoreTask
+from serving.stream_ranker import TEXT_WEIGHT, stream_scores
 from streamrank.catalog import Catalog
 from streams.covisitation import merge_neighbours
 from streams.impressions import Impression
@@ -46,11 +47,15 @@ R = TypeVar("R")
 
 @dataclass(frozen=True)
 class Arm:
-    """One experiment arm: its scorer, its query search, and the model version behind them."""
+    """One experiment arm: its scorer, its query search, and the model version behind them.
+    An arm without a trained model ranks users with history from the stream
+    (``serving/stream_ranker.py``); its scorer (the pretrained encoder) breaks ties and
+    answers search queries."""
 
     score: ScoreFn
     model_version: str
     search: SearchFn | None = None
+    trained: bool = True
 
 
 class Recommender:
@@ -146,14 +151,16 @@ class Recommender:
         context_item = context.item_id if context else None
         fallback_reason = None
         covisits: dict[str, list[tuple[str, float]]] = {}
+        anchors: list[str] = []
         opted_out = False
         try:
             profile = await self.profile_of(user)
             opted_out = profile is not None and profile.opted_out
             features = derive_features(profile, time.time()) if profile and not opted_out else None
             popular = await self.popular()
-            if request.candidate_ids is None:
-                covisits = await self.covisits(self.candidates.anchors(features, context_item))
+            anchors = self.candidates.anchors(features, context_item)
+            if request.candidate_ids is None or not arm.trained:
+                covisits = await self.covisits(anchors)
         except Exception as exc:  # the page must render even when the store is down
             log.warning("online store unavailable (%r): popularity fallback", exc)
             features, popular, fallback_reason = None, self._popular, "profile store unavailable"
@@ -165,7 +172,7 @@ class Recommender:
             found = self.candidates.generate(features, popular, context_item, covisits, matches)
         candidates = list(found.values())
         scores, personalized, scorer_problem = await self._scores(
-            arm.score, candidates, features, query, popular
+            arm, candidates, features, query, popular, anchors, covisits
         )
         fallback_reason = fallback_reason or scorer_problem
         items = rank(
@@ -240,24 +247,33 @@ class Recommender:
 
     async def _scores(
         self,
-        score_fn: ScoreFn,
+        arm: Arm,
         candidates: list[Candidate],
         features: ProfileFeatures | None,
         query: str | None,
         popular: list[tuple[str, float]],
+        anchors: list[str],
+        covisits: Mapping[str, list[tuple[str, float]]],
     ) -> tuple[np.ndarray, bool, str | None]:
-        """Model scores when there is a profile or a query, else popularity. Also popularity
-        when the scorer fails or is slower than ``score_timeout_s`` (reason returned): the
-        page gets an answer either way."""
+        """Model scores when there is a profile or a query (an arm without a trained model:
+        the stream's scores for a profile, ``serving/stream_ranker.py``), else popularity.
+        Also popularity when the scorer fails or is slower than ``score_timeout_s`` (reason
+        returned): the page gets an answer either way."""
         rows = np.fromiter((c.row for c in candidates), dtype=np.int64, count=len(candidates))
+        ids = self.catalog.ids
         problem = None
+        if len(rows) and features is not None and not query and not arm.trained:
+            stream = stream_scores([ids[r] for r in rows], anchors, covisits, dict(popular))
+            text, _ = await self._model_scores(arm.score, ScoreTask(rows, features, None))
+            if text is not None:  # the encoder only breaks ties; without it the order holds
+                stream += TEXT_WEIGHT * np.asarray(text, dtype=np.float64)
+            return stream, True, None
         if len(rows) and (features is not None or query):
-            scores, problem = await self._model_scores(score_fn, ScoreTask(rows, features, query))
+            scores, problem = await self._model_scores(arm.score, ScoreTask(rows, features, query))
             if scores is not None:
                 return np.asarray(scores, dtype=np.float64), True, None
         weights = dict(popular)
         top = max(weights.values(), default=1.0) or 1.0
-        ids = self.catalog.ids
         scores = np.array([weights.get(ids[r], 0.0) / top for r in rows], dtype=np.float64)
         return scores, False, problem
 

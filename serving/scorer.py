@@ -7,7 +7,9 @@ request costs one small forward pass, batched across concurrent requests by
 ``@serve.batch``, plus dot products.
 
 Untrained: the cosine between the profile's interest vector (mean pretrained MiniLM
-embedding of engaged items) and the items' embeddings.
+embedding of engaged items) and the items' embeddings. Serving then ranks users with
+history from the stream instead (``serving/stream_ranker.py``) and uses these scores only
+to break ties and to answer search queries: on its own this ranks far below popularity.
 
 Either way a search query is encoded in the same space and added to the user vector. The
 deployment asks for a GPU when ``scorer_num_gpus`` > 0; on CPU the model runs inside the
@@ -63,7 +65,8 @@ def model_version(settings: Settings, model_dir: Path | None = None) -> str:
     import json
 
     manifest = json.loads((settings.home_dir / MANIFEST_FILE).read_text())
-    return f"minilm-l6-v2-pretrained+{manifest['fingerprint']}"
+    # no model: the stream ranks (serving/stream_ranker.py), the pretrained encoder searches
+    return f"stream-default+minilm-l6-v2-pretrained+{manifest['fingerprint']}"
 
 
 class ScorerModel:

@@ -189,13 +189,16 @@ def cmd_evaluate(settings: Settings, args: argparse.Namespace) -> int:
 
     model_dir = args.model or settings.model_dir or latest_model_dir(settings.home_dir)
     if model_dir is None:
-        print("no trained model: run `streamrank train` first", file=sys.stderr)
-        return 2
+        print("no trained model: evaluating the baselines, the no-model default among them")
     dataset = load_dataset(settings)
     catalog = prepare_catalog(dataset.catalog, settings.home_dir, settings.encoder_path)
     encoder = settings.encoder_path or default_encoder_path()
-    artifact = RankingArtifact.load(Path(model_dir), encoder, args.device or pick_device())
-    out = args.out or Path(model_dir) / "evaluation"
+    artifact = (
+        RankingArtifact.load(Path(model_dir), encoder, args.device or pick_device())
+        if model_dir
+        else None
+    )
+    out = args.out or (Path(model_dir) if model_dir else settings.home_dir) / "evaluation"
     report = evaluate(artifact, catalog, dataset.events, out, baselines=not args.no_baselines)
     print(markdown(report))
     print(f"written to {out}")
@@ -443,7 +446,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cpu or cuda (default: cuda when present)")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="model vs baselines on held-out data (md, json, png)")
+    p = sub.add_parser(
+        "evaluate", help="model vs baselines on held-out data (md, json, png); no model: baselines"
+    )
     p.add_argument("--model", type=Path, help="model directory (default: the newest)")
     p.add_argument("--out", type=Path, help="report directory (default: <model>/evaluation)")
     p.add_argument("--no-baselines", action="store_true")

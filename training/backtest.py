@@ -146,7 +146,7 @@ def backtest(
 ) -> dict[str, Any]:
     rankers: list[Scorer] = list(scorers)
     if baselines:
-        for baseline in all_baselines(catalog.ids, catalog.embeddings):
+        for baseline in all_baselines(catalog):
             baseline.fit(data.fit)
             rankers.append(baseline)
     examples = data.examples

@@ -11,7 +11,10 @@ contract as the model, so one metrics function judges them all.
   per item, summed over the user's history (Sarwar et al. 2001; Deshpande & Karypis 2004);
 - ``als`` / ``bpr``: matrix factorization from the ``implicit`` library (seed 004);
 - ``minilm-zero-shot``: the pretrained text encoder without fine-tuning, the profile's
-  interest vector against item text embeddings (what serving did before training).
+  interest vector against item text embeddings;
+- ``stream-default``: what serving ranks with before a model is trained (co-visitation
+  from the user's recent items, recent popularity, the encoder breaking ties), computed
+  by serving's own functions over rows folded by the stream's own code.
 """
 
 from __future__ import annotations
@@ -24,7 +27,13 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from training.examples import Example
+from serving.stream_ranker import TEXT_WEIGHT, recent_items, stream_scores
+from streamrank.catalog import Catalog
+from streamrank.datasets import iter_events
+from streams.covisitation import CovisitRow, covisit_edges, merge_neighbours
+from streams.popularity import POPULARITY_WINDOWS
+from streams.profile import ItemLookup, UserProfile, apply_event
+from training.examples import Example, ordered_events
 
 log = logging.getLogger(__name__)
 
@@ -235,8 +244,55 @@ class MiniLMZeroShot:
         return out
 
 
-def all_baselines(item_ids: Sequence[str], embeddings: np.ndarray, seed: int = 7) -> list[Ranker]:
+class StreamDefault:
+    """What serving ranks with before any model is trained (``serving/stream_ranker.py``),
+    from the same functions: co-visitation rows folded from the fitting events by the
+    stream's own code (``covisit_edges``, ``CovisitRow``), the stream's 24 h popularity at
+    each example's time, and the pretrained encoder as a tie-breaker."""
+
+    name = "stream-default"
+
+    def __init__(self, catalog: ItemLookup, item_ids: Sequence[str], embeddings: np.ndarray):
+        self.catalog = catalog
+        self.item_ids = list(item_ids)
+        self.popular = RecentPopular(item_ids, tau_s=POPULARITY_WINDOWS["24h"])
+        self.text = MiniLMZeroShot(item_ids, embeddings)
+        self.rows: dict[str, CovisitRow] = {}
+
+    def fit(self, interactions: pd.DataFrame) -> None:
+        """Each user's events in time order through the stream's profile fold, every
+        co-visitation edge it implies into the anchor's row (one partition: the sum over
+        partitions serving reads is the same)."""
+        self.popular.fit(interactions)
+        self.rows = {}
+        profile: UserProfile | None = None
+        for event in iter_events(ordered_events(interactions)):
+            if profile is None or profile.user_id != event.user_id:
+                profile = UserProfile(event.user_id)
+            for anchor, item, weight in covisit_edges(profile, event):
+                row = self.rows.get(anchor) or self.rows.setdefault(anchor, CovisitRow(0, anchor))
+                row.add(item, weight, event.epoch)
+            apply_event(profile, event, self.catalog)
+
+    def score(self, examples: Sequence[Example]) -> np.ndarray:
+        popular = self.popular.score(examples)
+        text = self.text.score(examples)
+        out = np.zeros((len(examples), len(self.item_ids)), np.float32)
+        for row, example in enumerate(examples):
+            anchors = recent_items(example.features)
+            neighbours = {  # as serving merges them: decayed to now, never grown
+                a: merge_neighbours([self.rows[a]], example.ts) for a in anchors if a in self.rows
+            }
+            trending = dict(zip(self.item_ids, popular[row].tolist(), strict=True))
+            scores = stream_scores(self.item_ids, anchors, neighbours, trending)
+            out[row] = scores + TEXT_WEIGHT * text[row]
+        return out
+
+
+def all_baselines(catalog: Catalog, seed: int = 7) -> list[Ranker]:
+    item_ids, embeddings = catalog.ids, catalog.embeddings
     return [
+        StreamDefault(catalog, item_ids, embeddings),
         Popular(item_ids),
         RecentPopular(item_ids),
         ItemKNN(item_ids),

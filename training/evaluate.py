@@ -34,11 +34,18 @@ HEADLINE = "ndcg@10"
 
 
 def evaluate(
-    artifact: RankingArtifact, catalog: Catalog, events: Any, out_dir: Path, baselines: bool = True
+    artifact: RankingArtifact | None,
+    catalog: Catalog,
+    events: Any,
+    out_dir: Path,
+    baselines: bool = True,
 ) -> dict[str, Any]:
-    config = TrainConfig.model_validate(artifact.meta["config"])
+    """The model (if any) and every baseline on the same held-out targets. Without a model
+    the baselines alone, the no-model default among them (what serving ranks with until a
+    model is trained), on the default configuration's split."""
+    config = TrainConfig.model_validate(artifact.meta["config"]) if artifact else TrainConfig()
     data = prepare_training_data(events, catalog, config)
-    if data.data_hash != artifact.meta.get("data_hash"):
+    if artifact is not None and data.data_hash != artifact.meta.get("data_hash"):
         log.warning(
             "data hash %s differs from the model's training data (%s)",
             data.data_hash,
@@ -46,20 +53,23 @@ def evaluate(
         )
     results: dict[str, dict[str, float]] = {}
     failed: dict[str, str] = {}
-    int8 = artifact.quantized()
-    for name, model in (("model", artifact), ("model-int8", int8)):
-        scores, targets, seen = model_scores(model, data.test)
-        judge(name, lambda s=scores, t=targets, u=seen: ranking_report(s, t, u), results, failed)
-    if baselines:
+    speed: dict[str, dict[str, float]] = {}
+    if artifact is not None:
+        int8 = artifact.quantized()
+        for name, model in (("model", artifact), ("model-int8", int8)):
+            scores, targets, seen = model_scores(model, data.test)
+            report_of = lambda s=scores, t=targets, u=seen: ranking_report(s, t, u)  # noqa: E731
+            judge(name, report_of, results, failed)
+        speed = scoring_speed(artifact, int8, data.test)
+    if baselines or artifact is None:
         baseline_results(data, catalog, config.seed, results, failed)
-    speed = scoring_speed(artifact, int8, data.test)
     best_baseline = max(
         (k for k in results if not k.startswith("model")),
         key=lambda k: results[k][HEADLINE],
         default=None,
     )
     report: dict[str, Any] = {
-        "model_version": artifact.version,
+        "model_version": artifact.version if artifact else None,
         "protocol": "per-user leave-last-out, full ranking over the catalog, seen items masked",
         "examples": {
             "train": len(data.train_targets),
@@ -71,9 +81,10 @@ def evaluate(
         "failed": failed,
         "speed_ms": speed,
     }
+    if best_baseline:
+        report["best_baseline"] = best_baseline
     if best_baseline and "model" in results:
         lift = results["model"][HEADLINE] / max(results[best_baseline][HEADLINE], 1e-12) - 1
-        report["best_baseline"] = best_baseline
         report["lift_over_best_baseline"] = lift
     write_report(report, out_dir)
     return report
@@ -88,7 +99,7 @@ def baseline_results(
 ) -> None:
     """Every baseline fitted and judged into ``results`` (or ``failed``, with the reason)."""
     targets, seen = target_rows(data.space, data.test)
-    for ranker in all_baselines(catalog.ids, catalog.embeddings, seed):
+    for ranker in all_baselines(catalog, seed):
         started = time.perf_counter()
 
         def run(r: Any = ranker) -> dict[str, float]:
@@ -157,8 +168,9 @@ def write_report(report: dict[str, Any], out_dir: Path) -> None:
 def markdown(report: dict[str, Any]) -> str:
     results: dict[str, dict[str, float]] = report["results"]
     metrics = list(next(iter(results.values())))
+    title = report["model_version"] or "the baselines (no model)"
     lines = [
-        f"# Evaluation of model {report['model_version']}",
+        f"# Evaluation of {title}",
         "",
         f"Protocol: {report['protocol']}. Test examples: {report['examples']['test']}, "
         f"items: {report['items']}.",
@@ -168,13 +180,15 @@ def markdown(report: dict[str, Any]) -> str:
     lines += table(["ranker", *metrics], [[n, *(results[n][m] for m in metrics)] for n in ordered])
     for name, reason in report.get("failed", {}).items():
         lines += ["", f"**{name} failed** and is not ranked: {reason}."]
-    if "best_baseline" in report:
+    if "lift_over_best_baseline" in report:
         lines += [
             "",
             f"Model vs best baseline ({report['best_baseline']}) on {HEADLINE}: "
             f"{report['lift_over_best_baseline']:+.1%}.",
         ]
     speed = report["speed_ms"]
+    if not speed:
+        return "\n".join(lines) + "\n"
     lines += [
         "",
         "Scoring speed, median ms (user tower + dot products, this machine):",
@@ -204,7 +218,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
         ax.set_xlabel(metric)
         for y, v in enumerate(values):
             ax.text(v, y, f" {v:.3f}", va="center", fontsize=8)
-    fig.suptitle(f"Full-ranking test metrics, model {report['model_version']}")
+    fig.suptitle(f"Full-ranking test metrics, {report['model_version'] or 'baselines'}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -1,0 +1,82 @@
+"""The ranker without a model: co-visitation from the newest items, popularity, ties."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+
+from serving.api import RecommendationRequest
+from serving.recommender import Arm
+from serving.scorer import ScoreTask
+from serving.stream_ranker import ANCHOR_DECAY, POPULARITY_WEIGHT, recent_items, stream_scores
+from streamrank.catalog import Catalog
+from streams.covisitation import CovisitRow
+from streams.events import Event, EventType
+from streams.profile import UserProfile, apply_event, derive_features
+from tests.serving.test_recommender import recommender
+
+
+def viewed_in_order(catalog: Catalog, items: list[str]) -> UserProfile:
+    """User "u" viewed ``items`` a second apart, the last one a second ago."""
+    profile = UserProfile("u")
+    start = datetime.now(UTC) - timedelta(seconds=len(items))
+    for n, item in enumerate(items):
+        ts = start + timedelta(seconds=n)
+        event = Event(event_id=f"v{n}", user_id="u", type=EventType.VIEW, item_id=item, ts=ts)
+        apply_event(profile, event, catalog)
+    return profile
+
+
+def test_newer_anchors_count_more_and_popularity_is_a_share() -> None:
+    items = ["a", "b", "c", "d"]
+    neighbours = {"new": [("a", 10.0)], "old": [("b", 10.0), ("c", 5.0)]}
+    scores = stream_scores(items, ["new", "old"], neighbours, {"d": 100.0, "a": 50.0})
+    assert scores.tolist() == [
+        1.0 + POPULARITY_WEIGHT * 0.5,  # the newest anchor's neighbour, and half as popular
+        ANCHOR_DECAY,
+        ANCHOR_DECAY / 2,
+        POPULARITY_WEIGHT,  # known to popularity alone
+    ]
+    assert stream_scores(items, [], {}, {}).tolist() == [0.0] * 4  # nothing known: no signal
+
+
+def test_recent_items_are_the_newest_first_each_once(catalog: Catalog) -> None:
+    features = derive_features(viewed_in_order(catalog, ["1", "2", "3", "2", "4"]), time.time())
+    assert recent_items(features, n=3) == ["4", "2", "3"]
+    assert recent_items(features) == ["4", "2", "3", "1"]
+    assert recent_items(None) == []
+
+
+def test_without_a_model_the_stream_ranks_and_the_encoder_only_breaks_ties(
+    home: Path, catalog: Catalog
+) -> None:
+    """A user who viewed 1, 2, 3 (in that order): what others engaged with after item 3
+    comes first, then what followed 1; the untrained scorer is asked only to break ties,
+    and a scorer that favours something else cannot overturn the stream's order."""
+    asked: list[ScoreTask] = []
+
+    async def encoder(task: ScoreTask) -> np.ndarray:
+        asked.append(task)
+        return np.where(np.isin(task.item_rows, [catalog.index["500"]]), 1.0, 0.0)
+
+    r = recommender(home, catalog, encoder)
+    r.profiles.write_profiles([viewed_in_order(catalog, ["1", "2", "3"])])
+    r.arms = {"main": Arm(encoder, "stream-default+test", None, trained=False)}
+    now = time.time()
+    after_3, after_1 = CovisitRow(0, "3"), CovisitRow(0, "1")
+    after_3.add("181", 5.0, now)
+    after_3.add("50", 1.0, now)
+    after_1.add("100", 9.0, now)
+    r.profiles.write_covisits([after_3, after_1])
+    answer = asyncio.run(r.recommend(RecommendationRequest(user_id="u", k=5))).model_dump()
+    ranked = [i["item_id"] for i in answer["items"]]
+    assert answer["strategy"] == "personalized"
+    assert answer["model_version"] == "stream-default+test"
+    assert ranked.index("181") < ranked.index("50")  # stronger edge from the newest item
+    assert ranked.index("100") < ranked.index("50")  # an older anchor's, decayed: 0.49 x 9
+    assert "500" not in ranked or ranked.index("500") > ranked.index("50")  # ties only
+    assert len(asked) == 1 and asked[0].query is None
