@@ -29,7 +29,7 @@ from streamrank.datasets import Dataset
 from streamrank.demo import send_raw, start_worker
 from streamrank.settings import Settings
 from streams.events import Event
-from streams.impressions import Impression
+from streams.impressions import Impression, parse_impression
 from streams.privacy import PrivacyLog
 from streams.producer import EventProducer, partition_for
 from streams.pseudonyms import Pseudonymizer
@@ -438,7 +438,8 @@ def visits(user: str, tag: str, items: list[str], kind: str = "view") -> list[Ev
 
 def impressions_of(stack: Stack, request_ids: set[str]) -> list[Impression]:
     records = read_topic(stack.settings.bootstrap(), stack.settings.impressions_topic, idle_s=2)
-    shown = [Impression.model_validate_json(r.value or b"") for r in records]
+    parsed = (parse_impression(r.value) for r in records)  # poison: the join's to dead-letter
+    shown = [i for i in parsed if isinstance(i, Impression)]
     return [i for i in shown if i.request_id in request_ids]
 
 
