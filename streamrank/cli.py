@@ -157,7 +157,14 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     from streamrank.demo import run_demo
 
-    return run_demo(settings, events=args.events, users=args.users, ui=args.ui)
+    return run_demo(
+        settings,
+        events=args.events,
+        users=args.users,
+        ui=args.ui,
+        train=not args.no_train,
+        train_users=args.train_users,
+    )
 
 
 def cmd_train(settings: Settings, args: argparse.Namespace) -> int:
@@ -168,9 +175,15 @@ def cmd_train(settings: Settings, args: argparse.Namespace) -> int:
     from training.encoder import default_encoder_path
     from training.train import Trainer, prepare_training_data
 
-    config = TrainConfig.load(
-        args.config, epochs=args.epochs, limit_users=args.limit_users, max_minutes=args.max_minutes
-    )
+    flags = {
+        "epochs": args.epochs,
+        "limit_users": args.limit_users,
+        "max_minutes": args.max_minutes,
+    }
+    if args.fast:
+        config = TrainConfig.fast(**{k: v for k, v in flags.items() if v is not None})
+    else:
+        config = TrainConfig.load(args.config, **flags)
     dataset = load_dataset(settings)
     catalog = prepare_catalog(dataset.catalog, settings.home_dir, settings.encoder_path)
     data = prepare_training_data(dataset.events, catalog, config)
@@ -436,10 +449,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--events", type=int, default=20_000, help="events streamed")
     p.add_argument("--users", type=int, default=3, help="users shown")
     p.add_argument("--ui", action="store_true", help="stay up: the storefront and platform page")
+    p.add_argument(
+        "--no-train", action="store_true", help="serve the no-model default (stream co-visitation)"
+    )
+    p.add_argument("--train-users", type=int, help="train the demo's model on this many users")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("train", help="fine-tune the ranking model on the data set")
     p.add_argument("--config", type=Path, help="YAML/JSON file of training.config.TrainConfig")
+    p.add_argument(
+        "--fast", action="store_true", help="the demo's configuration (~3 min on 2 cores)"
+    )
     p.add_argument("--epochs", type=int)
     p.add_argument("--limit-users", type=int, help="train on a slice of users (smoke runs)")
     p.add_argument("--max-minutes", type=float, help="stop after the epoch that passes this")

@@ -124,7 +124,17 @@ def print_user(payload: Mapping[str, object]) -> None:
         print(f"    {rank:2d}. {title:44s} {cats[:22]:22s} {score:.3f}  {reason}")
 
 
-def run_demo(settings: Settings, events: int = 20_000, users: int = 3, ui: bool = False) -> int:
+def run_demo(
+    settings: Settings,
+    events: int = 20_000,
+    users: int = 3,
+    ui: bool = False,
+    train: bool = True,
+    train_users: int | None = None,
+) -> int:
+    """The whole system end to end. ``train``: serve a model trained on the data set (the
+    fast configuration, reused while the data stays the same), else the no-model default;
+    ``train_users`` trains on that many users only (a quicker, weaker model)."""
     from serving import app as serve_app
     from streamrank.prepare import prepare
 
@@ -142,15 +152,23 @@ def run_demo(settings: Settings, events: int = 20_000, users: int = 3, ui: bool 
             settings = settings.model_copy(
                 update={"serve_port": free_port(), "worker_web_port": free_port()}
             )
-            print(f"[1/5] data and catalog ({settings.home_dir})")
+            print(f"[1/6] data and catalog ({settings.home_dir})")
             dataset = load_dataset(settings)
-            prepare(settings, dataset)
+            catalog = prepare(settings, dataset)
+            if train:
+                from streamrank.demo_model import demo_model
+
+                print("[2/6] ranking model (fast configuration)")
+                model_dir = demo_model(settings, dataset, catalog, train_users)
+                settings = settings.model_copy(update={"model_dir": model_dir})
+            else:
+                print("[2/6] no model: users are ranked from the stream (co-visitation)")
             ensure_topics(
                 settings.kafka_client_config(),
                 settings.topics(),
                 compacted=settings.compacted_topics(),
             )
-            print(f"[2/5] Faust worker and Ray Serve (broker {settings.bootstrap()})")
+            print(f"[3/6] Faust worker and Ray Serve (broker {settings.bootstrap()})")
             worker = start_worker(settings)
             if ui:
                 experiments = start_worker(settings, "experiment-worker")
@@ -158,7 +176,7 @@ def run_demo(settings: Settings, events: int = 20_000, users: int = 3, ui: bool 
             serving = True
 
             window = dataset.events.tail(events)
-            print(f"[3/5] streaming the last {len(window)} real events of {dataset.name}")
+            print(f"[4/6] streaming the last {len(window)} real events of {dataset.name}")
             sent, delivered = stream_events(settings, window, shift_to_now=True)
             for part, offset in send_raw(settings, MALFORMED_EXAMPLES).items():
                 delivered[part] = max(delivered.get(part, -1), offset)
@@ -183,7 +201,7 @@ def run_demo(settings: Settings, events: int = 20_000, users: int = 3, ui: bool 
             ):
                 print(f"      {settings.dlq_topic}: {record.headers.get('reason', '?')[:90]}")
 
-            print(f"[4/5] recommendations from {url}")
+            print(f"[5/6] recommendations from {url}")
             active = window["user_id"].value_counts().index[:users].tolist()
             with httpx.Client(base_url=url, timeout=30) as client:
                 for user in [*active, "new-visitor"]:
@@ -192,7 +210,7 @@ def run_demo(settings: Settings, events: int = 20_000, users: int = 3, ui: bool 
                     print_user(reply.json())
             if ui:
                 print(
-                    f"\n[5/5] up in {time.monotonic() - started:.0f}s\n"
+                    f"\n[6/6] up in {time.monotonic() - started:.0f}s\n"
                     f"      storefront:    {url}/\n"
                     f"      platform page: {url}/platform\n"
                     f"      API docs:      {url}/docs\n"
@@ -202,7 +220,7 @@ def run_demo(settings: Settings, events: int = 20_000, users: int = 3, ui: bool 
                     time.sleep(1)
                 print("the worker stopped; shutting down")
                 return 1
-            print(f"\n[5/5] done in {time.monotonic() - started:.0f}s; shutting down")
+            print(f"\n[6/6] done in {time.monotonic() - started:.0f}s; shutting down")
             return 0
         except KeyboardInterrupt:
             print("\ninterrupted; shutting down")

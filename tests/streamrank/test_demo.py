@@ -43,13 +43,16 @@ def demo(home: Path, *args: str) -> subprocess.Popen[str]:
 
 def test_demo_prints_recommendations_and_cleans_up(tmp_path: Path, catalog_home: Path) -> None:
     home = make_home(tmp_path / "home", catalog_home)
-    proc = demo(home, "--events", "3000", "--users", "2")
+    proc = demo(home, "--events", "3000", "--users", "2", "--train-users", "120")
     out, _ = proc.communicate(timeout=420)
     assert proc.returncode == 0, out[-4000:]
+    assert "trained model " in out and "stream-default" in out  # and the baselines beside it
+    version = out.split("trained model ", 1)[1].split()[0]
     assert out.count("=== user") == 3  # two active users and a new visitor
-    assert "(personalized" in out and "(cold_start" in out
+    assert f"(personalized, model {version})" in out  # served from the model just trained
+    assert "(cold_start" in out
     assert "events.dlq: json:" in out
-    assert "[5/5] done" in out
+    assert "[6/6] done" in out
     time.sleep(2)
     assert leftovers(home) == []
 
@@ -60,7 +63,7 @@ def test_the_ui_demo_stays_up_with_its_pages_until_ctrl_c(
     import httpx
 
     home = make_home(tmp_path / "home", catalog_home)
-    proc = demo(home, "--events", "3000", "--users", "1", "--ui")
+    proc = demo(home, "--events", "3000", "--users", "1", "--ui", "--no-train")
     assert proc.stdout is not None
     lines: list[str] = []
     for line in proc.stdout:
