@@ -49,8 +49,8 @@ R = TypeVar("R")
 class Arm:
     """One experiment arm: its scorer, its query search, and the model version behind them.
     An arm without a trained model ranks users with history from the stream
-    (``serving/stream_ranker.py``); its scorer (the pretrained encoder) breaks ties and
-    answers search queries."""
+    (``serving/stream_ranker.py``), its scorer (the pretrained encoder) adding the text
+    term and answering search queries."""
 
     score: ScoreFn
     model_version: str
@@ -265,7 +265,7 @@ class Recommender:
         if len(rows) and features is not None and not query and not arm.trained:
             stream = stream_scores([ids[r] for r in rows], anchors, covisits, dict(popular))
             text, _ = await self._model_scores(arm.score, ScoreTask(rows, features, None))
-            if text is not None:  # the encoder only breaks ties; without it the order holds
+            if text is not None:  # without it, the stream's two signals still rank
                 stream += TEXT_WEIGHT * np.asarray(text, dtype=np.float64)
             return stream, True, None
         if len(rows) and (features is not None or query):

@@ -8,8 +8,8 @@ request costs one small forward pass, batched across concurrent requests by
 
 Untrained: the cosine between the profile's interest vector (mean pretrained MiniLM
 embedding of engaged items) and the items' embeddings. Serving then ranks users with
-history from the stream instead (``serving/stream_ranker.py``) and uses these scores only
-to break ties and to answer search queries: on its own this ranks far below popularity.
+history from the stream (``serving/stream_ranker.py``), these scores one term of three,
+and answers search queries with them: on its own this ranks far below popularity.
 
 Either way a search query is encoded in the same space and added to the user vector. The
 deployment asks for a GPU when ``scorer_num_gpus`` > 0; on CPU the model runs inside the

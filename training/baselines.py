@@ -13,8 +13,8 @@ contract as the model, so one metrics function judges them all.
 - ``minilm-zero-shot``: the pretrained text encoder without fine-tuning, the profile's
   interest vector against item text embeddings;
 - ``stream-default``: what serving ranks with before a model is trained (co-visitation
-  from the user's recent items, recent popularity, the encoder breaking ties), computed
-  by serving's own functions over rows folded by the stream's own code.
+  from the user's recent items, recent popularity, the encoder's cosine), computed by
+  serving's own functions over rows folded by the stream's own code.
 """
 
 from __future__ import annotations
@@ -248,7 +248,7 @@ class StreamDefault:
     """What serving ranks with before any model is trained (``serving/stream_ranker.py``),
     from the same functions: co-visitation rows folded from the fitting events by the
     stream's own code (``covisit_edges``, ``CovisitRow``), the stream's 24 h popularity at
-    each example's time, and the pretrained encoder as a tie-breaker."""
+    each example's time, and the pretrained encoder's cosine."""
 
     name = "stream-default"
 

@@ -82,11 +82,12 @@ def shop(
         yield stack
 
 
-SHARE_AT_LEAST = """([row, category, share]) => {
+SHARE = """([row, category]) => {
   const cards = [...document.querySelectorAll(`#${row} .card`)];
   const hits = cards.filter((c) => c.dataset.categories.split("|").includes(category));
-  return cards.length > 0 && hits.length / cards.length >= share;
+  return cards.length ? hits.length / cards.length : 0;
 }"""
+SHARE_AT_LEAST = f"""([row, category, share]) => ({SHARE})([row, category]) >= share"""
 
 
 def test_a_new_visitor_sees_the_page_follow_what_they_do(shop: Stack, browser: object) -> None:
@@ -101,6 +102,8 @@ def test_a_new_visitor_sees_the_page_follow_what_they_do(shop: Stack, browser: o
     )
     visitor = page.locator("#visitor-id").inner_text()
     assert visitor.startswith("visitor-")
+    expect(page.locator("#rec-row .card").first).to_be_visible(timeout=30_000)
+    cold = page.evaluate(SHARE, ["rec-row", CATEGORY])
     expect(page.locator("#grid .card")).to_have_count(24, timeout=30_000)
 
     page.click(f'.chip[data-category="{CATEGORY}"]')
@@ -121,7 +124,11 @@ def test_a_new_visitor_sees_the_page_follow_what_they_do(shop: Stack, browser: o
     expect(page.locator("#top-categories li").first).to_have_attribute(
         "data-category", CATEGORY, timeout=15_000
     )
-    page.wait_for_function(SHARE_AT_LEAST, arg=["rec-row", CATEGORY, 0.5], timeout=15_000)
+    # Without a model the row is the stream's (co-visitation, popularity, the encoder's
+    # cosine): it turns towards the taste (≥ 30 %, from what popularity alone shows) rather
+    # than becoming all Horror; the next item's NDCG@10 rewards that mix (README)
+    page.wait_for_function(SHARE_AT_LEAST, arg=["rec-row", CATEGORY, 0.3], timeout=15_000)
+    assert cold < 0.3, cold
     reflected = time.monotonic() - acted
     expect(page.locator("#recommended")).to_have_attribute("data-strategy", "personalized")
     expect(page.locator("#facts")).to_contain_text("3")  # bought three

@@ -8,11 +8,18 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from serving.api import RecommendationRequest
 from serving.recommender import Arm
 from serving.scorer import ScoreTask
-from serving.stream_ranker import ANCHOR_DECAY, POPULARITY_WEIGHT, recent_items, stream_scores
+from serving.stream_ranker import (
+    ANCHOR_DECAY,
+    POPULARITY_WEIGHT,
+    TEXT_WEIGHT,
+    recent_items,
+    stream_scores,
+)
 from streamrank.catalog import Catalog
 from streams.covisitation import CovisitRow
 from streams.events import Event, EventType
@@ -51,17 +58,19 @@ def test_recent_items_are_the_newest_first_each_once(catalog: Catalog) -> None:
     assert recent_items(None) == []
 
 
-def test_without_a_model_the_stream_ranks_and_the_encoder_only_breaks_ties(
+def test_without_a_model_the_stream_ranks_with_the_encoders_cosine(
     home: Path, catalog: Catalog
 ) -> None:
     """A user who viewed 1, 2, 3 (in that order): what others engaged with after item 3
-    comes first, then what followed 1; the untrained scorer is asked only to break ties,
-    and a scorer that favours something else cannot overturn the stream's order."""
+    comes first, then what followed item 1; the untrained scorer's cosine is added (it
+    lifts its favourite above items the stream knows nothing of, not above a strong
+    co-visit)."""
     asked: list[ScoreTask] = []
+    favourite = 150  # a catalog row among the candidates (popular, by catalog order)
 
     async def encoder(task: ScoreTask) -> np.ndarray:
         asked.append(task)
-        return np.where(np.isin(task.item_rows, [catalog.index["500"]]), 1.0, 0.0)
+        return np.where(task.item_rows == favourite, 0.25, 0.1)
 
     r = recommender(home, catalog, encoder)
     r.profiles.write_profiles([viewed_in_order(catalog, ["1", "2", "3"])])
@@ -73,10 +82,14 @@ def test_without_a_model_the_stream_ranks_and_the_encoder_only_breaks_ties(
     after_1.add("100", 9.0, now)
     r.profiles.write_covisits([after_3, after_1])
     answer = asyncio.run(r.recommend(RecommendationRequest(user_id="u", k=5))).model_dump()
-    ranked = [i["item_id"] for i in answer["items"]]
+    scores = {i["item_id"]: i["score"] for i in answer["items"]}
     assert answer["strategy"] == "personalized"
     assert answer["model_version"] == "stream-default+test"
-    assert ranked.index("181") < ranked.index("50")  # stronger edge from the newest item
-    assert ranked.index("100") < ranked.index("50")  # an older anchor's, decayed: 0.49 x 9
-    assert "500" not in ranked or ranked.index("500") > ranked.index("50")  # ties only
     assert len(asked) == 1 and asked[0].query is None
+    text = TEXT_WEIGHT * 0.1
+    assert scores["181"] == pytest.approx(1.0 + text)  # the newest anchor's strongest edge
+    assert scores["100"] == pytest.approx(ANCHOR_DECAY**2 * 9.0 / 5.0 + text)  # 2 steps back
+    assert scores["50"] == pytest.approx(1.0 / 5.0 + text)
+    assert [i["item_id"] for i in answer["items"][:2]] == ["181", "100"]
+    # the encoder's favourite, over the items nothing else knows
+    assert scores[catalog.ids[favourite]] == pytest.approx(TEXT_WEIGHT * 0.25)
