@@ -36,7 +36,7 @@ from streamrank.settings import Settings, get_settings
 from streams import metrics
 from streams.access import key_from_headers
 from streams.collector import Collector, RateLimiter
-from streams.events import DEAD_LETTER_MAX_BYTES
+from streams.events import dead_letter_value
 from streams.item_process import ItemProcess, ItemProcessDied
 from streams.memory import HeapTrimmer, gc_pace
 from streams.messages import RawMessage
@@ -108,11 +108,8 @@ def create_app(settings: Settings) -> faust.App:
                 "source_partition": str(msg.partition).encode(),
                 "source_offset": str(msg.offset).encode(),
             }
-            raw = dead.raw
-            if len(raw) > DEAD_LETTER_MAX_BYTES:  # the source offset leads to all of it
-                headers["original_bytes"] = str(len(raw)).encode()
-                raw = raw[:DEAD_LETTER_MAX_BYTES]
-            pending.append(await dlq_topic.send(value=raw, headers=headers))
+            value = dead_letter_value(dead.raw, headers)
+            pending.append(await dlq_topic.send(value=value, headers=headers))
         if pending:
             await asyncio.gather(*pending)  # delivered before the batch may be acked
             log.warning("%d dead letters sent to %s", len(pending), settings.dlq_topic)

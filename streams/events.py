@@ -180,6 +180,15 @@ large as the topic allows, more than a producer may send (1 MB by default). Its 
 partition and offset lead to all of it."""
 
 
+def dead_letter_value(raw: bytes, headers: dict[str, bytes]) -> bytes:
+    """What a dead-letter message carries of ``raw``: at most ``DEAD_LETTER_MAX_BYTES``,
+    with an ``original_bytes`` header added to ``headers`` when it was cut."""
+    if len(raw) <= DEAD_LETTER_MAX_BYTES:
+        return raw
+    headers["original_bytes"] = str(len(raw)).encode()
+    return raw[:DEAD_LETTER_MAX_BYTES]
+
+
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
     """A message or array element that failed validation, with the reason, for ``events.dlq``."""

@@ -32,7 +32,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from streamrank.settings import Settings, get_settings
-from streams.events import DEAD_LETTER_MAX_BYTES, PrivacyAction, PrivacyRequest
+from streams.events import PrivacyAction, PrivacyRequest, dead_letter_value
 from streams.experiments import ArmResult, ExperimentJoin, arm_totals
 from streams.impressions import parse_impression
 from streams.messages import RawMessage, ValidationLimits
@@ -128,10 +128,9 @@ def create_experiment_app(settings: Settings) -> faust.App:
             if isinstance(impression, str):
                 JOINED.labels(topic, "dead").inc()
                 log.warning("bad impression at offset %d: %s", event.message.offset, impression)
-                await dlq_topic.send(
-                    value=(event.value or b"")[:DEAD_LETTER_MAX_BYTES],
-                    headers={"reason": impression.encode(), "source_topic": topic.encode()},
-                )
+                headers = {"reason": impression.encode(), "source_topic": topic.encode()}
+                value = dead_letter_value(event.value or b"", headers)
+                await dlq_topic.send(value=value, headers=headers)
                 return
             join.add_impression(impression)
         else:  # invalid events are the profile worker's to dead-letter
