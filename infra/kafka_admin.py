@@ -8,7 +8,7 @@ batch + 1, which is below the log end whenever a batch holds several records.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from confluent_kafka import OFFSET_BEGINNING, TIMESTAMP_NOT_AVAILABLE, Consumer, TopicPartition
@@ -35,12 +35,16 @@ def wait_until_consumed(
     delivered: Mapping[int, int],
     timeout: float = 300.0,
     poll_s: float = 0.25,
+    check: Callable[[], None] | None = None,
 ) -> float:
     """Block until ``group`` has committed past every ``delivered`` offset (partition ->
-    last offset produced); returns the seconds waited."""
+    last offset produced); returns the seconds waited. ``check`` runs at every poll and may
+    raise to stop waiting early (the consumer it waits for has died)."""
     started = time.monotonic()
     partitions = sorted(delivered)
     while True:
+        if check is not None:
+            check()
         committed = committed_offsets(kafka, group, topic, partitions)
         pending = [p for p in partitions if committed.get(p, -1) <= delivered[p]]
         waited = time.monotonic() - started

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping
+from pathlib import Path
 
 import httpx
 import pandas as pd
@@ -89,7 +90,7 @@ def start_worker(settings: Settings, command: str = "worker") -> subprocess.Pope
     logs = settings.home_dir / "logs"
     logs.mkdir(exist_ok=True)
     env = {**os.environ, **settings.as_env(), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    out = open(logs / f"{command}.log", "ab")  # noqa: SIM115 - owned by the child
+    out = open(worker_log(settings, command), "ab")  # noqa: SIM115 - owned by the child
     return subprocess.Popen(
         [sys.executable, "-m", "streamrank", command],
         env=env,
@@ -97,6 +98,33 @@ def start_worker(settings: Settings, command: str = "worker") -> subprocess.Pope
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
+
+
+class WorkerStopped(RuntimeError):
+    """A worker the demo waits for has exited (its log's last lines are in the message)."""
+
+
+def log_tail(path: Path, lines: int = 40) -> str:
+    """The end of a child's log, for an error message that says why without a search."""
+    try:
+        text = path.read_text(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return f"(no log at {path})"
+    return "\n".join(f"    | {line}" for line in text)
+
+
+def worker_log(settings: Settings, command: str = "worker") -> Path:
+    return settings.home_dir / "logs" / f"{command}.log"
+
+
+def check_running(settings: Settings, worker: subprocess.Popen[bytes]) -> None:
+    """Raise at once when the worker has exited, instead of waiting out a timeout."""
+    code = worker.poll()
+    if code is not None:
+        raise WorkerStopped(
+            f"the Faust worker exited with code {code}; the end of "
+            f"{worker_log(settings)}:\n{log_tail(worker_log(settings))}"
+        )
 
 
 def reset_embedded_state(settings: Settings) -> None:
@@ -180,18 +208,23 @@ def run_demo(
             sent, delivered = stream_events(settings, window, shift_to_now=True)
             for part, offset in send_raw(settings, MALFORMED_EXAMPLES).items():
                 delivered[part] = max(delivered.get(part, -1), offset)
-            waited = wait_until_consumed(
-                settings.kafka_client_config(),
-                settings.consumer_group,
-                settings.events_topic,
-                delivered,
-            )
-            from feature_repo.store import open_store
-            from streams.sink import FeastProfileStore
+            try:
+                waited = wait_until_consumed(
+                    settings.kafka_client_config(),
+                    settings.consumer_group,
+                    settings.events_topic,
+                    delivered,
+                    check=lambda: check_running(settings, worker),
+                )
+                from feature_repo.store import open_store
+                from streams.sink import FeastProfileStore
 
-            waited += wait_until_checkpointed(  # item rows (co-visitation) written too
-                FeastProfileStore(open_store(settings)), delivered, timeout=60
-            )
+                waited += wait_until_checkpointed(  # item rows (co-visitation) written too
+                    FeastProfileStore(open_store(settings)), delivered, timeout=60
+                )
+            except TimeoutError as exc:
+                log_path = worker_log(settings)
+                raise WorkerStopped(f"{exc}; the end of {log_path}:\n{log_tail(log_path)}") from exc
             print(
                 f"      {sent} events + {len(MALFORMED_EXAMPLES)} malformed messages processed "
                 f"({waited:.1f}s after the last send)"
@@ -216,15 +249,17 @@ def run_demo(
                     f"      API docs:      {url}/docs\n"
                     "      Ctrl-C stops everything"
                 )
-                while worker.poll() is None:
+                while True:
+                    check_running(settings, worker)
                     time.sleep(1)
-                print("the worker stopped; shutting down")
-                return 1
             print(f"\n[6/6] done in {time.monotonic() - started:.0f}s; shutting down")
             return 0
         except KeyboardInterrupt:
             print("\ninterrupted; shutting down")
             return 130
+        except WorkerStopped as exc:
+            print(f"\n{exc}\nshutting down", file=sys.stderr)
+            return 1
         finally:
             if serving:
                 serve_app.stop()
