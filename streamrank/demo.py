@@ -223,8 +223,9 @@ def run_demo(
                     FeastProfileStore(open_store(settings)), delivered, timeout=60
                 )
             except TimeoutError as exc:
-                log_path = worker_log(settings)
-                raise WorkerStopped(f"{exc}; the end of {log_path}:\n{log_tail(log_path)}") from exc
+                logs = [worker_log(settings), settings.home_dir / "broker.log"]
+                tails = "\n".join(f"the end of {p}:\n{log_tail(p, 25)}" for p in logs)
+                raise WorkerStopped(f"{exc}\n{tails}") from exc
             print(
                 f"      {sent} events + {len(MALFORMED_EXAMPLES)} malformed messages processed "
                 f"({waited:.1f}s after the last send)"
