@@ -82,3 +82,16 @@ def test_the_ui_demo_stays_up_with_its_pages_until_ctrl_c(
     assert proc.returncode == 130, out[-3000:]
     time.sleep(2)
     assert leftovers(home) == []
+
+
+def test_the_demo_reports_a_worker_that_exited_with_its_log(tmp_path: Path) -> None:
+    from streamrank.demo import WorkerStopped, check_running, worker_log
+    from streamrank.settings import Settings
+
+    settings = Settings(home_dir=tmp_path)
+    worker_log(settings).parent.mkdir()
+    worker_log(settings).write_text("starting\nthe item process died; stopping the worker\n")
+    child = subprocess.Popen([sys.executable, "-c", "raise SystemExit(70)"])
+    child.wait(30)
+    with pytest.raises(WorkerStopped, match=r"code 70(.|\n)*the item process died"):
+        check_running(settings, child)  # type: ignore[arg-type]
