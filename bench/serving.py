@@ -134,7 +134,7 @@ def knee(rows: list[dict[str, float]]) -> dict[str, float] | None:
 
 def scorer_alone(settings: Settings, users: list[str], batch_sizes: list[int]) -> list[dict]:
     """Tasks/s of the scorer's own ``score_batch`` (no Ray, no HTTP), float32 and int8."""
-    from serving.scorer import ScorerModel, ScoreTask
+    from serving.scorer import ScorerModel, ScoreTask, model_directory
 
     store = FeastProfileStore(open_store(settings))
     now = time.time()
@@ -145,7 +145,8 @@ def scorer_alone(settings: Settings, users: list[str], batch_sizes: list[int]) -
     if settings.model_dir is not None:
         variants["int8"] = settings.model_copy(update={"scorer_int8": True})
     for variant, variant_settings in variants.items():
-        model = ScorerModel(variant_settings, device="cpu")
+        directory = model_directory(variant_settings)
+        model = ScorerModel(variant_settings, directory, device="cpu")
         n_items = len(model.catalog)
         tasks = [
             ScoreTask(rng.choice(n_items, CANDIDATES, replace=False), profile)

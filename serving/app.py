@@ -11,10 +11,12 @@ handle call cost more than the model (``scorer_placement``, README's serving ben
 """
 
 import asyncio
+import functools
 import logging
 import os
 import signal
 import threading
+from pathlib import Path as FilePath
 from typing import Annotated
 
 import numpy as np
@@ -70,8 +72,9 @@ class Api:
         when it runs here (``scorer_placement``)."""
         from feature_repo.store import open_store
         from serving.experiments import arm_model_dir
+        from serving.model_switch import RegistryFollower
         from serving.recommender import Arm, Recommender
-        from serving.scorer import BatchedScorer, ScorerModel
+        from serving.scorer import BatchedScorer, ScorerModel, follows_registry
         from streams.impressions import ImpressionLog
         from streams.pseudonyms import Pseudonymizer
         from streams.sink import FeastProfileStore
@@ -90,10 +93,11 @@ class Api:
         self._http: object = None
 
         # (helpers live inside the class: Ray ships the ingress class by value)
-        def arm(name: str) -> Arm:
-            version = model_version(settings, arm_model_dir(settings, name))
-            trained = model_directory(settings, arm_model_dir(settings, name)) is not None
-            if scorers:
+        local: dict[str, BatchedScorer] = {}
+
+        def arm(name: str, directory: FilePath | None) -> Arm:
+            """The arm's scorer, version and search for the model in ``directory``."""
+            if scorers:  # the scorer deployment loads (and switches) the model itself
                 handle = scorers[name]
 
                 async def score(task: ScoreTask) -> np.ndarray | None:
@@ -102,14 +106,26 @@ class Api:
                 async def search(query: str, n: int) -> np.ndarray:
                     return await handle.search.remote(query, n)
 
-                return Arm(score, version, search, trained)
-            model = ScorerModel(settings, model_dir=arm_model_dir(settings, name))
-            local = BatchedScorer(
-                model, settings.scorer_max_batch_size, settings.scorer_batch_wait_s
+                version = model_version(settings, directory)
+                return Arm(score, version, search, directory is not None)
+            model = ScorerModel(settings, directory)
+            if name not in local:
+                local[name] = BatchedScorer(
+                    model, settings.scorer_max_batch_size, settings.scorer_batch_wait_s
+                )
+            batched = local[name]
+            return Arm(
+                functools.partial(batched.score, model=model),
+                model.version,
+                functools.partial(batched.search, model=model),
+                model.trained,
             )
-            return Arm(local.score, version, local.search, trained)
 
-        arms = {name: arm(name) for name in settings.experiment_arms}
+        arms = {
+            name: arm(name, model_directory(settings, arm_model_dir(settings, name)))
+            for name in settings.experiment_arms
+        }
+        following = [n for n in arms if follows_registry(settings, arm_model_dir(settings, n))]
         self.recommender = Recommender(
             catalog=Catalog.load(settings.home_dir),
             profiles=FeastProfileStore(open_store(settings)),
@@ -125,9 +141,21 @@ class Api:
             impressions=self.impressions.publish,
             pseudonyms=Pseudonymizer.from_settings(settings),
         )
+        self.follower = None
+        if following:
+
+            def switch(directory: FilePath | None) -> None:
+                """The new arms are built (the model loaded) before any is swapped in."""
+                fresh = {name: arm(name, directory) for name in following}
+                self.recommender.arms.update(fresh)
+
+            current = model_directory(settings)
+            self.follower = RegistryFollower(settings, current, switch).start()
 
     def __del__(self) -> None:
         """Serve's shutdown hook: impressions still queued reach the topic."""
+        if getattr(self, "follower", None) is not None:
+            self.follower.close()  # type: ignore[union-attr]
         if hasattr(self, "impressions"):
             self.impressions.close()
         if getattr(self, "_privacy_producer", None) is not None:

@@ -25,3 +25,13 @@ PRIVACY = Counter(
     "Consent and erasure requests accepted by the API",
     ["action"],
 )
+MODEL_SWITCHES = Counter(
+    "streamrank_serve_model_switches_total",
+    "Promotions and rollbacks followed by this replica (serving/model_switch.py), by outcome",
+    ["outcome"],
+)
+MODEL_LOAD_SECONDS = Histogram(
+    "streamrank_serve_model_load_seconds",
+    "Time to load a promoted model beside the serving one",
+    buckets=(0.5, 1, 2, 5, 10, 30, 60),
+)

@@ -88,9 +88,9 @@ def latency_buckets(
 
 def latest_backtest(home: Path) -> dict[str, Any] | None:
     """The newest ``backtest.json`` of any replay namespace, with where its plot is."""
-    reports = sorted(
-        (home / "namespaces").glob("*/backtest/backtest.json"), key=lambda p: p.stat().st_mtime
-    )
+    from training.registry import backtest_reports
+
+    reports = backtest_reports(home)
     if not reports:
         return None
     path = reports[-1]

@@ -53,13 +53,22 @@ def combine(user_vector: np.ndarray | None, query_vector: np.ndarray | None) -> 
 
 
 def model_directory(settings: Settings, override: Path | None = None) -> Path | None:
-    from training.artifact import latest_model_dir
+    """The model an arm serves: its own directory (an experiment arm's), else the settings'
+    ``model_dir``, else the registry's serving version (``training/registry.py``); None when
+    none is (the no-model default)."""
+    from training.registry import ModelRegistry
 
-    return override or settings.model_dir or latest_model_dir(settings.home_dir)
+    return override or settings.model_dir or ModelRegistry(settings.home_dir).serving_dir()
 
 
-def model_version(settings: Settings, model_dir: Path | None = None) -> str:
-    directory = model_directory(settings, model_dir)
+def follows_registry(settings: Settings, override: Path | None = None) -> bool:
+    """Whether an arm switches when a version is promoted (not pinned to a directory)."""
+    return override is None and settings.model_dir is None
+
+
+def model_version(settings: Settings, directory: Path | None) -> str:
+    """The version responses name: the model directory's name, or the no-model default's
+    (with the catalog's fingerprint: its text vectors are what it scores with)."""
     if directory is not None:
         return directory.name + ("+int8" if settings.scorer_int8 else "")
     import json
@@ -72,15 +81,14 @@ def model_version(settings: Settings, model_dir: Path | None = None) -> str:
 class ScorerModel:
     """Framework-free core of the scorer (unit-testable, used by the deployment)."""
 
-    def __init__(
-        self, settings: Settings, device: str | None = None, model_dir: Path | None = None
-    ):
+    def __init__(self, settings: Settings, directory: Path | None, device: str | None = None):
+        """``directory``: the trained model to load (``model_directory``); None: no model."""
         from training.encoder import default_encoder_path
 
         self.catalog = Catalog.load(settings.home_dir)
         encoder_path = settings.encoder_path or default_encoder_path()
-        directory = model_directory(settings, model_dir)
-        self.version = model_version(settings, model_dir)
+        self.version = model_version(settings, directory)
+        self.trained = directory is not None
         if directory is not None:
             self._load_trained(directory, encoder_path, device)
             if settings.scorer_int8:
@@ -161,36 +169,72 @@ class BatchedScorer:
     instance: a class-level ``@serve.batch`` shares one queue between all instances of a
     process and runs a batch on its first request's instance, which would mix arms. The
     model runs on a thread so the replica's event loop keeps parsing requests meanwhile
-    (torch releases the GIL)."""
+    (torch releases the GIL).
+
+    ``model`` is replaced in place when another version is promoted
+    (``serving/model_switch.py``); a request names the model it started with (``score``'s
+    ``model``), so a batch that straddles a switch scores each request with its own, and
+    one queue serves every version (a queue per version would live on with its task)."""
 
     def __init__(self, model: ScorerModel, max_batch_size: int, batch_wait_s: float):
         self.model = model
-        self.score = serve.batch(max_batch_size=max_batch_size, batch_wait_timeout_s=batch_wait_s)(
-            self._score_batch
-        )
+        self._batched = serve.batch(
+            max_batch_size=max_batch_size, batch_wait_timeout_s=batch_wait_s
+        )(self._score_batch)
 
     def configure(self, max_batch_size: int, batch_wait_s: float) -> None:
-        self.score.set_max_batch_size(int(max_batch_size))  # type: ignore[attr-defined]
-        self.score.set_batch_wait_timeout_s(float(batch_wait_s))  # type: ignore[attr-defined]
+        self._batched.set_max_batch_size(int(max_batch_size))  # type: ignore[attr-defined]
+        self._batched.set_batch_wait_timeout_s(float(batch_wait_s))  # type: ignore[attr-defined]
 
-    async def _score_batch(self, tasks: list[ScoreTask]) -> list[np.ndarray | None]:
-        return await asyncio.to_thread(self.model.score_batch, tasks)
+    async def score(self, task: ScoreTask, model: ScorerModel | None = None) -> np.ndarray | None:
+        return await self._batched((model or self.model, task))
 
-    async def search(self, query: str, n: int) -> np.ndarray:
-        return await asyncio.to_thread(self.model.search, query, n)
+    async def _score_batch(
+        self, requests: list[tuple[ScorerModel, ScoreTask]]
+    ) -> list[np.ndarray | None]:
+        return await asyncio.to_thread(score_by_model, requests)
+
+    async def search(self, query: str, n: int, model: ScorerModel | None = None) -> np.ndarray:
+        return await asyncio.to_thread((model or self.model).search, query, n)
+
+
+def score_by_model(requests: list[tuple[ScorerModel, ScoreTask]]) -> list[np.ndarray | None]:
+    """One ``score_batch`` per model in the batch (one, except during a switch)."""
+    out: list[np.ndarray | None] = [None] * len(requests)
+    models = {id(m): m for m, _ in requests}
+    for key, model in models.items():
+        rows = [i for i, (m, _) in enumerate(requests) if id(m) == key]
+        for i, scores in zip(rows, model.score_batch([requests[i][1] for i in rows]), strict=True):
+            out[i] = scores
+    return out
 
 
 @serve.deployment(name="scorer")
 class Scorer(BatchedScorer):
-    """One per experiment arm (``serving/config.py`` names them), each with its model."""
+    """One per experiment arm (``serving/config.py`` names them), each with its model,
+    which follows the registry unless the arm is pinned to a directory."""
 
     def __init__(self, settings: Settings, model_dir: Path | None = None):
+        from serving.model_switch import RegistryFollower
+
+        directory = model_directory(settings, model_dir)
         super().__init__(
-            ScorerModel(settings, model_dir=model_dir),
+            ScorerModel(settings, directory),
             settings.scorer_max_batch_size,
             settings.scorer_batch_wait_s,
         )
+        self.follower = None
+        if follows_registry(settings, model_dir):
+
+            def switch(new: Path | None) -> None:
+                self.model = ScorerModel(settings, new)
+
+            self.follower = RegistryFollower(settings, directory, switch).start()
 
     def reconfigure(self, user_config: dict[str, float]) -> None:
         """Batch knobs from the Serve config's ``user_config``: changeable live."""
         self.configure(int(user_config["max_batch_size"]), user_config["batch_wait_timeout_s"])
+
+    def __del__(self) -> None:
+        if getattr(self, "follower", None) is not None:
+            self.follower.close()  # type: ignore[union-attr]

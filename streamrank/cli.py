@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -168,8 +169,6 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_train(settings: Settings, args: argparse.Namespace) -> int:
-    from streamrank.catalog import prepare_catalog
-    from streamrank.datasets import load_dataset
     from training.artifact import models_root
     from training.config import TrainConfig
     from training.encoder import default_encoder_path
@@ -184,13 +183,45 @@ def cmd_train(settings: Settings, args: argparse.Namespace) -> int:
         config = TrainConfig.fast(**{k: v for k, v in flags.items() if v is not None})
     else:
         config = TrainConfig.load(args.config, **flags)
-    dataset = load_dataset(settings)
-    catalog = prepare_catalog(dataset.catalog, settings.home_dir, settings.encoder_path)
-    data = prepare_training_data(dataset.events, catalog, config)
+    try:
+        events, catalog, source = _training_events(settings, args)
+    except ValueError as exc:
+        print(f"train: {exc}", file=sys.stderr)
+        return 2
+    data = prepare_training_data(events, catalog, config, source)
     encoder = settings.encoder_path or default_encoder_path()
     out = Trainer(config, catalog, encoder, args.device).fit(data, models_root(settings.home_dir))
-    print(f"model written to {out}")
+    print(f"model written to {out} (a candidate: `streamrank promote {out.name}` serves it)")
     return 0
+
+
+def _training_events(settings: Settings, args: argparse.Namespace) -> tuple[Any, Any, str]:
+    """The events to train on: what the topic holds (a replayed namespace's range, or a log
+    time range read now, judged as the worker judges them) or the data set's file."""
+    if args.namespace or args.start is not None or args.end is not None:
+        from feature_repo.namespaces import Namespace
+        from streamrank.catalog import Catalog
+        from streams.replay import plan, read_events
+        from training.backtest import events_frame
+
+        if args.namespace:
+            manifest = Namespace(settings, args.namespace).finished()
+            if manifest is None:
+                raise ValueError(f"namespace {args.namespace} is missing or incomplete")
+            span, source = manifest.range, f"namespace {args.namespace}"
+        else:
+            span = plan(settings, args.start, args.end)
+            source = f"topic {span.topic}, log time {args.start or 'start'} to {span.end_time:.0f}"
+        events = events_frame(list(read_events(settings, span, progress=True)))
+        if events.empty:
+            raise ValueError(f"no valid events in {source}")
+        return events, Catalog.load(settings.home_dir), source
+    from streamrank.catalog import prepare_catalog
+    from streamrank.datasets import load_dataset
+
+    dataset = load_dataset(settings)
+    catalog = prepare_catalog(dataset.catalog, settings.home_dir, settings.encoder_path)
+    return dataset.events, catalog, f"file {dataset.name}"
 
 
 def cmd_evaluate(settings: Settings, args: argparse.Namespace) -> int:
@@ -304,7 +335,9 @@ def cmd_backtest(settings: Settings, args: argparse.Namespace) -> int:
         prepare,
         write_report,
     )
+    from training.baselines import StreamDefault
     from training.encoder import default_encoder_path, pick_device
+    from training.registry import ModelRegistry
 
     namespace = Namespace(settings, args.namespace)
     manifest = namespace.finished()
@@ -315,18 +348,81 @@ def cmd_backtest(settings: Settings, args: argparse.Namespace) -> int:
         return 2
     catalog = Catalog.load(settings.home_dir)
     encoder = settings.encoder_path or default_encoder_path()
-    scorers = []
-    for model in args.model:
-        directory = model if model.is_dir() else models_root(settings.home_dir) / model
-        artifact = RankingArtifact.load(directory, encoder, args.device or pick_device())
-        scorers.append(ModelScorer(artifact, catalog))
+    directories = [m if m.is_dir() else models_root(settings.home_dir) / m for m in args.model]
+    serving = ModelRegistry(settings.home_dir).serving_dir()
+    if serving is not None and serving.resolve() not in {d.resolve() for d in directories}:
+        directories.append(serving)  # a candidate is always measured against what serves
+    scorers: list[Any] = [
+        ModelScorer(RankingArtifact.load(d, encoder, args.device or pick_device()), catalog)
+        for d in directories
+    ]
     events = events_frame(list(read_events(settings, manifest.range, progress=True)))
     data = prepare(events, catalog, args.cut, args.test_fraction)
+    if serving is None and not args.baselines:  # the no-model default serves: its row
+        default = StreamDefault(catalog, catalog.ids, catalog.embeddings)
+        default.fit(data.fit)
+        scorers.append(default)
     report = backtest(data, catalog, scorers, baselines=args.baselines, k=args.k)
     report["namespace"] = namespace.name
     out = write_report(report, args.out or namespace.root / "backtest")
     print(markdown(report))
     print(f"written to {out}")
+    return 0
+
+
+def cmd_models(settings: Settings, args: argparse.Namespace) -> int:
+    """Trained versions, newest last, with their held-out NDCG@10; the serving one marked."""
+    import json
+
+    from training.registry import ModelRegistry
+
+    registry = ModelRegistry(settings.home_dir)
+    serving = registry.serving()
+    if serving is None:
+        print("serving: the no-model default (the stream ranks)")
+    for version in registry.versions():
+        meta = json.loads((registry.path(version) / "model.json").read_text())
+        ndcg = meta.get("metrics", {}).get("test", {}).get("ndcg@10")
+        shown = f"{ndcg:.4f}" if isinstance(ndcg, float) else "   -  "
+        mark = "*" if version == serving else " "
+        print(f"{mark} {version}  test ndcg@10 {shown}  {meta.get('trained_on', '')}")
+    for change in registry.history()[-args.history :] if args.history else []:
+        print(f"  {change.action:8} {change.version or 'no model'} (was {change.previous})")
+    return 0
+
+
+def cmd_promote(settings: Settings, args: argparse.Namespace) -> int:
+    """Serve VERSION once a backtest shows it at least as good as what serves (or --force);
+    running replicas switch within ``model_poll_s``."""
+    from training.registry import NO_MODEL, ModelRegistry, RegistryError, promotion_evidence
+
+    registry = ModelRegistry(settings.home_dir)
+    candidate = None if args.version == NO_MODEL else args.version
+    try:
+        if candidate is not None:
+            registry.path(candidate)
+        evidence = promotion_evidence(settings.home_dir, candidate, registry.serving())
+        if not evidence.allowed and not args.force:
+            print(f"promote: refused: {evidence.reason}", file=sys.stderr)
+            return 3
+        change = registry.promote(candidate, forced=not evidence.allowed, evidence=evidence.reason)
+    except RegistryError as exc:
+        print(f"promote: {exc}", file=sys.stderr)
+        return 2
+    forced = " (forced)" if change.forced else ""
+    print(f"serving {args.version}{forced}, was {change.previous or NO_MODEL}: {evidence.reason}")
+    return 0
+
+
+def cmd_rollback(settings: Settings, args: argparse.Namespace) -> int:
+    from training.registry import NO_MODEL, ModelRegistry, RegistryError
+
+    try:
+        change = ModelRegistry(settings.home_dir).rollback()
+    except RegistryError as exc:
+        print(f"rollback: {exc}", file=sys.stderr)
+        return 2
+    print(f"serving {change.version or NO_MODEL} again, was {change.previous}")
     return 0
 
 
@@ -464,7 +560,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit-users", type=int, help="train on a slice of users (smoke runs)")
     p.add_argument("--max-minutes", type=float, help="stop after the epoch that passes this")
     p.add_argument("--device", help="cpu or cuda (default: cuda when present)")
+    source = p.add_argument_group("events from the topic instead of the data set's file")
+    source.add_argument("--namespace", help="the range a replay namespace covers")
+    source.add_argument("--from", dest="start", type=_time, help="log time (default: log start)")
+    source.add_argument("--to", dest="end", type=_time, help="log time, exclusive (default: now)")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("models", help="trained versions; the serving one marked with *")
+    p.add_argument("--history", type=int, default=10, help="promotions and rollbacks shown")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("promote", help="serve a trained version (after a backtest, or --force)")
+    p.add_argument("version", help="a version under <home>/models, or stream-default")
+    p.add_argument("--force", action="store_true", help="without a backtest that allows it")
+    p.set_defaults(func=cmd_promote)
+
+    p = sub.add_parser("rollback", help="serve what served before the last promotion")
+    p.set_defaults(func=cmd_rollback)
 
     p = sub.add_parser(
         "evaluate", help="model vs baselines on held-out data (md, json, png); no model: baselines"

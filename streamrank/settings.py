@@ -76,7 +76,11 @@ class Settings(BaseSettings):
     encode_batch_size: int = 64
     model_dir: Path | None = Field(
         default=None,
-        description="trained ranking model directory; default: the newest under <home>/models",
+        description="pin serving to this model directory; default: the registry's serving "
+        "version (streamrank promote), else the newest under <home>/models",
+    )
+    model_poll_s: float = Field(
+        default=2.0, gt=0, description="how often serving replicas look for a promotion"
     )
 
     # --- profile worker

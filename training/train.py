@@ -49,6 +49,7 @@ class TrainingData:
     test: list[Example]
     fit_interactions: pd.DataFrame  # what baselines may learn from: all but the test targets
     data_hash: str
+    source: str = ""  # where the events came from (a file, a replay namespace, a log range)
 
 
 def data_hash(events: pd.DataFrame, catalog: Catalog) -> str:
@@ -67,7 +68,7 @@ def slice_users(events: pd.DataFrame, limit: int | None) -> pd.DataFrame:
 
 
 def prepare_training_data(
-    events: pd.DataFrame, catalog: Catalog, config: TrainConfig
+    events: pd.DataFrame, catalog: Catalog, config: TrainConfig, source: str = ""
 ) -> TrainingData:
     events = slice_users(events, config.limit_users)
     events = events[events["item_id"].isin(catalog.index) | (events["type"] == "search")]
@@ -85,7 +86,8 @@ def prepare_training_data(
     keys = zip(events["user_id"], events["ts"], events["item_id"], strict=True)
     fit = events[[k not in test_keys for k in keys]]
     log.info("examples: %d train, %d valid, %d test", len(train), len(valid), len(test))
-    return TrainingData(space, users, targets, valid, test, fit, data_hash(events, catalog))
+    hashed = data_hash(events, catalog)
+    return TrainingData(space, users, targets, valid, test, fit, hashed, source)
 
 
 def seed_everything(seed: int) -> None:
@@ -288,6 +290,7 @@ class Trainer:
             "shape": shape.__dict__,
             "config": self.config.model_dump(),
             "data_hash": data.data_hash,
+            "trained_on": data.source,
             "max_tokens": self.config.max_tokens,
             "base_encoder": self.encoder_path.name,
         }

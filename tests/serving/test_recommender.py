@@ -127,7 +127,7 @@ def test_a_search_that_fails_leaves_the_other_candidates(home: Path, catalog: Ca
 def test_the_scorer_finds_items_by_their_text(home: Path, catalog: Catalog) -> None:
     from serving.scorer import ScorerModel
 
-    model = ScorerModel(Settings(home=home))
+    model = ScorerModel(Settings(home=home), None)  # no model: the pretrained encoder
     titles = [catalog.titles[r] for r in model.search("Star Wars", 5)]
     assert any("Star Wars" in t for t in titles), titles
 
