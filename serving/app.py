@@ -94,6 +94,7 @@ class Api:
 
         # (helpers live inside the class: Ray ships the ingress class by value)
         local: dict[str, BatchedScorer] = {}
+        catalog = Catalog.load(settings.home_dir)
 
         def arm(name: str, directory: FilePath | None) -> Arm:
             """The arm's scorer, version and search for the model in ``directory``."""
@@ -108,7 +109,8 @@ class Api:
 
                 version = model_version(settings, directory)
                 return Arm(score, version, search, directory is not None)
-            model = ScorerModel(settings, directory)
+            model = ScorerModel(settings, directory, catalog=catalog)
+            model.warm_up()
             if name not in local:
                 local[name] = BatchedScorer(
                     model, settings.scorer_max_batch_size, settings.scorer_batch_wait_s
@@ -127,7 +129,7 @@ class Api:
         }
         following = [n for n in arms if follows_registry(settings, arm_model_dir(settings, n))]
         self.recommender = Recommender(
-            catalog=Catalog.load(settings.home_dir),
+            catalog=catalog,
             profiles=FeastProfileStore(open_store(settings)),
             arms=arms,
             partitions=settings.events_partitions,

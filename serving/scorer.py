@@ -81,11 +81,18 @@ def model_version(settings: Settings, directory: Path | None) -> str:
 class ScorerModel:
     """Framework-free core of the scorer (unit-testable, used by the deployment)."""
 
-    def __init__(self, settings: Settings, directory: Path | None, device: str | None = None):
-        """``directory``: the trained model to load (``model_directory``); None: no model."""
+    def __init__(
+        self,
+        settings: Settings,
+        directory: Path | None,
+        device: str | None = None,
+        catalog: Catalog | None = None,
+    ):
+        """``directory``: the trained model to load (``model_directory``); None: no model.
+        ``catalog``: the replica's, when it has one loaded already."""
         from training.encoder import default_encoder_path
 
-        self.catalog = Catalog.load(settings.home_dir)
+        self.catalog = catalog if catalog is not None else Catalog.load(settings.home_dir)
         encoder_path = settings.encoder_path or default_encoder_path()
         self.version = model_version(settings, directory)
         self.trained = directory is not None
@@ -99,6 +106,32 @@ class ScorerModel:
             self.ranking = None
             self.encoder = TextEncoder(encoder_path, device)
             self.item_vectors = self.catalog.embeddings
+
+    def warm_up(self) -> None:
+        """Score one made-up visitor (a view and a search): the first pass of a fresh model
+        allocates and plans its kernels, tens of milliseconds that a promotion pays here,
+        before the model takes requests (``serving/model_switch.py``)."""
+        import time
+        from datetime import UTC, datetime
+
+        from streams.events import Event
+        from streams.profile import UserProfile, apply_event, derive_features
+
+        if not len(self.catalog):
+            return
+        now = time.time()
+        profile = UserProfile("warm-up")
+        view = Event(
+            event_id="warm-up",
+            user_id="warm-up",
+            type="view",
+            item_id=self.catalog.ids[0],
+            ts=datetime.fromtimestamp(now, UTC),
+        )
+        apply_event(profile, view, self.catalog)
+        rows = np.arange(min(len(self.catalog), 200))
+        self.score_batch([ScoreTask(rows, derive_features(profile, now), "warm up")])
+        self.search("warm up", 10)
 
     def _load_trained(self, directory: Path, encoder_path: Path, device: str | None) -> None:
         from training.artifact import RankingArtifact
@@ -218,8 +251,9 @@ class Scorer(BatchedScorer):
         from serving.model_switch import RegistryFollower
 
         directory = model_directory(settings, model_dir)
+        catalog = Catalog.load(settings.home_dir)
         super().__init__(
-            ScorerModel(settings, directory),
+            ScorerModel(settings, directory, catalog=catalog),
             settings.scorer_max_batch_size,
             settings.scorer_batch_wait_s,
         )
@@ -227,7 +261,9 @@ class Scorer(BatchedScorer):
         if follows_registry(settings, model_dir):
 
             def switch(new: Path | None) -> None:
-                self.model = ScorerModel(settings, new)
+                model = ScorerModel(settings, new, catalog=catalog)
+                model.warm_up()
+                self.model = model
 
             self.follower = RegistryFollower(settings, directory, switch).start()
 

@@ -6,6 +6,7 @@ so a dot product between two outputs is their cosine similarity.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Sequence
@@ -30,13 +31,23 @@ def pick_device() -> str:
 
 
 def load_minilm(path: Path) -> tuple[torch.nn.Module, Any]:
-    """Model and tokenizer from a local directory only: never reach for a hub."""
+    """Model and tokenizer from a local directory only: never reach for a hub. The model is
+    new at every call (fine-tuning changes its weights); the tokenizer is shared."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoModel
 
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     model = AutoModel.from_pretrained(path, local_files_only=True)
-    return model, tokenizer
+    return model, load_tokenizer(Path(path))
+
+
+@functools.lru_cache(maxsize=4)
+def load_tokenizer(path: Path) -> Any:
+    """One tokenizer per encoder and process: every model version shares its base's, and
+    building one holds the GIL for ~40 ms, which a serving replica that loads a promoted
+    version beside live requests would pay again each time."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path, local_files_only=True)
 
 
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
