@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -190,6 +191,24 @@ def test_the_command_line_dry_run_replay_backtest_list_and_delete(
     assert f"model {model.name}" in capsys.readouterr().out
     assert (namespace.root / "backtest" / "backtest.png").exists()
     assert cli(["backtest", "--namespace", "missing", "--model", str(model)]) == 2
+
+    # the lifecycle on what the topic holds: train on the namespace's range (the first
+    # model trained serves until something is promoted), then backtest the no-model default
+    # against it and promote the default only if it is at least as good
+    assert cli(["train", "--namespace", "kept", "--fast", "--epochs", "1"]) == 0
+    candidate = capsys.readouterr().out.split("streamrank promote ", 1)[1].split("`")[0]
+    meta = json.loads((settings.home_dir / "models" / candidate / "model.json").read_text())
+    assert meta["trained_on"] == "namespace kept"
+    assert cli(["promote", candidate]) == 0  # it serves already: pinned
+    assert cli(["promote", "stream-default"]) == 3  # no backtest compares the two yet
+    argv = ["backtest", "--namespace", "kept", "--baselines", "--test-fraction", "0.3"]
+    assert cli(argv) == 0  # what serves joins the report by itself
+    report = json.loads((namespace.root / "backtest" / "backtest.json").read_text())
+    ndcg = {name: r["overall"]["ndcg@10"] for name, r in report["results"].items()}
+    assert f"model {candidate}" in ndcg and "stream-default" in ndcg
+    better = ndcg["stream-default"] >= ndcg[f"model {candidate}"]
+    assert cli(["promote", "stream-default"]) == (0 if better else 3)
+    assert cli(["train", "--namespace", "missing"]) == 2
     assert cli(["namespaces", "--delete", "kept"]) == 0
     assert not namespace.root.exists()
     assert list_namespaces(settings) == []
