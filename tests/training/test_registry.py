@@ -1,5 +1,4 @@
-"""The model registry: what serves, promotions gated by a backtest, rollbacks, and the
-replicas' follower."""
+"""The model registry: what serves, promotions gated by a backtest, rollbacks."""
 
 from __future__ import annotations
 
@@ -8,9 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from serving.model_switch import RegistryFollower
 from streamrank.cli import main
-from streamrank.settings import Settings
 from training.artifact import LATEST_FILE, META_FILE, models_root
 from training.registry import ModelRegistry, RegistryError, promotion_evidence
 
@@ -108,29 +105,3 @@ def test_promote_and_rollback_from_the_command_line(
         ("rollback", a, False),
     ]
     assert "ndcg@10 0.0600 against 0.0500" in history[1].evidence
-
-
-def test_the_follower_switches_once_per_change_and_keeps_a_model_that_fails(
-    tmp_path: Path,
-) -> None:
-    a, b = trained_version(tmp_path, "a-1"), trained_version(tmp_path, "b-2")
-    registry = ModelRegistry(tmp_path)
-    registry.promote(a)
-    loaded: list[Path | None] = []
-
-    def switch(directory: Path | None) -> None:
-        if directory is not None and directory.name == "broken":
-            raise RuntimeError("truncated weights")
-        loaded.append(directory)
-
-    follower = RegistryFollower(Settings(home=tmp_path), models_root(tmp_path) / a, switch)
-    assert not follower.check()  # already serving a
-    registry.promote(b)
-    assert follower.check() and not follower.check()
-    trained_version(tmp_path, "broken")
-    registry.promote("broken", forced=True)
-    assert not follower.check() and not follower.check()  # tried once, logged, b still serves
-    assert follower.current == b
-    registry.promote(None)
-    assert follower.check()
-    assert loaded == [models_root(tmp_path) / b, None]
