@@ -191,7 +191,17 @@ def cmd_train(settings: Settings, args: argparse.Namespace) -> int:
     data = prepare_training_data(events, catalog, config, source)
     encoder = settings.encoder_path or default_encoder_path()
     out = Trainer(config, catalog, encoder, args.device).fit(data, models_root(settings.home_dir))
+    import json
+
+    meta = json.loads((out / "model.json").read_text())
     print(f"model written to {out} (a candidate: `streamrank promote {out.name}` serves it)")
+    if not meta.get("beats_stream_default", True):
+        model, default = meta["metrics"]["test"], meta["metrics"]["stream_default"]
+        print(
+            f"it ranks below the no-model default on held-out data (ndcg@10 "
+            f"{model['ndcg@10']:.4f} against {default['ndcg@10']:.4f}): the stream keeps "
+            "ranking until a backtest says otherwise"
+        )
     return 0
 
 

@@ -7,8 +7,11 @@
 Training never changes what serves once anything has been promoted: a new version is a
 candidate until ``streamrank promote`` makes it the serving one, after a backtest against
 what serves now (``promotion_evidence``). Until the first promotion the newest trained
-version serves, so that ``streamrank train`` then ``streamrank serve`` works with no more
-steps. The serving version is the top of a stack that promotions push and rollbacks pop:
+version that ranked at least as well as the no-model default on its held-out examples
+serves, so that ``streamrank train`` then ``streamrank serve`` works with no more steps,
+and a model that learned less than the stream already knows never serves by default.
+
+The serving version is the top of a stack that promotions push and rollbacks pop:
 ``rollback`` returns to what served before the last promotion, and again to the one before
 that. ``None`` is a valid serving version: no model, the stream ranks (the no-model
 default). Serving replicas poll ``serving()`` and switch in place
@@ -91,11 +94,20 @@ class ModelRegistry:
                 stack.pop()
         return stack
 
+    def newest_better_than_default(self) -> str | None:
+        """The newest version whose held-out NDCG@10 was at least the no-model default's on
+        the same examples (training records it); older models, without the record, count."""
+        for version in reversed(self.versions()):
+            meta = json.loads((self.root / version / META_FILE).read_text())
+            if meta.get("beats_stream_default", True):
+                return version
+        return None
+
     def serving(self) -> str | None:
         """The version that serves now (None: no model, the stream ranks)."""
         history = self.history()
         if not history:
-            return self.latest()
+            return self.newest_better_than_default()
         stack = self._stack(history)
         return stack[-1].version if stack else history[0].previous
 

@@ -28,7 +28,7 @@ from training.config import TrainConfig
 from training.encoder import load_minilm, pick_device
 from training.examples import Example, Split, build_examples
 from training.features import FeatureSpace, UserArrays
-from training.metrics import ranking_report
+from training.metrics import RankerFailed, ranking_report
 from training.model import (
     ItemTextTower,
     ModelShape,
@@ -205,6 +205,18 @@ class Trainer:
             "history": history,
             "train_seconds": time.monotonic() - started,
         }
+        default = stream_default_metrics(data, self.catalog)
+        artifact.meta["metrics"]["stream_default"] = default
+        model_ndcg = artifact.meta["metrics"]["test"]["ndcg@10"]
+        artifact.meta["beats_stream_default"] = default is None or model_ndcg >= default["ndcg@10"]
+        if not artifact.meta["beats_stream_default"]:
+            log.warning(
+                "model %s ranks below the no-model default on held-out data (ndcg@10 %.4f "
+                "against %.4f): it stays a candidate and is not served unless promoted",
+                version,
+                model_ndcg,
+                default["ndcg@10"],  # type: ignore[index]
+            )
         artifact.save(out_dir)
         log.info(
             "model %s written to %s (test ndcg@10 %.4f)",
@@ -295,6 +307,24 @@ class Trainer:
             "base_encoder": self.encoder_path.name,
         }
         return RankingArtifact(model, data.space, tokenizer, encoder, meta, vectors)
+
+
+def stream_default_metrics(data: TrainingData, catalog: Catalog) -> dict[str, float] | None:
+    """The no-model default (what serves without a model) on the model's own test examples:
+    a model that cannot beat it must not replace it by merely being newer
+    (``training/registry.py``). None when it cannot be judged."""
+    from training.baselines import StreamDefault
+
+    if not data.test:
+        return None
+    default = StreamDefault(catalog, catalog.ids, catalog.embeddings)
+    default.fit(data.fit_interactions)
+    targets, seen = target_rows(data.space, data.test)
+    try:
+        return ranking_report(default.score(data.test), targets, seen)
+    except RankerFailed as exc:
+        log.error("the no-model default failed on the test examples: %s", exc)
+        return None
 
 
 def evaluate_model(

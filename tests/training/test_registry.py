@@ -105,3 +105,18 @@ def test_promote_and_rollback_from_the_command_line(
         ("rollback", a, False),
     ]
     assert "ndcg@10 0.0600 against 0.0500" in history[1].evidence
+
+
+def test_a_model_below_the_no_model_default_never_serves_by_default(tmp_path: Path) -> None:
+    good = trained_version(tmp_path, "20260101-000000-good")
+    weak = trained_version(tmp_path, "20260102-000000-weak")
+    meta_path = models_root(tmp_path) / weak / META_FILE
+    meta_path.write_text(json.dumps({"version": weak, "beats_stream_default": False}))
+    registry = ModelRegistry(tmp_path)
+    assert registry.latest() == weak and registry.serving() == good
+    meta_path.parent.parent.joinpath(good, META_FILE).write_text(
+        json.dumps({"version": good, "beats_stream_default": False})
+    )
+    assert registry.serving() is None  # the stream ranks
+    registry.promote(weak, forced=True)  # an operator may still choose it
+    assert registry.serving() == weak
