@@ -63,5 +63,11 @@ def test_train_and_evaluate_on_a_shop_shaped_file(dataset: Dataset, tmp_path: Pa
     report = evaluate(artifact, catalog, shop.events, tmp_path / "report")
     assert {"model", "model-int8", "popular", "item-knn", "als", "bpr"} <= set(report["results"])
     assert 0.0 <= report["results"]["model"]["ndcg@10"] <= 1.0
+    # training measured the no-model default on the same held-out examples as the report
+    metrics = artifact.meta["metrics"]
+    default = report["results"]["stream-default"]["ndcg@10"]
+    assert metrics["stream_default"]["ndcg@10"] == default
+    beats = metrics["test"]["ndcg@10"] >= default
+    assert artifact.meta["beats_stream_default"] is beats
     for name in ("evaluation.json", "evaluation.md", "evaluation.png"):
         assert (tmp_path / "report" / name).stat().st_size > 0
