@@ -41,15 +41,28 @@ def stop_process(process: subprocess.Popen, name: str, timeout: float = 10.0) ->
             log.warning("%s (pid %d) ignored %s", name, process.pid, sig.name)
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def interrupt_on_stop_signals() -> dict[int, object]:
+    """SIGINT and SIGTERM raise ``KeyboardInterrupt`` in the main thread, whatever this
+    process inherited (a background job starts with SIGINT ignored) or a library installed
+    since (``ray.init`` sets its own SIGTERM handler: call this again after it). Returns the
+    handlers it replaced."""
+    return {sig: signal.signal(sig, _interrupt) for sig in STOP_SIGNALS}
+
+
 @contextlib.contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
-    """So that SIGTERM, like Ctrl-C, runs every ``finally`` and leaves no orphan."""
-
-    def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
+    """So that SIGTERM and SIGINT, like Ctrl-C in a terminal, run every ``finally`` and
+    leave no orphan."""
+    previous = interrupt_on_stop_signals()
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]

@@ -4,6 +4,7 @@ settings object (``STREAMRANK_*`` variables), flags only say what to do."""
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -87,7 +88,6 @@ def cmd_produce(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_experiments(settings: Settings, args: argparse.Namespace) -> int:
     """CTR and CVR per arm: the impressions topic joined with the events topic."""
-    import json
     import time
 
     from infra.kafka_admin import read_topic
@@ -191,8 +191,6 @@ def cmd_train(settings: Settings, args: argparse.Namespace) -> int:
     data = prepare_training_data(events, catalog, config, source)
     encoder = settings.encoder_path or default_encoder_path()
     out = Trainer(config, catalog, encoder, args.device).fit(data, models_root(settings.home_dir))
-    import json
-
     meta = json.loads((out / "model.json").read_text())
     print(f"model written to {out} (a candidate: `streamrank promote {out.name}` serves it)")
     if not meta.get("beats_stream_default", True):
@@ -359,7 +357,7 @@ def cmd_backtest(settings: Settings, args: argparse.Namespace) -> int:
     catalog = Catalog.load(settings.home_dir)
     encoder = settings.encoder_path or default_encoder_path()
     directories = [m if m.is_dir() else models_root(settings.home_dir) / m for m in args.model]
-    serving = ModelRegistry(settings.home_dir).serving_dir()
+    serving = settings.model_dir or ModelRegistry(settings.home_dir).serving_dir()
     if serving is not None and serving.resolve() not in {d.resolve() for d in directories}:
         directories.append(serving)  # a candidate is always measured against what serves
     scorers: list[Any] = [
@@ -382,8 +380,6 @@ def cmd_backtest(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_models(settings: Settings, args: argparse.Namespace) -> int:
     """Trained versions, newest last, with their held-out NDCG@10; the serving one marked."""
-    import json
-
     from training.registry import ModelRegistry
 
     registry = ModelRegistry(settings.home_dir)

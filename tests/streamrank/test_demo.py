@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -29,20 +31,38 @@ def leftovers(home: Path) -> list[str]:
     return found
 
 
-def demo(home: Path, *args: str) -> subprocess.Popen[str]:
+@pytest.fixture
+def home(tmp_path: Path, catalog_home: Path) -> Iterator[Path]:
+    """The demo's home; whatever still carries it when the test ends (a failed or timed-out
+    test: broker, workers, Ray, HAProxy) is killed, so no test leaves a stack behind."""
+    path = make_home(tmp_path / "home", catalog_home)
+    try:
+        yield path
+    finally:
+        for found in leftovers(path):
+            with contextlib.suppress(psutil.Error):
+                psutil.Process(int(found.split()[0])).kill()
+
+
+def demo(home: Path, *args: str, sigint_ignored: bool = False) -> subprocess.Popen[str]:
+    """``sigint_ignored``: start it the way a shell starts a background job."""
     env = {**os.environ, "STREAMRANK_HOME": str(home), "PYTHONUNBUFFERED": "1"}
     env.pop("STREAMRANK_KAFKA_BOOTSTRAP", None)
+
+    def ignore_sigint() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
     return subprocess.Popen(
         [sys.executable, "-m", "streamrank", "demo", *args],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        preexec_fn=ignore_sigint if sigint_ignored else None,
     )
 
 
-def test_demo_prints_recommendations_and_cleans_up(tmp_path: Path, catalog_home: Path) -> None:
-    home = make_home(tmp_path / "home", catalog_home)
+def test_demo_prints_recommendations_and_cleans_up(home: Path) -> None:
     proc = demo(home, "--events", "3000", "--users", "2", "--train-users", "120")
     out, _ = proc.communicate(timeout=420)
     assert proc.returncode == 0, out[-8000:]  # the worker log's tail too, when it failed
@@ -57,13 +77,11 @@ def test_demo_prints_recommendations_and_cleans_up(tmp_path: Path, catalog_home:
     assert leftovers(home) == []
 
 
-def test_the_ui_demo_stays_up_with_its_pages_until_ctrl_c(
-    tmp_path: Path, catalog_home: Path
-) -> None:
+def test_the_ui_demo_stays_up_with_its_pages_until_ctrl_c(home: Path) -> None:
     import httpx
 
-    home = make_home(tmp_path / "home", catalog_home)
-    proc = demo(home, "--events", "3000", "--users", "1", "--ui", "--no-train")
+    # started with SIGINT ignored, as a background job is: Ctrl-C (SIGINT) still stops it
+    proc = demo(home, "--events", "3000", "--users", "1", "--ui", "--no-train", sigint_ignored=True)
     assert proc.stdout is not None
     lines: list[str] = []
     for line in proc.stdout:
@@ -88,7 +106,7 @@ def test_the_demo_reports_a_worker_that_exited_with_its_log(tmp_path: Path) -> N
     from streamrank.demo import WorkerStopped, check_running, worker_log
     from streamrank.settings import Settings
 
-    settings = Settings(home_dir=tmp_path)
+    settings = Settings(home=tmp_path)
     worker_log(settings).parent.mkdir()
     worker_log(settings).write_text("starting\nthe item process died; stopping the worker\n")
     child = subprocess.Popen([sys.executable, "-c", "raise SystemExit(70)"])
