@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serving.scorer import ScorerModel, ScoreTask, model_directory
+from serving.scorer import ScorerModel, ScoreTask
 from streamrank.catalog import Catalog
 from streamrank.datasets import Dataset
 from streamrank.settings import Settings
@@ -39,8 +39,7 @@ def test_loss_goes_down_and_the_directory_is_complete(trained: Path) -> None:
 def test_serving_loads_the_model_and_scores_a_live_profile(
     trained: Path, dataset: Dataset, catalog: Catalog
 ) -> None:
-    settings = Settings(home=trained)
-    scorer = ScorerModel(settings, model_directory(settings), device="cpu")
+    scorer = ScorerModel(Settings(home=trained), _model_dir(trained), device="cpu")
     assert scorer.version == _model_dir(trained).name
     config = TrainConfig(limit_users=40, history_len=20)
     example = prepare_training_data(dataset.events, catalog, config).test[0]
