@@ -52,6 +52,7 @@ from streams.state import ProfileState
 RESULTS = Path(__file__).parent / "results"
 CANDIDATES = 100
 P99_TARGET_MS = 50.0
+SHED_PAUSE_S = 0.05
 
 
 def load_profiles(settings: Settings, catalog: Catalog, events: int) -> list[str]:
@@ -73,8 +74,12 @@ def load_profiles(settings: Settings, catalog: Catalog, events: int) -> list[str
 async def closed_loop(
     url: str, bodies: list[dict], concurrency: int, seconds: float
 ) -> dict[str, float]:
-    """``concurrency`` clients, each sending its next request when the last one returns."""
+    """``concurrency`` clients, each sending its next request when the last one returns.
+    A 503 (shed: the replica's queue is full) counts apart from errors, and its client
+    waits ``SHED_PAUSE_S`` before the next request, as a page would show its fallback
+    rather than ask again at once; latencies are those of the accepted requests."""
     latencies: list[float] = []
+    shed_latencies: list[float] = []
     errors = 0
     deadline = time.perf_counter() + seconds
 
@@ -87,6 +92,9 @@ async def closed_loop(
                 reply = await http.post("/v1/recommendations", json=rng.choice(bodies))
                 if reply.status_code == 200:
                     latencies.append(time.perf_counter() - started)
+                elif reply.status_code == 503 and reply.headers.get("retry-after"):
+                    shed_latencies.append(time.perf_counter() - started)
+                    await asyncio.sleep(SHED_PAUSE_S)
                 else:
                     errors += 1
 
@@ -97,6 +105,9 @@ async def closed_loop(
         "concurrency": concurrency,
         "requests": len(latencies),
         "errors": errors,
+        "shed": len(shed_latencies),
+        "shed_share": len(shed_latencies) / max(1, len(latencies) + len(shed_latencies)),
+        "shed_p99_ms": 1000 * percentile(shed_latencies, 0.99) if shed_latencies else 0.0,
         "rps": len(latencies) / elapsed,
         "p50_ms": 1000 * statistics.median(latencies) if latencies else float("nan"),
         "p95_ms": 1000 * percentile(latencies, 0.95) if latencies else float("nan"),
@@ -174,7 +185,7 @@ def print_tables(results: dict, configs: list[Config]) -> None:
     noop = {r["concurrency"]: r for r in results["runs"].get("no-op ingress (ceiling)", [])}
     print(
         f"\n{'configuration':34} {'clients':>7} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} "
-        f"{'p99 ms':>8} {'err':>4} {'of no-op':>8}"
+        f"{'p99 ms':>8} {'err':>4} {'shed':>5} {'of no-op':>8}"
     )
     for config in configs:
         for row in results["runs"][config.name]:
@@ -182,7 +193,8 @@ def print_tables(results: dict, configs: list[Config]) -> None:
             share = f"{row['rps'] / base['rps']:7.0%}" if base and not config.noop else ""
             print(
                 f"{config.name:34} {row['concurrency']:7d} {row['rps']:8.1f} {row['p50_ms']:8.1f} "
-                f"{row['p95_ms']:8.1f} {row['p99_ms']:8.1f} {row['errors']:4d} {share:>8}"
+                f"{row['p95_ms']:8.1f} {row['p99_ms']:8.1f} {row['errors']:4d} "
+                f"{row.get('shed_share', 0.0):5.0%} {share:>8}"
             )
     print(f"\nload sustained with p99 < {P99_TARGET_MS:g} ms (the knee):")
     for name, row in results["knee"].items():
@@ -209,6 +221,8 @@ def main() -> None:
     parser.add_argument("--device", default=None, help="scorer device, e.g. cuda")
     parser.add_argument("--only", nargs="*", help="run only these configurations")
     parser.add_argument("--out", type=Path, default=RESULTS / "serving.json")
+    parser.add_argument("--shed-ongoing", type=int, default=8, help="the shedding run's bound")
+    parser.add_argument("--shed-queued", type=int, default=8, help="and its queue")
     args = parser.parse_args()
 
     root = Path(".streamrank") / "bench-serving"
@@ -249,6 +263,16 @@ def main() -> None:
                     "model in ingress, int8", variant(scorer_placement="ingress", scorer_int8=True)
                 )
             )
+    configs.append(
+        Config(
+            f"model in {placement}, shedding",
+            variant(
+                scorer_placement=placement,
+                api_max_ongoing_requests=args.shed_ongoing,
+                api_max_queued_requests=args.shed_queued,
+            ),
+        )
+    )
     if args.only:
         configs = [c for c in configs if c.name in args.only or c.noop]
 

@@ -47,11 +47,20 @@ def scorer_options(settings: Settings) -> dict[str, Any]:
 
 
 def api_options(settings: Settings) -> dict[str, Any]:
-    return {
+    """The ingress: replicas, and its queue bound (past it, 503 with Retry-After: Serve's
+    own backpressure, answered before the request reaches our code)."""
+    options: dict[str, Any] = {
         "num_replicas": settings.api_replicas,
         "max_ongoing_requests": settings.api_max_ongoing_requests,
         "ray_actor_options": {"num_cpus": settings.serve_num_cpus},
     }
+    if settings.api_max_queued_requests >= 0:
+        options["max_queued_requests"] = settings.api_max_queued_requests
+        options["backpressure_config"] = {
+            "status_code": 503,
+            "retry_after_s": settings.shed_retry_after_s,
+        }
+    return options
 
 
 def deployment_options(settings: Settings) -> dict[str, dict[str, Any]]:

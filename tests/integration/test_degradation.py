@@ -66,3 +66,37 @@ def test_recommendations_survive_the_profile_store_going_down(
             time.sleep(0.5)
     finally:
         serve_app.stop()
+
+
+def test_past_its_queue_bound_the_ingress_sheds_with_503_and_retry_after(
+    home: Path, broker: EmbeddedBroker, dataset
+) -> None:
+    """A burst far over ``max_ongoing + max_queued``: every request gets 200 or a 503 with
+    ``Retry-After`` (Serve's backpressure, before our code), none waits in an unbounded
+    queue, nothing else."""
+    import asyncio
+
+    from serving import app as serve_app
+
+    settings = isolated_settings(
+        home, broker.bootstrap, api_max_ongoing_requests=2, api_max_queued_requests=2
+    )
+    prepare(settings, dataset)
+    url = serve_app.start(settings, num_cpus=2)
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            body = {"user_id": "someone", "k": 10}
+            return await asyncio.gather(
+                *(client.post("/v1/recommendations", json=body) for _ in range(48))
+            )
+
+    try:
+        assert httpx.post(f"{url}/v1/recommendations", json={"user_id": "a"}).status_code == 200
+        replies = asyncio.run(burst())
+    finally:
+        serve_app.stop()
+    statuses = [r.status_code for r in replies]
+    assert set(statuses) == {200, 503}, statuses
+    shed = [r for r in replies if r.status_code == 503]
+    assert all(r.headers.get("retry-after") == "1" for r in shed)

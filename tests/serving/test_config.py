@@ -57,3 +57,14 @@ def test_arms_are_stable_and_even() -> None:
     assert all(1800 < first.count(a) < 2200 for a in arms)  # even
     other = [assign_arm(u, arms, "exp2") for u in users]
     assert 0.5 < sum(x != y for x, y in zip(first, other, strict=True)) / len(users) < 0.8
+
+
+def test_a_queue_bound_becomes_serves_backpressure_with_retry_after() -> None:
+    unbounded = serve_config(Settings())["applications"][0]["deployments"][0]
+    assert "max_queued_requests" not in unbounded  # the default: Serve's own (unbounded)
+    settings = Settings(api_max_ongoing_requests=8, api_max_queued_requests=16)
+    schema = ServeDeploySchema.model_validate(serve_config(settings))
+    api = schema.applications[0].deployments[0]
+    assert (api.max_ongoing_requests, api.max_queued_requests) == (8, 16)
+    assert api.backpressure_config.status_code == 503
+    assert api.backpressure_config.retry_after_s == 1.0
