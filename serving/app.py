@@ -116,6 +116,7 @@ class Api:
                     model, settings.scorer_max_batch_size, settings.scorer_batch_wait_s
                 )
             batched = local[name]
+            batched.model = model  # the old version is freed once its last request ends
             return Arm(
                 functools.partial(batched.score, model=model),
                 model.version,
