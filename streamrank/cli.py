@@ -407,12 +407,13 @@ def cmd_promote(settings: Settings, args: argparse.Namespace) -> int:
     try:
         if candidate is not None:
             registry.path(candidate)
-        if candidate == registry.serving():
+        serving = registry.serving()
+        if candidate == serving:
             if not registry.history():  # served as the newest trained: now it stays
                 registry.promote(candidate, evidence="the newest trained version, pinned")
             print(f"{args.version} serves already")
             return 0
-        evidence = promotion_evidence(settings.home_dir, candidate, registry.serving())
+        evidence = promotion_evidence(settings.home_dir, candidate, serving)
         if not evidence.allowed and not args.force:
             print(f"promote: refused: {evidence.reason}", file=sys.stderr)
             return 3

@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
-from training.artifact import LATEST_FILE, META_FILE, models_root
+from training.artifact import META_FILE, latest_model_dir, models_root
 
 PROMOTIONS_FILE = "promotions.jsonl"
 NO_MODEL = "stream-default"  # how reports and the CLI name the no-model default
@@ -53,6 +53,7 @@ class Promotion:
 
 class ModelRegistry:
     def __init__(self, home: Path):
+        self.home = home
         self.root = models_root(home)
 
     @property
@@ -73,11 +74,8 @@ class ModelRegistry:
         return directory
 
     def latest(self) -> str | None:
-        pointer = self.root / LATEST_FILE
-        if not pointer.exists():
-            return None
-        name = pointer.read_text().strip()
-        return name if (self.root / name / META_FILE).exists() else None
+        directory = latest_model_dir(self.home)
+        return None if directory is None else directory.name
 
     def history(self) -> list[Promotion]:
         if not self.promotions_path.exists():
