@@ -20,10 +20,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 from serving import metrics
@@ -33,20 +32,6 @@ from training.registry import ModelRegistry
 log = logging.getLogger(__name__)
 
 LOAD_NICENESS = 10  # the load must not take the CPU from requests on a small machine
-LOAD_SWITCH_INTERVAL_S = 0.0005  # the GIL handed back 10x as often while a model loads
-
-
-@contextlib.contextmanager
-def gil_shared(interval_s: float = LOAD_SWITCH_INTERVAL_S) -> Iterator[None]:
-    """Building a model is mostly Python holding the GIL; at the default 5 ms switch
-    interval a request waits up to that long at every hand-over, and one request needs
-    several. A shorter interval while the load runs keeps requests' latency where it was."""
-    before = sys.getswitchinterval()
-    sys.setswitchinterval(interval_s)
-    try:
-        yield
-    finally:
-        sys.setswitchinterval(before)
 
 
 class RegistryFollower:
@@ -91,8 +76,7 @@ class RegistryFollower:
             return False
         started = time.monotonic()
         try:
-            with gil_shared():
-                self.switch(None if wanted is None else self.registry.root / wanted)
+            self.switch(None if wanted is None else self.registry.root / wanted)
         except Exception:
             log.exception("model %s failed to load: still serving %s", wanted, self.current)
             self.failed.add(wanted)
