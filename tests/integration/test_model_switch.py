@@ -11,22 +11,16 @@ from pathlib import Path
 import pytest
 
 from bench.model_switch import Switch, SwitchLoad, summary
-from feature_repo.store import open_store
+from bench.serving import load_profiles
 from streamrank.catalog import Catalog
 from streamrank.cli import main
-from streamrank.datasets import Dataset, iter_events
+from streamrank.datasets import Dataset
 from streamrank.prepare import prepare
-from streamrank.settings import Settings
-from streams.pseudonyms import Pseudonymizer
-from streams.sink import FeastProfileStore
 from tests.conftest import isolated_settings, make_home
-from tests.integration.checks import offline_truth
 from training.artifact import models_root
 from training.registry import ModelRegistry
 
 pytestmark = pytest.mark.integration
-
-USERS = 24
 
 
 def second_model(home: Path, dataset: Dataset, catalog: Catalog) -> str:
@@ -38,16 +32,6 @@ def second_model(home: Path, dataset: Dataset, catalog: Catalog) -> str:
     config = TrainConfig(limit_users=30, epochs=1, batch_size=64, history_len=20, dim=32, seed=11)
     data = prepare_training_data(dataset.events, catalog, config, "test")
     return Trainer(config, catalog, default_encoder_path(), "cpu").fit(data, models_root(home)).name
-
-
-def profiles_for(settings: Settings, dataset: Dataset, catalog: Catalog) -> list[str]:
-    """``USERS`` users' profiles folded from their events, under the ids serving looks up."""
-    users = dataset.events["user_id"].drop_duplicates().head(USERS).tolist()
-    pseudonym = Pseudonymizer.from_settings(settings)
-    events = dataset.events[dataset.events["user_id"].isin(users)]
-    renamed = (e.model_copy(update={"user_id": pseudonym(e.user_id)}) for e in iter_events(events))
-    FeastProfileStore(open_store(settings)).write_profiles(offline_truth(renamed, catalog).values())
-    return users
 
 
 def test_promote_and_rollback_under_load_fail_no_request(
@@ -71,7 +55,7 @@ def test_promote_and_rollback_under_load_fail_no_request(
     assert main(["promote", first, "--force"]) == 0
     registry = ModelRegistry(home)
     prepare(settings, dataset)
-    users = profiles_for(settings, dataset, catalog)
+    users = load_profiles(settings, catalog, 3000)  # the last real events, folded
 
     url = serve_app.start(settings, num_cpus=2)
     switches = []
