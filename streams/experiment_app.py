@@ -9,7 +9,7 @@ counted from, and the redelivered tail is counted once.
 
 It is a Faust app of its own (consumer group ``experiments_group``), not a second agent in
 the profile worker: it reads every event message too, and the profile worker's throughput
-is the system's ceiling (issue 4), so it scales and fails apart. Per-arm impressions,
+is the system's ceiling, so it scales and fails apart. Per-arm impressions,
 clicks, conversions, CTR and CVR are Prometheus gauges on its ``/metrics`` page, summed
 over the partitions this worker owns (across workers: ``sum by (arm)``).
 

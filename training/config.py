@@ -1,6 +1,6 @@
 """Training configuration: one pydantic model.
 
-Defaults come from a sweep on MovieLens 100K (validation NDCG@10, see the issue-5 note):
+Defaults come from a sweep on MovieLens 100K (validation NDCG@10):
 MiniLM's layers frozen (``text_layers=0``; fine-tuning its top layer lost 40-60 % NDCG on
 this data), a 50-item history, AdamW with decay 0.01, dropout 0.3, early stopping.
 

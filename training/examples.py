@@ -10,7 +10,7 @@ Splits:
   validation target, all earlier ones are training targets (the offline-evaluation protocol
   of SASRec/BERT4Rec papers and RecBole);
 - ``time_cut``: one global time; everything before it trains, everything after it tests
-  (what a backtest does, see issue 7).
+  (what a backtest does, ``training/backtest.py``).
 """
 
 from __future__ import annotations
