@@ -43,7 +43,7 @@ from serving.api import (
 )
 from serving.config import APP_NAME
 from serving.limits import BodyLimit
-from serving.ranking import RankingPolicy
+from serving.ranking import RankingPolicy, ShowAgain
 from serving.scorer import Scorer, ScoreTask, model_directory, model_version
 from streamrank.catalog import Catalog
 from streamrank.settings import Settings
@@ -138,7 +138,11 @@ class Api:
             n_popular=settings.candidates_popular,
             n_interest=settings.candidates_similar,
             popular_refresh_s=settings.popular_refresh_s,
-            policy=RankingPolicy(settings.ranking_diversity, settings.ranking_exploration),
+            policy=RankingPolicy(
+                settings.ranking_diversity,
+                settings.ranking_exploration,
+                ShowAgain(settings.ranking_show_again),
+            ),
             score_timeout_s=settings.scorer_timeout_s,
             store_timeout_s=settings.store_timeout_s,
             impressions=self.impressions.publish,

@@ -1,11 +1,13 @@
 """Candidate generation: which items are worth scoring for this request.
 
 Sources, each remembered on the candidate for the explanation shown to the user:
-``requested`` (the caller's list), ``popular`` (stream-kept popularity), ``covisit``
-(stream-kept "engaged with A, then with B" for the user's recent items and the item in
-view), ``search`` (nearest items to the search query, found by the scorer's text path),
-``interest`` (nearest items to the user's interest vector), ``similar`` (nearest items by
-text to one of the user's recent items or to the item in view).
+``requested`` (the caller's list), ``recent`` (the user's own newest items, which the
+shop's rule may let come back, ``serving.ranking.ShowAgain``), ``popular`` (stream-kept
+popularity), ``covisit`` (stream-kept "engaged with A, then with B" for the user's recent
+items and the item in view), ``search`` (nearest items to the search query, found by the
+scorer's text path), ``interest`` (nearest items to the user's interest vector),
+``similar`` (nearest items by text to one of the user's recent items or to the item in
+view).
 """
 
 from __future__ import annotations
@@ -80,6 +82,9 @@ class CandidateGenerator:
             for item, _ in neighbours[:COVISITS_PER_ANCHOR]:
                 if item in index:
                     add(index[item], "covisit", anchor)
+        for item in recent_items(features):
+            if item in index:
+                add(index[item], "recent", item)
         if context_item in index:
             anchor_row = index[context_item]
             for row in nearest(embeddings, embeddings[anchor_row], NEIGHBOURS_PER_ANCHOR + 1):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from enum import StrEnum
 
 import numpy as np
 
@@ -13,15 +14,36 @@ from streamrank.catalog import Catalog
 from streams.profile import ProfileFeatures
 
 
+class ShowAgain(StrEnum):
+    """Which of the user's own items a recommendation row may show again: the shop's rule,
+    which serving applies and the offline evaluations mask by (``blocked_items``), so a
+    ranker is judged on the row it would really fill.
+
+    ``none`` suits a catalog consumed once (a film watched, whatever its rating); ``unbought``
+    a shop where a viewed or carted item is the likeliest next look (anonymous sessions
+    often come back to an item), purchases never shown again; ``all`` a shop of
+    consumables bought again and again."""
+
+    NONE = "none"
+    UNBOUGHT = "unbought"
+    ALL = "all"
+
+
 def blocked_items(
-    features: ProfileFeatures | None, exclude: Iterable[str], context_item: str | None
+    features: ProfileFeatures | None,
+    exclude: Iterable[str] = (),
+    context_item: str | None = None,
+    show_again: ShowAgain = ShowAgain.NONE,
 ) -> set[str]:
-    """Never shown: what the user bought or recently engaged with (the row is for finding
-    something new), the caller's exclusions, and the item already in view. (Items out of
-    stock are dropped too, by ``rank``, from the catalog's ``available`` flag.)"""
+    """Never shown: the caller's exclusions, the item already in view, and of the user's
+    own items what ``show_again`` hides (purchases unless ``all``; recently engaged items
+    too under ``none``). Items out of stock are dropped too, by ``rank``, from the
+    catalog's ``available`` flag."""
     blocked = set(exclude)
-    if features is not None:
-        blocked.update(features.purchased, features.engaged)
+    if features is not None and show_again is not ShowAgain.ALL:
+        blocked.update(features.purchased)
+        if show_again is ShowAgain.NONE:
+            blocked.update(features.engaged)
     if context_item:
         blocked.add(context_item)
     return blocked
@@ -48,6 +70,9 @@ def explain(
     if query:
         return f"matches your search “{query}”"
     anchor = candidate.anchor
+    if candidate.source == "recent" and anchor is not None:
+        carted = features is not None and anchor in features.recent_carted
+        return "still in your cart" if carted else "you looked at this recently"
     if candidate.source == "covisit" and anchor is not None:
         return f"people who viewed “{catalog.title(anchor)}” also looked at this"
     if anchor is not None and anchor == context_item:
@@ -75,11 +100,13 @@ class RankingPolicy:
     clearly higher score to stay ahead. ``exploration`` is the share of slots given to a
     random candidate instead, so the logs hold feedback on items the model would not show;
     every item carries the probability with which the policy put it there (its propensity),
-    for unbiased offline evaluation later (inverse propensity weighting).
+    for unbiased offline evaluation later (inverse propensity weighting). ``show_again``
+    is the shop's rule on the user's own items (``ShowAgain``).
     """
 
     diversity: float = 0.0
     exploration: float = 0.0
+    show_again: ShowAgain = ShowAgain.NONE
 
 
 def diversify(

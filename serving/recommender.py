@@ -180,7 +180,7 @@ class Recommender:
             scores,
             self.catalog,
             request.k,
-            blocked_items(features, request.exclude_ids, context_item),
+            blocked_items(features, request.exclude_ids, context_item, self.policy.show_again),
             features,
             query,
             context_item,

@@ -33,6 +33,13 @@ ANCHORS = 10
 ANCHOR_DECAY = 0.7
 """Each older anchor counts this much of the one after it."""
 POPULARITY_WEIGHT = 0.2
+REPEAT_WEIGHT = 0.5
+"""Of the anchors themselves, newest first: the user's own recent items, which come back
+where the shop's rule lets them (``serving.ranking.ShowAgain``; anonymous sessions often
+return to an item), and are masked where it does not. At 0.5 the newest item counts half
+the strongest co-visited neighbour: on synthetic sessions with a quarter or half of the
+views repeating an earlier one, 0.5 ranked best of 0, 0.5, 1 and 2 (by 0.01-0.03 NDCG@10);
+it is not yet measured on a real shop's sessions."""
 TEXT_WEIGHT = 2.0
 """Of the pretrained encoder's cosine between the user's interest and the item's text."""
 
@@ -56,17 +63,34 @@ def stream_scores(
     popular: Mapping[str, float],
 ) -> np.ndarray:
     """Scores of ``item_ids``: co-visitation from ``anchors`` (newest first, each weighted
-    ``ANCHOR_DECAY`` times the one before) and popularity, each scaled to a top of 1."""
+    ``ANCHOR_DECAY`` times the one before) and popularity, each scaled to a top of 1, and
+    the anchors themselves by the same recency weights (``REPEAT_WEIGHT``)."""
     position = {item: i for i, item in enumerate(item_ids)}
     covisit = np.zeros(len(item_ids), np.float64)
+    repeat = np.zeros(len(item_ids), np.float64)
     for k, anchor in enumerate(anchors):
         weight = ANCHOR_DECAY**k
+        own = position.get(anchor)
+        if own is not None:
+            repeat[own] = max(repeat[own], weight)
         for item, strength in neighbours.get(anchor, ()):
             row = position.get(item)
             if row is not None:
                 covisit[row] += weight * strength
     trending = np.fromiter((popular.get(i, 0.0) for i in item_ids), np.float64, len(item_ids))
-    return _scaled(covisit) + POPULARITY_WEIGHT * _scaled(trending)
+    return _scaled(covisit) + POPULARITY_WEIGHT * _scaled(trending) + REPEAT_WEIGHT * repeat
+
+
+def recency_scores(item_ids: Sequence[str], features: ProfileFeatures | None) -> np.ndarray:
+    """The "recently viewed" row as scores: the user's engaged items, newest first, each
+    ``ANCHOR_DECAY`` times the one after it; every other item 0."""
+    position = {item: i for i, item in enumerate(item_ids)}
+    out = np.zeros(len(item_ids), np.float64)
+    for k, item in enumerate(recent_items(features, n=len(item_ids))):
+        row = position.get(item)
+        if row is not None:
+            out[row] = ANCHOR_DECAY**k
+    return out
 
 
 def _scaled(values: np.ndarray) -> np.ndarray:

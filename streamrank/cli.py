@@ -188,7 +188,7 @@ def cmd_train(settings: Settings, args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"train: {exc}", file=sys.stderr)
         return 2
-    data = prepare_training_data(events, catalog, config, source)
+    data = prepare_training_data(events, catalog, config, source, _show_again(settings))
     encoder = settings.encoder_path or default_encoder_path()
     out = Trainer(config, catalog, encoder, args.device).fit(data, models_root(settings.home_dir))
     meta = json.loads((out / "model.json").read_text())
@@ -201,6 +201,13 @@ def cmd_train(settings: Settings, args: argparse.Namespace) -> int:
             "ranking until a backtest says otherwise"
         )
     return 0
+
+
+def _show_again(settings: Settings) -> Any:
+    """The shop's rule on a user's own items, by which offline rankings are judged."""
+    from serving.ranking import ShowAgain
+
+    return ShowAgain(settings.ranking_show_again)
 
 
 def _training_events(settings: Settings, args: argparse.Namespace) -> tuple[Any, Any, str]:
@@ -251,7 +258,14 @@ def cmd_evaluate(settings: Settings, args: argparse.Namespace) -> int:
         else None
     )
     out = args.out or (Path(model_dir) if model_dir else settings.home_dir) / "evaluation"
-    report = evaluate(artifact, catalog, dataset.events, out, baselines=not args.no_baselines)
+    report = evaluate(
+        artifact,
+        catalog,
+        dataset.events,
+        out,
+        baselines=not args.no_baselines,
+        show_again=_show_again(settings),
+    )
     print(markdown(report))
     print(f"written to {out}")
     return 0
@@ -365,7 +379,7 @@ def cmd_backtest(settings: Settings, args: argparse.Namespace) -> int:
         for d in directories
     ]
     events = events_frame(list(read_events(settings, manifest.range, progress=True)))
-    data = prepare(events, catalog, args.cut, args.test_fraction)
+    data = prepare(events, catalog, args.cut, args.test_fraction, _show_again(settings))
     if serving is None and not args.baselines:  # the no-model default serves: its row
         default = StreamDefault(catalog, catalog.ids, catalog.embeddings)
         default.fit(data.fit)

@@ -9,6 +9,7 @@ import logging
 import time
 from pathlib import Path
 
+from serving.ranking import ShowAgain
 from streamrank.catalog import Catalog
 from streamrank.datasets import Dataset
 from streamrank.settings import Settings
@@ -37,7 +38,8 @@ def demo_model(
     """A model for the demo's data (trained now, or the one already trained on it), after
     printing its test NDCG@10 and the baselines' on the same held-out targets."""
     config = TrainConfig.fast(limit_users=limit_users)
-    data = prepare_training_data(dataset.events, catalog, config)
+    rule = ShowAgain(settings.ranking_show_again)
+    data = prepare_training_data(dataset.events, catalog, config, show_again=rule)
     root = models_root(settings.home_dir)
     model_dir = trained_on(root, data.data_hash)
     if model_dir is not None:

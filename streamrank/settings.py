@@ -178,6 +178,11 @@ class Settings(BaseSettings):
     store_timeout_s: float = Field(default=0.5, gt=0, description="online-store read bound")
     ranking_diversity: float = Field(default=0.2, ge=0, le=1, description="MMR weight")
     ranking_exploration: float = Field(default=0.05, ge=0, le=1, description="random slots")
+    ranking_show_again: Literal["none", "unbought", "all"] = Field(
+        default="none",
+        description="the user's own items a row may show again (serving.ranking.ShowAgain); "
+        "the offline evaluations mask by the same rule",
+    )
 
     @property
     def scorer_in_ingress(self) -> bool:

@@ -4,8 +4,9 @@ Every item event of the test window (event time at or after ``cut``) is a target
 scored with the user's profile just before it: the range's events folded with the stream's
 own ``apply_event`` in event time, up to but not including the target
 (``training.examples.build_examples``, the same code that builds training examples), so no
-ranker ever sees the target or anything after it. Rankers rank the whole catalog; items the
-user engaged with before are masked, as in ``training/evaluate.py``.
+ranker ever sees the target or anything after it. Rankers rank the whole catalog; what the
+shop's rule keeps out of the user's row is masked, as in ``training/evaluate.py``
+(``training.examples.hidden_rows``).
 
 Metrics per ranker: Recall@K and NDCG@K per target (with one target per example, Recall@K
 is the per-target hit rate), and HitRate@K per user (the share of test users with at least
@@ -27,15 +28,23 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
+from serving.ranking import ShowAgain
 from streamrank.catalog import Catalog
 from streams.events import Event, EventType
 from training.baselines import all_baselines
-from training.examples import Example, Split, build_examples, time_cut, time_cut_labels
+from training.examples import (
+    Example,
+    Split,
+    build_examples,
+    hidden_rows,
+    time_cut,
+    time_cut_labels,
+)
 from training.markdown import table
 from training.metrics import (
     RankerFailed,
     check_scores,
-    mask_seen,
+    mask_hidden,
     ndcg_at_k,
     recall_at_k,
     target_ranks,
@@ -72,6 +81,7 @@ class BacktestData:
     fit: pd.DataFrame  # what baselines may learn from: events before the window
     cut: float
     returning: set[str]  # users with events before the window
+    show_again: ShowAgain = ShowAgain.NONE  # the shop's rule the rows are judged by
 
 
 def events_frame(events: Sequence[Event]) -> pd.DataFrame:
@@ -89,7 +99,11 @@ def events_frame(events: Sequence[Event]) -> pd.DataFrame:
 
 
 def prepare(
-    events: pd.DataFrame, catalog: Catalog, cut: float | None = None, test_fraction: float = 0.1
+    events: pd.DataFrame,
+    catalog: Catalog,
+    cut: float | None = None,
+    test_fraction: float = 0.1,
+    show_again: ShowAgain = ShowAgain.NONE,
 ) -> BacktestData:
     if events.empty:
         raise ValueError("no events in the range")
@@ -101,7 +115,7 @@ def prepare(
     examples = [e for e in build_examples(events, catalog, labels) if e.split is Split.TEST]
     before = events[events["ts"] < cut]
     log.info("backtest: %d targets after %s", len(examples), _iso(cut))
-    return BacktestData(examples, before, cut, set(before["user_id"]))
+    return BacktestData(examples, before, cut, set(before["user_id"]), show_again)
 
 
 def ranks(scorer: Scorer, data: BacktestData, catalog: Catalog) -> np.ndarray:
@@ -112,8 +126,7 @@ def ranks(scorer: Scorer, data: BacktestData, catalog: Catalog) -> np.ndarray:
         scores = np.asarray(scorer.score(chunk), dtype=np.float32)
         check_scores(scores)  # a NaN would rank its target first
         targets = np.array([catalog.index[e.item_id] for e in chunk], dtype=np.int64)
-        seen = [[catalog.index[i] for i in e.seen if i in catalog.index] for e in chunk]
-        mask_seen(scores, seen, targets)
+        mask_hidden(scores, hidden_rows(chunk, catalog.index, data.show_again))
         out.append(target_ranks(scores, targets))
     return np.concatenate(out) if out else np.zeros(0, np.int64)
 
@@ -187,8 +200,10 @@ def backtest(
     return {
         "protocol": (
             "every item event at or after the cut, scored with the profile folded from the "
-            "range's earlier events (event time); full catalog, seen items masked"
+            "range's earlier events (event time); full catalog, masked as serving hides "
+            f"the user's own items (show again: {data.show_again.value})"
         ),
+        "show_again": data.show_again.value,
         "cut": _iso(data.cut),
         "k": k,
         "targets": len(examples),

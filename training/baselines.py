@@ -12,6 +12,9 @@ contract as the model, so one metrics function judges them all.
 - ``als`` / ``bpr``: matrix factorization from the ``implicit`` library (seed 004);
 - ``minilm-zero-shot``: the pretrained text encoder without fine-tuning, the profile's
   interest vector against item text embeddings;
+- ``recently-viewed``: the user's own newest items again, newest first (the row a shop
+  shows as "recently viewed"; it earns something only where the shop's rule lets a seen
+  item come back, ``serving.ranking.ShowAgain``);
 - ``stream-default``: what serving ranks with before a model is trained (co-visitation
   from the user's recent items, recent popularity, the encoder's cosine), computed by
   serving's own functions over rows folded by the stream's own code.
@@ -27,7 +30,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from serving.stream_ranker import TEXT_WEIGHT, recent_items, stream_scores
+from serving.stream_ranker import TEXT_WEIGHT, recency_scores, recent_items, stream_scores
 from streamrank.catalog import Catalog
 from streamrank.datasets import iter_events
 from streams.covisitation import CovisitRow, covisit_edges, merge_neighbours
@@ -244,6 +247,22 @@ class MiniLMZeroShot:
         return out
 
 
+class RecentlyViewed:
+    name = "recently-viewed"
+
+    def __init__(self, item_ids: Sequence[str]):
+        self.item_ids = list(item_ids)
+
+    def fit(self, interactions: pd.DataFrame) -> None:
+        """Nothing to fit: the profile holds the row."""
+
+    def score(self, examples: Sequence[Example]) -> np.ndarray:
+        out = np.zeros((len(examples), len(self.item_ids)), np.float32)
+        for row, e in enumerate(examples):
+            out[row] = recency_scores(self.item_ids, e.features)
+        return out
+
+
 class StreamDefault:
     """What serving ranks with before any model is trained (``serving/stream_ranker.py``),
     from the same functions: co-visitation rows folded from the fitting events by the
@@ -299,4 +318,5 @@ def all_baselines(catalog: Catalog, seed: int = 7) -> list[Ranker]:
         MatrixFactorization(item_ids, "als", seed=seed),
         MatrixFactorization(item_ids, "bpr", seed=seed),
         MiniLMZeroShot(item_ids, embeddings),
+        RecentlyViewed(item_ids),
     ]

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from serving.ranking import ShowAgain
 from streamrank.catalog import Catalog
 from training.artifact import RankingArtifact
 from training.baselines import all_baselines
@@ -39,12 +40,13 @@ def evaluate(
     events: Any,
     out_dir: Path,
     baselines: bool = True,
+    show_again: ShowAgain = ShowAgain.NONE,
 ) -> dict[str, Any]:
     """The model (if any) and every baseline on the same held-out targets. Without a model
     the baselines alone, the no-model default among them (what serving ranks with until a
     model is trained), on the default configuration's split."""
     config = TrainConfig.model_validate(artifact.meta["config"]) if artifact else TrainConfig()
-    data = prepare_training_data(events, catalog, config)
+    data = prepare_training_data(events, catalog, config, show_again=show_again)
     if artifact is not None and data.data_hash != artifact.meta.get("data_hash"):
         log.warning(
             "data hash %s differs from the model's training data (%s)",
@@ -57,8 +59,8 @@ def evaluate(
     if artifact is not None:
         int8 = artifact.quantized()
         for name, model in (("model", artifact), ("model-int8", int8)):
-            scores, targets, seen = model_scores(model, data.test)
-            report_of = lambda s=scores, t=targets, u=seen: ranking_report(s, t, u)  # noqa: E731
+            scores, targets, hidden = model_scores(model, data.test, show_again)
+            report_of = lambda s=scores, t=targets, u=hidden: ranking_report(s, t, u)  # noqa: E731
             judge(name, report_of, results, failed)
         speed = scoring_speed(artifact, int8, data.test)
     if baselines or artifact is None:
@@ -70,7 +72,12 @@ def evaluate(
     )
     report: dict[str, Any] = {
         "model_version": artifact.version if artifact else None,
-        "protocol": "per-user leave-last-out, full ranking over the catalog, seen items masked",
+        "protocol": (
+            "per-user leave-last-out, full ranking over the catalog, masked as serving "
+            f"hides the user's own items (show again: {show_again.value})"
+        ),
+        "show_again": show_again.value,
+        "hidden_targets": hidden_share(data),
         "examples": {
             "train": len(data.train_targets),
             "valid": len(data.valid),
@@ -98,17 +105,26 @@ def baseline_results(
     failed: dict[str, str],
 ) -> None:
     """Every baseline fitted and judged into ``results`` (or ``failed``, with the reason)."""
-    targets, seen = target_rows(data.space, data.test)
+    targets, hidden = target_rows(data.space, data.test, data.show_again)
     for ranker in all_baselines(catalog, seed):
         started = time.perf_counter()
 
         def run(r: Any = ranker) -> dict[str, float]:
             r.fit(data.fit_interactions)
-            return ranking_report(r.score(data.test), targets, seen)
+            return ranking_report(r.score(data.test), targets, hidden)
 
         if judge(ranker.name, run, results, failed):
             took = time.perf_counter() - started
             log.info("%s: ndcg@10 %.4f (%.1fs)", ranker.name, results[ranker.name][HEADLINE], took)
+
+
+def hidden_share(data: TrainingData) -> float:
+    """Share of the held-out targets that the shop's rule hides: a miss for every ranker,
+    the ceiling every row of the report shares."""
+    targets, hidden = target_rows(data.space, data.test, data.show_again)
+    if not len(targets):
+        return 0.0
+    return float(np.mean([t in set(h) for t, h in zip(targets, hidden, strict=True)]))
 
 
 def judge(
@@ -173,7 +189,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"# Evaluation of {title}",
         "",
         f"Protocol: {report['protocol']}. Test examples: {report['examples']['test']}, "
-        f"items: {report['items']}.",
+        f"items: {report['items']}; targets the rule hides (a miss for every ranker): "
+        f"{report.get('hidden_targets', 0.0):.1%}.",
         "",
     ]
     ordered = sorted(results, key=lambda k: -results[k][HEADLINE])

@@ -15,7 +15,7 @@ Splits:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from serving.ranking import ShowAgain, blocked_items
 from streamrank.datasets import iter_events
 from streams.events import EventType
 from streams.profile import ItemLookup, ProfileFeatures, UserProfile, apply_event, derive_features
@@ -45,8 +46,23 @@ class Example:
     features: ProfileFeatures
     split: Split
     seen: frozenset[str] = frozenset()
-    """Items engaged with before ``ts``, masked when ranking; kept for evaluation examples
-    only (a training set of 100k examples would hold millions of ids for nothing)."""
+    """Items engaged with before ``ts`` (the history item-to-item baselines read); kept for
+    evaluation examples only (a training set of 100k examples would hold millions of ids
+    for nothing). What is masked when ranking is the shop's rule, ``hidden_rows``."""
+
+
+def hidden_rows(
+    examples: Sequence[Example], index: Mapping[str, int], show_again: ShowAgain
+) -> list[list[int]]:
+    """Catalog rows that the shop's rule keeps out of each example's row: serving's own
+    ``blocked_items`` on the profile serving would have read at the example's time. An
+    offline ranking is judged on the row serving would fill, so a target the rule hides
+    (a repeat view under ``none``, a repeat purchase under ``unbought``) is a miss."""
+    out = []
+    for e in examples:
+        hidden = blocked_items(e.features, show_again=show_again)
+        out.append([index[i] for i in hidden if i in index])
+    return out
 
 
 def ordered_events(events: pd.DataFrame) -> pd.DataFrame:

@@ -1,9 +1,11 @@
 """Ranking metrics over the full catalog: no sampled negatives.
 
-Each evaluation example has one held-out target. Items the user engaged with before the
-target are masked (they cannot be recommended again), as in RecBole's full-ranking
-protocol. The target's rank is the number of unmasked items scored strictly higher, plus
-the number tied with it (pessimistic ties, so a constant scorer earns nothing).
+Each evaluation example has one held-out target. Items the shop's rule would not show the
+user at that moment are masked (``training.examples.hidden_rows``: serving's own rule), as
+RecBole's full-ranking protocol masks seen items; a target the rule hides is a miss for
+every ranker, since no ranker could have shown it. The target's rank is the number of
+unmasked items scored strictly higher, plus the number tied with it (pessimistic ties, so a
+constant scorer earns nothing).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from collections.abc import Sequence
 import numpy as np
 
 MASKED = -np.inf
+MISSED = np.iinfo(np.int64).max // 4
+"""The rank of a target the shop's rule hides: past every cut-off, a reciprocal rank of 0."""
 
 
 class RankerFailed(ValueError):
@@ -30,22 +34,22 @@ def check_scores(scores: np.ndarray) -> None:
         )
 
 
-def mask_seen(scores: np.ndarray, seen_rows: Sequence[Sequence[int]], targets: np.ndarray) -> None:
-    """Set the scores of already-seen items to -inf, in place, except each row's target (a
-    repeat purchase stays rankable)."""
-    rows = np.arange(len(targets))
-    mine = scores[rows, targets].copy()
-    for row, cols in enumerate(seen_rows):
+def mask_hidden(scores: np.ndarray, hidden_rows: Sequence[Sequence[int]]) -> None:
+    """Set the scores of the items each row may not show to -inf, in place; a hidden target
+    included (``target_ranks`` then counts it as a miss)."""
+    for row, cols in enumerate(hidden_rows):
         if len(cols):
             scores[row, np.asarray(cols, dtype=np.int64)] = MASKED
-    scores[rows, targets] = mine
 
 
 def target_ranks(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """0-based rank of each row's target among the row's unmasked items (pessimistic ties)."""
+    """0-based rank of each row's target among the row's unmasked items (pessimistic ties);
+    a masked target ranks past every item, a miss at any cut-off."""
     mine = scores[np.arange(len(targets)), targets]
     higher_or_tied = (scores >= mine[:, None]).sum(axis=1)
-    return (higher_or_tied - 1).astype(np.int64)  # the target itself is not counted
+    ranks = (higher_or_tied - 1).astype(np.int64)  # the target itself is not counted
+    ranks[mine == MASKED] = MISSED
+    return ranks
 
 
 def recall_at_k(ranks: np.ndarray, k: int) -> float:
@@ -66,7 +70,7 @@ def auc(ranks: np.ndarray, candidates: np.ndarray) -> float:
     """Share of (target, other candidate) pairs ordered right, averaged over examples;
     ``candidates`` counts each row's unmasked items, the target included."""
     negatives = np.maximum(candidates - 1, 1)
-    return float(np.mean(1.0 - ranks / negatives))
+    return float(np.mean(np.clip(1.0 - ranks / negatives, 0.0, 1.0)))  # a hidden target: 0
 
 
 def coverage(top_items: np.ndarray, n_items: int) -> float:
@@ -85,13 +89,14 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
 def ranking_report(
     scores: np.ndarray,
     targets: np.ndarray,
-    seen_rows: Sequence[Sequence[int]],
+    hidden_rows: Sequence[Sequence[int]],
     ks: Sequence[int] = (10, 20),
 ) -> dict[str, float]:
-    """Every metric for one scorer. ``scores`` is [examples, items] and is modified.
+    """Every metric for one scorer. ``scores`` is [examples, items] and is modified;
+    ``hidden_rows`` are each row's items the shop's rule does not show.
     Raises ``RankerFailed`` when a score or a metric is not a finite number."""
     check_scores(scores)
-    mask_seen(scores, seen_rows, targets)
+    mask_hidden(scores, hidden_rows)
     ranks = target_ranks(scores, targets)
     candidates = np.isfinite(scores).sum(axis=1)
     report: dict[str, float] = {}

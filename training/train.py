@@ -22,11 +22,12 @@ import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from serving.ranking import ShowAgain
 from streamrank.catalog import Catalog
 from training.artifact import RankingArtifact
 from training.config import TrainConfig
 from training.encoder import load_minilm, pick_device
-from training.examples import Example, Split, build_examples
+from training.examples import Example, Split, build_examples, hidden_rows
 from training.features import FeatureSpace, UserArrays
 from training.metrics import RankerFailed, ranking_report
 from training.model import (
@@ -50,6 +51,7 @@ class TrainingData:
     fit_interactions: pd.DataFrame  # what baselines may learn from: all but the test targets
     data_hash: str
     source: str = ""  # where the events came from (a file, a replay namespace, a log range)
+    show_again: ShowAgain = ShowAgain.NONE  # the shop's rule the held-out rows are judged by
 
 
 def data_hash(events: pd.DataFrame, catalog: Catalog) -> str:
@@ -68,7 +70,11 @@ def slice_users(events: pd.DataFrame, limit: int | None) -> pd.DataFrame:
 
 
 def prepare_training_data(
-    events: pd.DataFrame, catalog: Catalog, config: TrainConfig, source: str = ""
+    events: pd.DataFrame,
+    catalog: Catalog,
+    config: TrainConfig,
+    source: str = "",
+    show_again: ShowAgain = ShowAgain.NONE,
 ) -> TrainingData:
     events = slice_users(events, config.limit_users)
     events = events[events["item_id"].isin(catalog.index) | (events["type"] == "search")]
@@ -87,7 +93,7 @@ def prepare_training_data(
     fit = events[[k not in test_keys for k in keys]]
     log.info("examples: %d train, %d valid, %d test", len(train), len(valid), len(test))
     hashed = data_hash(events, catalog)
-    return TrainingData(space, users, targets, valid, test, fit, hashed, source)
+    return TrainingData(space, users, targets, valid, test, fit, hashed, source, show_again)
 
 
 def seed_everything(seed: int) -> None:
@@ -163,7 +169,7 @@ class Trainer:
                 losses.append(loss)
                 bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
             artifact = self._artifact(model, encoder, tokenizer, data, shape, version)
-            valid = evaluate_model(artifact, data.valid)
+            valid = evaluate_model(artifact, data.valid, data.show_again)
             history.append(
                 {
                     "epoch": epoch,
@@ -200,8 +206,8 @@ class Trainer:
         artifact = self._artifact(model, encoder, tokenizer, data, shape, version)
         artifact.meta["metrics"] = {
             "best_epoch": best[2],
-            "valid": evaluate_model(artifact, data.valid),
-            "test": evaluate_model(artifact, data.test),
+            "valid": evaluate_model(artifact, data.valid, data.show_again),
+            "test": evaluate_model(artifact, data.test, data.show_again),
             "history": history,
             "train_seconds": time.monotonic() - started,
         }
@@ -303,6 +309,7 @@ class Trainer:
             "config": self.config.model_dump(),
             "data_hash": data.data_hash,
             "trained_on": data.source,
+            "show_again": data.show_again.value,
             "max_tokens": self.config.max_tokens,
             "base_encoder": self.encoder_path.name,
         }
@@ -319,24 +326,30 @@ def stream_default_metrics(data: TrainingData, catalog: Catalog) -> dict[str, fl
         return None
     default = StreamDefault(catalog, catalog.ids, catalog.embeddings)
     default.fit(data.fit_interactions)
-    targets, seen = target_rows(data.space, data.test)
+    targets, hidden = target_rows(data.space, data.test, data.show_again)
     try:
-        return ranking_report(default.score(data.test), targets, seen)
+        return ranking_report(default.score(data.test), targets, hidden)
     except RankerFailed as exc:
         log.error("the no-model default failed on the test examples: %s", exc)
         return None
 
 
 def evaluate_model(
-    artifact: RankingArtifact, examples: list[Example], batch: int = 512
+    artifact: RankingArtifact,
+    examples: list[Example],
+    show_again: ShowAgain = ShowAgain.NONE,
+    batch: int = 512,
 ) -> dict[str, float]:
     """Full-catalog ranking metrics of the model on evaluation examples."""
-    scores, targets, seen = model_scores(artifact, examples, batch)
-    return ranking_report(scores, targets, seen)
+    scores, targets, hidden = model_scores(artifact, examples, show_again, batch)
+    return ranking_report(scores, targets, hidden)
 
 
 def model_scores(
-    artifact: RankingArtifact, examples: list[Example], batch: int = 512
+    artifact: RankingArtifact,
+    examples: list[Example],
+    show_again: ShowAgain = ShowAgain.NONE,
+    batch: int = 512,
 ) -> tuple[np.ndarray, np.ndarray, list[list[int]]]:
     space = artifact.space
     parts = [
@@ -344,11 +357,12 @@ def model_scores(
         for s in range(0, len(examples), batch)
     ]
     scores = np.concatenate(parts) if parts else np.zeros((0, space.n_items), np.float32)
-    return scores, *target_rows(space, examples)
+    return scores, *target_rows(space, examples, show_again)
 
 
-def target_rows(space: FeatureSpace, examples: list[Example]) -> tuple[np.ndarray, list[list[int]]]:
-    """Each example's target and already-seen items as catalog rows, for the metrics."""
+def target_rows(
+    space: FeatureSpace, examples: list[Example], show_again: ShowAgain = ShowAgain.NONE
+) -> tuple[np.ndarray, list[list[int]]]:
+    """Each example's target and the items the shop's rule hides, as catalog rows."""
     targets = np.array([space.item_index[e.item_id] for e in examples], dtype=np.int64)
-    seen = [[space.item_index[i] for i in e.seen if i in space.item_index] for e in examples]
-    return targets, seen
+    return targets, hidden_rows(examples, space.item_index, show_again)

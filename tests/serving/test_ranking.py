@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from serving.candidates import CandidateGenerator
-from serving.ranking import RankingPolicy, blocked_items, diversify, explore, rank
+from serving.ranking import RankingPolicy, ShowAgain, blocked_items, diversify, explore, rank
 from serving.scorer import combine
 from streamrank.catalog import Catalog
 from streams.events import Event
@@ -34,7 +34,7 @@ def test_candidates_come_from_every_source(catalog: Catalog) -> None:
         features, popular=[("50", 3.0), ("100", 2.0)], context_item="181"
     )
     sources = {c.source for c in found.values()}
-    assert sources == {"similar", "interest", "popular"}
+    assert sources == {"recent", "similar", "interest", "popular"}
     anchors = {c.anchor for c in found.values() if c.anchor}
     assert {"181", "2"} <= anchors
 
@@ -42,6 +42,38 @@ def test_candidates_come_from_every_source(catalog: Catalog) -> None:
 def test_a_new_visitor_still_gets_candidates(catalog: Catalog) -> None:
     found = CandidateGenerator(catalog, n_popular=25).generate(None, popular=[])
     assert len(found) == 25
+
+
+def test_the_shops_rule_says_which_of_the_users_own_items_may_come_back(
+    catalog: Catalog,
+) -> None:
+    features = derive_features(profile_of(catalog, ["1", "5"], ["2"]), time.time())
+    rules = {rule: blocked_items(features, ["3"], "4", rule) for rule in ShowAgain}
+    assert rules[ShowAgain.NONE] == {"1", "5", "2", "3", "4"}
+    assert rules[ShowAgain.UNBOUGHT] == {"2", "3", "4"}  # purchases never come back
+    assert rules[ShowAgain.ALL] == {"3", "4"}  # the caller's and the item in view still go
+    assert blocked_items(None, (), None, ShowAgain.NONE) == set()
+    # the settings' choices are the rule's names (settings import no serving code)
+    from typing import get_args
+
+    from streamrank.settings import Settings
+
+    choices = get_args(Settings.model_fields["ranking_show_again"].annotation)
+    assert set(choices) == {r.value for r in ShowAgain}
+
+
+def test_own_items_are_candidates_and_say_why_they_came_back(catalog: Catalog) -> None:
+    features = derive_features(profile_of(catalog, ["1", "5"], []), time.time())
+    found = CandidateGenerator(catalog).generate(features, popular=[])
+    mine = [c for c in found.values() if c.source == "recent"]
+    assert {catalog.ids[c.row] for c in mine} == {"1", "5"}
+    scores = np.array([1.0 if c.source == "recent" else 0.0 for c in found.values()])
+    blocked = blocked_items(features, show_again=ShowAgain.UNBOUGHT)
+    items = rank(list(found.values()), scores, catalog, 2, blocked, features)
+    assert {i.item_id for i in items} == {"1", "5"}
+    assert {i.reason for i in items} == {"you looked at this recently"}
+    hidden = rank(list(found.values()), scores, catalog, 2, blocked_items(features), features)
+    assert not {i.item_id for i in hidden} & {"1", "5"}  # the default rule: none come back
 
 
 def test_bought_seen_excluded_and_in_view_items_are_never_ranked(catalog: Catalog) -> None:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 
+from serving.ranking import ShowAgain, blocked_items
 from streamrank.catalog import Catalog
 from streamrank.datasets import Dataset
 from streams.events import Event, EventType
 from streams.profile import ProfileFeatures, UserProfile, apply_event, derive_features
+from tests.factories import anonymous_sessions
 from training.baselines import (
     ItemKNN,
     MatrixFactorization,
@@ -18,6 +21,7 @@ from training.baselines import (
     all_baselines,
 )
 from training.config import TrainConfig
+from training.evaluate import hidden_share
 from training.examples import Example, Split
 from training.metrics import ranking_report
 from training.train import prepare_training_data, target_rows
@@ -116,6 +120,40 @@ def test_the_no_model_default_ranks_at_or_above_item_knn_on_real_data(
     assert ndcg["stream-default"] > 3 * ndcg["minilm-zero-shot"], ndcg
 
 
+def test_on_anonymous_repeating_sessions_the_shops_rule_decides_what_counts(
+    catalog: Catalog,
+) -> None:
+    """Views only, short sessions, a quarter of the next views going back to an item seen
+    before. Where the shop lets such items come back (``unbought``), the repeat baseline
+    earns its share and the no-model default, which scores the user's own newest items too,
+    stays at or above it and item-kNN; where it does not (``none``), those targets are
+    misses for every ranker, the repeat baseline earns nothing, and the report says how
+    many targets the rule hid."""
+    events = anonymous_sessions(catalog.ids)
+    ndcg: dict[ShowAgain, dict[str, float]] = {}
+    hidden: dict[ShowAgain, float] = {}
+    for rule in (ShowAgain.UNBOUGHT, ShowAgain.NONE):
+        data = prepare_training_data(events, catalog, TrainConfig(), show_again=rule)
+        targets, masks = target_rows(data.space, data.test, rule)
+        hidden[rule] = hidden_share(data)
+        ndcg[rule] = {}
+        for ranker in all_baselines(catalog):
+            if ranker.name in {"stream-default", "item-knn", "recently-viewed", "popular"}:
+                ranker.fit(data.fit_interactions)
+                report = ranking_report(ranker.score(data.test), targets, masks)
+                ndcg[rule][ranker.name] = report["ndcg@10"]
+    repeats = [e.item_id in e.features.engaged for e in data.test]
+    assert hidden[ShowAgain.UNBOUGHT] == 0.0  # nothing bought: nothing hidden
+    assert hidden[ShowAgain.NONE] == pytest.approx(np.mean(repeats)) and np.mean(repeats) > 0.1
+    free = ndcg[ShowAgain.UNBOUGHT]
+    assert free["recently-viewed"] > free["popular"], free
+    assert free["stream-default"] >= max(free["item-knn"], free["recently-viewed"]), free
+    strict = ndcg[ShowAgain.NONE]
+    assert strict["recently-viewed"] == 0.0, strict
+    assert strict["stream-default"] >= strict["item-knn"], strict
+    assert all(strict[n] < free[n] for n in strict), (strict, free)
+
+
 def test_the_no_model_default_follows_what_came_next_for_others(catalog: Catalog) -> None:
     first, then, other, after_other = catalog.ids[:4]
     rows = []
@@ -133,5 +171,7 @@ def test_the_no_model_default_follows_what_came_next_for_others(catalog: Catalog
         "x", "?", EventType.VIEW, 2001.0, derive_features(profile, 2001.0), Split.TEST
     )
     scores = ranker.score([example])[0]
-    assert np.argmax(scores) == catalog.index[then]
+    shown = np.full(len(scores), True)
+    shown[[catalog.index[i] for i in blocked_items(example.features)]] = False
+    assert np.argmax(np.where(shown, scores, -np.inf)) == catalog.index[then]
     assert scores[catalog.index[after_other]] < scores[catalog.index[then]]

@@ -20,6 +20,8 @@ def test_without_a_model_the_baselines_are_evaluated_and_reported(
     assert {"stream-default", "item-knn", "popular", "minilm-zero-shot"} <= set(report["results"])
     assert not any(name.startswith("model") for name in report["results"])
     assert report["best_baseline"] in report["results"] and report["failed"] == {}
+    assert report["show_again"] == "none" and 0.0 <= report["hidden_targets"] < 0.2
+    assert "recently-viewed" in report["results"]
     written = {p.name for p in (tmp_path / "out").iterdir()}
     assert written == {"evaluation.json", "evaluation.md", "evaluation.png"}
     assert json.loads((tmp_path / "out" / "evaluation.json").read_text())["results"]

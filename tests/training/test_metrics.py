@@ -11,7 +11,7 @@ from training.metrics import (
     RankerFailed,
     auc,
     coverage,
-    mask_seen,
+    mask_hidden,
     mrr,
     ndcg_at_k,
     ranking_report,
@@ -23,7 +23,7 @@ from training.metrics import (
 
 def test_rank_counts_only_unmasked_items_above_the_target() -> None:
     scores = np.array([[0.9, 0.5, 0.7, 0.1]])
-    mask_seen(scores, [[0]], np.array([2]))  # item 0 was seen: it cannot outrank the target
+    mask_hidden(scores, [[0]])  # the rule hides item 0: it cannot outrank the target
     assert target_ranks(scores, np.array([2])).tolist() == [0]
     assert target_ranks(np.array([[0.9, 0.5, 0.7, 0.1]]), np.array([1])).tolist() == [2]
 
@@ -33,10 +33,15 @@ def test_ties_are_pessimistic() -> None:
     assert target_ranks(scores, np.array([3])).tolist() == [4]
 
 
-def test_a_seen_target_stays_rankable() -> None:
-    scores = np.array([[0.2, 0.8, 0.5]])
-    mask_seen(scores, [[1]], np.array([1]))  # a repeat purchase of item 1
-    assert scores[0, 1] == 0.8
+def test_a_target_the_rule_hides_is_a_miss_for_every_ranker() -> None:
+    """Serving could not have shown it (a repeat purchase, a repeat view under ``none``):
+    past every cut-off, AUC 0, whatever the ranker scored it; the other row is unaffected."""
+    scores = np.array([[0.2, 0.8, 0.5], [0.2, 0.8, 0.5]])
+    report = ranking_report(scores, np.array([1, 1]), [[1], []], ks=(1, 10))
+    assert report["recall@10"] == pytest.approx(0.5)  # a 3-item catalog: 10 > every rank
+    assert report["ndcg@1"] == pytest.approx(0.5)
+    assert report["auc"] == pytest.approx(0.5)
+    assert report["mrr"] == pytest.approx(0.5)
 
 
 def test_hit_rate_ndcg_mrr_auc_by_hand() -> None:
