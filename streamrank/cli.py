@@ -171,7 +171,7 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_train(settings: Settings, args: argparse.Namespace) -> int:
     from training.artifact import models_root
     from training.config import TrainConfig
-    from training.encoder import default_encoder_path
+    from training.encoder import default_encoder_path, pick_device
     from training.train import Trainer, prepare_training_data
 
     flags = {
@@ -179,7 +179,10 @@ def cmd_train(settings: Settings, args: argparse.Namespace) -> int:
         "limit_users": args.limit_users,
         "max_minutes": args.max_minutes,
     }
-    if args.fast:
+    preset = "fast" if args.fast else args.preset
+    if preset == "auto":
+        preset = "full" if args.config or (args.device or pick_device()) != "cpu" else "fast"
+    if preset == "fast":
         config = TrainConfig.fast(**{k: v for k, v in flags.items() if v is not None})
     else:
         config = TrainConfig.load(args.config, **flags)
@@ -190,7 +193,9 @@ def cmd_train(settings: Settings, args: argparse.Namespace) -> int:
         return 2
     data = prepare_training_data(events, catalog, config, source, _show_again(settings))
     encoder = settings.encoder_path or default_encoder_path()
-    out = Trainer(config, catalog, encoder, args.device).fit(data, models_root(settings.home_dir))
+    chosen = {k: getattr(data.config, k) for k in ("history_len", "dim", "batch_size", "lr")}
+    print(f"{preset} configuration: {chosen}, up to {data.config.epochs} epochs")
+    out = Trainer(catalog, encoder, args.device).fit(data, models_root(settings.home_dir))
     meta = json.loads((out / "model.json").read_text())
     print(f"model written to {out} (a candidate: `streamrank promote {out.name}` serves it)")
     if not meta.get("beats_stream_default", True):
@@ -580,8 +585,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="fine-tune the ranking model on the data set")
     p.add_argument("--config", type=Path, help="YAML/JSON file of training.config.TrainConfig")
     p.add_argument(
-        "--fast", action="store_true", help="the demo's configuration (~3 min on 2 cores)"
+        "--preset",
+        choices=["auto", "fast", "full"],
+        default="auto",
+        help="fast: the demo's, scaled with the data (~3 min on 2 cores); full: the 2-layer, "
+        "128-wide tower (for a GPU); auto (default): full on a GPU, else fast",
     )
+    p.add_argument("--fast", action="store_true", help="the same as --preset fast")
     p.add_argument("--epochs", type=int)
     p.add_argument("--limit-users", type=int, help="train on a slice of users (smoke runs)")
     p.add_argument("--max-minutes", type=float, help="stop after the epoch that passes this")

@@ -47,7 +47,7 @@ def demo_model(
     else:
         started = time.monotonic()
         encoder = settings.encoder_path or default_encoder_path()
-        model_dir = Trainer(config, catalog, encoder, None).fit(data, root)
+        model_dir = Trainer(catalog, encoder, None).fit(data, root)
         print(f"      trained model {model_dir.name} in {time.monotonic() - started:.0f}s")
     meta = json.loads((model_dir / META_FILE).read_text())
     results: dict[str, dict[str, float]] = {"model": meta["metrics"]["test"]}

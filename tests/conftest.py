@@ -72,7 +72,7 @@ def trained(
         dim=32,
     )
     data = prepare_training_data(dataset.events, catalog, config)
-    Trainer(config, catalog, default_encoder_path(), "cpu").fit(data, home / "models")
+    Trainer(catalog, default_encoder_path(), "cpu").fit(data, home / "models")
     return home
 
 

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from serving.ranking import ShowAgain
 from streamrank.catalog import Catalog
 from training.artifact import RankingArtifact
-from training.config import TrainConfig
+from training.config import DataShape, TrainConfig
 from training.encoder import load_minilm, pick_device
 from training.examples import Example, Split, build_examples, hidden_rows
 from training.features import FeatureSpace, UserArrays
@@ -50,6 +50,7 @@ class TrainingData:
     test: list[Example]
     fit_interactions: pd.DataFrame  # what baselines may learn from: all but the test targets
     data_hash: str
+    config: TrainConfig  # every choice set, the size-dependent ones from these examples
     source: str = ""  # where the events came from (a file, a replay namespace, a log range)
     show_again: ShowAgain = ShowAgain.NONE  # the shop's rule the held-out rows are judged by
 
@@ -79,13 +80,15 @@ def prepare_training_data(
     events = slice_users(events, config.limit_users)
     events = events[events["item_id"].isin(catalog.index) | (events["type"] == "search")]
     categories = sorted({c for cats in catalog.items["categories"] for c in cats})
-    space = FeatureSpace(catalog.ids, categories, config.history_len, catalog.embeddings.shape[1])
     train: list[Example] = []
     valid: list[Example] = []
     test: list[Example] = []
     by_split = {Split.TRAIN: train, Split.VALID: valid, Split.TEST: test}
     for example in build_examples(events, catalog):
         by_split[example.split].append(example)
+    config = config.resolve(data_shape(train, len(catalog)))
+    assert config.history_len is not None
+    space = FeatureSpace(catalog.ids, categories, config.history_len, catalog.embeddings.shape[1])
     targets = np.array([space.item_index[e.item_id] for e in train], dtype=np.int64)
     users = space.encode([e.features for e in train])
     test_keys = {(e.user_id, e.ts, e.item_id) for e in test}
@@ -93,7 +96,14 @@ def prepare_training_data(
     fit = events[[k not in test_keys for k in keys]]
     log.info("examples: %d train, %d valid, %d test", len(train), len(valid), len(test))
     hashed = data_hash(events, catalog)
-    return TrainingData(space, users, targets, valid, test, fit, hashed, source, show_again)
+    return TrainingData(space, users, targets, valid, test, fit, hashed, config, source, show_again)
+
+
+def data_shape(train: list[Example], items: int) -> DataShape:
+    """What the fast configuration's size-dependent choices are scaled from."""
+    lengths = [len(e.features.history) for e in train]
+    p90 = int(np.ceil(np.quantile(lengths, 0.9))) if lengths else 0
+    return DataShape(len(train), items, p90)
 
 
 def seed_everything(seed: int) -> None:
@@ -103,16 +113,16 @@ def seed_everything(seed: int) -> None:
 
 
 class Trainer:
-    def __init__(
-        self, config: TrainConfig, catalog: Catalog, encoder_path: Path, device: str | None = None
-    ):
-        self.config = config
+    """Trains on ``TrainingData`` with the configuration it was prepared with."""
+
+    def __init__(self, catalog: Catalog, encoder_path: Path, device: str | None = None):
         self.catalog = catalog
         self.encoder_path = encoder_path
         self.device = torch.device(device or pick_device())
 
     def fit(self, data: TrainingData, out_root: Path) -> Path:
-        cfg = self.config
+        self.config = cfg = data.config  # every choice set, the size-dependent ones from data
+        assert cfg.epochs and cfg.batch_size and cfg.lr and cfg.dim and cfg.history_len
         seed_everything(cfg.seed)
         started = time.monotonic()
         encoder, tokenizer = load_minilm(self.encoder_path)

@@ -31,7 +31,7 @@ def second_model(home: Path, dataset: Dataset, catalog: Catalog) -> str:
 
     config = TrainConfig(limit_users=30, epochs=1, batch_size=64, history_len=20, dim=32, seed=11)
     data = prepare_training_data(dataset.events, catalog, config, "test")
-    return Trainer(config, catalog, default_encoder_path(), "cpu").fit(data, models_root(home)).name
+    return Trainer(catalog, default_encoder_path(), "cpu").fit(data, models_root(home)).name
 
 
 def test_promote_and_rollback_under_load_fail_no_request(

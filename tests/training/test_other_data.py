@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from streamrank.catalog import prepare_catalog
+from streamrank.catalog import Catalog, prepare_catalog
 from streamrank.datasets import Dataset
 from streamrank.datasets.files import load_files
 from training.artifact import RankingArtifact
@@ -58,7 +58,7 @@ def test_train_and_evaluate_on_a_shop_shaped_file(dataset: Dataset, tmp_path: Pa
     config = TrainConfig(epochs=2, batch_size=64, max_minutes=None, history_len=10, dim=16)
     data = prepare_training_data(shop.events, catalog, config)
     assert len(data.test) == len(users)
-    directory = Trainer(config, catalog, default_encoder_path(), "cpu").fit(data, tmp_path / "m")
+    directory = Trainer(catalog, default_encoder_path(), "cpu").fit(data, tmp_path / "m")
     artifact = RankingArtifact.load(directory, default_encoder_path())
     report = evaluate(artifact, catalog, shop.events, tmp_path / "report")
     assert {"model", "model-int8", "popular", "item-knn", "als", "bpr"} <= set(report["results"])
@@ -71,3 +71,32 @@ def test_train_and_evaluate_on_a_shop_shaped_file(dataset: Dataset, tmp_path: Pa
     assert artifact.meta["beats_stream_default"] is beats
     for name in ("evaluation.json", "evaluation.md", "evaluation.png"):
         assert (tmp_path / "report" / name).stat().st_size > 0
+
+
+def test_events_spanning_two_decades_with_shared_timestamps(
+    dataset: Dataset, catalog: Catalog, tmp_path: Path
+) -> None:
+    """The shape of a data set collected over twenty years, whole days of events stamped
+    with one time: training (the fast configuration, scaled with the data) and evaluation
+    end with every ranker's metrics finite, none failed, and the model ranked among them."""
+    import math
+
+    users = sorted(dataset.events["user_id"].unique())[:60]
+    events = dataset.events[dataset.events["user_id"].isin(users)].copy()
+    start, end = events["ts"].min(), events["ts"].max()
+    twenty_years = 20 * 365.25 * 86_400
+    spread = 820_454_400 + (events["ts"] - start) / (end - start) * twenty_years  # from 1996
+    events["ts"] = (spread // 86_400) * 86_400  # a day's events share one timestamp
+    assert events.duplicated(["user_id", "ts"]).mean() > 0.3
+    config = TrainConfig.fast(epochs=2, max_minutes=None)
+    data = prepare_training_data(events, catalog, config)
+    directory = Trainer(catalog, default_encoder_path(), "cpu").fit(data, tmp_path / "m")
+    artifact = RankingArtifact.load(directory, default_encoder_path())
+    report = evaluate(artifact, catalog, events, tmp_path / "report")
+    assert report["failed"] == {}
+    assert {"model", "recent-popular", "stream-default", "recently-viewed"} <= set(
+        report["results"]
+    )
+    for name, metrics in report["results"].items():
+        assert all(math.isfinite(v) and 0.0 <= v <= 1.0 for v in metrics.values()), name
+    assert artifact.meta["config"]["epochs"] == 2 and artifact.meta["config"]["batch_size"]

@@ -88,7 +88,7 @@ def test_fine_tuning_minilm_layers_runs(dataset: Dataset, catalog: Catalog, tmp_
         text_batch_items=16,
     )
     data = prepare_training_data(dataset.events, catalog, config)
-    directory = Trainer(config, catalog, default_encoder_path(), "cpu").fit(data, tmp_path)
+    directory = Trainer(catalog, default_encoder_path(), "cpu").fit(data, tmp_path)
     artifact = RankingArtifact.load(directory, default_encoder_path())
     assert artifact.model.shape.text_layers == 1
     assert np.isfinite(artifact.encode_text(["a film"])).all()
