@@ -159,8 +159,7 @@ class Recommender:
             features = derive_features(profile, time.time()) if profile and not opted_out else None
             popular = await self.popular()
             anchors = self.candidates.anchors(features, context_item)
-            if request.candidate_ids is None or not arm.trained:
-                covisits = await self.covisits(anchors)
+            covisits = await self.covisits(anchors)  # candidates, and every arm's scores
         except Exception as exc:  # the page must render even when the store is down
             log.warning("online store unavailable (%r): popularity fallback", exc)
             features, popular, fallback_reason = None, self._popular, "profile store unavailable"
@@ -269,13 +268,34 @@ class Recommender:
                 stream += TEXT_WEIGHT * np.asarray(text, dtype=np.float64)
             return stream, True, None
         if len(rows) and (features is not None or query):
-            scores, problem = await self._model_scores(arm.score, ScoreTask(rows, features, query))
+            task = ScoreTask(rows, features, query)
+            if features is not None and not query:  # the model's served blend reads them
+                stream = self._no_model_scores(rows, features, anchors, covisits, popular)
+                task = ScoreTask(rows, features, None, stream)
+            scores, problem = await self._model_scores(arm.score, task)
             if scores is not None:
                 return np.asarray(scores, dtype=np.float64), True, None
         weights = dict(popular)
         top = max(weights.values(), default=1.0) or 1.0
         scores = np.array([weights.get(ids[r], 0.0) / top for r in rows], dtype=np.float64)
         return scores, False, problem
+
+    def _no_model_scores(
+        self,
+        rows: np.ndarray,
+        features: ProfileFeatures,
+        anchors: list[str],
+        covisits: Mapping[str, list[tuple[str, float]]],
+        popular: list[tuple[str, float]],
+    ) -> np.ndarray:
+        """What the no-model default would score the candidate ``rows`` (the stream's
+        signals and the encoder's cosine, as ``training.baselines.StreamDefault`` does
+        offline), for a trained model's blend (``training/blend.py``)."""
+        ids = self.catalog.ids
+        stream = stream_scores([ids[r] for r in rows], anchors, covisits, dict(popular))
+        if features.interest is not None:
+            stream += TEXT_WEIGHT * (self.catalog.embeddings[rows] @ features.interest)
+        return stream
 
     async def score(self, request: ScoreRequest) -> ScoreResponse:
         """Model scores for the given items; null where the catalog does not know the item,

@@ -4,7 +4,9 @@ Trained (``streamrank train`` wrote a model directory): the user tower reads the
 profile's features and the item vectors come precomputed from the model directory. Catalog
 items the model never saw get a vector from their text through the model's text path. So a
 request costs one small forward pass, batched across concurrent requests by
-``@serve.batch``, plus dot products.
+``@serve.batch``, plus dot products. The served score blends in the no-model default's
+scores of the candidates, which the recommender sends with the task, with the weights the
+model chose on its validation examples (``training/blend.py``).
 
 Untrained: the cosine between the profile's interest vector (mean pretrained MiniLM
 embedding of engaged items) and the items' embeddings. Serving then ranks users with
@@ -29,6 +31,7 @@ from ray import serve
 from streamrank.catalog import MANIFEST_FILE, Catalog
 from streamrank.settings import Settings
 from streams.profile import ProfileFeatures
+from training.blend import Blend
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +43,9 @@ class ScoreTask:
     item_rows: np.ndarray
     profile: ProfileFeatures | None = None
     query: str | None = None
+    stream: np.ndarray | None = None
+    """The no-model default's scores of ``item_rows``: a trained model's served score
+    blends them in (``training/blend.py``); None scores with the model alone."""
 
 
 def combine(user_vector: np.ndarray | None, query_vector: np.ndarray | None) -> np.ndarray | None:
@@ -96,6 +102,8 @@ class ScorerModel:
         encoder_path = settings.encoder_path or default_encoder_path()
         self.version = model_version(settings, directory)
         self.trained = directory is not None
+        self.blend = Blend()
+        self.log_counts = np.zeros(len(self.catalog), np.float32)  # catalog row order
         if directory is not None:
             self._load_trained(directory, encoder_path, device)
             if settings.scorer_int8:
@@ -138,15 +146,17 @@ class ScorerModel:
         from training.encoder import pick_device
 
         self.ranking = RankingArtifact.load(directory, encoder_path, device or pick_device())
+        self.blend = self.ranking.blend
         space = self.ranking.space
         vectors = np.zeros((len(self.catalog), self.ranking.item_vectors.shape[1]), np.float32)
         unknown = []
         for row, item in enumerate(self.catalog.ids):
             known = space.item_index.get(item)
             if known is None:
-                unknown.append(row)
+                unknown.append(row)  # no training targets: a count of 0
             else:
                 vectors[row] = self.ranking.item_vectors[known]
+                self.log_counts[row] = self.ranking.log_counts[known]
         if unknown:  # items added since training: their text is all the model has
             texts = self.catalog.items["text"].astype(str).iloc[unknown].tolist()
             vectors[unknown] = self.ranking.encode_text(texts)
@@ -189,8 +199,11 @@ class ScorerModel:
             vector = combine(user, next(encoded) if task.query else None)
             if vector is None:
                 out.append(None)
-            else:
-                out.append(self.item_vectors[task.item_rows] @ vector.astype(np.float32))
+                continue
+            scores = self.item_vectors[task.item_rows] @ vector.astype(np.float32)
+            if self.trained and task.stream is not None and not task.query:
+                scores = self.blend.apply(scores, task.stream, self.log_counts[task.item_rows])
+            out.append(scores)
         return out
 
 

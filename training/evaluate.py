@@ -1,8 +1,9 @@
 """``streamrank evaluate``: the model against every baseline, on the same held-out targets.
 
 Rebuilds the examples the model was trained with (same config, same profile function),
-scores the test targets over the full catalog with the float model, its int8 version and
-every baseline, and writes ``evaluation.json``, ``evaluation.md`` and ``evaluation.png``.
+scores the test targets over the full catalog with the float model as served (blended with
+the no-model default, ``training/blend.py``), the model alone, its int8 version and every
+baseline, and writes ``evaluation.json``, ``evaluation.md`` and ``evaluation.png``.
 Scoring speed is measured for float and int8 in the same run: per request (one user, 100
 candidates) and per batch (64 users, whole catalog).
 """
@@ -27,7 +28,13 @@ from training.config import TrainConfig
 from training.examples import Example
 from training.markdown import table
 from training.metrics import RankerFailed, ranking_report
-from training.train import TrainingData, model_scores, prepare_training_data, target_rows
+from training.train import (
+    TrainingData,
+    model_scores,
+    no_model_scores,
+    prepare_training_data,
+    target_rows,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +64,18 @@ def evaluate(
     failed: dict[str, str] = {}
     speed: dict[str, dict[str, float]] = {}
     if artifact is not None:
+        if list(artifact.space.item_ids) != list(catalog.ids):
+            raise ValueError(f"model {artifact.version} was trained on another catalog")
+        stream = no_model_scores(data.fit_interactions, data.test, catalog)
         int8 = artifact.quantized()
         for name, model in (("model", artifact), ("model-int8", int8)):
-            scores, targets, hidden = model_scores(model, data.test, show_again)
-            report_of = lambda s=scores, t=targets, u=hidden: ranking_report(s, t, u)  # noqa: E731
+            alone, targets, hidden = model_scores(model, data.test, show_again)
+            served = model.served(alone, stream)
+            report_of = lambda s=served, t=targets, u=hidden: ranking_report(s, t, u)  # noqa: E731
             judge(name, report_of, results, failed)
+            if name == "model":
+                report_of = lambda s=alone, t=targets, u=hidden: ranking_report(s, t, u)  # noqa: E731
+                judge("model-alone", report_of, results, failed)
         speed = scoring_speed(artifact, int8, data.test)
     if baselines or artifact is None:
         baseline_results(data, catalog, config.seed, results, failed)

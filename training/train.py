@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from serving.ranking import ShowAgain
 from streamrank.catalog import Catalog
 from training.artifact import RankingArtifact
+from training.blend import choose_blend, log_counts
 from training.config import DataShape, TrainConfig
 from training.encoder import load_minilm, pick_device
 from training.examples import Example, Split, build_examples, hidden_rows
@@ -214,15 +215,18 @@ class Trainer:
         assert best is not None
         model.load_state_dict(best[1])
         artifact = self._artifact(model, encoder, tokenizer, data, shape, version)
+        valid_stream = self._choose_blend(artifact, data)
+        test_stream = no_model_scores(data.fit_interactions, data.test, self.catalog)
+        default = stream_default_metrics(data, test_stream)
         artifact.meta["metrics"] = {
             "best_epoch": best[2],
-            "valid": evaluate_model(artifact, data.valid, data.show_again),
-            "test": evaluate_model(artifact, data.test, data.show_again),
+            "valid": evaluate_model(artifact, data.valid, data.show_again, valid_stream),
+            "test": evaluate_model(artifact, data.test, data.show_again, test_stream),
+            "test_model_alone": evaluate_model(artifact, data.test, data.show_again),
             "history": history,
             "train_seconds": time.monotonic() - started,
+            "stream_default": default,
         }
-        default = stream_default_metrics(data, self.catalog)
-        artifact.meta["metrics"]["stream_default"] = default
         model_ndcg = artifact.meta["metrics"]["test"]["ndcg@10"]
         artifact.meta["beats_stream_default"] = default is None or model_ndcg >= default["ndcg@10"]
         if not artifact.meta["beats_stream_default"]:
@@ -241,6 +245,24 @@ class Trainer:
             artifact.meta["metrics"]["test"]["ndcg@10"],
         )
         return out_dir
+
+    def _choose_blend(self, artifact: RankingArtifact, data: TrainingData) -> np.ndarray:
+        """The served blend's weights (``training/blend.py``), chosen on the validation
+        examples with the no-model default fitted on everything but the held-out targets
+        (the validation targets' own events would otherwise be in its co-visitation).
+        Returns that default's validation scores."""
+        artifact.log_counts = log_counts(data.train_targets, data.space.n_items)
+        held_out = {(e.user_id, e.ts, e.item_id) for e in data.valid}
+        fit = data.fit_interactions
+        keys = zip(fit["user_id"], fit["ts"], fit["item_id"], strict=True)
+        before_valid = fit[[k not in held_out for k in keys]]
+        stream = no_model_scores(before_valid, data.valid, self.catalog)
+        scores, targets, hidden = model_scores(artifact, data.valid, data.show_again)
+        if len(targets):
+            blend, tried = choose_blend(scores, stream, artifact.log_counts, targets, hidden)
+            artifact.meta["blend"] = blend.to_json()
+            artifact.meta["blend_grid"] = tried
+        return stream
 
     # --- one optimisation step --------------------------------------------------------------
     def _step(
@@ -326,19 +348,25 @@ class Trainer:
         return RankingArtifact(model, data.space, tokenizer, encoder, meta, vectors)
 
 
-def stream_default_metrics(data: TrainingData, catalog: Catalog) -> dict[str, float] | None:
+def no_model_scores(fit: pd.DataFrame, examples: list[Example], catalog: Catalog) -> np.ndarray:
+    """The no-model default's scores [examples, catalog], fitted on ``fit``: what the
+    stream would rank with, and the stream's term of a model's served blend."""
+    from training.baselines import StreamDefault
+
+    default = StreamDefault(catalog, catalog.ids, catalog.embeddings)
+    default.fit(fit)
+    return default.score(examples)
+
+
+def stream_default_metrics(data: TrainingData, scores: np.ndarray) -> dict[str, float] | None:
     """The no-model default (what serves without a model) on the model's own test examples:
     a model that cannot beat it must not replace it by merely being newer
     (``training/registry.py``). None when it cannot be judged."""
-    from training.baselines import StreamDefault
-
     if not data.test:
         return None
-    default = StreamDefault(catalog, catalog.ids, catalog.embeddings)
-    default.fit(data.fit_interactions)
     targets, hidden = target_rows(data.space, data.test, data.show_again)
     try:
-        return ranking_report(default.score(data.test), targets, hidden)
+        return ranking_report(scores.copy(), targets, hidden)
     except RankerFailed as exc:
         log.error("the no-model default failed on the test examples: %s", exc)
         return None
@@ -348,10 +376,15 @@ def evaluate_model(
     artifact: RankingArtifact,
     examples: list[Example],
     show_again: ShowAgain = ShowAgain.NONE,
+    stream: np.ndarray | None = None,
     batch: int = 512,
 ) -> dict[str, float]:
-    """Full-catalog ranking metrics of the model on evaluation examples."""
+    """Full-catalog ranking metrics of the model on evaluation examples: as served
+    (blended with the no-model default's ``stream`` scores) when they are given, else the
+    model alone."""
     scores, targets, hidden = model_scores(artifact, examples, show_again, batch)
+    if stream is not None:
+        scores = artifact.served(scores, stream)
     return ranking_report(scores, targets, hidden)
 
 

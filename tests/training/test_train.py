@@ -16,7 +16,7 @@ from streamrank.settings import Settings
 from training.artifact import ITEM_VECTORS_FILE, META_FILE, MODEL_FILE, RankingArtifact
 from training.config import TrainConfig
 from training.encoder import default_encoder_path
-from training.train import Trainer, model_scores, prepare_training_data
+from training.train import Trainer, model_scores, no_model_scores, prepare_training_data
 
 
 def _model_dir(home: Path) -> Path:
@@ -68,11 +68,39 @@ def test_reloaded_and_int8_models_rank_like_the_trained_one(
     assert scores.shape == (len(data.test), len(catalog))
     for row in range(len(scores)):
         assert np.corrcoef(scores[row], int8[row])[0, 1] > 0.95
-    saved = json.loads((_model_dir(trained) / META_FILE).read_text())["metrics"]["test"]
+    metrics = json.loads((_model_dir(trained) / META_FILE).read_text())["metrics"]
+    saved, saved_alone = metrics["test"], metrics["test_model_alone"]
     from training.metrics import ranking_report
 
-    scores, targets, seen = model_scores(artifact, data.test)
-    assert ranking_report(scores, targets, seen)["ndcg@10"] == pytest.approx(saved["ndcg@10"])
+    scores, targets, hidden = model_scores(artifact, data.test)
+    alone = ranking_report(scores.copy(), targets, hidden)["ndcg@10"]
+    assert alone == pytest.approx(saved_alone["ndcg@10"])
+    served = artifact.served(scores, no_model_scores(data.fit_interactions, data.test, catalog))
+    assert ranking_report(served, targets, hidden)["ndcg@10"] == pytest.approx(saved["ndcg@10"])
+
+
+def test_serving_blends_exactly_as_the_offline_scores_do(
+    trained: Path, dataset: Dataset, catalog: Catalog
+) -> None:
+    """The scorer's served score of a candidate (model, no-model default's score, item
+    popularity: ``training/blend.py``) equals the offline one for the same profile."""
+    directory = _model_dir(trained)
+    scorer = ScorerModel(Settings(home=trained), directory, device="cpu")
+    artifact = RankingArtifact.load(directory, default_encoder_path())
+    blend = artifact.blend
+    assert blend == scorer.blend and (blend.stream_weight, blend.popularity_penalty) != (0, 0)
+    config = TrainConfig.model_validate(artifact.meta["config"])
+    data = prepare_training_data(dataset.events, catalog, config)
+    examples = data.test[:5]
+    stream = no_model_scores(data.fit_interactions, examples, catalog)
+    offline = artifact.served(model_scores(artifact, examples)[0], stream)
+    rows = np.arange(0, len(catalog), 7)
+    for i, example in enumerate(examples):
+        (online,) = scorer.score_batch([ScoreTask(rows, example.features, None, stream[i, rows])])
+        assert online is not None
+        np.testing.assert_allclose(online, offline[i, rows], rtol=1e-5, atol=1e-5)
+        (alone,) = scorer.score_batch([ScoreTask(rows, example.features)])
+        assert not np.allclose(alone, online)  # the blend moved the scores
 
 
 def test_fine_tuning_minilm_layers_runs(dataset: Dataset, catalog: Catalog, tmp_path: Path) -> None:
