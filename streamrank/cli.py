@@ -14,6 +14,7 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+from streamrank.failures import UsageError
 from streamrank.settings import Settings, get_settings
 
 
@@ -252,6 +253,8 @@ def cmd_evaluate(settings: Settings, args: argparse.Namespace) -> int:
     from training.evaluate import evaluate, markdown
 
     model_dir = args.model or settings.model_dir or latest_model_dir(settings.home_dir)
+    if model_dir is not None and not (Path(model_dir) / "model.json").is_file():
+        raise UsageError(f"{model_dir} is not a model directory (`streamrank models` lists them)")
     if model_dir is None:
         print("no trained model: evaluating the baselines, the no-model default among them")
     dataset = load_dataset(settings)
@@ -540,6 +543,7 @@ def cmd_download(settings: Settings, args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="streamrank", description=__doc__)
     parser.add_argument("--log-level", default="info")
+    parser.add_argument("--debug", action="store_true", help="tracebacks instead of one line")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("broker", help="run the embedded Kafka-compatible broker (Tansu)")
@@ -668,10 +672,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+LONG_RUNNING = {"broker", "worker", "experiment-worker", "serve", "demo"}
+"""Commands that run until stopped: librdkafka's log lines are theirs to show."""
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand. An expected failure (a wrong argument, a missing file or
+    namespace, a broker, store or Serve application that does not answer) is one line on
+    stderr and exit 2 (usage) or 1 (``streamrank/failures.py``); ``--debug`` shows the
+    traceback instead."""
+    from streamrank.failures import explain, quiet_librdkafka
+
     args = build_parser().parse_args(argv)
-    _logging(args.log_level)
-    return int(args.func(get_settings(), args) or 0)
+    debug = args.debug or args.log_level.lower() == "debug"
+    _logging("debug" if debug else args.log_level)
+    if not debug and args.command not in LONG_RUNNING:
+        quiet_librdkafka()
+    settings = None
+    try:
+        settings = get_settings()
+        return int(args.func(settings, args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        if debug:
+            raise
+        failure = explain(exc, settings.bootstrap() if settings is not None else None)
+        print(f"streamrank {args.command}: {failure.message}", file=sys.stderr)
+        return failure.code
 
 
 if __name__ == "__main__":
