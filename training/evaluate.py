@@ -27,7 +27,7 @@ from training.baselines import all_baselines
 from training.config import TrainConfig
 from training.examples import Example
 from training.markdown import table
-from training.metrics import RankerFailed, ranking_report
+from training.metrics import HEADLINE, RankerFailed, ranking_report
 from training.train import (
     TrainingData,
     model_scores,
@@ -37,8 +37,6 @@ from training.train import (
 )
 
 log = logging.getLogger(__name__)
-
-HEADLINE = "ndcg@10"
 
 
 def evaluate(

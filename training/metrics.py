@@ -14,6 +14,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+HEADLINE = "ndcg@10"
+"""The metric that picks: the best epoch, the blend, the best baseline, a promotion."""
 MASKED = -np.inf
 MISSED = np.iinfo(np.int64).max // 4
 """The rank of a target the shop's rule hides: past every cut-off, a reciprocal rank of 0."""
