@@ -125,6 +125,9 @@ class Settings(BaseSettings):
     collector_write_keys: list[SecretStr] = Field(default_factory=list)
     collector_rate_per_s: float = Field(default=50.0, ge=0, description="per client; 0: off")
     collector_burst: int = Field(default=100, ge=1)
+    collector_max_pending: int = Field(
+        default=20_000, ge=1, description="events waiting for the broker; past it, 503"
+    )
     # origins whose pages may post beacons from a browser (CORS); "*": any
     collector_cors_origins: list[str] = Field(default_factory=lambda: ["*"])
 

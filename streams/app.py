@@ -35,7 +35,7 @@ from prometheus_client import generate_latest
 from streamrank.settings import Settings, get_settings
 from streams import metrics
 from streams.access import key_from_headers
-from streams.collector import Collector, RateLimiter
+from streams.collector import COLLECTOR_PRODUCER_CONFIG, Collector, RateLimiter
 from streams.events import dead_letter_value
 from streams.item_process import ItemProcess, ItemProcessDied
 from streams.memory import HeapTrimmer, gc_pace
@@ -202,6 +202,7 @@ def create_app(settings: Settings) -> faust.App:
                 user_ids=Pseudonymizer.from_settings(settings),
                 batch_events=settings.producer_batch_events,
                 linger_ms=settings.producer_linger_ms,
+                config=COLLECTOR_PRODUCER_CONFIG,
             )
             holder["collector"] = Collector(
                 producer,
@@ -209,6 +210,7 @@ def create_app(settings: Settings) -> faust.App:
                 max_future_skew_s=settings.max_future_skew_s,
                 write_keys=[k.get_secret_value() for k in settings.collector_write_keys],
                 limiter=RateLimiter(settings.collector_rate_per_s, settings.collector_burst),
+                max_pending=settings.collector_max_pending,
             )
         return holder["collector"]
 

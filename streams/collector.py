@@ -11,8 +11,12 @@ A browser may send the user's own consent choice (``{"type": "opt_out"}`` or ``"
 (``DELETE /v1/users/{id}`` on the API) and is refused here.
 
 Any body gets a deliberate answer, never a 500: judging is total (``streams/events.py``),
-and a producer that cannot take the events (the broker gone, its queue full) makes a 503
-with ``Retry-After``.
+and a producer that cannot take the events makes a 503 with ``Retry-After``. The collector
+runs on the Faust worker's event loop, so it never waits for the broker: while the broker
+is away, accepted events wait in the producer's queue (delivered whenever it is back, no
+delivery timeout: ``COLLECTOR_PRODUCER_CONFIG``), and past ``max_pending`` of them a
+request is answered 503 at once instead of being queued, so nothing answered 202 is
+dropped and the loop keeps serving fetches and heartbeats.
 
 Access: when write keys are configured, a request must carry one (``Authorization: Bearer
 KEY`` or ``X-API-Key: KEY``), compared in constant time, else 401. Every client address has
@@ -48,6 +52,11 @@ from streams.producer import EventProducer
 log = logging.getLogger(__name__)
 
 MAX_EVENTS_PER_REQUEST = 500
+
+COLLECTOR_PRODUCER_CONFIG = {
+    "message.timeout.ms": 0,  # an accepted event waits for the broker as long as it takes
+    "queue.buffering.max.messages": 1_000_000,  # above any ``max_pending``: never BufferError
+}
 
 
 @dataclass(frozen=True)
@@ -90,6 +99,7 @@ class Collector:
         max_future_skew_s: float = 300.0,
         write_keys: Iterable[str] = (),
         limiter: RateLimiter | None = None,
+        max_pending: int = 20_000,
     ):
         self.producer = producer
         self.max_body_bytes = max_body_bytes
@@ -97,6 +107,7 @@ class Collector:
         self.max_future_skew_s = max_future_skew_s
         self.write_keys = AccessKeys(write_keys)
         self.limiter = limiter
+        self.max_pending = max_pending
 
     def authorized(self, key: str | None) -> bool:
         return self.write_keys.allows(key)
@@ -144,6 +155,12 @@ class Collector:
                 rejected.append({"index": index, "reason": reason})
             else:
                 valid.append(result)
+        if valid and self.producer.pending() + len(valid) > self.max_pending:
+            log.warning("collector: %d events wait for the broker: refusing more", self.max_pending)
+            metrics.COLLECTED.labels("unavailable").inc(len(valid))
+            return CollectorReply(
+                503, {"error": "the event stream is unavailable; retry later", "retry_after_s": 1}
+            )
         try:
             for event in valid:
                 self.producer.send(event)

@@ -69,6 +69,8 @@ class EventProducer:
         self._errors: list[str] = []
         self.sent_events = 0
         self.sent_messages = 0
+        self._unacked_events = 0  # handed to librdkafka, not yet acknowledged (or failed)
+        self._count_lock = threading.Lock()  # delivery callbacks run in whichever thread polls
         self.delivered_offsets: dict[int, int] = {}
         """Highest offset the broker acknowledged, per partition (for "has it all been read?")."""
         self._stop = threading.Event()
@@ -133,7 +135,12 @@ class EventProducer:
         self._produce(None, value, partition, count=len(batch))
 
     def _produce(self, key: bytes | None, value: bytes, partition: int | None, count: int = 1):  # type: ignore[no-untyped-def]
-        kwargs: dict[str, Any] = {"key": key, "value": value, "on_delivery": self._on_delivery}
+        def delivered(err, msg) -> None:  # type: ignore[no-untyped-def]
+            with self._count_lock:
+                self._unacked_events -= count
+            self._on_delivery(err, msg)
+
+        kwargs: dict[str, Any] = {"key": key, "value": value, "on_delivery": delivered}
         if partition is not None:
             kwargs["partition"] = partition
         while True:
@@ -144,6 +151,15 @@ class EventProducer:
                 self._producer.poll(0.1)
         self.sent_events += count
         self.sent_messages += 1
+        with self._count_lock:
+            self._unacked_events += count
+
+    def pending(self) -> int:
+        """Events not yet acknowledged by the broker: buffered here, in librdkafka's queue
+        or in flight. What a broker outage leaves waiting."""
+        with self._lock:
+            buffered = sum(len(b) for b in self._buffers.values())
+        return self._unacked_events + buffered
 
     def _on_delivery(self, err, msg) -> None:  # type: ignore[no-untyped-def]
         if err is not None:

@@ -5,6 +5,7 @@ tests/integration/test_worker.py)."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
@@ -126,3 +127,58 @@ def test_any_body_gets_a_deliberate_answer_never_an_exception(
 def test_bodies_that_once_got_a_500_get_a_4xx(producer: EventProducer, body: bytes) -> None:
     reply = Collector(producer).accept(body, "1.2.3.4")
     assert reply.status in {400, 422}, reply
+
+
+def test_with_the_broker_down_beacons_get_a_503_at_once_and_nothing_accepted_is_lost() -> None:
+    """The broker stops answering (frozen with SIGSTOP: it keeps its log, as a real broker
+    that is restarted or cut off does) while beacons keep coming. Each request is answered
+    within 100 ms, so the worker's event loop is never held: 202 while the events waiting
+    for the broker stay under ``max_pending``, then 503 with ``Retry-After``. When the
+    broker answers again, every event answered 202 is on the topic, once."""
+    import os
+    import signal
+
+    from infra.broker import EmbeddedBroker, ensure_topics
+    from infra.kafka_admin import read_topic
+    from streams.collector import COLLECTOR_PRODUCER_CONFIG
+
+    def body(n: int) -> bytes:
+        now = datetime.now(UTC).isoformat()
+        events = [
+            {"event_id": f"b{n}-{i}", "user_id": f"u{i}", "type": "view", "item_id": "1", "ts": now}
+            for i in range(20)
+        ]
+        return json.dumps(events).encode()
+
+    with EmbeddedBroker() as broker:
+        assert broker.process is not None
+        ensure_topics(broker.bootstrap, {"events": 4})
+        producer = EventProducer(
+            broker.bootstrap, "events", user_ids=RAW_IDS, config=COLLECTOR_PRODUCER_CONFIG
+        )
+        door = Collector(producer, max_pending=300)
+        accepted: set[str] = set()
+        for n in range(3):
+            assert door.accept(body(n)).status == 202
+            accepted |= {f"b{n}-{i}" for i in range(20)}
+        producer.flush()
+        os.kill(broker.process.pid, signal.SIGSTOP)
+        try:
+            statuses = []
+            for n in range(3, 40):
+                started = time.monotonic()
+                reply = door.accept(body(n))
+                assert time.monotonic() - started < 0.1, reply
+                statuses.append(reply.status)
+                if reply.status == 202:
+                    accepted |= {f"b{n}-{i}" for i in range(20)}
+                else:
+                    assert reply.status == 503 and reply.body["retry_after_s"] >= 1
+            assert statuses[:15] == [202] * 15 and set(statuses[15:]) == {503}  # 300 / 20
+        finally:
+            os.kill(broker.process.pid, signal.SIGCONT)
+        producer.close()  # flushes: what waited is delivered now
+        assert producer.pending() == 0
+        records = read_topic(broker.bootstrap, "events", idle_s=3.0)
+        delivered = [e["event_id"] for r in records for e in json.loads(r.value or b"[]")]
+        assert sorted(delivered) == sorted(accepted)
