@@ -9,6 +9,7 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -21,6 +22,9 @@ from infra.redis import RedisServer
 from streamrank.catalog import Catalog, copy_catalog
 from streamrank.datasets import Dataset, load_dataset
 from streamrank.settings import Settings
+
+if TYPE_CHECKING:
+    from training.train import TrainingData
 
 
 @pytest.fixture(scope="session")
@@ -50,6 +54,16 @@ def make_home(base: Path, catalog_home: Path) -> Path:
     """A fresh runtime home that reuses the session's catalog artifacts."""
     copy_catalog(catalog_home, base)
     return base
+
+
+@pytest.fixture(scope="session")
+def movielens_examples(dataset: Dataset, catalog: Catalog) -> TrainingData:
+    """All of MovieLens 100K as the fast configuration's training data (examples built once
+    per session: ~20 s)."""
+    from training.config import TrainConfig
+    from training.train import prepare_training_data
+
+    return prepare_training_data(dataset.events, catalog, TrainConfig.fast())
 
 
 @pytest.fixture(scope="session")

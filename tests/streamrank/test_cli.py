@@ -23,7 +23,6 @@ CASES = [
     (["backtest", "--namespace", "nope", "--model", "x"], 2, "replay it first"),
     (["train", "--namespace", "nope"], 2, "missing or incomplete"),
     (["promote", "nosuch"], 2, "no trained model 'nosuch'"),
-    (["privacy", "erase", "someone"], 1, "STREAMRANK_KAFKA_BOOTSTRAP"),
     (["replay", "--namespace", "ok1", "--dry-run"], 1, "did not answer"),
 ]
 

@@ -8,7 +8,6 @@ import pytest
 
 from serving.ranking import ShowAgain, blocked_items
 from streamrank.catalog import Catalog
-from streamrank.datasets import Dataset
 from streams.events import Event, EventType
 from streams.profile import ProfileFeatures, UserProfile, apply_event, derive_features
 from tests.factories import anonymous_sessions
@@ -24,7 +23,7 @@ from training.config import TrainConfig
 from training.evaluate import hidden_share
 from training.examples import Example, Split
 from training.metrics import ranking_report
-from training.train import prepare_training_data, target_rows
+from training.train import TrainingData, prepare_training_data, target_rows
 
 ITEMS = ["a", "b", "c", "d"]
 
@@ -103,12 +102,12 @@ def test_recent_popular_on_events_spanning_decades_is_finite_and_exact() -> None
 
 
 def test_the_no_model_default_ranks_at_or_above_item_knn_on_real_data(
-    dataset: Dataset, catalog: Catalog
+    movielens_examples: TrainingData, catalog: Catalog
 ) -> None:
     """What serving ranks with before a model is trained, judged offline by the same code
     (``stream-default``): at least as good as item-kNN, far above the pretrained encoder it
     replaces, on all of MovieLens 100K (per-user leave-last-out, full catalog)."""
-    data = prepare_training_data(dataset.events, catalog, TrainConfig())
+    data = movielens_examples
     targets, seen = target_rows(data.space, data.test)
     ndcg = {}
     for ranker in all_baselines(catalog):

@@ -5,18 +5,17 @@ from __future__ import annotations
 import pytest
 
 from streamrank.catalog import Catalog
-from streamrank.datasets import Dataset
 from tests.factories import anonymous_sessions
 from training.config import DataShape, TrainConfig, scaled, scaled_lr
-from training.train import prepare_training_data
+from training.train import TrainingData, prepare_training_data
 
 MOVIELENS_TUNED = {"history_len": 20, "batch_size": 512, "lr": 3e-3, "epochs": 9, "dim": 64}
 
 
 def test_movielens_gets_the_values_the_fast_configuration_was_tuned_with(
-    dataset: Dataset, catalog: Catalog
+    movielens_examples: TrainingData,
 ) -> None:
-    data = prepare_training_data(dataset.events, catalog, TrainConfig.fast())
+    data = movielens_examples
     assert {k: getattr(data.config, k) for k in MOVIELENS_TUNED} == pytest.approx(MOVIELENS_TUNED)
     assert data.space.history_len == 20
 
