@@ -262,15 +262,19 @@ class Recommender:
         ids = self.catalog.ids
         problem = None
         if len(rows) and features is not None and not query and not arm.trained:
-            stream = stream_scores([ids[r] for r in rows], anchors, covisits, dict(popular))
+            # the text term from the arm's scorer (the pretrained encoder); without it, the
+            # stream's signals still rank
             text, _ = await self._model_scores(arm.score, ScoreTask(rows, features, None))
-            if text is not None:  # without it, the stream's two signals still rank
-                stream += TEXT_WEIGHT * np.asarray(text, dtype=np.float64)
-            return stream, True, None
+            return self._no_model_scores(rows, anchors, covisits, popular, text), True, None
         if len(rows) and (features is not None or query):
             task = ScoreTask(rows, features, query)
             if features is not None and not query:  # the model's served blend reads them
-                stream = self._no_model_scores(rows, features, anchors, covisits, popular)
+                text = (
+                    self.catalog.embeddings[rows] @ features.interest
+                    if features.interest is not None
+                    else None
+                )
+                stream = self._no_model_scores(rows, anchors, covisits, popular, text)
                 task = ScoreTask(rows, features, None, stream)
             scores, problem = await self._model_scores(arm.score, task)
             if scores is not None:
@@ -283,18 +287,19 @@ class Recommender:
     def _no_model_scores(
         self,
         rows: np.ndarray,
-        features: ProfileFeatures,
         anchors: list[str],
         covisits: Mapping[str, list[tuple[str, float]]],
         popular: list[tuple[str, float]],
+        text: np.ndarray | None,
     ) -> np.ndarray:
-        """What the no-model default would score the candidate ``rows`` (the stream's
-        signals and the encoder's cosine, as ``training.baselines.StreamDefault`` does
-        offline), for a trained model's blend (``training/blend.py``)."""
+        """What the no-model default scores the candidate ``rows``: the stream's signals
+        plus ``TEXT_WEIGHT`` times the pretrained encoder's cosine ``text`` (None: without
+        it), as ``training.baselines.StreamDefault`` does offline. What an arm without a
+        model ranks by, and a trained model's blend reads (``training/blend.py``)."""
         ids = self.catalog.ids
         stream = stream_scores([ids[r] for r in rows], anchors, covisits, dict(popular))
-        if features.interest is not None:
-            stream += TEXT_WEIGHT * (self.catalog.embeddings[rows] @ features.interest)
+        if text is not None:
+            stream += TEXT_WEIGHT * np.asarray(text, dtype=np.float64)
         return stream
 
     async def score(self, request: ScoreRequest) -> ScoreResponse:

@@ -17,10 +17,6 @@ from pydantic import ValidationError
 USAGE = 2
 FAILURE = 1
 
-LIBRDKAFKA_LOGGER = "librdkafka"
-"""Where librdkafka's own log lines go (``infra.kafka_config.client_config``): one-shot
-commands quiet it, so a broker that is down reads as one line, not a screen of retries."""
-
 
 class UsageError(ValueError):
     """A command's arguments cannot be acted on (exit 2)."""
@@ -80,11 +76,9 @@ def _kafka_reason(exc: BaseException) -> str:
 
 
 def _is_redis_down(exc: BaseException) -> bool:
-    try:
-        from redis.exceptions import ConnectionError as RedisConnectionError
-        from redis.exceptions import TimeoutError as RedisTimeoutError
-    except ImportError:  # pragma: no cover - redis is a dependency
-        return False
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
     return isinstance(exc, RedisConnectionError | RedisTimeoutError)
 
 
@@ -95,6 +89,9 @@ def _is_http_down(exc: BaseException) -> bool:
 
 
 def quiet_librdkafka() -> None:
-    """librdkafka logs every failed connection attempt; a one-shot command reports the
-    outcome itself."""
-    logging.getLogger(LIBRDKAFKA_LOGGER).setLevel(logging.CRITICAL)
+    """librdkafka logs every failed connection attempt (to the logger every client is given,
+    ``infra.kafka_config.LIBRDKAFKA_LOG``); a one-shot command reports the outcome itself,
+    so a broker that is down reads as one line, not a screen of retries."""
+    from infra.kafka_config import LIBRDKAFKA_LOG
+
+    LIBRDKAFKA_LOG.setLevel(logging.CRITICAL)

@@ -65,6 +65,14 @@ class CollectorReply:
     body: dict[str, Any]
 
 
+def unavailable(events: int) -> CollectorReply:
+    """The stream cannot take ``events`` now: 503, and the client may send them again."""
+    metrics.COLLECTED.labels("unavailable").inc(events)
+    return CollectorReply(
+        503, {"error": "the event stream is unavailable; retry later", "retry_after_s": 1}
+    )
+
+
 class RateLimiter:
     """Token buckets per client: ``rate_per_s`` requests a second, bursts of ``burst``.
     The least recently seen clients are forgotten past ``max_clients`` (memory stays flat
@@ -157,10 +165,7 @@ class Collector:
                 valid.append(result)
         if valid and self.producer.pending() + len(valid) > self.max_pending:
             log.warning("collector: %d events wait for the broker: refusing more", self.max_pending)
-            metrics.COLLECTED.labels("unavailable").inc(len(valid))
-            return CollectorReply(
-                503, {"error": "the event stream is unavailable; retry later", "retry_after_s": 1}
-            )
+            return unavailable(len(valid))
         try:
             for event in valid:
                 self.producer.send(event)
@@ -168,10 +173,7 @@ class Collector:
             # Not the body's fault: the client may send it again (event ids make a resend
             # of what did go out count once).
             log.error("collector: events not sent to the stream: %s", exc)
-            metrics.COLLECTED.labels("unavailable").inc(len(valid))
-            return CollectorReply(
-                503, {"error": "the event stream is unavailable; retry later", "retry_after_s": 1}
-            )
+            return unavailable(len(valid))
         metrics.COLLECTED.labels("accepted").inc(len(valid))
         metrics.COLLECTED.labels("rejected").inc(len(rejected))
         status = 202 if valid else 422
