@@ -4,7 +4,8 @@ An erased user's profile must leave the store at once (``streams/privacy.py``); 
 ``OnlineStore`` can only write, tear a whole view down, or wait for the key's TTL. Feast
 keeps an entity's views in one Redis hash (key: entity key + project; a field per feature
 plus a ``_ts:<view>`` field), so deleting one view's row of an entity removes those fields
-only; Redis drops the key once its last field is gone. Everything else is Feast's own.
+only; Redis drops the key once its last field is gone. Everything else is Feast's own;
+the key and field layout come from Feast's helpers (``infra/private_apis.py``).
 
 ``feature_store.redis.yaml`` selects it by class path, as ``sqlite_store.py`` does for SQLite.
 """
@@ -14,14 +15,11 @@ from __future__ import annotations
 from typing import Literal
 
 from feast import FeatureView
-from feast.infra.online_stores.helpers import _mmh3, _redis_key
-from feast.infra.online_stores.redis import (
-    RedisOnlineStore,
-    RedisOnlineStoreConfig,
-    _versioned_fv_name,
-)
+from feast.infra.online_stores.redis import RedisOnlineStore, RedisOnlineStoreConfig
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.repo_config import RepoConfig
+
+from infra.private_apis import redis_client, redis_entity_key, redis_view_fields
 
 STORE_TYPE = "feature_repo.redis_store.ErasableRedisOnlineStore"
 
@@ -37,12 +35,9 @@ class ErasableRedisOnlineStore(RedisOnlineStore):
         """Delete ``table``'s fields of ``entity_keys``; returns the fields deleted."""
         if not entity_keys:
             return 0
-        client = self._get_client(config.online_store)
-        view = _versioned_fv_name(table, config)
-        fields = [_mmh3(f"{view}:{f.name}") for f in table.features]
-        fields.append(f"_ts:{view}".encode())
-        version = config.entity_key_serialization_version
+        client = redis_client(self, config.online_store)
+        fields = redis_view_fields(config, table)
         with client.pipeline(transaction=False) as pipe:
             for key in entity_keys:
-                pipe.hdel(_redis_key(config.project, key, version), *fields)
+                pipe.hdel(redis_entity_key(config, key), *fields)
             return int(sum(pipe.execute()))

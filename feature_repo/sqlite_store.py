@@ -10,7 +10,7 @@ This plug-in stores each entity's features of a view as one row (``row_codec.py`
   stream (``streams/sink.py``) builds no proto at all. A profile now costs a tenth;
 * Feast's interface works on the same rows: ``online_write_batch`` (materialization,
   ``push``), ``online_read`` (``get_online_features``), ``update`` (``feast apply``, which
-  creates the tables) and ``teardown`` (inherited: deletes the file);
+  creates the tables) and ``teardown`` (deletes the file);
 * ``online_delete`` removes entities' rows (an erased user), which Feast's interface lacks;
 * rows of entities not written for longer than the view's TTL are deleted (hourly, with
   the writes): Feast only hides them on read, so a user who left would stay in the file;
@@ -21,25 +21,32 @@ This plug-in stores each entity's features of a view as one row (``row_codec.py`
   can take back the last commits, and the stream's checkpoints are rows of the same
   database, so they go back together with the rows they cover.
 
-Vector search (``vector_enabled``) needs Feast's layout: such a config is refused at apply.
+It implements Feast's public ``OnlineStore`` interface and owns its connection (no private
+part of Feast's own SQLite store is used); its configuration is Feast's
+``SqliteOnlineStoreConfig``. Vector search (``vector_enabled``) needs Feast's layout: such a
+config is refused at apply.
 ``feature_store.yaml`` selects this store by class path (``type: feature_repo.sqlite_store.
 EntityRowSqliteOnlineStore``), Feast's documented way to plug in an online store.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from operator import itemgetter
+from pathlib import Path
 from typing import Any, Literal
 
 from feast import Entity, FeatureView
 from feast.infra.key_encoding_utils import serialize_entity_key
 from feast.infra.online_stores.helpers import compute_table_id
-from feast.infra.online_stores.sqlite import SqliteOnlineStore, SqliteOnlineStoreConfig
+from feast.infra.online_stores.online_store import OnlineStore
+from feast.infra.online_stores.sqlite import SqliteOnlineStoreConfig
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.repo_config import RepoConfig
@@ -60,21 +67,39 @@ READ_CHUNK = 5000  # keys per SELECT, well under SQLite's limit on bound paramet
 Values = Mapping[str, Any]
 
 
-class EntityRowSqliteOnlineStore(SqliteOnlineStore):
-    _purged_at: dict[str, float]
+def db_path(config: RepoConfig) -> Path:
+    """The database file: ``path`` of the config, relative to the repository if not absolute."""
+    path = Path(config.online_store.path)
+    return path if path.is_absolute() or not config.repo_path else config.repo_path / path
 
+
+class EntityRowSqliteOnlineStore(OnlineStore):
     def __init__(self) -> None:
         super().__init__()
-        self._purged_at = {}
+        self._conn: sqlite3.Connection | None = None
+        self._purged_at: dict[str, float] = {}
 
     def _get_conn(self, config: RepoConfig) -> sqlite3.Connection:
-        fresh = self._conn is None
-        conn = super()._get_conn(config)
-        if fresh:
+        if self._conn is None:
+            path = db_path(config)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(path, check_same_thread=False)  # one per process, locked
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA busy_timeout=10000")  # a second writer waits, not fails
-        return conn
+            self._conn = conn
+        return self._conn
+
+    def teardown(
+        self, config: RepoConfig, tables: Sequence[FeatureView], entities: Sequence[Entity]
+    ) -> None:
+        """``feast teardown``: the database file goes, with its WAL."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"{db_path(config)}{suffix}")
 
     # --- feast apply ---------------------------------------------------------------------------
     def update(

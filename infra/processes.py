@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 from collections.abc import Iterator
 
 log = logging.getLogger(__name__)
@@ -50,10 +51,29 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def interrupt_on_stop_signals() -> dict[int, object]:
     """SIGINT and SIGTERM raise ``KeyboardInterrupt`` in the main thread, whatever this
-    process inherited (a background job starts with SIGINT ignored) or a library installed
-    since (``ray.init`` sets its own SIGTERM handler: call this again after it). Returns the
-    handlers it replaced."""
+    process inherited (a background job starts with SIGINT ignored). Returns the handlers
+    it replaced."""
     return {sig: signal.signal(sig, _interrupt) for sig in STOP_SIGNALS}
+
+
+@contextlib.contextmanager
+def keeping_stop_handlers() -> Iterator[None]:
+    """Put SIGINT's and SIGTERM's handlers back as they were once the block is done.
+
+    ``ray.init`` installs Ray's own SIGTERM handler (it logs "SIGTERM received" and
+    aborts, running no ``finally``), so a process that started Ray would leave Ray, and
+    whatever else it started, behind on the first SIGTERM. Only the main thread can set
+    handlers; elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            if handler is not None:
+                signal.signal(sig, handler)
 
 
 @contextlib.contextmanager

@@ -154,17 +154,23 @@ def _error(description: str) -> dict[str, object]:
 
 
 UNRECORDED = _error("the events topic is unreachable: nothing was recorded, try again")
-CONSENT_ERRORS: dict[int | str, dict[str, object]] = {
-    **BAD_BODY,
-    401: _error("a write key is configured and the request carries none or a wrong one"),
-    503: UNRECORDED,
+# Access (streams/access.py): what every operation that touches a user's data can refuse.
+ACCESS_ERRORS: dict[int | str, dict[str, object]] = {
+    401: _error("no credential where one is required, an unknown key, or a bad token"),
+    403: _error("the credential does not allow this, or the token is for another user"),
+    429: _error("too many refused calls from this address: retry after Retry-After"),
 }
+READ_ERRORS: dict[int | str, dict[str, object]] = {**BAD_BODY, **ACCESS_ERRORS}
+CONSENT_ERRORS: dict[int | str, dict[str, object]] = {**READ_ERRORS, 503: UNRECORDED}
 PROFILE_ERRORS: dict[int | str, dict[str, object]] = {
-    401: CONSENT_ERRORS[401],
+    **ACCESS_ERRORS,
     503: _error("the profile store is unreachable"),
 }
 ERASE_ERRORS: dict[int | str, dict[str, object]] = {
-    401: _error("no admin key, or a wrong one"),
-    403: _error("erasure over HTTP is off: no admin key is configured (STREAMRANK_ADMIN_KEYS)"),
+    **ACCESS_ERRORS,
+    403: _error(
+        "no admin key given, or erasure over HTTP is off: no admin key is configured"
+        " (STREAMRANK_ADMIN_KEYS)"
+    ),
     503: UNRECORDED,
 }

@@ -14,24 +14,33 @@ import asyncio
 import functools
 import logging
 import os
-import signal
 import threading
+import time
 from pathlib import Path as FilePath
 from typing import Annotated
 
 import numpy as np
-from fastapi import FastAPI, Header, HTTPException, Path, Query, Request
-from fastapi.responses import FileResponse, HTMLResponse, PlainTextResponse
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
+from fastapi.responses import (
+    FileResponse,
+    HTMLResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+)
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import generate_latest
+from pydantic import AfterValidator
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from infra.processes import keeping_stop_handlers, sigterm_as_interrupt
 from serving import metrics
 from serving.api import (
-    BAD_BODY,
     CONSENT_ERRORS,
     ERASE_ERRORS,
     PROFILE_ERRORS,
+    READ_ERRORS,
     ConsentRequest,
     ItemPage,
     PrivacyAccepted,
@@ -47,14 +56,42 @@ from serving.ranking import RankingPolicy, ShowAgain
 from serving.scorer import Scorer, ScoreTask, model_directory, model_version
 from streamrank.catalog import Catalog
 from streamrank.settings import Settings
-from streams.access import AccessKeys, key_from_headers
+from streams.access import AccessPolicy, Refused, Scope
 from streams.events import PrivacyAction
 
 log = logging.getLogger(__name__)
 
-UserId = Annotated[str, Path(min_length=1, max_length=128, description="the site's own user id")]
-AuthHeader = Annotated[str | None, Header(description="Bearer KEY")]
-KeyHeader = Annotated[str | None, Header(description="KEY (instead of Authorization)")]
+
+def _exact_id(value: str) -> str:
+    """An id is the user's as given: events strip surrounding whitespace (``streams.events.Id``),
+    so an id with some would name another user, or none (422 instead)."""
+    if value != value.strip():
+        raise ValueError("a user id has no leading or trailing whitespace")
+    return value
+
+
+UserId = Annotated[
+    str,
+    Path(
+        min_length=1, max_length=128, pattern=r"^\S(.*\S)?$", description="the site's own user id"
+    ),
+    AfterValidator(_exact_id),
+]
+
+# Declared as security schemes, so the OpenAPI document (and the fuzzing in the tests) knows
+# which operations need a credential; checked by ``streams.access.AccessPolicy``.
+_bearer = HTTPBearer(auto_error=False, description="a server key or a user token")
+_api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="a server key")
+
+
+def _credential(
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    api_key: Annotated[str | None, Depends(_api_key)],
+) -> str | None:
+    return bearer.credentials if bearer is not None else api_key
+
+
+Credential = Annotated[str | None, Depends(_credential)]
 
 api = FastAPI(
     title="streamrank",
@@ -83,8 +120,7 @@ class Api:
             settings.kafka_client_config(), settings.impressions_topic, settings.events_partitions
         )
         self.settings = settings
-        self.write_keys = AccessKeys(k.get_secret_value() for k in settings.collector_write_keys)
-        self.admin_keys = AccessKeys(k.get_secret_value() for k in settings.admin_keys)
+        self.access = AccessPolicy.from_settings(settings)
         self._privacy_producer: object = None  # made on first use: the broker may be late
         self._privacy_lock = threading.Lock()
         from serving.platform import PlatformMonitor
@@ -168,15 +204,35 @@ class Api:
         if getattr(self, "_privacy_producer", None) is not None:
             self._privacy_producer.close()  # type: ignore[attr-defined]
 
-    @api.post("/v1/recommendations", response_model=RecommendationResponse, responses=BAD_BODY)
-    async def recommendations(self, request: RecommendationRequest) -> RecommendationResponse:
+    def _allow(self, http: Request, credential: str | None, scope: Scope, user_id: str) -> None:
+        """Who may call this, on whose data (``streams/access.py``): 401/403/429 unless the
+        credential allows ``scope`` on ``user_id``'s data."""
+        client = http.client.host if http.client else ""
+        try:
+            self.access.authorize(credential, scope, user_id, client=client)
+        except Refused as refused:
+            metrics.REFUSED.labels(str(refused.status)).inc()
+            retry = refused.retry_after_s
+            headers = {"Retry-After": str(retry)} if retry is not None else None
+            raise HTTPException(refused.status, refused.reason, headers=headers) from None
+
+    @api.post("/v1/recommendations", response_model=RecommendationResponse, responses=READ_ERRORS)
+    async def recommendations(
+        self, request: RecommendationRequest, http: Request, credential: Credential = None
+    ) -> RecommendationResponse:
+        """What this user should see now: a read key, or the user's own token."""
+        self._allow(http, credential, Scope.READ, request.user_id)
         with metrics.LATENCY.labels("recommendations").time():
             response = await self.recommender.recommend(request)
         metrics.REQUESTS.labels("recommendations", response.strategy, response.experiment_arm).inc()
         return response
 
-    @api.post("/v1/score", response_model=ScoreResponse, responses=BAD_BODY)
-    async def score(self, request: ScoreRequest) -> ScoreResponse:
+    @api.post("/v1/score", response_model=ScoreResponse, responses=READ_ERRORS)
+    async def score(
+        self, request: ScoreRequest, http: Request, credential: Credential = None
+    ) -> ScoreResponse:
+        """The model's scores of given items for this user: as for recommendations."""
+        self._allow(http, credential, Scope.READ, request.user_id)
         with metrics.LATENCY.labels("score").time():
             response = await self.recommender.score(request)
         strategy = "fallback" if response.fallback_reason else "model"
@@ -193,13 +249,12 @@ class Api:
         self,
         user_id: UserId,
         body: ConsentRequest,
-        authorization: AuthHeader = None,
-        x_api_key: KeyHeader = None,
+        http: Request,
+        credential: Credential = None,
     ) -> PrivacyAccepted:
-        """Opt out of personalization (the profile is wiped and none is kept) or back in.
-        A write endpoint: it needs a write key when any is configured."""
-        if not self.write_keys.allows(key_from_headers(authorization, x_api_key)):
-            raise HTTPException(401, "a valid write key is required")
+        """Opt out of personalization (the profile is wiped and none is kept) or back in:
+        an events key (the site's backend), or the user's own token."""
+        self._allow(http, credential, Scope.EVENTS, user_id)
         action = PrivacyAction.OPT_IN if body.personalization else PrivacyAction.OPT_OUT
         return await self._privacy(user_id, action)
 
@@ -210,14 +265,14 @@ class Api:
         responses=ERASE_ERRORS,
     )
     async def erase(
-        self, user_id: UserId, authorization: AuthHeader = None, x_api_key: KeyHeader = None
+        self, user_id: UserId, http: Request, credential: Credential = None
     ) -> PrivacyAccepted:
         """Erase what is kept about the user: the profile in the online store, the
-        worker's state, the experiment join and every replay namespace (admin key)."""
-        if not self.admin_keys.configured:
+        worker's state, the experiment join and every replay namespace (admin key only:
+        never a user's token, never the open single host)."""
+        if not self.access.keys[Scope.ADMIN].configured:
             raise HTTPException(403, "erasure over HTTP is off: no admin key is configured")
-        if not self.admin_keys.allows(key_from_headers(authorization, x_api_key)):
-            raise HTTPException(401, "a valid admin key is required")
+        self._allow(http, credential, Scope.ADMIN, user_id)
         return await self._privacy(user_id, PrivacyAction.ERASE)
 
     async def _privacy(self, user_id: str, action: PrivacyAction) -> PrivacyAccepted:
@@ -252,12 +307,40 @@ class Api:
 
     # --- the storefront and the platform page (serving/pages.py) ---------------------------
     @api.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def storefront(self, request: Request) -> str:
-        return self._page("storefront.html", request)
+    async def storefront(
+        self, request: Request, visitor: Annotated[str | None, Query(max_length=8)] = None
+    ) -> Response:
+        """The demo shop; ``?visitor=new`` starts over as a new anonymous visitor (a
+        redirect, so that reloading the page keeps that visitor)."""
+        from serving.pages import (
+            VISITOR_AUDIENCE,
+            VISITOR_COOKIE,
+            VISITOR_COOKIE_TTL_S,
+            storefront_visitor,
+        )
+
+        tokens = self.access.tokens
+        fresh = visitor == "new"
+        who = storefront_visitor(tokens, request.cookies.get(VISITOR_COOKIE), fresh)
+        page: Response = (
+            RedirectResponse("/", status_code=303)
+            if fresh
+            else HTMLResponse(
+                self._page("storefront.html", request, {"visitor": who, "token": tokens.issue(who)})
+            )
+        )
+        page.set_cookie(
+            VISITOR_COOKIE,
+            tokens.issue(who, VISITOR_COOKIE_TTL_S, audience=VISITOR_AUDIENCE),
+            max_age=VISITOR_COOKIE_TTL_S,
+            httponly=True,
+            samesite="lax",
+        )
+        return page
 
     @api.get("/platform", response_class=HTMLResponse, include_in_schema=False)
     async def platform(self, request: Request) -> str:
-        return self._page("platform.html", request)
+        return self._page("platform.html", request, {})
 
     @api.get("/static/{name}", include_in_schema=False)
     async def static(self, name: str) -> FileResponse:
@@ -268,24 +351,15 @@ class Api:
             raise HTTPException(404, "no such file")
         return FileResponse(found[0], media_type=found[1])
 
-    def _page(self, name: str, request: Request) -> str:
+    def _page(self, name: str, request: Request, extra: dict[str, object]) -> str:
         """The page with its settings: the collector is on the worker's web server (a site's
-        beacons go to a collector of their own), and the site's write key, which a real
-        page carries too (it identifies the site; the admin key never leaves the server)."""
+        beacons go to a collector of their own). No key ever goes on a page."""
         from serving.pages import render
 
         s = self.settings
         host = request.url.hostname or "127.0.0.1"
         collector = s.collector_public_url or f"http://{host}:{s.worker_web_port}/v1/events"
-        keys = s.collector_write_keys
-        return render(
-            name,
-            {
-                "collectorUrl": collector,
-                "writeKey": keys[0].get_secret_value() if keys else None,
-                "experiment": s.experiment_name,
-            },
-        )
+        return render(name, {"collectorUrl": collector, "experiment": s.experiment_name, **extra})
 
     @api.get("/v1/items", response_model=ItemPage)
     async def items(
@@ -303,13 +377,13 @@ class Api:
 
     @api.get("/v1/users/{user_id}/profile", response_model=ProfileView, responses=PROFILE_ERRORS)
     async def profile(
-        self, user_id: UserId, authorization: AuthHeader = None, x_api_key: KeyHeader = None
+        self, user_id: UserId, http: Request, credential: Credential = None
     ) -> ProfileView:
-        """What is kept about the user, as they may see it (the site shows it to them)."""
+        """What is kept about the user, as they may see it (the site shows it to them): a
+        read key, or the user's own token."""
         from serving.storefront import profile_view
 
-        if not self.write_keys.allows(key_from_headers(authorization, x_api_key)):
-            raise HTTPException(401, "a valid write key is required")
+        self._allow(http, credential, Scope.READ, user_id)
         user = self.recommender.pseudonyms(user_id)
         try:
             kept = await self.recommender.profile_of(user)
@@ -386,13 +460,14 @@ def start(
 
     env = ray_env(settings)
     if not ray.is_initialized():
-        ray.init(
-            num_cpus=num_cpus or os.cpu_count() or 2,
-            include_dashboard=False,
-            runtime_env={"env_vars": env},
-            logging_level=logging.WARNING,
-            log_to_driver=False,
-        )
+        with keeping_stop_handlers():  # the caller's SIGTERM handler, not Ray's
+            ray.init(
+                num_cpus=num_cpus or os.cpu_count() or 2,
+                include_dashboard=False,
+                runtime_env={"env_vars": env},
+                logging_level=logging.WARNING,
+                log_to_driver=False,
+            )
     serve.start(http_options={"host": settings.serve_host, "port": settings.serve_port})
     serve.run(app or build_app(settings), name=APP_NAME, route_prefix="/", blocking=False)
     url = f"http://{settings.serve_host}:{settings.serve_port}"
@@ -403,6 +478,8 @@ def start(
 def stop() -> None:
     import ray
 
+    if not ray.is_initialized():
+        return
     try:
         serve.shutdown()
     finally:
@@ -410,13 +487,13 @@ def stop() -> None:
 
 
 def run_forever(settings: Settings) -> None:
-    """``streamrank serve``: run until SIGTERM/SIGINT, then shut Ray down cleanly."""
-    done = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: done.set())
-    url = start(settings)
-    print(f"serving on {url} (docs at {url}/docs); Ctrl-C stops it", flush=True)
-    try:
-        done.wait()
-    finally:
-        stop()
+    """``streamrank serve``: run until SIGINT or SIGTERM, then shut Ray down, whatever
+    signal disposition this process inherited (``infra/processes.py``)."""
+    with sigterm_as_interrupt():
+        try:
+            url = start(settings)
+            print(f"serving on {url} (docs at {url}/docs); Ctrl-C stops it", flush=True)
+            while True:
+                time.sleep(3600)  # until a stop signal raises KeyboardInterrupt
+        finally:
+            stop()

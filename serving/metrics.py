@@ -25,6 +25,11 @@ PRIVACY = Counter(
     "Consent and erasure requests accepted by the API",
     ["action"],
 )
+REFUSED = Counter(
+    "streamrank_serve_refused_total",
+    "Calls refused by access control (streams/access.py), by status: 401, 403, 429",
+    ["status"],
+)
 MODEL_SWITCHES = Counter(
     "streamrank_serve_model_switches_total",
     "Promotions and rollbacks followed by this replica (serving/model_switch.py), by outcome",

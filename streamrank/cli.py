@@ -533,6 +533,18 @@ def cmd_privacy(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_token(settings: Settings, args: argparse.Namespace) -> int:
+    """Print a user-bound token (what the shop's backend hands a signed-in visitor's page),
+    signed with the settings' token secret."""
+    from streamrank.failures import UsageError
+    from streams.access import UserTokens
+
+    if args.ttl_s is not None and not 60 <= args.ttl_s <= 7 * 86400:
+        raise UsageError("--ttl-s: from 60 s to 7 days (604800 s)")
+    print(UserTokens.from_settings(settings).issue(args.user_id, args.ttl_s))
+    return 0
+
+
 def cmd_download(settings: Settings, args: argparse.Namespace) -> int:
     from streamrank.datasets.movielens import download_movielens_100k
 
@@ -665,6 +677,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-wait", action="store_true", help="return once the broker has it")
     p.add_argument("--timeout-s", type=float, default=60.0)
     p.set_defaults(func=cmd_privacy)
+
+    p = sub.add_parser("token", help="a short-lived token for one user's own calls")
+    p.add_argument("user_id", help="the site's own user id")
+    p.add_argument(
+        "--ttl-s", type=int, help="seconds it stays valid, 60 to 604800 (STREAMRANK_TOKEN_TTL_S)"
+    )
+    p.set_defaults(func=cmd_token)
 
     p = sub.add_parser("download-movielens", help="fetch MovieLens 100K (needs internet)")
     p.add_argument("directory")

@@ -27,12 +27,7 @@ from tqdm.auto import tqdm
 from infra.broker import EmbeddedBroker, ensure_topics
 from infra.kafka_admin import read_topic, wait_until_consumed
 from infra.probes import wait_until_checkpointed
-from infra.processes import (
-    free_port,
-    interrupt_on_stop_signals,
-    sigterm_as_interrupt,
-    stop_process,
-)
+from infra.processes import free_port, sigterm_as_interrupt, stop_process
 from streamrank.datasets import iter_events, load_dataset
 from streamrank.settings import Settings
 from streams.producer import EventProducer
@@ -207,7 +202,6 @@ def run_demo(
                 experiments = start_worker(settings, "experiment-worker")
             url = serve_app.start(settings)
             serving = True
-            interrupt_on_stop_signals()  # ray.init replaced the SIGTERM handler
 
             window = dataset.events.tail(events)
             print(f"[4/6] streaming the last {len(window)} real events of {dataset.name}")

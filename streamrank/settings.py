@@ -53,8 +53,22 @@ class Settings(BaseSettings):
     )
     # opt-outs and erasures (streams/privacy.py): each user's latest state, compacted
     privacy_topic: str = "privacy"
-    # keys for admin endpoints (DELETE /v1/users/{id}); none set: erasure over HTTP is off
+
+    # --- access (streams/access.py): server keys with one scope each, and user tokens.
+    # No key of any scope set: calls without credentials may post and read (one host);
+    # any key set: every call needs a key or a token. Erasure always needs an admin key.
     admin_keys: list[SecretStr] = Field(default_factory=list)
+    read_keys: list[SecretStr] = Field(
+        default_factory=list, description="recommendations, scores, profiles of any user"
+    )
+    token_secret: SecretStr | None = Field(
+        default=None, description="signs user tokens (HS256); default: <home>/token.secret"
+    )
+    token_ttl_s: int = Field(default=3600, ge=60, le=7 * 86400)
+    auth_failures_per_minute: float = Field(
+        default=10.0, ge=0, description="refused calls refilled per client a minute; 0: off"
+    )
+    auth_failure_burst: int = Field(default=20, ge=1)
 
     # --- online store (through Feast)
     online_store: Literal["sqlite", "redis"] = "sqlite"
@@ -121,7 +135,7 @@ class Settings(BaseSettings):
     # their batch (a batch's events, ~300k objects, are freed by reference counts)
     replay_gc_thresholds: tuple[int, int, int] = (1_000_000, 20, 100)
 
-    # --- HTTP collector access (streams/collector.py): keys required when any are set
+    # --- HTTP collector (streams/collector.py); its keys hold the ``events`` scope
     collector_write_keys: list[SecretStr] = Field(default_factory=list)
     collector_rate_per_s: float = Field(default=50.0, ge=0, description="per client; 0: off")
     collector_burst: int = Field(default=100, ge=1)
@@ -168,6 +182,9 @@ class Settings(BaseSettings):
     impressions_topic: str = "impressions"
     experiments_group: str = "streamrank-experiments"
     experiments_web_port: int = 6067
+    # how often the join commits what it has counted; a restart re-reads (and recognises)
+    # up to this much of the topics' tail
+    experiments_commit_interval_s: float = Field(default=2.8, gt=0)
     experiment_window_s: float = Field(default=1800.0, gt=0, description="click attribution")
     # the storefront and platform pages (serving/pages.py): where browsers find the collector
     # (default: the page's own host, the worker's web port), and the workers' /metrics

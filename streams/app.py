@@ -23,6 +23,7 @@ which gets each batch's item effects once the batch's profiles are written.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -32,10 +33,11 @@ from typing import Any
 import faust
 from prometheus_client import generate_latest
 
+from infra.private_apis import commit_offsets
 from streamrank.settings import Settings, get_settings
 from streams import metrics
-from streams.access import key_from_headers
-from streams.collector import COLLECTOR_PRODUCER_CONFIG, Collector, RateLimiter
+from streams.access import AccessPolicy, RateLimiter, credential_from_headers
+from streams.collector import COLLECTOR_PRODUCER_CONFIG, Collector
 from streams.events import dead_letter_value
 from streams.item_process import ItemProcess, ItemProcessDied
 from streams.memory import HeapTrimmer, gc_pace
@@ -44,8 +46,9 @@ from streams.privacy import encode_state, erase_from_namespaces
 from streams.processor import BatchResult, ProfileProcessor, build_processor
 from streams.producer import EventProducer
 from streams.pseudonyms import Pseudonymizer
-from streams.sink import open_profile_store, retry_forever
-from streams.supervision import exit_unfinished
+from streams.sink import open_profile_store
+from streams.store_errors import StoreFailed, retry_store
+from streams.supervision import exit_unfinished, stopping
 from streams.transport import stream_app
 
 log = logging.getLogger(__name__)
@@ -90,6 +93,24 @@ def create_app(settings: Settings) -> faust.App:
             # Unwritten item effects live on only in the profiles' outboxes, which a
             # restart (rewinding to the checkpoints) applies again.
             await exit_unfinished(app, "the item process died")
+        except StoreFailed as failure:
+            if "failed" not in holder:
+                holder["failed"] = str(failure)
+                metrics.STORE_FAILED.set(1)
+                log.critical(
+                    "%s. This worker takes no more events until the store is fixed and it "
+                    "is restarted; its checkpoints stay where they are.",
+                    failure,
+                )
+            raise
+
+    async def halt(what: str) -> None:
+        """After a lasting store error: keep the batch in hand unacknowledged (so nothing
+        past the checkpoints is committed) and the web server up (``/healthz`` says why),
+        until the worker is stopped."""
+        while not await stopping(app, within_s=1.0):
+            pass
+        await exit_unfinished(app, what)
 
     building = asyncio.Lock()
 
@@ -135,7 +156,11 @@ def create_app(settings: Settings) -> faust.App:
             settings.worker_batch_max, within=settings.worker_batch_within_s
         ):
             try:
+                if "failed" in holder:  # seen outside a batch (a flush, a rebalance)
+                    raise StoreFailed("taking events", "halted", RuntimeError(holder["failed"]))
                 await handle(worker, batch)
+            except StoreFailed:
+                await halt(f"a batch of {len(batch)} messages not written")
             except Exception:  # within the loop, so that the batch is never acknowledged
                 await exit_unfinished(app, f"a batch of {len(batch)} messages failed")
 
@@ -164,8 +189,11 @@ def create_app(settings: Settings) -> faust.App:
     async def flush_item_rows() -> None:
         """A quiet stream still gets its item rows and checkpoints written; the memory of
         evicted cache entries goes back to the system (``streams/memory.py``)."""
+        if "failed" in holder:
+            return
         if "processor" in holder:
-            await on_thread(holder["processor"].state.flush_items_if_due)
+            with contextlib.suppress(StoreFailed):  # marked; the agent halts on its next batch
+                await on_thread(holder["processor"].state.flush_items_if_due)
         await on_thread(trim_heap)
 
     @app.on_partitions_revoked.connect
@@ -182,14 +210,17 @@ def create_app(settings: Settings) -> faust.App:
             return
         worker = await processor()
         parts = [tp.partition for tp in assigned]
-        checkpoints = await on_thread(
-            retry_forever, lambda: worker.state.store.read_checkpoints(parts), "checkpoints"
-        )
+        try:
+            checkpoints = await on_thread(
+                retry_store, lambda: worker.state.store.read_checkpoints(parts), "checkpoints"
+            )
+        except StoreFailed:
+            return  # marked: the agent halts before it takes a batch
         # no checkpoint (-1) means nothing is fully written yet: start from the beginning
         offsets = {tp: checkpoints[tp.partition] + 1 for tp in assigned}
         # Commit, so that Faust's own seek to the committed offsets lands there too, and
         # seek, because without it a partition was seen not to be re-read (Tansu).
-        await app.consumer._commit(offsets)
+        await commit_offsets(app.consumer, offsets)
         for tp, offset in offsets.items():
             await app.consumer.seek(tp, offset)
         log.info("resuming from checkpoints %s", {tp.partition: o for tp, o in offsets.items()})
@@ -208,7 +239,7 @@ def create_app(settings: Settings) -> faust.App:
                 producer,
                 max_event_bytes=settings.max_event_bytes,
                 max_future_skew_s=settings.max_future_skew_s,
-                write_keys=[k.get_secret_value() for k in settings.collector_write_keys],
+                access=AccessPolicy.from_settings(settings),
                 limiter=RateLimiter(settings.collector_rate_per_s, settings.collector_burst),
                 max_pending=settings.collector_max_pending,
             )
@@ -231,12 +262,12 @@ def create_app(settings: Settings) -> faust.App:
         """Browser beacons: one event or a JSON array of events."""
 
         async def post(self, request: Any) -> Any:
-            key = key_from_headers(
+            credential = credential_from_headers(
                 request.headers.get("Authorization"), request.headers.get("X-API-Key")
             )
-            reply = collector().accept(await request.read(), request.remote or "", key)
+            reply = collector().accept(await request.read(), request.remote or "", credential)
             headers = {}
-            if "retry_after_s" in reply.body:  # 429 (rate limit), 503 (stream unavailable)
+            if "retry_after_s" in reply.body:  # 429 (rate limits), 503 (stream unavailable)
                 headers["Retry-After"] = str(reply.body["retry_after_s"])
             return self.json(reply.body, status=reply.status, headers=headers)
 
@@ -246,6 +277,11 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.page("/healthz")
     async def health_page(web: Any, request: Any) -> Any:
+        """Readiness: 503 once a lasting store error has halted the worker."""
+        if "failed" in holder:
+            return web.json(
+                {"status": "failed", "ready": False, "error": holder["failed"]}, status=503
+            )
         return web.json({"status": "ok", "ready": "processor" in holder})
 
     @app.on_before_shutdown.connect

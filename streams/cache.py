@@ -6,7 +6,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from typing import TypeVar
 
-from streams.sink import retry_forever
+from streams.store_errors import retry_store
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -24,4 +24,4 @@ def touch_or_load(
         cache.move_to_end(key)
     missing = sorted(wanted - cache.keys())  # type: ignore[type-var]
     if missing:
-        cache.update(retry_forever(lambda: read(missing), what))
+        cache.update(retry_store(lambda: read(missing), what))

@@ -18,26 +18,25 @@ delivery timeout: ``COLLECTOR_PRODUCER_CONFIG``), and past ``max_pending`` of th
 request is answered 503 at once instead of being queued, so nothing answered 202 is
 dropped and the loop keeps serving fetches and heartbeats.
 
-Access: when write keys are configured, a request must carry one (``Authorization: Bearer
-KEY`` or ``X-API-Key: KEY``), compared in constant time, else 401. Every client address has
-a token bucket of requests (not every key: all the browsers of a site share its key); past
-it, 429 with ``Retry-After``.
+Access (``streams/access.py``): a server key of the ``events`` scope may post events for any
+user; a browser's user token only for the user it names: a batch holding another user's
+event is refused whole (403, nothing sent). Every client address has a token bucket of
+requests and one of refused calls; past either, 429 with ``Retry-After``.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import secrets
 import time
-from collections import OrderedDict
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import KafkaException
 
 from streams import metrics
-from streams.access import AccessKeys
+from streams.access import AccessPolicy, RateLimiter, Refused, Scope, UserTokens
 from streams.events import (
     DeadLetter,
     JsonError,
@@ -73,31 +72,6 @@ def unavailable(events: int) -> CollectorReply:
     )
 
 
-class RateLimiter:
-    """Token buckets per client: ``rate_per_s`` requests a second, bursts of ``burst``.
-    The least recently seen clients are forgotten past ``max_clients`` (memory stays flat
-    under a flood of spoofed addresses)."""
-
-    def __init__(self, rate_per_s: float, burst: int, max_clients: int = 10_000):
-        self.rate = rate_per_s
-        self.burst = float(burst)
-        self.max_clients = max_clients
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
-
-    def wait_s(self, client: str, now: float | None = None) -> float:
-        """0 when the request may go (and takes a token), else seconds until it may."""
-        if self.rate <= 0:
-            return 0.0
-        now = time.monotonic() if now is None else now
-        tokens, since = self._buckets.pop(client, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - since) * self.rate)
-        wait = 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate
-        self._buckets[client] = (tokens - 1.0 if wait == 0.0 else tokens, now)
-        while len(self._buckets) > self.max_clients:
-            self._buckets.popitem(last=False)
-        return wait
-
-
 class Collector:
     def __init__(
         self,
@@ -105,25 +79,26 @@ class Collector:
         max_body_bytes: int = 1024 * 1024,
         max_event_bytes: int = 64 * 1024,
         max_future_skew_s: float = 300.0,
-        write_keys: Iterable[str] = (),
+        access: AccessPolicy | None = None,
         limiter: RateLimiter | None = None,
         max_pending: int = 20_000,
     ):
+        """``access``: None is the open single host (no keys; no token can be valid)."""
         self.producer = producer
         self.max_body_bytes = max_body_bytes
         self.max_event_bytes = max_event_bytes
         self.max_future_skew_s = max_future_skew_s
-        self.write_keys = AccessKeys(write_keys)
+        self.access = access or AccessPolicy({}, UserTokens(secrets.token_bytes(32)))
         self.limiter = limiter
         self.max_pending = max_pending
 
-    def authorized(self, key: str | None) -> bool:
-        return self.write_keys.allows(key)
-
-    def accept(self, body: bytes, client: str = "", api_key: str | None = None) -> CollectorReply:
-        if not self.authorized(api_key):
-            metrics.COLLECTED.labels("unauthorized").inc()
-            return CollectorReply(401, {"error": "a valid write key is required"})
+    def accept(
+        self, body: bytes, client: str = "", credential: str | None = None
+    ) -> CollectorReply:
+        try:
+            caller = self.access.authorize(credential, Scope.EVENTS, client=client)
+        except Refused as refused:
+            return self._refused(refused)
         wait = self.limiter.wait_s(client) if self.limiter else 0.0
         if wait > 0:
             metrics.COLLECTED.labels("rate_limited").inc()
@@ -163,6 +138,10 @@ class Collector:
                 rejected.append({"index": index, "reason": reason})
             else:
                 valid.append(result)
+        try:  # a token holder's batch may hold no one else's event
+            self.access.check(caller, Scope.EVENTS, *(e.user_id for e in valid), client=client)
+        except Refused as refused:
+            return self._refused(refused)
         if valid and self.producer.pending() + len(valid) > self.max_pending:
             log.warning("collector: %d events wait for the broker: refusing more", self.max_pending)
             return unavailable(len(valid))
@@ -178,3 +157,11 @@ class Collector:
         metrics.COLLECTED.labels("rejected").inc(len(rejected))
         status = 202 if valid else 422
         return CollectorReply(status, {"accepted": len(valid), "rejected": rejected})
+
+    @staticmethod
+    def _refused(refused: Refused) -> CollectorReply:
+        metrics.COLLECTED.labels("unauthorized" if refused.status != 429 else "rate_limited").inc()
+        body: dict[str, Any] = {"error": refused.reason}
+        if refused.retry_after_s is not None:
+            body["retry_after_s"] = refused.retry_after_s
+        return CollectorReply(refused.status, body)

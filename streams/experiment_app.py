@@ -99,6 +99,7 @@ def create_experiment_app(settings: Settings) -> faust.App:
         settings.experiments_group,
         settings.experiments_web_port,
         table_standby_replicas=0,
+        broker_commit_interval=settings.experiments_commit_interval_s,
     )
     source = app.topic(
         settings.events_topic,

@@ -10,7 +10,8 @@ and checkpoints (``streams/item_rows.py``). The two halves use two cores.
 
 Nothing about exactly-once changes: the pipe carries what ``ItemRows.add`` would have got
 in the same order, and a checkpoint is still written only after the rows and profiles it
-covers. If this process dies, the worker must stop too (``ItemProcessDied``): effects it
+covers. A lasting store error (``streams/store_errors.py``) is handed to the worker, which
+halts with it. If this process dies, the worker must stop too (``ItemProcessDied``): effects it
 held unwritten are covered only by the profiles' outboxes, which a restart, rewinding to
 the checkpoints, applies again. If the worker dies, this process is killed with it (the
 kernel's parent-death signal), so no write of the old owner can follow a rebalance.
@@ -35,6 +36,7 @@ from streams.item_rows import ItemRows
 from streams.memory import TRIM_EVERY_S, HeapTrimmer
 from streams.outbox import ItemEffect
 from streams.sink import FeastProfileStore, PartitionCounts
+from streams.store_errors import StoreFailed
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +148,9 @@ class ItemProcess:
                     self._retries[what] = total
         elif kind == "failed":
             raise ItemProcessDied(f"item process failed: {message[1]}")
+        elif kind == "store_failed":  # a lasting store error: the worker halts, not restarts
+            metrics.STORE_FAILURES.labels(message[1], message[2]).inc()  # (counted there)
+            raise StoreFailed(message[1], message[2], RuntimeError(message[3]))
         return str(kind)
 
     def _receive_notices(self) -> None:
@@ -191,6 +196,7 @@ def serve(
     conn.send(("ready",))
     reported: dict[int, int] = {}
     retries: dict[str, float] = {}
+    failed: tuple[str, str, str, str] | None = None
     trim_heap = HeapTrimmer()
     while True:
         trim_heap()
@@ -201,20 +207,21 @@ def serve(
         except EOFError:
             return  # the worker is gone; what was unwritten is in its profiles' outboxes
         kind = message[0]
-        if kind == "add":
-            rows.add([ItemEffect._make(e) for e in message[1]], *message[2:])
-        elif kind == "load":
-            rows.load(message[1])
-        elif kind == "tick":
-            rows.flush()
-        elif kind == "flush":
-            rows.flush(force=True)
-        elif kind == "forget":
-            rows.forget(message[1])
-            reported = {p: o for p, o in reported.items() if p in rows.written()}
-        elif kind == "stop":
+        if kind == "stop":
             return
+        if failed is not None:  # writes nothing more; answers what waits for an answer
+            if kind in ("flush", "forget"):
+                conn.send(failed)
+            continue
+        try:
+            _apply(rows, message)
+        except StoreFailed as failure:  # the worker halts with it (streams/store_errors.py)
+            failed = ("store_failed", failure.what, failure.kind, str(failure.__cause__))
+            conn.send(failed)
+            continue
         written = rows.written()
+        if kind == "forget":
+            reported = {p: o for p, o in reported.items() if p in written}
         changed = {p: o for p, o in written.items() if reported.get(p) != o}
         now_retries = _retries()
         if changed or now_retries != retries:
@@ -223,6 +230,21 @@ def serve(
             retries = now_retries
         if kind in ("flush", "forget"):
             conn.send(("done",))
+
+
+def _apply(rows: ItemRows, message: tuple[Any, ...]) -> None:
+    """One message from the worker, applied to the item rows."""
+    kind = message[0]
+    if kind == "add":
+        rows.add([ItemEffect._make(e) for e in message[1]], *message[2:])
+    elif kind == "load":
+        rows.load(message[1])
+    elif kind == "tick":
+        rows.flush()
+    elif kind == "flush":
+        rows.flush(force=True)
+    elif kind == "forget":
+        rows.forget(message[1])
 
 
 def _retries() -> dict[str, float]:

@@ -28,7 +28,8 @@ from streams.covisitation import CovisitRow
 from streams.outbox import ItemEffect
 from streams.popularity import PartitionPopularity, add_popularity, trim
 from streams.profile import TYPE_WEIGHTS
-from streams.sink import FeastProfileStore, PartitionCounts, retry_forever
+from streams.sink import FeastProfileStore, PartitionCounts
+from streams.store_errors import retry_store
 
 WRITE_CHUNK_ROWS = 500
 """Co-visitation rows per store call: on SQLite each call is one transaction, so the
@@ -91,9 +92,7 @@ class ItemRows:
         missing = sorted(p for p in counts if p not in self.popularity)
         if not missing:
             return
-        popularity = retry_forever(
-            lambda: self.store.read_popularity(missing), "reading popularity"
-        )
+        popularity = retry_store(lambda: self.store.read_popularity(missing), "reading popularity")
         self.popularity.update(popularity)
         for p in missing:
             self._written[p] = self._covered[p] = counts[p].offset
@@ -183,17 +182,17 @@ class ItemRows:
         parts = [self.popularity[p] for p in sorted(self._dirty_partitions)]
         for part in parts:
             trim(part)
-        retry_forever(lambda: self.store.write_popularity(parts), "writing popularity")
+        retry_store(lambda: self.store.write_popularity(parts), "writing popularity")
         dirty = sorted(self._dirty_covisits)
         for start in range(0, len(dirty), WRITE_CHUNK_ROWS):
             rows = [self.covisits[k] for k in dirty[start : start + WRITE_CHUNK_ROWS]]
-            retry_forever(lambda rows=rows: self.store.write_covisits(rows), "writing co-visits")
+            retry_store(lambda rows=rows: self.store.write_covisits(rows), "writing co-visits")
         self._dirty_partitions.clear()
         self._dirty_covisits.clear()
         checkpoints = {p: o for p, o in self._covered.items() if o > self._written.get(p, -1)}
         if checkpoints:
             counts = {p: self._counts[p] for p in checkpoints}
-            retry_forever(
+            retry_store(
                 lambda: self.store.write_checkpoints(checkpoints, counts), "writing checkpoints"
             )
             self._written.update(checkpoints)

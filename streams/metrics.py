@@ -41,6 +41,15 @@ COLLECTED = Counter(
 STORE_RETRIES = Counter(
     "streamrank_store_retries_total", "Online store calls that failed and were retried", ["what"]
 )
+STORE_FAILURES = Counter(
+    "streamrank_store_failures_total",
+    "Online store errors that waiting will not heal (streams/store_errors.py), by kind",
+    ["what", "kind"],
+)
+STORE_FAILED = Gauge(
+    "streamrank_store_failed",
+    "1 while this worker has stopped taking events after a lasting store error",
+)
 PRIVACY_REQUESTS = Counter(
     "streamrank_privacy_requests_total", "Opt-outs, opt-ins and erasures applied", ["action"]
 )

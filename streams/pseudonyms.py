@@ -19,13 +19,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import re
-import secrets
-import time
-from pathlib import Path
 
 from streamrank.settings import Settings
+from streams.home_secrets import home_secret
 
 PREFIX = "p_"
 _PSEUDONYM = re.compile(r"^p_[0-9a-f]{32}$")
@@ -57,28 +54,8 @@ class Pseudonymizer:
             return RAW_IDS
         if settings.user_id_key is not None:
             return cls(settings.user_id_key.get_secret_value().encode())
-        return cls(_home_key(settings.home_dir))
+        return cls(home_secret(settings.home_dir / KEY_FILE))
 
 
 RAW_IDS = Pseudonymizer(None)
 """For code that must see raw ids on purpose (tests of the stream itself, benchmarks)."""
-
-
-def _home_key(home: Path) -> bytes:
-    """The home's key, created on first use; concurrent first uses agree on one key."""
-    path = home / KEY_FILE
-    if not path.exists():
-        home.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass  # another process won the race: read its key
-        else:
-            with os.fdopen(fd, "w") as out:
-                out.write(secrets.token_hex(32))
-    for _ in range(100):  # a process that lost the creation race waits for the winner's write
-        key = path.read_text().strip()
-        if key:
-            return key.encode()
-        time.sleep(0.01)
-    raise RuntimeError(f"{path} is empty: delete it (profiles keyed by it are lost)")

@@ -21,10 +21,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import pandas as pd
 from feast import FeatureStore, FeatureView
@@ -41,7 +41,6 @@ from feature_repo.definitions import (
     push_source_name,
 )
 from feature_repo.row_codec import FAST_PROTO, to_protos, values_from_protos
-from streams import metrics
 from streams.covisitation import CovisitRow
 from streams.popularity import PartitionPopularity
 from streams.profile import UserProfile
@@ -52,7 +51,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 WritePath = Literal["direct", "push"]
-T = TypeVar("T")
 
 
 @runtime_checkable
@@ -80,7 +78,7 @@ class ViewIO:
         self.store = store
         self.path = path
         self.view: FeatureView = store.get_feature_view(view_name)
-        self.provider = store._get_provider()  # the online store's own batch API
+        self.provider = store.provider  # the online store's own batch API
         online = self.provider.online_store
         self.rows: RowOnlineStore | None = online if isinstance(online, RowOnlineStore) else None
         self.join_keys = {col.name: col.dtype.to_value_type() for col in self.view.entity_columns}
@@ -313,21 +311,3 @@ class PartitionCounts:
 
     def plus(self, events: int, dead_letters: int) -> PartitionCounts:
         return PartitionCounts(self.offset, self.events + events, self.dead_letters + dead_letters)
-
-
-def retry_forever(
-    action: Callable[[], T], what: str, first_delay_s: float = 0.2, max_delay_s: float = 10.0
-) -> T:
-    """Run ``action`` until it succeeds, backing off: a stream must not move past a write
-    it could not make, so giving up is never an option here; the lag shows the outage."""
-    delay = first_delay_s
-    attempt = 0
-    while True:
-        try:
-            return action()
-        except Exception as exc:  # any store error is retried the same way
-            attempt += 1
-            metrics.STORE_RETRIES.labels(what).inc()
-            log.warning("%s failed (attempt %d): %s; retrying in %.1fs", what, attempt, exc, delay)
-            time.sleep(delay)
-            delay = min(max_delay_s, delay * 2)

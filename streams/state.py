@@ -36,7 +36,8 @@ from streams.item_rows import ItemRows, ItemSide
 from streams.outbox import ItemEffect
 from streams.privacy import PrivacyRegistry
 from streams.profile import UserProfile
-from streams.sink import FeastProfileStore, PartitionCounts, retry_forever
+from streams.sink import FeastProfileStore, PartitionCounts
+from streams.store_errors import retry_store
 
 
 class ProfileState:
@@ -74,7 +75,7 @@ class ProfileState:
         missing = sorted({p for p in partitions if p not in self.checkpoints})
         if not missing:
             return
-        counts = retry_forever(
+        counts = retry_store(
             lambda: self.store.read_partition_counts(missing), "reading checkpoints"
         )
         self.checkpoints.update({p: c.offset for p, c in counts.items()})
@@ -126,13 +127,13 @@ class ProfileState:
         done. Returns the number of profiles written."""
         if self._deleted_users:  # before the writes: a profile begun since must survive
             deleted = sorted(self._deleted_users)
-            retry_forever(lambda: self.store.delete_profiles(deleted), "deleting profiles")
+            retry_store(lambda: self.store.delete_profiles(deleted), "deleting profiles")
             self._deleted_users.clear()
         users = [self.profiles[u] for u in sorted(self._dirty_users)]
         items_written = self.items.written()
         for user in users:  # effects already in the item rows need no outbox entry
             user.outbox = [e for e in user.outbox if e.offset > items_written.get(e.partition, -1)]
-        written = retry_forever(lambda: self.store.write_profiles(users), "writing profiles")
+        written = retry_store(lambda: self.store.write_profiles(users), "writing profiles")
         self._dirty_users.clear()
         if self._wiped_users and self.on_wiped is not None:
             self.on_wiped(sorted(self._wiped_users))

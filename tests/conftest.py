@@ -27,11 +27,23 @@ if TYPE_CHECKING:
     from training.train import TrainingData
 
 
+# CI sets it: there a missing prerequisite fails the run instead of skipping (and so
+# passing) every test that needs it.
+REQUIRE_PREREQUISITES = os.environ.get("STREAMRANK_TESTS_REQUIRE_ALL") == "1"
+
+
+def missing_prerequisite(what: str) -> None:
+    """Skip the test for lack of ``what``, or, where everything is required, fail it."""
+    if REQUIRE_PREREQUISITES:
+        pytest.fail(f"prerequisite missing: {what} (STREAMRANK_TESTS_REQUIRE_ALL=1)", pytrace=False)
+    pytest.skip(what)
+
+
 @pytest.fixture(scope="session")
 def dataset() -> Dataset:
     settings = Settings()
     if settings.dataset_dir is None and settings.events_file is None:
-        pytest.skip("no data set: ../shared/data/movielens-100k not found")
+        missing_prerequisite("no data set: ../shared/data/movielens-100k not found")
     return load_dataset(settings)
 
 
@@ -136,6 +148,6 @@ def settings(home: Path, broker: EmbeddedBroker) -> Settings:
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     """A Redis of the test's own on a free port (never the machine's shared one)."""
     if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed")
+        missing_prerequisite("redis-server is not installed")
     with RedisServer(tmp_path / "redis") as server:
         yield server

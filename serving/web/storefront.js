@@ -2,29 +2,32 @@
 // Every action is a real event, posted to the HTTP collector (the worker's web server) as a
 // site's beacon would be; the "recommended" row and the profile panel come from the API and
 // refresh on their own. No framework, no build step.
+// Who the visitor is comes from the server (the shop's backend), with a short-lived token for
+// that visitor only: the page holds no key, and its token opens no one else's data.
 "use strict";
 
 const config = window.STREAMRANK || {};
-const state = { visitor: null, item: null, profileEvents: -1, optedOut: null, category: null };
+const state = { visitor: config.visitor, item: null, profileEvents: -1, optedOut: null, category: null };
 const $ = (id) => document.getElementById(id);
 
-function visitorId(fresh) {
-  let id = fresh ? null : localStorage.getItem("streamrank-visitor");
-  if (!id) {
-    id = "visitor-" + crypto.randomUUID().slice(0, 8);
-    localStorage.setItem("streamrank-visitor", id);
-  }
-  return id;
+function headers() {
+  return { "content-type": "application/json", authorization: "Bearer " + config.token };
 }
 
-function headers() {
-  const h = { "content-type": "application/json" };
-  if (config.writeKey) h.authorization = "Bearer " + config.writeKey;
-  return h;
+// A token lives an hour: once it has expired, reload the page for a fresh one (the cookie
+// keeps the visitor), at most once a minute so that a refusal for another reason cannot loop.
+function renewIfExpired(reply) {
+  if (reply.status !== 401) return;
+  const last = Number(sessionStorage.getItem("streamrank-renewed") || 0);
+  if (Date.now() - last > 60_000) {
+    sessionStorage.setItem("streamrank-renewed", String(Date.now()));
+    location.reload();
+  }
 }
 
 async function api(path, options = {}) {
   const reply = await fetch(path, { headers: headers(), ...options });
+  renewIfExpired(reply);
   if (!reply.ok) throw new Error(`${path}: ${reply.status}`);
   return reply.json();
 }
@@ -49,6 +52,7 @@ async function send(type, fields) {
       headers: headers(),
       body: JSON.stringify([event]),
     });
+    renewIfExpired(reply);
     status(reply.ok ? `sent: ${type}` : `the collector said ${reply.status}`);
   } catch (err) {
     status(`the collector is unreachable (${err.message})`);
@@ -188,8 +192,7 @@ function refreshSoon() {
 }
 
 // --- wiring -----------------------------------------------------------------------------
-function start(fresh) {
-  state.visitor = visitorId(fresh);
+function start() {
   state.profileEvents = -1;
   $("visitor-id").textContent = state.visitor;
   $("item-view").hidden = true;
@@ -205,7 +208,10 @@ $("search").addEventListener("submit", (e) => {
 $("cart").addEventListener("click", () => send("add_to_cart", { item_id: state.item.item_id }));
 $("buy").addEventListener("click", () => send("purchase", { item_id: state.item.item_id }));
 $("close-item").addEventListener("click", () => { $("item-view").hidden = true; });
-$("new-visitor").addEventListener("click", () => { sessionStorage.clear(); start(true); });
+$("new-visitor").addEventListener("click", () => {
+  sessionStorage.clear();
+  location.assign("/?visitor=new"); // the server picks the new visitor and signs their token
+});
 $("personalize").addEventListener("change", async (e) => {
   await api(`/v1/users/${encodeURIComponent(state.visitor)}/consent`, {
     method: "POST",
@@ -215,6 +221,6 @@ $("personalize").addEventListener("change", async (e) => {
   refreshSoon();
 });
 
-start(false);
+start();
 loadCatalog().catch((err) => status(err.message));
 setInterval(() => refresh().catch(() => {}), 5000);

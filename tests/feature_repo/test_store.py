@@ -133,7 +133,7 @@ def test_our_sqlite_rows_read_as_feasts_own_store_reads(home: Path) -> None:
     settings = Settings(home=home)
     ours = apply_repo(settings)
     stock = stock_sqlite_store(settings, home, home / "stock.db")
-    assert type(ours._get_provider().online_store).__name__ == "EntityRowSqliteOnlineStore"
+    assert type(ours.provider.online_store).__name__ == "EntityRowSqliteOnlineStore"
     profiles = three_profiles()
     for store in (ours, stock):
         FeastProfileStore(store, "direct").write_profiles(profiles)
@@ -142,7 +142,7 @@ def test_our_sqlite_rows_read_as_feasts_own_store_reads(home: Path) -> None:
     keys = [FeastProfileStore(ours).profiles._entity_key({"user_id": p.user_id}) for p in profiles]
 
     def online(store: FeatureStore) -> list[dict[str, object]]:
-        read = store._get_provider().online_read(store.config, view, keys, None)
+        read = store.provider.online_read(store.config, view, keys, None)
         return [{n: v.SerializeToString() for n, v in values.items()} for _, values in read]
 
     assert online(ours) == online(stock)
@@ -205,7 +205,7 @@ def test_sqlite_forgets_users_past_the_ttl_on_disk_not_only_on_read(home: Path) 
     store = apply_repo(Settings(home=home))
     profiles = FeastProfileStore(store)
     profiles.write_profiles([fold([ev(1, "view", "a")])])
-    online = store._get_provider().online_store
+    online = store.provider.online_store
     view = store.get_feature_view("user_profile")
     assert online.purge_expired(store.config, view) == 0  # written just now: kept
     later = datetime.now(UTC) + view.ttl + timedelta(days=1)

@@ -29,9 +29,15 @@ def app_settings(compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Se
     for key in list(Settings.model_fields):
         monkeypatch.delenv(f"STREAMRANK_{key.upper()}", raising=False)
     for key, value in compose["x-streamrank"]["environment"].items():
-        value = re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", str(value))  # ${VAR:-default}
-        monkeypatch.setenv(key, re.sub(r"\$\{[A-Z_]+:\?[^}]*\}", "given", value))  # ${VAR:?}
+        monkeypatch.setenv(key, substituted(key, value))
     return Settings()
+
+
+def substituted(key: str, value: object) -> str:
+    """``${VAR:-default}`` takes its default; ``${VAR:?}`` (required) a stand-in value."""
+    text = re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", str(value))
+    given = '["given"]' if key.endswith("_KEYS") else "given"  # lists are JSON
+    return re.sub(r"\$\{[A-Z_]+:\?[^}]*\}", given, text)
 
 
 def test_every_setting_the_stack_passes_exists_and_parses(
@@ -91,7 +97,7 @@ def test_addresses_match_the_services_that_listen_there(
     fields = {f"STREAMRANK_{name.upper()}" for name in Settings.model_fields}
     assert set(extra) <= fields, set(extra) - fields
     for key, value in extra.items():
-        monkeypatch.setenv(key, re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", str(value)))
+        monkeypatch.setenv(key, substituted(key, value))
     serve = Settings()
     for url, service, port in (
         (serve.platform_worker_urls[0], "worker", settings.worker_web_port),

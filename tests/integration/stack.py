@@ -20,8 +20,15 @@ from streams.profile import UserProfile
 from streams.pseudonyms import Pseudonymizer
 from streams.sink import FeastProfileStore
 
-ADMIN_KEY, WRITE_KEY = "it-admin-key", "it-site-key"
-SITE = {"Authorization": f"Bearer {WRITE_KEY}"}  # what the site's pages and backend send
+ADMIN_KEY, WRITE_KEY, READ_KEY = "it-admin-key", "it-site-key", "it-read-key"
+SITE = {"Authorization": f"Bearer {WRITE_KEY}"}  # the site's backend posting events
+READER = {"Authorization": f"Bearer {READ_KEY}"}  # the site's backend asking for rankings
+KEYS = {  # every scope keyed, as in production; the failure limit off (fuzzing trips it)
+    "admin_keys": [ADMIN_KEY],
+    "collector_write_keys": [WRITE_KEY],
+    "read_keys": [READ_KEY],
+    "auth_failures_per_minute": 0,
+}
 
 
 @dataclass

@@ -9,6 +9,7 @@ A new visitor opens the page, views and buys items of one category, and the page
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import threading
@@ -23,8 +24,16 @@ from infra.broker import EmbeddedBroker
 from infra.kafka_admin import wait_until_consumed
 from streamrank.datasets import Dataset
 from streamrank.demo import stream_events
-from tests.conftest import isolated_settings, make_home
-from tests.integration.stack import WRITE_KEY, Stack, running_stack
+from tests.conftest import isolated_settings, make_home, missing_prerequisite
+from tests.integration.stack import (
+    ADMIN_KEY,
+    KEYS,
+    READ_KEY,
+    READER,
+    WRITE_KEY,
+    Stack,
+    running_stack,
+)
 
 pytestmark = pytest.mark.integration
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
@@ -50,7 +59,7 @@ def chromium() -> str:
             subprocess.run(step, capture_output=True, timeout=900, check=False)
         found = shutil.which("chromium")
     if not found:
-        pytest.skip("Chromium is missing and `apt-get install chromium` was not possible here")
+        missing_prerequisite("Chromium is missing and `apt-get install chromium` was not possible")
     return found
 
 
@@ -73,7 +82,7 @@ def shop(
 ) -> Iterator[Stack]:
     """The whole system, with some real history (popularity, co-visitation) in it."""
     home = make_home(tmp_path_factory.mktemp("shop") / "home", catalog_home)
-    settings = isolated_settings(home, broker.bootstrap, collector_write_keys=[WRITE_KEY])
+    settings = isolated_settings(home, broker.bootstrap, **KEYS)
     with running_stack(settings, dataset) as stack:
         _, delivered = stream_events(settings, dataset.events.tail(5000), shift_to_now=True)
         wait_until_consumed(
@@ -131,7 +140,10 @@ def test_a_new_visitor_sees_the_page_follow_what_they_do(shop: Stack, browser: o
     assert cold < 0.3, cold
     reflected = time.monotonic() - acted
     expect(page.locator("#recommended")).to_have_attribute("data-strategy", "personalized")
-    expect(page.locator("#facts")).to_contain_text("3")  # bought three
+    bought = page.locator("#facts dt", has_text="carted / bought").locator(
+        "xpath=following-sibling::dd[1]"
+    )
+    expect(bought).to_have_text(re.compile(r"^\d+ / 3$"))  # bought three
     recent = page.locator("#recent").inner_text()
     assert any(t in recent for t in titles), recent
     assert not set(page.locator("#rec-row .card .title").all_inner_texts()) & set(titles[:3])
@@ -153,7 +165,32 @@ def test_a_new_visitor_sees_the_page_follow_what_they_do(shop: Stack, browser: o
     )
     expect(page.locator("#facts")).to_contain_text("none (opted out)")
     assert shop.profile(visitor).opted_out
+
+    # the page holds its visitor's token, no key; a reload is the same visitor (the shop's
+    # cookie), and "new visitor" is someone the server picks, with nothing of the last one
+    html = page.content()
+    assert not any(k in html for k in (ADMIN_KEY, WRITE_KEY, READ_KEY))
+    page.reload()
+    expect(page.locator("#visitor-id")).to_have_text(visitor)
+    page.click("#new-visitor")
+    expect(page.locator("#visitor-id")).not_to_have_text(visitor, timeout=15_000)
+    expect(page.locator("#recommended")).to_have_attribute(
+        "data-strategy", "cold_start", timeout=15_000
+    )
+    assert page.locator("#visitor-id").inner_text().startswith("visitor-")
     assert errors == []
+
+
+# Pixels of a chart's line colour (platform.js strokes #3558d6) on its canvas.
+LINE_PIXELS_AT_LEAST = """([id, least]) => {
+  const canvas = document.getElementById(id);
+  const data = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+  let n = 0;
+  for (let i = 0; i < data.length; i += 4) {
+    if (data[i] < 110 && data[i + 1] < 140 && data[i + 2] > 170 && data[i + 3] > 100) n++;
+  }
+  return n >= least;
+}"""
 
 
 def test_the_platform_page_shows_the_stream_serving_and_the_latest_backtest(
@@ -171,7 +208,9 @@ def test_the_platform_page_shows_the_stream_serving_and_the_latest_backtest(
     page = browser.new_page(viewport={"width": 1440, "height": 1000})  # type: ignore[attr-defined]
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
-    shown = httpx.post(f"{shop.url}/v1/recommendations", json={"user_id": "ops-probe"}, timeout=30)
+    shown = httpx.post(
+        f"{shop.url}/v1/recommendations", json={"user_id": "ops-probe"}, headers=READER, timeout=30
+    )
     assert shown.status_code == 200  # an impression for the experiment table
     page.goto(f"{shop.url}/platform")
     expect(page.locator("#tile-workers .value")).to_have_text("1/1", timeout=30_000)
@@ -193,14 +232,21 @@ def test_the_platform_page_shows_the_stream_serving_and_the_latest_backtest(
     )
     traffic.start()
     for n in range(20):
-        httpx.post(f"{shop.url}/v1/recommendations", json={"user_id": str(n + 1)}, timeout=30)
+        shown = httpx.post(
+            f"{shop.url}/v1/recommendations",
+            json={"user_id": str(n + 1)},
+            headers=READER,
+            timeout=30,
+        )
+        assert shown.status_code == 200, shown.text
     traffic.join()
     page.wait_for_function(
         "Number(document.querySelector('#tile-events .value').textContent.replace(/,/g, '')) > 0",
         timeout=30_000,
     )
     expect(page.locator("#tile-p99 .value")).not_to_have_text("–", timeout=10_000)
-    page.wait_for_timeout(4500)  # two more polls: the charts have points
+    for chart in ("chart-events", "chart-p99"):  # a line drawn through the polls' points
+        page.wait_for_function(LINE_PIXELS_AT_LEAST, arg=[chart, 40], timeout=15_000)
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "platform.png"), full_page=True)
     assert errors == []

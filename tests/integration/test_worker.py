@@ -4,15 +4,19 @@ Every test ends by comparing the stored profiles with an offline fold of the sam
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -130,6 +134,58 @@ def wait(settings: Settings, delivered: dict[int, int], timeout: float = 240) ->
     wait_until_checkpointed(FeastProfileStore(open_store(settings)), delivered, timeout=60)
 
 
+class PacedSender:
+    """Sends ``events`` in small chunks with a pause between them, in a thread, so that a
+    test can act while the stream is still arriving; ``delivered`` grows as it goes.
+    ``send_chunk`` sends a list of events and returns their last offsets per partition."""
+
+    def __init__(
+        self,
+        send_chunk: Callable[[list[Event]], dict[int, int]],
+        events: list[Event],
+        chunk: int,
+        pause_s: float,
+    ):
+        self.delivered: dict[int, int] = {}
+        self._thread = threading.Thread(
+            target=self._run, args=(send_chunk, events, chunk, pause_s), daemon=True
+        )
+        self._thread.start()
+
+    def _run(
+        self,
+        send_chunk: Callable[[list[Event]], dict[int, int]],
+        events: list[Event],
+        chunk: int,
+        pause_s: float,
+    ) -> None:
+        for start in range(0, len(events), chunk):
+            for part, offset in send_chunk(events[start : start + chunk]).items():
+                self.delivered[part] = max(self.delivered.get(part, -1), offset)
+            time.sleep(pause_s)
+
+    @property
+    def sending(self) -> bool:
+        return self._thread.is_alive()
+
+    def finish(self) -> dict[int, int]:
+        self._thread.join()
+        return self.delivered
+
+
+def checkpoints_moved(settings: Settings, since: dict[int, int]) -> bool:
+    """Whether any partition's checkpoint is past ``since`` (partition -> checkpoint)."""
+    now = FeastProfileStore(open_store(settings)).read_checkpoints(sorted(since))
+    return any(now[p] > since[p] for p in since)
+
+
+def checkpointed(store: FeastProfileStore, delivered: dict[int, int]) -> int:
+    """How many of the delivered messages the store's checkpoints cover (all effects
+    written)."""
+    checkpoints = store.read_checkpoints(sorted(delivered))
+    return sum(min(offset, delivered[p]) + 1 for p, offset in checkpoints.items())
+
+
 def check(settings: Settings, events: list[Event], catalog: Catalog) -> None:
     """Profiles, popularity and co-visitation all equal an offline fold of ``events``."""
     truth = offline_truth(events, catalog)
@@ -142,13 +198,26 @@ def check(settings: Settings, events: list[Event], catalog: Catalog) -> None:
 def test_crashes_at_five_random_points_lose_and_double_nothing(
     stream_settings: Settings, workers: Workers, catalog: Catalog
 ) -> None:
+    """Each kill lands mid-stream: after the previous one's checkpoints, before the end."""
     events = make_events(catalog, 200_000, users=2000)
     delivered = send(stream_settings, events)
+    total = sum(offset + 1 for offset in delivered.values())
     rng = random.Random(42)
-    for _ in range(5):
-        worker = workers.start()
-        time.sleep(rng.uniform(6.0, 14.0))  # start-up takes ~5 s; then it is mid-stream
+    store = FeastProfileStore(open_store(stream_settings))
+    done_before = 0
+    for n in range(5):
+        # checkpoints every 0.3 s, so that one lands close to the point aimed at
+        worker = workers.start(worker_item_flush_s=0.3)
+        # somewhere in the n-th seventh of the stream, past what the last run checkpointed
+        target = max(total * (n + 1 + rng.random()) / 7, done_before + 1)
+        deadline = time.monotonic() + 180
+        while (done := checkpointed(store, delivered)) < target:
+            assert worker.poll() is None and time.monotonic() < deadline, (done, target)
+            time.sleep(0.02)
         workers.kill(worker)
+        done = checkpointed(store, delivered)
+        assert done_before < done < total, (n, done_before, done, total)  # progress, not done
+        done_before = done
     workers.start()
     wait(stream_settings, delivered, timeout=600)
     check(stream_settings, events, catalog)
@@ -190,6 +259,7 @@ def test_a_redis_outage_delays_but_loses_nothing(
             pool.start()
             delivered = send(s, events[:10_000])
             wait(s, delivered)
+            before_outage = dict(delivered)
             redis_server.stop()
             delivered = send(s, events[10_000:], delivered)
             time.sleep(12)  # redis-py retries a few times itself, then our backoff starts
@@ -198,12 +268,83 @@ def test_a_redis_outage_delays_but_loses_nothing(
             before = committed_offsets(
                 s.bootstrap(), s.consumer_group, s.events_topic, list(delivered)
             )
-            assert any(before[p] <= delivered[p] for p in delivered)  # nothing committed past
+            # no partition has committed anything sent during the outage (nothing is written)
+            assert all(before[p] <= before_outage.get(p, -1) + 1 for p in delivered), before
             redis_server.start()
             wait(s, delivered)
             check(s, events, catalog)
         finally:
             pool.stop_all()
+
+
+def fill_up(disk: Path) -> None:
+    """Write to ``disk`` until the file system has no byte left."""
+    with (disk / "filler").open("wb") as out:
+        try:
+            while True:
+                out.write(b"\0" * (1 << 20))
+                out.flush()
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC, exc
+
+
+def test_a_full_store_halts_the_worker_visibly_and_loses_nothing(
+    home: Path, broker: EmbeddedBroker, catalog: Catalog, tmp_path: Path
+) -> None:
+    """The online store on a file system of its own (tmpfs) that fills up mid-stream: the
+    worker stops taking events at once, with a 503 readiness and a metric, and keeps its
+    checkpoints; once there is room again a restarted worker goes on, nothing lost or
+    counted twice."""
+    s = isolated_settings(home, broker.bootstrap)
+    apply_repo(s)
+    ensure_topics(broker.bootstrap, {s.events_topic: 4, s.dlq_topic: 1})
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(disk)], check=True)
+    pool = Workers(s)
+    try:
+        db = s.home_dir / "online.db"
+        conn = sqlite3.connect(db)  # everything in the main file, none in the WAL
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        conn.close()
+        (disk / "online.db").write_bytes(db.read_bytes())
+        for path in (db, db.with_name("online.db-wal"), db.with_name("online.db-shm")):
+            path.unlink(missing_ok=True)
+        db.symlink_to(disk / "online.db")  # SQLite keeps its WAL beside the file linked to
+        events = make_events(catalog, 6000, users=150, seed=8)
+        worker = pool.start()
+        delivered = send(s, events[:3000])
+        wait(s, delivered)
+        fill_up(disk)
+        delivered = send(s, events[3000:], delivered)
+
+        health = f"http://127.0.0.1:{s.worker_web_port}/healthz"
+        deadline = time.monotonic() + 120
+        while (reply := httpx.get(health, timeout=5)).status_code == 200:
+            assert time.monotonic() < deadline, "the worker never said it stopped"
+            time.sleep(0.5)
+        assert reply.status_code == 503 and reply.json()["ready"] is False
+        assert "full" in reply.json()["error"], reply.json()
+        metrics = httpx.get(f"http://127.0.0.1:{s.worker_web_port}/metrics", timeout=5).text
+        assert "streamrank_store_failed 1.0" in metrics
+        assert 'kind="full"' in metrics and "streamrank_store_failures_total{" in metrics
+        time.sleep(3)
+        assert worker.poll() is None  # halted, not crash-looping
+        committed = committed_offsets(
+            s.bootstrap(), s.consumer_group, s.events_topic, list(delivered)
+        )
+        assert any(committed[p] <= delivered[p] for p in delivered)  # not all of it taken
+        assert "lasting store error (full)" in pool.log(), pool.log()[-3000:]
+
+        (disk / "filler").unlink()  # room again; the operator restarts the worker
+        stop_process(worker, "faust worker")
+        pool.started.remove(worker)
+        pool.start()
+        wait(s, delivered)
+        check(s, events, catalog)
+    finally:
+        pool.stop_all()
+        subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
 def test_ten_thousand_mixed_messages_valid_plus_dead_equals_produced(
@@ -468,12 +609,16 @@ def test_a_replay_of_the_live_range_equals_the_live_profiles(
     users = sorted(dataset.events["user_id"].unique())[:150]
     events = list(iter_events(dataset.events[dataset.events["user_id"].isin(users)]))
     first = workers.start()
-    delivered = send(s, events[: len(events) // 2])
-    time.sleep(3)
+    nothing = dict.fromkeys(range(s.events_partitions), -1)
+    sender = PacedSender(partial(send, s), events, chunk=500, pause_s=0.2)
+    deadline = time.monotonic() + 120
+    while not checkpoints_moved(s, nothing):  # the worker is part-way through
+        assert time.monotonic() < deadline, "no checkpoint was written"
+        time.sleep(0.1)
+    assert sender.sending  # the kill lands mid-stream
     workers.kill(first)
     workers.start()
-    delivered = send(s, events[len(events) // 2 :], delivered)
-    wait(s, delivered)
+    wait(s, sender.finish())
     for key, value in s.as_env().items():
         monkeypatch.setenv(key, value)
     assert cli(["replay", "--namespace", "check", "--workers", "1"]) == 0

@@ -1,8 +1,7 @@
-"""The README's demo, as a user runs it: a subprocess, start to finish, and Ctrl-C."""
+"""The README's demo, as a user runs it: a subprocess, start to finish, and stopped."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
@@ -11,37 +10,20 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import psutil
 import pytest
 
 from tests.conftest import make_home
+from tests.leftovers import leftovers, no_leftovers_after
 
 pytestmark = pytest.mark.integration
-
-
-def leftovers(home: Path) -> list[str]:
-    """Processes still carrying this demo's home in their environment (broker, worker, Ray)."""
-    found = []
-    for proc in psutil.process_iter(["pid", "name"]):
-        try:
-            if proc.environ().get("STREAMRANK_HOME") == str(home):
-                found.append(f"{proc.pid} {proc.name()}")
-        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
-            continue
-    return found
 
 
 @pytest.fixture
 def home(tmp_path: Path, catalog_home: Path) -> Iterator[Path]:
     """The demo's home; whatever still carries it when the test ends (a failed or timed-out
     test: broker, workers, Ray, HAProxy) is killed, so no test leaves a stack behind."""
-    path = make_home(tmp_path / "home", catalog_home)
-    try:
+    with no_leftovers_after(make_home(tmp_path / "home", catalog_home)) as path:
         yield path
-    finally:
-        for found in leftovers(path):
-            with contextlib.suppress(psutil.Error):
-                psutil.Process(int(found.split()[0])).kill()
 
 
 def demo(home: Path, *args: str, sigint_ignored: bool = False) -> subprocess.Popen[str]:
@@ -77,10 +59,13 @@ def test_demo_prints_recommendations_and_cleans_up(home: Path) -> None:
     assert leftovers(home) == []
 
 
-def test_the_ui_demo_stays_up_with_its_pages_until_ctrl_c(home: Path) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_the_ui_demo_stays_up_with_its_pages_until_stopped(home: Path, stop: int) -> None:
+    """Ctrl-C, or SIGTERM (a supervisor, ``docker stop``), after ``ray.init`` has installed
+    Ray's own SIGTERM handler: everything the demo started stops with it."""
     import httpx
 
-    # started with SIGINT ignored, as a background job is: Ctrl-C (SIGINT) still stops it
+    # started with SIGINT ignored, as a background job is: SIGINT still stops it
     proc = demo(home, "--events", "3000", "--users", "1", "--ui", "--no-train", sigint_ignored=True)
     assert proc.stdout is not None
     lines: list[str] = []
@@ -95,7 +80,7 @@ def test_the_ui_demo_stays_up_with_its_pages_until_ctrl_c(home: Path) -> None:
     assert page.status_code == 200 and "collectorUrl" in page.text
     assert httpx.get(urls["platform page"], timeout=30).status_code == 200
     assert httpx.get(urls["storefront"] + "static/storefront.js", timeout=30).status_code == 200
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(stop)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, out[-3000:]
     time.sleep(2)

@@ -1,4 +1,4 @@
-"""The collector's door: write keys, per-client rate limits, and any body at all answered
+"""The collector's door: keys and user tokens, per-client rate limits, and any body answered
 with a deliberate status (its way to Kafka is tested through a real worker in
 tests/integration/test_worker.py)."""
 
@@ -15,7 +15,8 @@ from hypothesis import settings as fuzz_settings
 from pydantic_core import from_json
 
 from streamrank.settings import Settings
-from streams.collector import Collector, RateLimiter
+from streams.access import AccessPolicy, FailureLimiter, RateLimiter, Scope, UserTokens
+from streams.collector import Collector
 from streams.producer import EventProducer
 from streams.pseudonyms import RAW_IDS
 from tests.hostile_inputs import hostile_messages, nested
@@ -38,17 +39,52 @@ BODY = json.dumps(
 ).encode()
 
 
-def test_write_keys_are_required_once_configured(producer: EventProducer) -> None:
-    door = Collector(producer, write_keys=["k-site-1", "k-site-2"])
+TOKENS = UserTokens(b"s" * 32)
+
+
+def keyed(failures: FailureLimiter | None = None) -> AccessPolicy:
+    return AccessPolicy(
+        {Scope.EVENTS: ["k-site-1", "k-site-2"], Scope.READ: ["k-read"]}, TOKENS, failures
+    )
+
+
+def body(*users: str) -> bytes:
+    event = json.loads(BODY)
+    return json.dumps([{**event, "event_id": f"e-{u}", "user_id": u} for u in users]).encode()
+
+
+def test_keys_are_required_once_configured(producer: EventProducer) -> None:
+    door = Collector(producer, access=keyed())
     assert door.accept(BODY, "1.2.3.4").status == 401
     assert door.accept(BODY, "1.2.3.4", "wrong").status == 401
     assert door.accept(BODY, "1.2.3.4", "k-site-1x").status == 401
+    assert door.accept(BODY, "1.2.3.4", "k-read").status == 403  # a read key posts nothing
     producer.flush()
     assert producer.sent_events == 0  # refused before anything was produced
     assert door.accept(BODY, "1.2.3.4", "k-site-2").status == 202
     producer.flush()
     assert producer.sent_events == 1
     assert Collector(producer).accept(BODY, "1.2.3.4").status == 202  # none configured: open
+
+
+def test_a_user_token_posts_only_that_users_events(producer: EventProducer) -> None:
+    door = Collector(producer, access=keyed())
+    token = TOKENS.issue("u")
+    assert door.accept(body("u", "u"), "b", token).status == 202
+    mixed = door.accept(body("u", "someone-else"), "b", token)
+    assert mixed.status == 403 and "another user" in mixed.body["error"]
+    assert door.accept(body("someone-else"), "b", token).status == 403
+    assert door.accept(body("u"), "b", UserTokens(b"t" * 32).issue("u")).status == 401  # forged
+    producer.flush()
+    assert producer.sent_events == 2  # only the token's own user's two
+
+
+def test_repeated_refusals_are_rate_limited_per_address(producer: EventProducer) -> None:
+    door = Collector(producer, access=keyed(FailureLimiter(per_minute=6, burst=3)))
+    assert [door.accept(BODY, "guesser", f"k-{n}").status for n in range(4)] == [401] * 3 + [429]
+    blocked = door.accept(BODY, "guesser", "k-site-1")  # even a right key, for a while
+    assert blocked.status == 429 and blocked.body["retry_after_s"] >= 1
+    assert door.accept(BODY, "someone-else", "k-site-1").status == 202
 
 
 def test_each_client_has_its_own_bucket_and_gets_a_retry_after(producer: EventProducer) -> None:
