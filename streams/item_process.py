@@ -149,7 +149,8 @@ class ItemProcess:
         elif kind == "failed":
             raise ItemProcessDied(f"item process failed: {message[1]}")
         elif kind == "store_failed":  # a lasting store error: the worker halts, not restarts
-            metrics.STORE_FAILURES.labels(message[1], message[2]).inc()  # (counted there)
+            # counted here too: only the worker's registry is on /metrics, not this child's
+            metrics.STORE_FAILURES.labels(message[1], message[2]).inc()
             raise StoreFailed(message[1], message[2], RuntimeError(message[3]))
         return str(kind)
 

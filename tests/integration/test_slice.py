@@ -286,7 +286,7 @@ def test_a_killed_worker_neither_loses_nor_double_counts(stack: Stack) -> None:
     dead_before = len(read_topic(s.bootstrap(), s.dlq_topic, 1000, timeout=2))
     before = stack.store.read_checkpoints(list(range(s.events_partitions)))
     sender = PacedSender(partial(send, s), events, chunk=100, pause_s=0.15)
-    until(lambda: checkpoints_moved(s, before), 60, "no checkpoint was written")
+    until(lambda: checkpoints_moved(stack.store, before), 60, "no checkpoint was written")
     assert sender.sending  # the kill lands mid-stream: part checkpointed, more to come
     os.killpg(os.getpgid(stack.worker.pid), signal.SIGKILL)  # type: ignore[attr-defined]
     stack.worker.wait(10)  # type: ignore[attr-defined]

@@ -173,17 +173,16 @@ class PacedSender:
         return self.delivered
 
 
-def checkpoints_moved(settings: Settings, since: dict[int, int]) -> bool:
+def checkpoints_moved(store: FeastProfileStore, since: dict[int, int]) -> bool:
     """Whether any partition's checkpoint is past ``since`` (partition -> checkpoint)."""
-    now = FeastProfileStore(open_store(settings)).read_checkpoints(sorted(since))
+    now = store.read_checkpoints(sorted(since))
     return any(now[p] > since[p] for p in since)
 
 
-def checkpointed(store: FeastProfileStore, delivered: dict[int, int]) -> int:
-    """How many of the delivered messages the store's checkpoints cover (all effects
+def checkpointed(store: FeastProfileStore, partitions: list[int]) -> int:
+    """How many messages of ``partitions`` the store's checkpoints cover (all their effects
     written)."""
-    checkpoints = store.read_checkpoints(sorted(delivered))
-    return sum(min(offset, delivered[p]) + 1 for p, offset in checkpoints.items())
+    return sum(offset + 1 for offset in store.read_checkpoints(partitions).values())
 
 
 def check(settings: Settings, events: list[Event], catalog: Catalog) -> None:
@@ -198,28 +197,26 @@ def check(settings: Settings, events: list[Event], catalog: Catalog) -> None:
 def test_crashes_at_five_random_points_lose_and_double_nothing(
     stream_settings: Settings, workers: Workers, catalog: Catalog
 ) -> None:
-    """Each kill lands mid-stream: after the previous one's checkpoints, before the end."""
+    """Each kill lands mid-stream: after the run has checkpointed past the previous kill,
+    while the stream is still arriving (sent at a pace the worker outruns)."""
     events = make_events(catalog, 200_000, users=2000)
-    delivered = send(stream_settings, events)
-    total = sum(offset + 1 for offset in delivered.values())
-    rng = random.Random(42)
+    sender = PacedSender(partial(send, stream_settings), events, chunk=1000, pause_s=0.3)
     store = FeastProfileStore(open_store(stream_settings))
+    partitions = list(range(stream_settings.events_partitions))
+    rng = random.Random(42)
     done_before = 0
     for n in range(5):
-        # checkpoints every 0.3 s, so that one lands close to the point aimed at
-        worker = workers.start(worker_item_flush_s=0.3)
-        # somewhere in the n-th seventh of the stream, past what the last run checkpointed
-        target = max(total * (n + 1 + rng.random()) / 7, done_before + 1)
+        worker = workers.start(worker_item_flush_s=0.3)  # checkpoints close together
         deadline = time.monotonic() + 180
-        while (done := checkpointed(store, delivered)) < target:
-            assert worker.poll() is None and time.monotonic() < deadline, (done, target)
-            time.sleep(0.02)
+        while (done := checkpointed(store, partitions)) <= done_before:  # progress first
+            assert worker.poll() is None and time.monotonic() < deadline, (n, done)
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 1.5))  # then a random point of the run
+        assert sender.sending, f"kill {n}: the stream had ended"  # the kill lands mid-stream
         workers.kill(worker)
-        done = checkpointed(store, delivered)
-        assert done_before < done < total, (n, done_before, done, total)  # progress, not done
-        done_before = done
+        done_before = checkpointed(store, partitions)
     workers.start()
-    wait(stream_settings, delivered, timeout=600)
+    wait(stream_settings, sender.finish(), timeout=600)
     check(stream_settings, events, catalog)
 
 
@@ -262,9 +259,12 @@ def test_a_redis_outage_delays_but_loses_nothing(
             before_outage = dict(delivered)
             redis_server.stop()
             delivered = send(s, events[10_000:], delivered)
-            time.sleep(12)  # redis-py retries a few times itself, then our backoff starts
-            metrics = httpx.get(f"http://127.0.0.1:{s.worker_web_port}/metrics", timeout=5).text
-            assert "streamrank_store_retries_total{" in metrics
+            # redis-py retries a few times itself, then our backoff starts and is counted
+            metrics_url = f"http://127.0.0.1:{s.worker_web_port}/metrics"
+            deadline = time.monotonic() + 90
+            while "streamrank_store_retries_total{" not in httpx.get(metrics_url, timeout=5).text:
+                assert time.monotonic() < deadline, "no store retry was counted"
+                time.sleep(0.5)
             before = committed_offsets(
                 s.bootstrap(), s.consumer_group, s.events_topic, list(delivered)
             )
@@ -483,15 +483,14 @@ def test_poison_messages_on_the_same_keys_cost_no_neighbour(
 
 
 FAILING_WORKER = """
+import os
 import sys
 import streams.processor as processor
 
 original = processor.ProfileProcessor.process
-calls = []
 
 def failing(self, messages, write=True):
-    calls.append(len(messages))
-    if len(calls) == 2:
+    if os.path.exists(os.environ["FAIL_MARKER"]):  # the first batch once the test says so
         raise RuntimeError("injected: a batch that cannot be finished")
     return original(self, messages, write)
 
@@ -504,12 +503,20 @@ sys.exit(main(["worker"]))
 def test_a_batch_that_fails_outside_judging_stops_the_worker_unacknowledged(
     stream_settings: Settings, workers: Workers, catalog: Catalog
 ) -> None:
-    """An exception outside judging (here injected into the processor's second batch) must
-    not let Faust restart the agent past the batch: the worker exits 70, and the next one
-    resumes from the checkpoints, so the profiles still equal an offline fold."""
+    """An exception outside judging (here injected into the first batch after the first
+    half is consumed) must not let Faust restart the agent past the batch: the worker exits
+    70, and the next one resumes from the checkpoints, so the profiles still equal an
+    offline fold."""
     s = stream_settings
     events = make_events(catalog, 20_000, users=300, seed=21)
-    env = {**os.environ, **s.as_env(), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    marker = s.home_dir / "fail-now"
+    env = {
+        **os.environ,
+        **s.as_env(),
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONUNBUFFERED": "1",
+        "FAIL_MARKER": str(marker),
+    }
     log_path = s.home_dir / "logs" / "failing-worker.log"
     log_path.parent.mkdir(exist_ok=True)
     with open(log_path, "ab") as out:
@@ -523,7 +530,8 @@ def test_a_batch_that_fails_outside_judging_stops_the_worker_unacknowledged(
     workers.started.append(failing)
     delivered = send(s, events[:10_000])
     wait_until_consumed(s.bootstrap(), s.consumer_group, s.events_topic, delivered, 120)
-    delivered = send(s, events[10_000:], delivered)  # the second batch: it fails
+    marker.touch()
+    delivered = send(s, events[10_000:], delivered)  # the next batch: it fails
     try:
         assert failing.wait(120) == EXIT_UNFINISHED
     finally:
@@ -610,9 +618,10 @@ def test_a_replay_of_the_live_range_equals_the_live_profiles(
     events = list(iter_events(dataset.events[dataset.events["user_id"].isin(users)]))
     first = workers.start()
     nothing = dict.fromkeys(range(s.events_partitions), -1)
+    store = FeastProfileStore(open_store(s))
     sender = PacedSender(partial(send, s), events, chunk=500, pause_s=0.2)
     deadline = time.monotonic() + 120
-    while not checkpoints_moved(s, nothing):  # the worker is part-way through
+    while not checkpoints_moved(store, nothing):  # the worker is part-way through
         assert time.monotonic() < deadline, "no checkpoint was written"
         time.sleep(0.1)
     assert sender.sending  # the kill lands mid-stream
