@@ -16,7 +16,7 @@ from feast.types import Array, Float32, Float64, Int64, String
 
 from streams.events import EventType
 from streams.popularity import POPULARITY_WINDOWS
-from streams.profile import COUNT_WINDOWS, RECENT_LISTS, counter_name
+from streams.profile import COUNT_WINDOWS, MEMORY_LISTS, RECENT_LISTS, counter_name
 
 USER_PROFILE_VIEW = "user_profile"
 ITEM_VIEW = "item"
@@ -54,6 +54,11 @@ def user_profile_schema() -> list[Field]:
     fields += [
         Field(name="recent_queries", dtype=Array(String)),
         Field(name="recent_queries_ts", dtype=Array(Float64)),
+        *(
+            Field(name=f"{name}{suffix}", dtype=Array(kind))
+            for name in MEMORY_LISTS
+            for suffix, kind in (("", String), ("_ts", Float64))
+        ),
         Field(name="top_categories", dtype=Array(String)),
         Field(name="category_weights", dtype=Array(Float64)),
         Field(name="interest_sum", dtype=Array(Float32)),

@@ -36,14 +36,14 @@ def blocked_items(
     show_again: ShowAgain = ShowAgain.NONE,
 ) -> set[str]:
     """Never shown: the caller's exclusions, the item already in view, and of the user's
-    own items what ``show_again`` hides (purchases unless ``all``; recently engaged items
-    too under ``none``). Items out of stock are dropped too, by ``rank``, from the
-    catalog's ``available`` flag."""
+    own items what ``show_again`` hides (purchases unless ``all``; every engaged item too
+    under ``none``), from the profile's long memories (``SEEN_N`` items). Items out of
+    stock are dropped too, by ``rank``, from the catalog's ``available`` flag."""
     blocked = set(exclude)
     if features is not None and show_again is not ShowAgain.ALL:
-        blocked.update(features.purchased)
+        blocked.update(features.purchased, features.bought)
         if show_again is ShowAgain.NONE:
-            blocked.update(features.engaged)
+            blocked.update(features.engaged, features.seen)
     if context_item:
         blocked.add(context_item)
     return blocked

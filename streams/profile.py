@@ -61,6 +61,11 @@ INTEREST_TAU_S = 14 * 86_400.0
 SHORTEST_TAU_S = min(*COUNT_WINDOWS.values(), CATEGORY_TAU_S, INTEREST_TAU_S)
 MAX_CATEGORIES = 32
 RECENT_N = 20
+SEEN_N = 500
+"""Distinct items remembered per user for the show-again rule (``serving.ranking``), far
+more than the recent lists keep: without it a heavy user's 21st-newest film or purchase
+comes back as a recommendation, and every heavy user's row fills with the same
+best-sellers they have all consumed already."""
 RECENT_QUERIES_N = 10
 RECENT_EVENT_IDS_N = 64
 MAX_UNSUMMED = 1024  # interest terms gathered before they are added (bounds the memory)
@@ -110,6 +115,9 @@ RECENT_LISTS: dict[str, EventType] = {
     "purchased": EventType.PURCHASE,
 }
 """The last ``RECENT_N`` distinct items per event type, newest first."""
+
+MEMORY_LISTS = ("seen_items", "bought_items")
+"""The profile's long item memories (``SEEN_N`` each), stored like the recent lists."""
 
 
 class ItemLookup(Protocol):
@@ -175,6 +183,10 @@ class UserProfile:
         default_factory=lambda: {name: Recent() for name in RECENT_LISTS}
     )
     recent_queries: Recent = field(default_factory=Recent)
+    seen_items: Recent = field(default_factory=Recent)
+    """Every item of any event type, newest ``SEEN_N`` (what ``none`` never shows again)."""
+    bought_items: Recent = field(default_factory=Recent)
+    """Purchased items, newest ``SEEN_N`` (what ``unbought`` never shows again)."""
     categories: dict[str, float] = field(default_factory=dict)
     _interest_sum: np.ndarray | None = field(default=None, repr=False)
     interest_weight: float = 0.0
@@ -261,6 +273,10 @@ class UserProfile:
             row[f"recent_{name}_ts"] = list(reversed(entries.values()))
         row["recent_queries"] = self.recent_queries.keys_newest_first()
         row["recent_queries_ts"] = list(reversed(self.recent_queries.values()))
+        for name in MEMORY_LISTS:
+            entries = getattr(self, name)
+            row[name] = entries.keys_newest_first()
+            row[f"{name}_ts"] = list(reversed(entries.values()))
         weight = factor[CATEGORY_TAU_S]
         ranked = sorted(
             [(c, w * weight) for c, w in self.categories.items()], key=lambda kv: -kv[1]
@@ -294,6 +310,8 @@ class UserProfile:
         for name in RECENT_LISTS:
             profile.recent[name] = _pairs(row, f"recent_{name}")
         profile.recent_queries = _pairs(row, "recent_queries")
+        for name in MEMORY_LISTS:
+            setattr(profile, name, _pairs(row, name))
         profile.categories = dict(
             zip(
                 map(str, row.get("top_categories") or []),
@@ -377,6 +395,9 @@ def apply_event(profile: UserProfile, event: Event, items: ItemLookup) -> bool:
     item = event.item_id
     assert item is not None
     profile.recent[LIST_OF_TYPE[kind]].add(item, ts, RECENT_N)
+    profile.seen_items.add(item, ts, SEEN_N)
+    if kind is EventType.PURCHASE:
+        profile.bought_items.add(item, ts, SEEN_N)
 
     weight = TYPE_WEIGHTS[kind]
     categories = items.categories(item)
@@ -429,6 +450,10 @@ class ProfileFeatures:
     history: list[tuple[str, EventType]] = field(default_factory=list)
     """Engaged items in time order (oldest first), each with its strongest event type: the
     sequence the ranking model reads. At most ``RECENT_N`` per type survive in the state."""
+    seen: list[str] = field(default_factory=list)
+    """Every item the user engaged with, newest ``SEEN_N`` first."""
+    bought: list[str] = field(default_factory=list)
+    """Every item the user bought, newest ``SEEN_N`` first."""
 
     @property
     def engaged(self) -> list[str]:
@@ -439,7 +464,12 @@ class ProfileFeatures:
         return list(seen)
 
 
-def derive_features(profile: UserProfile, now: float, top_k: int = 5) -> ProfileFeatures:
+def derive_features(
+    profile: UserProfile, now: float, top_k: int = 5, memories: bool = True
+) -> ProfileFeatures:
+    """The features as of ``now``. ``memories=False`` leaves out the long item memories
+    (``seen``, ``bought``): only the show-again rule reads them, and a training set holding
+    a copy of them per example would be hundreds of megabytes for nothing."""
     now = max(now, profile.as_of)
     counts = {
         name: value_at(profile.decayed[name], profile.ref, tau, now)
@@ -464,6 +494,8 @@ def derive_features(profile: UserProfile, now: float, top_k: int = 5) -> Profile
         recent_carted=profile.recent["carted"].keys_newest_first(),
         purchased=profile.recent["purchased"].keys_newest_first(),
         recent_queries=profile.recent_queries.keys_newest_first(),
+        seen=profile.seen_items.keys_newest_first() if memories else [],
+        bought=profile.bought_items.keys_newest_first() if memories else [],
         last_event_at=profile.as_of,
         session_events=profile.session_events,
         sessions=profile.sessions,

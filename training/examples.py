@@ -111,14 +111,15 @@ def build_examples(
         if profile is None or profile.user_id != event.user_id:
             profile, seen = UserProfile(event.user_id), set()
         if label and event.item_id is not None:
+            judged = label != Split.TRAIN.value  # only judged examples are masked
             yield Example(
                 user_id=event.user_id,
                 item_id=event.item_id,
                 event_type=event.type,
                 ts=event.epoch,
-                features=derive_features(profile, event.epoch),
+                features=derive_features(profile, event.epoch, memories=judged),
                 split=Split(label),
-                seen=frozenset(seen) if label != Split.TRAIN.value else frozenset(),
+                seen=frozenset(seen) if judged else frozenset(),
             )
         apply_event(profile, event, items)
         if event.item_id is not None:

@@ -11,7 +11,7 @@ from serving.ranking import RankingPolicy, ShowAgain, blocked_items, diversify, 
 from serving.scorer import combine
 from streamrank.catalog import Catalog
 from streams.events import Event
-from streams.profile import UserProfile, apply_event, derive_features
+from streams.profile import RECENT_N, UserProfile, apply_event, derive_features
 
 
 def profile_of(catalog: Catalog, views: list[str], buys: list[str]) -> UserProfile:
@@ -53,6 +53,12 @@ def test_the_shops_rule_says_which_of_the_users_own_items_may_come_back(
     assert rules[ShowAgain.UNBOUGHT] == {"2", "3", "4"}  # purchases never come back
     assert rules[ShowAgain.ALL] == {"3", "4"}  # the caller's and the item in view still go
     assert blocked_items(None, (), None, ShowAgain.NONE) == set()
+    # what fell out of the recent lists is still remembered (a heavy user's 21st item)
+    old = [str(i) for i in range(6, 6 + 2 * RECENT_N)]
+    heavy = derive_features(profile_of(catalog, old, old), time.time())
+    assert set(old) - set(heavy.purchased)  # some left the recent list ...
+    assert set(old) <= blocked_items(heavy, (), None, ShowAgain.NONE)  # ... none comes back
+    assert set(old) <= blocked_items(heavy, (), None, ShowAgain.UNBOUGHT)
     # the settings' choices are the rule's names (settings import no serving code)
     from typing import get_args
 

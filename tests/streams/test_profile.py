@@ -10,6 +10,7 @@ from streams.profile import (
     INTEREST_TAU_S,
     MAX_UNSUMMED,
     RECENT_N,
+    SEEN_N,
     TYPE_WEIGHTS,
     Recent,
     UserProfile,
@@ -186,6 +187,21 @@ def test_recent_lists_are_bounded_unique_and_newest_first() -> None:
     assert len(viewed) == RECENT_N
     assert viewed[0] == "x0"
     assert len(set(viewed)) == RECENT_N
+
+
+def test_the_long_memories_outlive_the_recent_lists_and_stay_bounded() -> None:
+    events = [ev(i, "purchase" if i % 2 else "view", f"x{i}", dt=i) for i in range(SEEN_N + 10)]
+    p = fold(events)
+    features = derive_features(p, now=T0 + SEEN_N + 10)
+    assert len(features.seen) == SEEN_N and len(features.purchased) == RECENT_N
+    assert features.seen[0] == f"x{SEEN_N + 9}" and f"x{9}" not in features.seen
+    assert features.seen[-1] == "x10"  # the oldest ten are forgotten, oldest first
+    assert len(features.bought) == (SEEN_N + 10) // 2
+    assert set(features.bought) == {f"x{i}" for i in range(1, SEEN_N + 10, 2)}
+    assert derive_features(p, now=T0, memories=False).seen == []
+    back = UserProfile.from_row(p.to_row())
+    assert derive_features(back, now=T0).seen == features.seen
+    assert derive_features(back, now=T0).bought == features.bought
 
 
 def test_category_affinity_and_interest_vector_follow_engagement() -> None:
