@@ -173,6 +173,7 @@ class Api:
             experiment=settings.experiment_name,
             n_popular=settings.candidates_popular,
             n_interest=settings.candidates_similar,
+            n_model=settings.candidates_model,
             popular_refresh_s=settings.popular_refresh_s,
             policy=RankingPolicy(
                 settings.ranking_diversity,

@@ -7,7 +7,8 @@ popularity), ``covisit`` (stream-kept "engaged with A, then with B" for the user
 items and the item in view), ``search`` (nearest items to the search query, found by the
 scorer's text path), ``interest`` (nearest items to the user's interest vector),
 ``similar`` (nearest items by text to one of the user's recent items or to the item in
-view).
+view). A trained model's scorer adds ``model``: its own nearest items to the user vector
+(``serving/scorer.py``).
 """
 
 from __future__ import annotations

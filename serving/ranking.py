@@ -77,7 +77,7 @@ def explain(
         return f"people who viewed “{catalog.title(anchor)}” also looked at this"
     if anchor is not None and anchor == context_item:
         return f"similar to “{catalog.title(anchor)}”"
-    if anchor is None and candidate.source == "interest" and features is not None:
+    if anchor is None and candidate.source in ("interest", "model") and features is not None:
         anchor = closest_recent(candidate.row, catalog, features)
     if anchor is not None:
         carted = features is not None and anchor in features.recent_carted

@@ -28,8 +28,8 @@ from serving.api import (
 from serving.candidates import Candidate, CandidateGenerator
 from serving.experiments import assign_arm
 from serving.ranking import RankingPolicy, blocked_items, rank
-from serving.scorer import ScoreTask
-from serving.stream_ranker import TEXT_WEIGHT, stream_scores
+from serving.scorer import Scored, ScoreTask
+from serving.stream_ranker import StreamSignals
 from streamrank.catalog import Catalog
 from streams.covisitation import merge_neighbours
 from streams.impressions import Impression
@@ -40,7 +40,7 @@ from streams.sink import FeastProfileStore
 
 log = logging.getLogger(__name__)
 
-ScoreFn = Callable[[ScoreTask], Awaitable[np.ndarray | None]]
+ScoreFn = Callable[[ScoreTask], Awaitable[Scored | None]]
 SearchFn = Callable[[str, int], Awaitable[np.ndarray]]
 R = TypeVar("R")
 
@@ -68,6 +68,7 @@ class Recommender:
         experiment: str = "default",
         n_popular: int = 200,
         n_interest: int = 200,
+        n_model: int = 100,
         popular_refresh_s: float = 2.0,
         policy: RankingPolicy | None = None,
         score_timeout_s: float = 1.0,
@@ -84,6 +85,7 @@ class Recommender:
         self.pseudonyms = pseudonyms  # the store, arms and impressions know pseudonyms only
         self.partitions = list(range(partitions))
         self.candidates = CandidateGenerator(catalog, n_popular, n_interest)
+        self.n_model = n_model
         self.popular_refresh_s = popular_refresh_s
         self.policy = policy or RankingPolicy()
         self.score_timeout_s = score_timeout_s
@@ -169,10 +171,12 @@ class Recommender:
         else:
             matches = await self._search(arm, query) if query else None
             found = self.candidates.generate(features, popular, context_item, covisits, matches)
-        candidates = list(found.values())
-        scores, personalized, scorer_problem = await self._scores(
-            arm, candidates, features, query, popular, anchors, covisits
+        signals = StreamSignals(anchors, covisits, dict(popular))
+        retrieve = self.n_model if request.candidate_ids is None else 0  # else: just those
+        rows, scores, personalized, scorer_problem = await self._scores(
+            arm, list(found), features, query, signals, retrieve
         )
+        candidates = [found.get(row) or Candidate(row, "model") for row in rows.tolist()]
         fallback_reason = fallback_reason or scorer_problem
         items = rank(
             candidates,
@@ -232,7 +236,7 @@ class Recommender:
 
     async def _model_scores(
         self, score_fn: ScoreFn, task: ScoreTask
-    ) -> tuple[np.ndarray | None, str | None]:
+    ) -> tuple[Scored | None, str | None]:
         """The arm's scores, or None and the reason when the scorer fails or is slower than
         ``score_timeout_s``: a failed or slow replica must not fail the page."""
         try:
@@ -247,60 +251,40 @@ class Recommender:
     async def _scores(
         self,
         arm: Arm,
-        candidates: list[Candidate],
+        candidates: list[int],
         features: ProfileFeatures | None,
         query: str | None,
-        popular: list[tuple[str, float]],
-        anchors: list[str],
-        covisits: Mapping[str, list[tuple[str, float]]],
-    ) -> tuple[np.ndarray, bool, str | None]:
-        """Model scores when there is a profile or a query (an arm without a trained model:
-        the stream's scores for a profile, ``serving/stream_ranker.py``), else popularity.
-        Also popularity when the scorer fails or is slower than ``score_timeout_s`` (reason
-        returned): the page gets an answer either way."""
-        rows = np.fromiter((c.row for c in candidates), dtype=np.int64, count=len(candidates))
+        signals: StreamSignals,
+        retrieve: int,
+    ) -> tuple[np.ndarray, np.ndarray, bool, str | None]:
+        """(rows, scores, personalized, problem) for the ``candidates`` (catalog rows) and
+        the up to ``retrieve`` items a trained model finds itself. With a profile, the
+        arm's served score: a trained model's blend with the no-model default, else that
+        default, which still ranks from the stream's signals without the scorer (failed or
+        slower than ``score_timeout_s``); with a query, the arm's relevance; otherwise, or
+        when the scorer fails, popularity (the reason returned): the page gets an answer
+        either way."""
+        rows = np.array(candidates, dtype=np.int64)
         ids = self.catalog.ids
         problem = None
-        if len(rows) and features is not None and not query and not arm.trained:
-            # the text term from the arm's scorer (the pretrained encoder); without it, the
-            # stream's signals still rank
-            text, _ = await self._model_scores(arm.score, ScoreTask(rows, features, None))
-            return self._no_model_scores(rows, anchors, covisits, popular, text), True, None
         if len(rows) and (features is not None or query):
-            task = ScoreTask(rows, features, query)
-            if features is not None and not query:  # the model's served blend reads them
-                text = (
-                    self.catalog.embeddings[rows] @ features.interest
-                    if features.interest is not None
-                    else None
-                )
-                stream = self._no_model_scores(rows, anchors, covisits, popular, text)
-                task = ScoreTask(rows, features, None, stream)
-            scores, problem = await self._model_scores(arm.score, task)
-            if scores is not None:
-                return np.asarray(scores, dtype=np.float64), True, None
-        weights = dict(popular)
+            ranking = features is not None and not query
+            task = ScoreTask(
+                rows,
+                features,
+                query,
+                signals if ranking else None,
+                retrieve if ranking and arm.trained else 0,
+            )
+            scored, problem = await self._model_scores(arm.score, task)
+            if scored is not None:
+                return scored.rows, np.asarray(scored.scores, dtype=np.float64), True, None
+            if ranking and not arm.trained:  # the stream ranks without the encoder's term
+                return rows, signals.scores([ids[r] for r in rows]), True, None
+        weights = signals.popular
         top = max(weights.values(), default=1.0) or 1.0
         scores = np.array([weights.get(ids[r], 0.0) / top for r in rows], dtype=np.float64)
-        return scores, False, problem
-
-    def _no_model_scores(
-        self,
-        rows: np.ndarray,
-        anchors: list[str],
-        covisits: Mapping[str, list[tuple[str, float]]],
-        popular: list[tuple[str, float]],
-        text: np.ndarray | None,
-    ) -> np.ndarray:
-        """What the no-model default scores the candidate ``rows``: the stream's signals
-        plus ``TEXT_WEIGHT`` times the pretrained encoder's cosine ``text`` (None: without
-        it), as ``training.baselines.StreamDefault`` does offline. What an arm without a
-        model ranks by, and a trained model's blend reads (``training/blend.py``)."""
-        ids = self.catalog.ids
-        stream = stream_scores([ids[r] for r in rows], anchors, covisits, dict(popular))
-        if text is not None:
-            stream += TEXT_WEIGHT * np.asarray(text, dtype=np.float64)
-        return stream
+        return rows, scores, False, problem
 
     async def score(self, request: ScoreRequest) -> ScoreResponse:
         """Model scores for the given items; null where the catalog does not know the item,
@@ -320,9 +304,9 @@ class Recommender:
         result: dict[str, float] = {}
         if known and features is not None:
             rows = np.array([self.catalog.index[i] for i in known], dtype=np.int64)
-            scores, problem = await self._model_scores(arm.score, ScoreTask(rows, features, None))
-            if scores is not None:
-                result = {i: float(s) for i, s in zip(known, scores, strict=True)}
+            scored, problem = await self._model_scores(arm.score, ScoreTask(rows, features))
+            if scored is not None:
+                result = {i: float(s) for i, s in zip(known, scored.scores, strict=True)}
         return ScoreResponse(
             user_id=request.user_id,
             scores=[ItemScore(item_id=i, score=result.get(i)) for i in request.item_ids],

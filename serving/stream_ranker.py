@@ -23,6 +23,7 @@ row (``training/baselines.py``), computed by these same functions.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -64,21 +65,50 @@ def stream_scores(
 ) -> np.ndarray:
     """Scores of ``item_ids``: co-visitation from ``anchors`` (newest first, each weighted
     ``ANCHOR_DECAY`` times the one before) and popularity, each scaled to a top of 1, and
-    the anchors themselves by the same recency weights (``REPEAT_WEIGHT``)."""
-    position = {item: i for i, item in enumerate(item_ids)}
-    covisit = np.zeros(len(item_ids), np.float64)
-    repeat = np.zeros(len(item_ids), np.float64)
+    the anchors themselves by the same recency weights (``REPEAT_WEIGHT``).
+
+    The tops are taken over everything the signals hold, not over ``item_ids``: an item's
+    score must not depend on which other items are scored with it (serving scores a few
+    hundred candidates, the offline evaluation the whole catalog)."""
+    covisit: dict[str, float] = {}
     for k, anchor in enumerate(anchors):
         weight = ANCHOR_DECAY**k
-        own = position.get(anchor)
-        if own is not None:
-            repeat[own] = max(repeat[own], weight)
         for item, strength in neighbours.get(anchor, ()):
-            row = position.get(item)
-            if row is not None:
-                covisit[row] += weight * strength
-    trending = np.fromiter((popular.get(i, 0.0) for i in item_ids), np.float64, len(item_ids))
-    return _scaled(covisit) + POPULARITY_WEIGHT * _scaled(trending) + REPEAT_WEIGHT * repeat
+            covisit[item] = covisit.get(item, 0.0) + weight * strength
+    recency = {}
+    for k, anchor in enumerate(anchors):
+        recency.setdefault(anchor, ANCHOR_DECAY**k)
+    top_covisit = max(covisit.values(), default=0.0) or 1.0
+    top_popular = max(popular.values(), default=0.0) or 1.0
+    n = len(item_ids)
+    return (
+        np.fromiter((covisit.get(i, 0.0) for i in item_ids), np.float64, n) / top_covisit
+        + POPULARITY_WEIGHT
+        * np.fromiter((popular.get(i, 0.0) for i in item_ids), np.float64, n)
+        / top_popular
+        + REPEAT_WEIGHT * np.fromiter((recency.get(i, 0.0) for i in item_ids), np.float64, n)
+    )
+
+
+@dataclass(frozen=True)
+class StreamSignals:
+    """What the stream keeps for one request: the user's newest items (``anchors``, newest
+    first), their co-visited neighbours and the stream's popularity. The no-model default
+    scores any catalog item from them, so they travel with a scoring task and the scorer
+    scores the items it retrieves itself the same way as the ones it was sent."""
+
+    anchors: Sequence[str]
+    neighbours: Mapping[str, Sequence[tuple[str, float]]]
+    popular: Mapping[str, float]
+
+    def scores(self, item_ids: Sequence[str], text: np.ndarray | None = None) -> np.ndarray:
+        """The no-model default's scores of ``item_ids``: ``stream_scores`` plus
+        ``TEXT_WEIGHT`` times the pretrained encoder's cosine ``text`` between the user's
+        interest and each item (None: without that term)."""
+        out = stream_scores(item_ids, self.anchors, self.neighbours, self.popular)
+        if text is not None:
+            out += TEXT_WEIGHT * np.asarray(text, dtype=np.float64)
+        return out
 
 
 def recency_scores(item_ids: Sequence[str], features: ProfileFeatures | None) -> np.ndarray:
@@ -91,8 +121,3 @@ def recency_scores(item_ids: Sequence[str], features: ProfileFeatures | None) ->
         if row is not None:
             out[row] = ANCHOR_DECAY**k
     return out
-
-
-def _scaled(values: np.ndarray) -> np.ndarray:
-    top = float(values.max(initial=0.0))
-    return values / top if top > 0 else values

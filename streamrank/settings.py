@@ -194,6 +194,9 @@ class Settings(BaseSettings):
     popular_refresh_s: float = 2.0
     candidates_popular: int = 200
     candidates_similar: int = 200
+    candidates_model: int = Field(
+        default=100, ge=0, description="a trained model's own nearest items, scored too"
+    )
     scorer_timeout_s: float = Field(default=1.0, gt=0, description="then popularity fallback")
     store_timeout_s: float = Field(default=0.5, gt=0, description="online-store read bound")
     ranking_diversity: float = Field(default=0.2, ge=0, le=1, description="MMR weight")

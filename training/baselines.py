@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from serving.stream_ranker import TEXT_WEIGHT, recency_scores, recent_items, stream_scores
+from serving.stream_ranker import StreamSignals, recency_scores, recent_items
 from streamrank.catalog import Catalog
 from streamrank.datasets import iter_events
 from streams.covisitation import CovisitRow, covisit_edges, merge_neighbours
@@ -293,18 +293,24 @@ class StreamDefault:
                 row.add(item, weight, event.epoch)
             apply_event(profile, event, self.catalog)
 
-    def score(self, examples: Sequence[Example]) -> np.ndarray:
+    def signals(self, examples: Sequence[Example]) -> list[StreamSignals]:
+        """What serving would read from the stream for each example, at its time."""
         popular = self.popular.score(examples)
-        text = self.text.score(examples)
-        out = np.zeros((len(examples), len(self.item_ids)), np.float32)
+        out = []
         for row, example in enumerate(examples):
             anchors = recent_items(example.features)
             neighbours = {  # as serving merges them: decayed to now, never grown
                 a: merge_neighbours([self.rows[a]], example.ts) for a in anchors if a in self.rows
             }
             trending = dict(zip(self.item_ids, popular[row].tolist(), strict=True))
-            scores = stream_scores(self.item_ids, anchors, neighbours, trending)
-            out[row] = scores + TEXT_WEIGHT * text[row]
+            out.append(StreamSignals(anchors, neighbours, trending))
+        return out
+
+    def score(self, examples: Sequence[Example]) -> np.ndarray:
+        text = self.text.score(examples)
+        out = np.zeros((len(examples), len(self.item_ids)), np.float32)
+        for row, signals in enumerate(self.signals(examples)):
+            out[row] = signals.scores(self.item_ids, text[row])
         return out
 
 

@@ -137,7 +137,10 @@ def wait(settings: Settings, delivered: dict[int, int], timeout: float = 240) ->
 class PacedSender:
     """Sends ``events`` in small chunks with a pause between them, in a thread, so that a
     test can act while the stream is still arriving; ``delivered`` grows as it goes.
-    ``send_chunk`` sends a list of events and returns their last offsets per partition."""
+    ``send_chunk`` sends a list of events and returns their last offsets per partition.
+
+    The last chunk is held back until ``finish``: a test that acts before calling it acts
+    mid-stream by construction, however slowly the machine under test starts up."""
 
     def __init__(
         self,
@@ -146,7 +149,9 @@ class PacedSender:
         chunk: int,
         pause_s: float,
     ):
+        assert len(events) > chunk, "nothing would be left to hold back"
         self.delivered: dict[int, int] = {}
+        self._release = threading.Event()
         self._thread = threading.Thread(
             target=self._run, args=(send_chunk, events, chunk, pause_s), daemon=True
         )
@@ -159,16 +164,23 @@ class PacedSender:
         chunk: int,
         pause_s: float,
     ) -> None:
-        for start in range(0, len(events), chunk):
+        starts = range(0, len(events), chunk)
+        for start in starts:
+            if start == starts[-1]:
+                self._release.wait()
             for part, offset in send_chunk(events[start : start + chunk]).items():
                 self.delivered[part] = max(self.delivered.get(part, -1), offset)
-            time.sleep(pause_s)
+            if start != starts[-1]:
+                time.sleep(pause_s)
 
     @property
     def sending(self) -> bool:
+        """Whether part of the stream is still to come (always, until ``finish``)."""
         return self._thread.is_alive()
 
     def finish(self) -> dict[int, int]:
+        """Send the held-back chunk, wait for every delivery, return the offsets."""
+        self._release.set()
         self._thread.join()
         return self.delivered
 

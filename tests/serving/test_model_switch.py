@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from serving.model_switch import RegistryFollower
-from serving.scorer import ScoreTask, score_by_model
+from serving.scorer import Scored, ScoreTask, score_by_model
 from streamrank.settings import Settings
 from tests.training.test_registry import trained_version
 from training.artifact import models_root
@@ -21,9 +21,9 @@ class Constant:
     def __init__(self, value: float):
         self.value, self.passes = value, 0
 
-    def score_batch(self, tasks: list[ScoreTask]) -> list[np.ndarray]:
+    def score_batch(self, tasks: list[ScoreTask]) -> list[Scored]:
         self.passes += 1
-        return [np.full(len(t.item_rows), self.value) for t in tasks]
+        return [Scored(t.item_rows, np.full(len(t.item_rows), self.value)) for t in tasks]
 
 
 def test_a_batch_across_a_switch_scores_each_request_with_its_own_model() -> None:
@@ -31,7 +31,7 @@ def test_a_batch_across_a_switch_scores_each_request_with_its_own_model() -> Non
     tasks = [ScoreTask(np.arange(n)) for n in (1, 2, 3, 4)]
     batch = [(old, tasks[0]), (new, tasks[1]), (old, tasks[2]), (new, tasks[3])]
     scored = score_by_model(batch)  # type: ignore[arg-type]
-    assert [np.asarray(s).tolist() for s in scored] == [[1.0], [2.0] * 2, [1.0] * 3, [2.0] * 4]
+    assert [s.scores.tolist() for s in scored if s] == [[1.0], [2.0] * 2, [1.0] * 3, [2.0] * 4]
     assert old.passes == new.passes == 1  # one forward pass per model, not per request
 
 

@@ -9,7 +9,7 @@ import pytest
 from feature_repo.store import apply_repo
 from serving.api import RecommendationRequest
 from serving.recommender import Arm, Recommender, ScoreFn, SearchFn
-from serving.scorer import ScoreTask
+from serving.scorer import Scored, ScoreTask
 from streamrank.catalog import Catalog
 from streamrank.settings import Settings
 from streams.impressions import Impression
@@ -52,7 +52,7 @@ def ask(r: Recommender) -> dict:
 def test_a_slow_or_failing_scorer_gives_flagged_popular_items(
     home: Path, catalog: Catalog, behaviour: str, reason: str
 ) -> None:
-    async def score(task: ScoreTask) -> np.ndarray:
+    async def score(task: ScoreTask) -> Scored:
         if behaviour == "slow":
             await asyncio.sleep(5)
         raise RuntimeError("replica died")
@@ -65,9 +65,9 @@ def test_a_slow_or_failing_scorer_gives_flagged_popular_items(
 
 
 def test_a_healthy_scorer_personalizes(home: Path, catalog: Catalog) -> None:
-    async def score(task: ScoreTask) -> np.ndarray:
+    async def score(task: ScoreTask) -> Scored:
         assert task.profile is not None and task.profile.event_count == 3
-        return -task.item_rows.astype(float)  # lowest rows first
+        return Scored(task.item_rows, -task.item_rows.astype(float))  # lowest rows first
 
     answer = ask(recommender(home, catalog, score))
     assert (answer["strategy"], answer["fallback_reason"]) == ("personalized", None)
@@ -75,8 +75,8 @@ def test_a_healthy_scorer_personalizes(home: Path, catalog: Catalog) -> None:
 
 
 def test_each_answer_is_logged_as_an_impression_of_its_arm(home: Path, catalog: Catalog) -> None:
-    async def score(task: ScoreTask) -> np.ndarray:
-        return np.zeros(len(task.item_rows))
+    async def score(task: ScoreTask) -> Scored:
+        return Scored(task.item_rows, np.zeros(len(task.item_rows)))
 
     shown.clear()
     answer = ask(recommender(home, catalog, score))
@@ -96,9 +96,9 @@ def test_a_search_query_brings_its_matches_into_the_ranking(home: Path, catalog:
         assert query == "space opera"
         return wanted
 
-    async def score(task: ScoreTask) -> np.ndarray:
+    async def score(task: ScoreTask) -> Scored:
         assert task.query == "space opera"
-        return np.isin(task.item_rows, wanted).astype(float)  # the matches score highest
+        return Scored(task.item_rows, np.isin(task.item_rows, wanted).astype(float))  # best
 
     r = recommender(home, catalog, score, search=search)
     request = RecommendationRequest(
@@ -115,8 +115,8 @@ def test_a_search_that_fails_leaves_the_other_candidates(home: Path, catalog: Ca
     async def search(query: str, n: int) -> np.ndarray:
         raise RuntimeError("replica died")
 
-    async def score(task: ScoreTask) -> np.ndarray:
-        return np.zeros(len(task.item_rows))
+    async def score(task: ScoreTask) -> Scored:
+        return Scored(task.item_rows, np.zeros(len(task.item_rows)))
 
     r = recommender(home, catalog, score, search=search)
     request = RecommendationRequest(user_id="u", k=5, context=RecommendationContext(query="x"))
@@ -133,8 +133,8 @@ def test_the_scorer_finds_items_by_their_text(home: Path, catalog: Catalog) -> N
 
 
 def test_concurrent_requests_share_one_popularity_refresh(home: Path, catalog: Catalog) -> None:
-    async def score(task: ScoreTask) -> np.ndarray:
-        return np.zeros(len(task.item_rows))
+    async def score(task: ScoreTask) -> Scored:
+        return Scored(task.item_rows, np.zeros(len(task.item_rows)))
 
     r = recommender(home, catalog, score)
     r.popular_refresh_s = 0.0  # always due
@@ -159,8 +159,8 @@ def test_concurrent_requests_share_one_popularity_refresh(home: Path, catalog: C
 
 
 def test_the_raw_id_is_looked_up_and_logged_as_its_pseudonym(home: Path, catalog: Catalog) -> None:
-    async def score(task: ScoreTask) -> np.ndarray:
-        return np.zeros(len(task.item_rows))
+    async def score(task: ScoreTask) -> Scored:
+        return Scored(task.item_rows, np.zeros(len(task.item_rows)))
 
     r = recommender(home, catalog, score)
     pseudonym = Pseudonymizer(b"key")

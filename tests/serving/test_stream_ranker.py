@@ -12,7 +12,7 @@ import pytest
 
 from serving.api import RecommendationRequest
 from serving.recommender import Arm
-from serving.scorer import ScoreTask
+from serving.scorer import Scored, ScoreTask
 from serving.stream_ranker import (
     ANCHOR_DECAY,
     POPULARITY_WEIGHT,
@@ -21,6 +21,7 @@ from serving.stream_ranker import (
     stream_scores,
 )
 from streamrank.catalog import Catalog
+from streamrank.settings import Settings
 from streams.covisitation import CovisitRow
 from streams.events import Event, EventType
 from streams.profile import UserProfile, apply_event, derive_features
@@ -65,15 +66,23 @@ def test_without_a_model_the_stream_ranks_with_the_encoders_cosine(
     comes first, then what followed item 1; the untrained scorer's cosine is added (it
     lifts its favourite above items the stream knows nothing of, not above a strong
     co-visit)."""
+    from serving.scorer import ScorerModel
+
     asked: list[ScoreTask] = []
     favourite = 150  # a catalog row among the candidates (popular, by catalog order)
+    viewed = viewed_in_order(catalog, ["1", "2", "3"])
+    interest = derive_features(viewed, time.time()).interest
+    assert interest is not None
+    untrained = ScorerModel(Settings(home=home), None)  # the pretrained encoder
+    untrained.item_vectors = np.outer(np.full(len(catalog), 0.1), interest).astype(np.float32)
+    untrained.item_vectors[favourite] = 0.25 * interest  # cosine 0.1, the favourite's 0.25
 
-    async def encoder(task: ScoreTask) -> np.ndarray:
+    async def encoder(task: ScoreTask) -> Scored | None:
         asked.append(task)
-        return np.where(task.item_rows == favourite, 0.25, 0.1)
+        return untrained.score_batch([task])[0]
 
     r = recommender(home, catalog, encoder)
-    r.profiles.write_profiles([viewed_in_order(catalog, ["1", "2", "3"])])
+    r.profiles.write_profiles([viewed])
     r.arms = {"main": Arm(encoder, "stream-default+test", None, trained=False)}
     now = time.time()
     after_3, after_1 = CovisitRow(0, "3"), CovisitRow(0, "1")
@@ -86,6 +95,7 @@ def test_without_a_model_the_stream_ranks_with_the_encoders_cosine(
     assert answer["strategy"] == "personalized"
     assert answer["model_version"] == "stream-default+test"
     assert len(asked) == 1 and asked[0].query is None
+    assert asked[0].retrieve == 0  # the stream's candidates: no model to retrieve with
     text = TEXT_WEIGHT * 0.1
     assert scores["181"] == pytest.approx(1.0 + text)  # the newest anchor's strongest edge
     assert scores["100"] == pytest.approx(ANCHOR_DECAY**2 * 9.0 / 5.0 + text)  # 2 steps back

@@ -4,6 +4,7 @@ a live profile with it (float and int8)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -16,6 +17,7 @@ from streamrank.catalog import Catalog
 from streamrank.datasets import Dataset
 from streamrank.settings import Settings
 from training.artifact import ITEM_VECTORS_FILE, META_FILE, MODEL_FILE, RankingArtifact
+from training.baselines import StreamDefault
 from training.config import TrainConfig
 from training.encoder import default_encoder_path
 from training.train import Trainer, model_scores, no_model_scores, prepare_training_data
@@ -53,9 +55,10 @@ def test_serving_loads_the_model_and_scores_a_live_profile(
             ScoreTask(rows),
         ]
     )
-    assert with_profile is not None and with_profile.shape == (100,)
-    assert np.isfinite(with_profile).all() and with_profile.std() > 0
-    assert with_query is not None and np.isfinite(with_query).all()
+    assert with_profile is not None and with_profile.scores.shape == (100,)
+    assert with_profile.rows.tolist() == rows.tolist()  # nothing retrieved unless asked
+    assert np.isfinite(with_profile.scores).all() and with_profile.scores.std() > 0
+    assert with_query is not None and np.isfinite(with_query.scores).all()
     assert nothing is None
 
 
@@ -107,15 +110,26 @@ def test_serving_blends_exactly_as_the_offline_scores_do(
     config = TrainConfig.model_validate(artifact.meta["config"])
     data = prepare_training_data(dataset.events, catalog, config)
     examples = data.test[:5]
-    stream = no_model_scores(data.fit_interactions, examples, catalog)
-    offline = artifact.served(model_scores(artifact, examples)[0], stream)
+    default = StreamDefault(catalog, catalog.ids, catalog.embeddings)
+    default.fit(data.fit_interactions)
+    signals = default.signals(examples)
+    offline = artifact.served(model_scores(artifact, examples)[0], default.score(examples))
     rows = np.arange(0, len(catalog), 7)
     for i, example in enumerate(examples):
-        (online,) = scorer.score_batch([ScoreTask(rows, example.features, None, stream[i, rows])])
-        assert online is not None
-        np.testing.assert_allclose(online, offline[i, rows], rtol=1e-5, atol=1e-5)
+        task = ScoreTask(rows, example.features, None, signals[i])
+        (online,) = scorer.score_batch([task])
+        assert online is not None and online.rows.tolist() == rows.tolist()
+        np.testing.assert_allclose(online.scores, offline[i, rows], rtol=1e-5, atol=1e-5)
         (alone,) = scorer.score_batch([ScoreTask(rows, example.features)])
-        assert not np.allclose(alone, online)  # the blend moved the scores
+        assert alone is not None and not np.allclose(alone.scores, online.scores)  # blended
+        # what the model finds itself is scored the same way as what it was sent
+        (found,) = scorer.score_batch([dataclasses.replace(task, retrieve=20)])
+        assert found is not None and found.rows[: len(rows)].tolist() == rows.tolist()
+        extra = found.rows[len(rows) :]
+        assert len(extra) and not np.isin(extra, rows).any()
+        np.testing.assert_allclose(found.scores, offline[i, found.rows], rtol=1e-5, atol=1e-5)
+        nearest = np.argsort(-model_scores(artifact, [example])[0][0])[:20]
+        assert set(extra) == set(nearest) - set(rows)  # the model's own top 20
 
 
 def test_fine_tuning_minilm_layers_runs(dataset: Dataset, catalog: Catalog, tmp_path: Path) -> None:
