@@ -181,6 +181,75 @@ def scorer_alone(settings: Settings, users: list[str], batch_sizes: list[int]) -
     return rows
 
 
+def in_process(settings: Settings, bodies: list[dict], seconds: float) -> list[dict]:
+    """CPU time per request of the whole request path without Ray and HTTP: the request
+    body validated, profile and stream reads, candidates, the scorer called directly (no
+    batching), ranking and the response's JSON. Once as the HTTP runs ask (100 given
+    candidates) and once as a page asks (the candidates found by the recommender)."""
+    from serving.api import RecommendationRequest
+    from serving.experiments import arm_model_dir
+    from serving.ranking import RankingPolicy, ShowAgain
+    from serving.recommender import Arm, Recommender
+    from serving.scorer import ScorerModel, model_directory
+
+    catalog = Catalog.load(settings.home_dir)
+    directory = model_directory(settings, arm_model_dir(settings, "main"))
+    model = ScorerModel(settings, directory, device="cpu", catalog=catalog)
+
+    async def score(task):  # type: ignore[no-untyped-def]
+        return model.score_batch([task])[0]
+
+    async def search(query: str, n: int) -> np.ndarray:
+        return model.search(query, n)
+
+    recommender = Recommender(
+        catalog,
+        FeastProfileStore(open_store(settings)),
+        {"main": Arm(score, model.version, search, model.trained)},
+        settings.events_partitions,
+        n_popular=settings.candidates_popular,
+        n_interest=settings.candidates_similar,
+        n_model=settings.candidates_model,
+        policy=RankingPolicy(
+            settings.ranking_diversity,
+            settings.ranking_exploration,
+            ShowAgain(settings.ranking_show_again),
+        ),
+        pseudonyms=Pseudonymizer.from_settings(settings),
+    )
+    pages = [{k: v for k, v in b.items() if k != "candidate_ids"} for b in bodies]
+
+    async def run(requests: list[dict]) -> dict[str, float]:
+        for body in requests[:20]:  # warm-up: popularity read, first passes
+            await recommender.recommend(RecommendationRequest.model_validate(body))
+        done, cpu, wall = 0, time.process_time(), time.perf_counter()
+        while time.perf_counter() - wall < seconds:
+            body = requests[done % len(requests)]
+            response = await recommender.recommend(RecommendationRequest.model_validate(body))
+            response.model_dump_json()
+            done += 1
+        return {
+            "requests": done,
+            "cpu_ms_per_request": 1000 * (time.process_time() - cpu) / done,
+            "wall_ms_per_request": 1000 * (time.perf_counter() - wall) / done,
+        }
+
+    out = []
+    for name, requests in (("100 given candidates", bodies), ("candidates found", pages)):
+        row = asyncio.run(run(requests))
+        out.append({"requests_as": name, **row})
+    return out
+
+
+def print_in_process(rows: list[dict]) -> None:
+    print(f"\n{'in process (no Ray, no HTTP)':28} {'CPU ms/req':>10} {'wall ms/req':>11}")
+    for row in rows:
+        print(
+            f"{row['requests_as']:28} {row['cpu_ms_per_request']:10.2f} "
+            f"{row['wall_ms_per_request']:11.2f}"
+        )
+
+
 def print_tables(results: dict, configs: list[Config]) -> None:
     noop = {r["concurrency"]: r for r in results["runs"].get("no-op ingress (ceiling)", [])}
     print(
@@ -208,6 +277,7 @@ def print_tables(results: dict, configs: list[Config]) -> None:
             f"{row['variant']:12} {row['batch_size']:6d} {row['tasks_per_s']:10.0f} "
             f"{row['ms_per_batch']:9.2f}"
         )
+    print_in_process(results["in_process"])
     for key, value in results["ratios"].items():
         print(f"{key}: {value:.2f}x")
 
@@ -220,6 +290,9 @@ def main() -> None:
     parser.add_argument("--model", type=Path, help="trained model directory (default: none)")
     parser.add_argument("--device", default=None, help="scorer device, e.g. cuda")
     parser.add_argument("--only", nargs="*", help="run only these configurations")
+    parser.add_argument(
+        "--in-process-only", action="store_true", help="the in-process row alone (no Ray)"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "serving.json")
     parser.add_argument("--shed-ongoing", type=int, default=8, help="the shedding run's bound")
     parser.add_argument("--shed-queued", type=int, default=8, help="and its queue")
@@ -236,6 +309,11 @@ def main() -> None:
         {"user_id": u, "k": 10, "candidate_ids": rng.sample(catalog.ids, CANDIDATES)}
         for u in rng.sample(users, min(500, len(users)))
     ]
+
+    if args.in_process_only:
+        rows = in_process(base, bodies, args.seconds)
+        print_in_process(rows)
+        return
 
     def variant(**update: object) -> Settings:
         return base.model_copy(update=update)
@@ -288,6 +366,7 @@ def main() -> None:
         results["runs"][config.name] = run_config(config, bodies, args.concurrency, args.seconds)
     results["knee"] = {name: knee(rows) for name, rows in results["runs"].items()}
     results["scorer_alone"] = scorer_alone(base, users, [1, 32])
+    results["in_process"] = in_process(base, bodies, args.seconds)
 
     top = max(args.concurrency)
 

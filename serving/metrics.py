@@ -40,3 +40,8 @@ MODEL_LOAD_SECONDS = Histogram(
     "Time to load a promoted model beside the serving one",
     buckets=(0.5, 1, 2, 5, 10, 30, 60),
 )
+USER_SUMMARIES = Counter(
+    "streamrank_serve_user_summaries_total",
+    "User-tower history summaries taken from the scorer's cache (hit) or computed (miss)",
+    ["outcome"],
+)

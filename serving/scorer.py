@@ -32,6 +32,7 @@ import numpy as np
 from ray import serve
 
 from serving.stream_ranker import StreamSignals
+from serving.user_cache import SummaryCache
 from streamrank.catalog import MANIFEST_FILE, Catalog
 from streamrank.settings import Settings
 from streams.profile import ProfileFeatures
@@ -126,6 +127,7 @@ class ScorerModel:
             self._load_trained(directory, encoder_path, device)
             if settings.scorer_int8:
                 self.ranking = self.ranking.quantized()
+            self.users = SummaryCache(self.ranking, settings.scorer_summary_cache)
         else:
             from training.encoder import TextEncoder
 
@@ -185,7 +187,7 @@ class ScorerModel:
 
     def user_vectors(self, profiles: list[ProfileFeatures]) -> np.ndarray:
         if self.ranking is not None:
-            return self.ranking.user_vectors(self.ranking.space.encode(profiles))
+            return self.users.user_vectors(self.ranking.space.encode(profiles))
         dim = self.item_vectors.shape[1]
         return np.stack(
             [p.interest if p.interest is not None else np.zeros(dim, np.float32) for p in profiles]

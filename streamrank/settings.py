@@ -174,6 +174,9 @@ class Settings(BaseSettings):
     scorer_max_ongoing_requests: int = Field(default=256, ge=1)
     scorer_int8: bool = Field(default=False, description="int8 dynamic quantization (CPU)")
     scorer_max_batch_size: int = Field(default=32, ge=1)
+    scorer_summary_cache: int = Field(
+        default=100_000, ge=0, description="users' history summaries kept (serving/user_cache)"
+    )
     scorer_batch_wait_s: float = Field(default=0.005, ge=0)
     # A/B test: arm name -> model directory ("" = the newest model). Users are split evenly
     # by a stable hash of (experiment_name, user id); JSON in STREAMRANK_EXPERIMENT_ARMS.

@@ -92,20 +92,29 @@ class RankingArtifact:
 
     # --- scoring ------------------------------------------------------------------------------
     @torch.inference_mode()
-    def user_vectors(self, users: UserArrays) -> np.ndarray:
+    def summaries(self, history: np.ndarray, types: np.ndarray) -> torch.Tensor:
+        """The user tower's history summaries (``RankingModel.summaries``), [B, d]."""
         items = torch.from_numpy(self.item_vectors).to(self.device)
         # PyTorch's fused attention fast path cannot read quantized Linear weights
         fast_path = torch.backends.mha.get_fastpath_enabled()
         torch.backends.mha.set_fastpath_enabled(fast_path and "quantized" not in self.meta)
         try:
-            out = self.model.user_vectors(
+            return self.model.summaries(
                 items,
-                torch.from_numpy(users.history).to(self.device),
-                torch.from_numpy(users.history_types).to(self.device),
-                context_tensor(users.categories, users.numeric, users.interest, self.device),
+                torch.from_numpy(history).to(self.device),
+                torch.from_numpy(types).to(self.device),
             )
         finally:
             torch.backends.mha.set_fastpath_enabled(fast_path)
+
+    @torch.inference_mode()
+    def user_vectors(self, users: UserArrays, summaries: torch.Tensor | None = None) -> np.ndarray:
+        """Unit user vectors; ``summaries``: the users' history summaries when the caller
+        has them already (serving's cache, ``serving/user_cache.py``)."""
+        if summaries is None:
+            summaries = self.summaries(users.history, users.history_types)
+        context = context_tensor(users.categories, users.numeric, users.interest, self.device)
+        out = self.model.user_from(summaries.to(self.device), context)
         return out.float().cpu().numpy()
 
     def score(self, users: UserArrays, rows: np.ndarray | None = None) -> np.ndarray:

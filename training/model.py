@@ -142,6 +142,13 @@ class RankingModel(nn.Module):
         self, items: torch.Tensor, history: torch.Tensor, types: torch.Tensor, context: torch.Tensor
     ) -> torch.Tensor:
         """``items``: the catalog's item vectors [N, d]; ``history``: rows + 1, 0 = padding."""
+        return self.user_from(self.summaries(items, history, types), context)
+
+    def summaries(
+        self, items: torch.Tensor, history: torch.Tensor, types: torch.Tensor
+    ) -> torch.Tensor:
+        """The transformer's [USER] output over the engaged items: the user tower's costly
+        part, which changes only when the history does (serving caches it by history)."""
         batch, length = history.shape
         padded = torch.cat([items.new_zeros(1, items.shape[1]), items])
         seq = padded[history] + self.type_emb(types)
@@ -149,7 +156,11 @@ class RankingModel(nn.Module):
         token = self.user_token.expand(batch, 1, -1) + self.pos_emb.weight[0]
         seq = torch.cat([token, seq], dim=1)
         pad = torch.cat([history.new_zeros(batch, 1, dtype=torch.bool), history == 0], dim=1)
-        summary = self.sequence(seq, src_key_padding_mask=pad)[:, 0]
+        return self.sequence(seq, src_key_padding_mask=pad)[:, 0]
+
+    def user_from(self, summary: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """Unit user vectors from the history's summaries and the profile's context
+        (category shares, decayed counts that move with the clock, interest)."""
         user = self.head(torch.cat([summary, self.context(context)], dim=-1))
         return F.normalize(user, dim=-1)
 
