@@ -190,8 +190,9 @@ def in_process(settings: Settings, bodies: list[dict], seconds: float) -> list[d
     from serving.experiments import arm_model_dir
     from serving.ranking import RankingPolicy, ShowAgain
     from serving.recommender import Arm, Recommender
-    from serving.scorer import ScorerModel, model_directory
+    from serving.scorer import ScorerModel, model_directory, use_scorer_threads
 
+    use_scorer_threads(settings)  # as in a replica
     catalog = Catalog.load(settings.home_dir)
     directory = model_directory(settings, arm_model_dir(settings, "main"))
     model = ScorerModel(settings, directory, device="cpu", catalog=catalog)

@@ -53,7 +53,14 @@ from serving.api import (
 from serving.config import APP_NAME
 from serving.limits import BodyLimit
 from serving.ranking import RankingPolicy, ShowAgain
-from serving.scorer import Scorer, ScoreTask, model_directory, model_version
+from serving.scorer import (
+    Scored,
+    Scorer,
+    ScoreTask,
+    model_directory,
+    model_version,
+    use_scorer_threads,
+)
 from streamrank.catalog import Catalog
 from streamrank.settings import Settings
 from streams.access import AccessPolicy, Refused, Scope
@@ -130,6 +137,8 @@ class Api:
 
         # (helpers live inside the class: Ray ships the ingress class by value)
         local: dict[str, BatchedScorer] = {}
+        if not scorers:  # the models run in this replica
+            use_scorer_threads(settings)
         catalog = Catalog.load(settings.home_dir)
 
         def arm(name: str, directory: FilePath | None) -> Arm:
@@ -137,7 +146,7 @@ class Api:
             if scorers:  # the scorer deployment loads (and switches) the model itself
                 handle = scorers[name]
 
-                async def score(task: ScoreTask) -> np.ndarray | None:
+                async def score(task: ScoreTask) -> Scored | None:
                     return await handle.score.remote(task)
 
                 async def search(query: str, n: int) -> np.ndarray:

@@ -179,6 +179,7 @@ def cmd_train(settings: Settings, args: argparse.Namespace) -> int:
         "epochs": args.epochs,
         "limit_users": args.limit_users,
         "max_minutes": args.max_minutes,
+        "negatives": args.negatives,
     }
     preset = "fast" if args.fast else args.preset
     if preset == "auto":
@@ -194,7 +195,9 @@ def cmd_train(settings: Settings, args: argparse.Namespace) -> int:
         return 2
     data = prepare_training_data(events, catalog, config, source, _show_again(settings))
     encoder = settings.encoder_path or default_encoder_path()
-    chosen = {k: getattr(data.config, k) for k in ("history_len", "dim", "batch_size", "lr")}
+    chosen = {
+        k: getattr(data.config, k) for k in ("history_len", "dim", "batch_size", "lr", "negatives")
+    }
     print(f"{preset} configuration: {chosen}, up to {data.config.epochs} epochs")
     out = Trainer(catalog, encoder, args.device).fit(data, models_root(settings.home_dir))
     meta = json.loads((out / "model.json").read_text())
@@ -612,6 +615,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int)
     p.add_argument("--limit-users", type=int, help="train on a slice of users (smoke runs)")
     p.add_argument("--max-minutes", type=float, help="stop after the epoch that passes this")
+    p.add_argument(
+        "--negatives",
+        type=int,
+        help="0: softmax over the whole catalog; K: K sampled negatives a step "
+        "(default: the full softmax up to 50,000 items)",
+    )
     p.add_argument("--device", help="cpu or cuda (default: cuda when present)")
     source = p.add_argument_group("events from the topic instead of the data set's file")
     source.add_argument("--namespace", help="the range a replay namespace covers")

@@ -174,6 +174,9 @@ class Settings(BaseSettings):
     scorer_max_ongoing_requests: int = Field(default=256, ge=1)
     scorer_int8: bool = Field(default=False, description="int8 dynamic quantization (CPU)")
     scorer_max_batch_size: int = Field(default=32, ge=1)
+    scorer_threads: int = Field(
+        default=1, ge=1, description="torch threads per scorer: a request's ops are too small"
+    )
     scorer_summary_cache: int = Field(
         default=100_000, ge=0, description="users' history summaries kept (serving/user_cache)"
     )

@@ -45,6 +45,12 @@ class TrainConfig(BaseModel):
     )
     text_loss_weight: float = Field(default=1.0, ge=0, description="weight of the MiniLM term")
     history_len: int | None = Field(default=50, ge=1, description="unset: scaled with the data")
+    negatives: int | None = Field(
+        default=None,
+        ge=0,
+        description="0: softmax over the whole catalog; K: K sampled negatives a step "
+        "(logQ-corrected); unset: 0 up to 50,000 items, else 4,096 (training/losses.py)",
+    )
     dropout: float = Field(default=0.3, ge=0, lt=1)
     max_tokens: int = Field(default=48, ge=8)
     max_minutes: float | None = Field(
@@ -123,7 +129,11 @@ def scaled(shape: DataShape) -> dict[str, int | float]:
     - ``epochs``: enough for about ``STEPS`` steps, between 3 and 40;
     - ``dim`` (the item-id embedding and the tower's width): 64 where the items have
       8 or more training examples each on average, else 32 (an id seen once or twice
-      learns little but noise)."""
+      learns little but noise);
+    - ``negatives``: the full softmax up to 50,000 items, sampled negatives above
+      (``training/losses.py``)."""
+    from training.losses import negatives_for
+
     batch = 2 ** round(math.log2(max(shape.train_examples / 200, 1)))
     batch = min(max(batch, 64), BASE_BATCH)
     steps_per_epoch = max(math.ceil(shape.train_examples / batch), 1)
@@ -134,4 +144,5 @@ def scaled(shape: DataShape) -> dict[str, int | float]:
         "lr": scaled_lr(batch),
         "epochs": min(max(math.ceil(STEPS / steps_per_epoch), 3), 40),
         "dim": 64 if per_item >= 8 else 32,
+        "negatives": negatives_for(shape.items),
     }

@@ -30,6 +30,7 @@ from training.config import DataShape, TrainConfig
 from training.encoder import load_minilm, pick_device
 from training.examples import Example, Split, build_examples, hidden_rows
 from training.features import FeatureSpace, UserArrays
+from training.losses import NegativeSampler, sampled_softmax_loss
 from training.metrics import RankerFailed, ranking_report
 from training.model import (
     ItemTextTower,
@@ -164,6 +165,11 @@ class Trainer:
         (out_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
 
         users, targets = data.train_users, data.train_targets
+        self.sampler = (
+            NegativeSampler(targets, data.space.n_items, self.device) if cfg.negatives else None
+        )
+        if cfg.negatives:
+            log.info("sampled softmax: %d negatives a step (logQ-corrected)", cfg.negatives)
         best: tuple[float, dict[str, torch.Tensor], int] | None = None
         history: list[dict[str, float]] = []
         stale = 0
@@ -275,8 +281,9 @@ class Trainer:
     ) -> float:
         """Two softmax terms, each over candidates computed the same way, so a target can
         never be told apart by how its vector was made:
-        - over the whole catalog, text vectors from this epoch's cache (ids, projection and
-          the user tower learn here);
+        - over the whole catalog (above ``FULL_SOFTMAX_MAX_ITEMS``: over drawn negatives,
+          ``training/losses.py``), text vectors from this epoch's cache (ids, projection
+          and the user tower learn here);
         - over the batch's distinct targets, text run through the trainable MiniLM layers
           (in-batch negatives; the only term that reaches MiniLM).
         """
@@ -285,9 +292,12 @@ class Trainer:
         history = torch.from_numpy(users.history).to(device)
         types = torch.from_numpy(users.history_types).to(device)
         context = context_tensor(users.categories, users.numeric, users.interest, device)
-        items = model.item_vectors(text_cache)
-        user = model.user_vectors(items, history, types, context)
-        loss = F.cross_entropy(model.scale() * user @ items.T, target)
+        if self.sampler is None:  # every item scored: the full softmax
+            items = model.item_vectors(text_cache)
+            user = model.user_vectors(items, history, types, context)
+            loss = F.cross_entropy(model.scale() * user @ items.T, target)
+        else:
+            user, loss = self._sampled_loss(model, text_cache, history, types, context, target)
         if self.cache is not None:
             hidden, mask = self.cache.hidden, self.cache.mask
             unique = torch.unique(target)  # sorted
@@ -306,6 +316,36 @@ class Trainer:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         optimizer.step()
         return float(loss.item())
+
+    def _sampled_loss(
+        self,
+        model: RankingModel,
+        text_cache: torch.Tensor,
+        history: torch.Tensor,
+        types: torch.Tensor,
+        context: torch.Tensor,
+        target: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(user vectors, loss) over the targets and drawn negatives only: item vectors are
+        made for the items the step reads (history, targets, negatives), not the catalog."""
+        assert self.sampler is not None and self.config.negatives
+        negatives = self.sampler.sample(self.config.negatives)
+        engaged = history[history > 0] - 1
+        needed = torch.unique(torch.cat([engaged, target, negatives]))  # sorted
+        vectors = model.item_vectors(text_cache[needed], needed)
+        position = torch.searchsorted(needed, (history - 1).clamp(min=0)) + 1
+        user = model.user_vectors(vectors, torch.where(history > 0, position, 0), types, context)
+        scale = model.scale()
+        mine = vectors[torch.searchsorted(needed, target)]
+        drawn = vectors[torch.searchsorted(needed, negatives)]
+        loss = sampled_softmax_loss(
+            scale * (user * mine).sum(-1),
+            scale * user @ drawn.T,
+            target,
+            negatives,
+            self.sampler.log_q,
+        )
+        return user, loss
 
     @torch.no_grad()
     def _pooled_text(self, model: RankingModel, batch: int = 256) -> torch.Tensor:
