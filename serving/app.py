@@ -383,7 +383,7 @@ class Api:
         from serving.storefront import list_items
 
         popular = await self.recommender.popular()
-        return list_items(self.recommender.catalog, popular, q, category, limit, offset)
+        return list_items(self.recommender.catalog, popular.ranked, q, category, limit, offset)
 
     @api.get("/v1/users/{user_id}/profile", response_model=ProfileView, responses=PROFILE_ERRORS)
     async def profile(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from itertools import islice
 
 import numpy as np
 
@@ -34,6 +35,25 @@ class Candidate:
     anchor: str | None = None  # the item that brought this one in, for "because you viewed"
 
 
+@dataclass(frozen=True)
+class Popularity:
+    """The stream's popularity as of one refresh, in the forms requests read it: best
+    first, by item, and the catalog rows of the ``n`` best (the ``popular`` candidates).
+    Made once per refresh, not once per request (thousands of items)."""
+
+    ranked: list[tuple[str, float]]
+    weights: dict[str, float]
+    rows: list[int]
+
+    @classmethod
+    def of(cls, ranked: list[tuple[str, float]], catalog: Catalog, n: int) -> Popularity:
+        index = catalog.index
+        rows = list(islice((index[i] for i, _ in ranked if i in index), n))
+        if not rows:  # nothing streamed yet: the catalog's own order
+            rows = list(range(min(n, len(catalog))))
+        return cls(ranked, dict(ranked), rows)
+
+
 def nearest(embeddings: np.ndarray, vector: np.ndarray, n: int) -> np.ndarray:
     """Rows of the ``n`` items with the highest dot product (unordered)."""
     n = min(n, len(embeddings))
@@ -50,6 +70,10 @@ class CandidateGenerator:
         self.n_interest = n_interest
         self.n_search = n_search
 
+    def popularity(self, ranked: list[tuple[str, float]]) -> Popularity:
+        """A refresh of the stream's popularity, as the requests until the next read it."""
+        return Popularity.of(ranked, self.catalog, self.n_popular)
+
     def requested(self, item_ids: list[str]) -> dict[int, Candidate]:
         index = self.catalog.index
         return {index[i]: Candidate(index[i], "requested") for i in item_ids if i in index}
@@ -64,7 +88,7 @@ class CandidateGenerator:
     def generate(
         self,
         features: ProfileFeatures | None,
-        popular: list[tuple[str, float]],
+        popular: Popularity,
         context_item: str | None = None,
         covisits: Mapping[str, list[tuple[str, float]]] | None = None,
         matches: np.ndarray | None = None,
@@ -98,9 +122,6 @@ class CandidateGenerator:
             if features.interest is not None:
                 for row in nearest(embeddings, features.interest, self.n_interest):
                     add(row, "interest")
-        popular_rows = [index[i] for i, _ in popular if i in index][: self.n_popular]
-        if not popular_rows:  # nothing streamed yet: the catalog's own order
-            popular_rows = list(range(min(self.n_popular, len(self.catalog))))
-        for row in popular_rows:
+        for row in popular.rows:
             add(row, "popular")
         return found

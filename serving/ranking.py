@@ -189,8 +189,10 @@ def rank(
     ]
     kept = [candidates[i] for i in allowed]
     kept_scores = np.asarray(scores, dtype=np.float64)[allowed]
-    categories = [frozenset(catalog.categories(catalog.ids[c.row])) for c in kept]
-    ranked = diversify(kept_scores, categories, k, policy.diversity)
+    # only the best 4k can win a slot (``diversify``): their categories alone are read
+    pool = np.sort(np.argsort(-kept_scores, kind="stable")[: 4 * k])
+    categories = [frozenset(catalog.categories_at(kept[i].row)) for i in pool]
+    ranked = [int(pool[i]) for i in diversify(kept_scores[pool], categories, k, policy.diversity)]
     slots = explore(ranked, len(kept), k, policy.exploration, rng or np.random.default_rng())
     items = []
     for pos, propensity, explored in slots:

@@ -25,7 +25,7 @@ from serving.api import (
     ScoreRequest,
     ScoreResponse,
 )
-from serving.candidates import Candidate, CandidateGenerator
+from serving.candidates import Candidate, CandidateGenerator, Popularity
 from serving.experiments import assign_arm
 from serving.ranking import RankingPolicy, blocked_items, rank
 from serving.scorer import Scored, ScoreTask
@@ -90,7 +90,7 @@ class Recommender:
         self.policy = policy or RankingPolicy()
         self.score_timeout_s = score_timeout_s
         self.store_timeout_s = store_timeout_s
-        self._popular: list[tuple[str, float]] = []
+        self._popular = self.candidates.popularity([])
         self._popular_at = 0.0
         self._refresh: asyncio.Future[None] | None = None
 
@@ -110,7 +110,7 @@ class Recommender:
             return None
         return profile
 
-    async def popular(self) -> list[tuple[str, float]]:
+    async def popular(self) -> Popularity:
         """Stream-kept popularity, refreshed every ``popular_refresh_s`` by one read in the
         background while requests go on with the last list (stale-while-revalidate): under
         load, every concurrent request used to start its own refresh at once."""
@@ -127,7 +127,8 @@ class Recommender:
         except Exception as exc:  # keep the last list; the next request tries again
             log.warning("popularity not refreshed (%r)", exc)
             return
-        self._popular = merge_popularity(rows.values(), time.time())
+        ranked = merge_popularity(rows.values(), time.time())
+        self._popular = self.candidates.popularity(ranked)
         self._popular_at = time.monotonic()
 
     async def covisits(self, anchors: list[str]) -> dict[str, list[tuple[str, float]]]:
@@ -171,7 +172,7 @@ class Recommender:
         else:
             matches = await self._search(arm, query) if query else None
             found = self.candidates.generate(features, popular, context_item, covisits, matches)
-        signals = StreamSignals(anchors, covisits, dict(popular))
+        signals = StreamSignals(anchors, covisits, popular.weights)
         retrieve = self.n_model if request.candidate_ids is None else 0  # else: just those
         rows, scores, personalized, scorer_problem = await self._scores(
             arm, list(found), features, query, signals, retrieve

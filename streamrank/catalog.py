@@ -59,6 +59,9 @@ class Catalog:
         i = self.index.get(item_id)
         return self._categories[i] if i is not None else ()
 
+    def categories_at(self, row: int) -> Sequence[str]:
+        return self._categories[row]
+
     def embedding_row(self, item_id: str) -> tuple[np.ndarray, int] | None:
         i = self.index.get(item_id)
         return (self.embeddings, i) if i is not None else None

@@ -37,6 +37,9 @@ class CovisitRow:
     ref: float = 0.0
     neighbours: dict[str, float] = field(default_factory=dict)
     applied_offset: int = -1
+    ordered: bool = field(default=False, repr=False, compare=False)
+    """Whether ``neighbours`` is strongest first, as a row read back from the store is
+    (``to_row`` writes it so): then ``top`` need not sort it again, per request."""
 
     def add(self, neighbour: str, weight: float, ts: float) -> None:
         if not self.ref:
@@ -46,6 +49,7 @@ class CovisitRow:
             self.neighbours = {k: v * factor for k, v in self.neighbours.items()}
             self.ref = ts
         self.as_of = max(self.as_of, ts)
+        self.ordered = False
         self.neighbours[neighbour] = self.neighbours.get(neighbour, 0.0) + weight * growth(
             ts, self.ref, TAU_S
         )
@@ -54,7 +58,10 @@ class CovisitRow:
 
     def top(self, now: float | None = None, n: int = TOP_N) -> list[tuple[str, float]]:
         factor = value_at(1.0, self.ref, TAU_S, now or self.as_of)
-        ranked = sorted(self.neighbours.items(), key=lambda kv: -kv[1])[:n]
+        if self.ordered:
+            ranked = list(islice(self.neighbours.items(), n))
+        else:
+            ranked = sorted(self.neighbours.items(), key=lambda kv: -kv[1])[:n]
         return [(item, w * factor) for item, w in ranked]
 
     def to_row(self) -> dict[str, Any]:
@@ -76,6 +83,7 @@ class CovisitRow:
         out.as_of = out.ref = float(row["as_of"])
         out.applied_offset = int(row["applied_offset"])
         out.neighbours = dict(zip(row["neighbours"], map(float, row["weights"]), strict=True))
+        out.ordered = True  # written strongest first by ``to_row``
         return out
 
 

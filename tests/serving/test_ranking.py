@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 import numpy as np
 import pytest
 
-from serving.candidates import CandidateGenerator
+from serving.candidates import CandidateGenerator, Popularity
 from serving.ranking import RankingPolicy, ShowAgain, blocked_items, diversify, explore, rank
 from serving.scorer import combine
 from streamrank.catalog import Catalog
@@ -28,10 +28,15 @@ def profile_of(catalog: Catalog, views: list[str], buys: list[str]) -> UserProfi
     return profile
 
 
+def nothing_streamed(catalog: Catalog) -> Popularity:
+    return CandidateGenerator(catalog).popularity([])
+
+
 def test_candidates_come_from_every_source(catalog: Catalog) -> None:
     features = derive_features(profile_of(catalog, ["1", "2"], []), time.time())
-    found = CandidateGenerator(catalog, n_popular=30, n_interest=40).generate(
-        features, popular=[("50", 3.0), ("100", 2.0)], context_item="181"
+    candidates = CandidateGenerator(catalog, n_popular=30, n_interest=40)
+    found = candidates.generate(
+        features, candidates.popularity([("50", 3.0), ("100", 2.0)]), context_item="181"
     )
     sources = {c.source for c in found.values()}
     assert sources == {"recent", "similar", "interest", "popular"}
@@ -40,7 +45,8 @@ def test_candidates_come_from_every_source(catalog: Catalog) -> None:
 
 
 def test_a_new_visitor_still_gets_candidates(catalog: Catalog) -> None:
-    found = CandidateGenerator(catalog, n_popular=25).generate(None, popular=[])
+    candidates = CandidateGenerator(catalog, n_popular=25)
+    found = candidates.generate(None, candidates.popularity([]))
     assert len(found) == 25
 
 
@@ -70,7 +76,7 @@ def test_the_shops_rule_says_which_of_the_users_own_items_may_come_back(
 
 def test_own_items_are_candidates_and_say_why_they_came_back(catalog: Catalog) -> None:
     features = derive_features(profile_of(catalog, ["1", "5"], []), time.time())
-    found = CandidateGenerator(catalog).generate(features, popular=[])
+    found = CandidateGenerator(catalog).generate(features, nothing_streamed(catalog))
     mine = [c for c in found.values() if c.source == "recent"]
     assert {catalog.ids[c.row] for c in mine} == {"1", "5"}
     scores = np.array([1.0 if c.source == "recent" else 0.0 for c in found.values()])
@@ -86,7 +92,7 @@ def test_bought_seen_excluded_and_in_view_items_are_never_ranked(catalog: Catalo
     features = derive_features(profile_of(catalog, ["1"], ["2"]), time.time())
     blocked = blocked_items(features, ["3"], "4")
     assert blocked == {"1", "2", "3", "4"}
-    found = CandidateGenerator(catalog).generate(features, popular=[])
+    found = CandidateGenerator(catalog).generate(features, nothing_streamed(catalog))
     candidates = list(found.values())
     assert features.interest is not None
     scores = catalog.embeddings[np.array([c.row for c in candidates])] @ features.interest
@@ -107,7 +113,8 @@ def test_query_and_interest_are_combined_into_one_unit_vector() -> None:
 
 @pytest.mark.parametrize("k", [1, 5, 100])
 def test_rank_never_returns_more_than_k(catalog: Catalog, k: int) -> None:
-    found = list(CandidateGenerator(catalog, n_popular=50).generate(None, popular=[]).values())
+    candidates = CandidateGenerator(catalog, n_popular=50)
+    found = list(candidates.generate(None, candidates.popularity([])).values())
     items = rank(found, np.ones(len(found)), catalog, k, set(), None)
     assert len(items) == min(k, 50)
 
@@ -141,7 +148,8 @@ def test_exploration_share_and_propensities() -> None:
 
 
 def test_ranked_items_carry_propensities(catalog: Catalog) -> None:
-    found = list(CandidateGenerator(catalog, n_popular=50).generate(None, popular=[]).values())
+    candidates = CandidateGenerator(catalog, n_popular=50)
+    found = list(candidates.generate(None, candidates.popularity([])).values())
     policy = RankingPolicy(diversity=0.3, exploration=0.5)
     items = rank(
         found,
@@ -159,7 +167,8 @@ def test_ranked_items_carry_propensities(catalog: Catalog) -> None:
 
 
 def test_items_out_of_stock_are_never_ranked(catalog: Catalog) -> None:
-    found = list(CandidateGenerator(catalog, n_popular=50).generate(None, popular=[]).values())
+    candidates = CandidateGenerator(catalog, n_popular=50)
+    found = list(candidates.generate(None, candidates.popularity([])).values())
     out_of_stock = Catalog(catalog.items.assign(available=True), catalog.embeddings)
     best = found[0].row  # the top score below
     out_of_stock.available[best] = False
@@ -172,8 +181,9 @@ def test_items_out_of_stock_are_never_ranked(catalog: Catalog) -> None:
 
 def test_search_matches_join_the_candidates(catalog: Catalog) -> None:
     matches = np.array([catalog.index["1"], catalog.index["2"]])
-    popular = [("50", 3.0), ("100", 2.0)]
-    found = CandidateGenerator(catalog).generate(None, popular, matches=matches)
+    candidates = CandidateGenerator(catalog)
+    popular = candidates.popularity([("50", 3.0), ("100", 2.0)])
+    found = candidates.generate(None, popular, matches=matches)
     assert {catalog.ids[row]: c.source for row, c in found.items()} == {
         "1": "search",
         "2": "search",
@@ -185,7 +195,8 @@ def test_search_matches_join_the_candidates(catalog: Catalog) -> None:
 def test_a_search_is_ranked_by_relevance_alone(catalog: Catalog) -> None:
     """Diversity and exploration would put other categories and random items ahead of what
     was searched for; with a query, the order is the score order and nothing is explored."""
-    found = list(CandidateGenerator(catalog, n_popular=50).generate(None, popular=[]).values())
+    candidates = CandidateGenerator(catalog, n_popular=50)
+    found = list(candidates.generate(None, candidates.popularity([])).values())
     scores = np.linspace(1.0, 0.0, len(found))
     policy = RankingPolicy(diversity=0.9, exploration=0.9)
     args = (found, scores, catalog, 10, set(), None)

@@ -35,3 +35,15 @@ def test_rows_merge_over_partitions_and_round_trip() -> None:
     assert back.applied_offset == 9
     assert dict(back.top()) == pytest.approx(dict(r0.top()))
     assert datetime.fromtimestamp(back.as_of, UTC).year == 2026
+
+
+def test_a_row_read_back_keeps_its_order_and_top_without_sorting_again() -> None:
+    row = CovisitRow(0, "a")
+    for n, weight in enumerate([1.0, 5.0, 3.0, 5.0, 2.0] * 30):  # more than TOP_N
+        row.add(f"i{n}", weight, T0 + n)
+    back = CovisitRow.from_row(0, "a", row.to_row())
+    assert back.ordered and not row.ordered
+    assert dict(back.top(n=50)) == pytest.approx(dict(row.top(n=50)))
+    assert [i for i, _ in back.top(n=50)] == [i for i, _ in row.top(n=50)]
+    back.add("new", 100.0, T0 + 200)
+    assert not back.ordered and back.top(n=1)[0][0] == "new"
