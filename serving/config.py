@@ -35,24 +35,36 @@ def scorer_options(settings: Settings) -> dict[str, Any]:
             "batch_wait_timeout_s": settings.scorer_batch_wait_s,
         },
     }
-    if settings.scorer_max_replicas > settings.scorer_min_replicas:
-        options["autoscaling_config"] = {
-            "min_replicas": settings.scorer_min_replicas,
-            "max_replicas": settings.scorer_max_replicas,
-            "target_ongoing_requests": settings.scorer_target_ongoing_requests,
+    return options | replicas(
+        settings.scorer_min_replicas,
+        settings.scorer_max_replicas,
+        settings.scorer_target_ongoing_requests,
+    )
+
+
+def replicas(least: int, most: int, target_ongoing: float) -> dict[str, Any]:
+    """A fixed replica count, or Serve's autoscaling between ``least`` and ``most``
+    replicas, aiming at ``target_ongoing`` requests in each."""
+    if most <= least:
+        return {"num_replicas": least}
+    return {
+        "autoscaling_config": {
+            "min_replicas": least,
+            "max_replicas": most,
+            "target_ongoing_requests": target_ongoing,
         }
-    else:
-        options["num_replicas"] = settings.scorer_min_replicas
-    return options
+    }
 
 
 def api_options(settings: Settings) -> dict[str, Any]:
     """The ingress: replicas, and its queue bound (past it, 503 with Retry-After: Serve's
     own backpressure, answered before the request reaches our code)."""
     options: dict[str, Any] = {
-        "num_replicas": settings.api_replicas,
         "max_ongoing_requests": settings.api_max_ongoing_requests,
         "ray_actor_options": {"num_cpus": settings.serve_num_cpus},
+        **replicas(
+            settings.api_replicas, settings.api_max_replicas, settings.api_target_ongoing_requests
+        ),
     }
     if settings.api_max_queued_requests >= 0:
         options["max_queued_requests"] = settings.api_max_queued_requests

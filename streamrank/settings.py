@@ -156,7 +156,11 @@ class Settings(BaseSettings):
     serve_access_log: bool = False
     serve_high_throughput: bool = True  # HAProxy + direct ingress (serving/config.ray_env)
     serve_drain_s: float = Field(default=5.0, gt=0, description="ingress drain on stop")
-    api_replicas: int = Field(default=1, ge=1)
+    api_replicas: int = Field(default=1, ge=1, description="ingress replicas (the minimum)")
+    api_max_replicas: int = Field(default=1, ge=1, description="> api_replicas: autoscaling")
+    api_target_ongoing_requests: float = Field(
+        default=4, gt=0, description="autoscaling aims at this many requests per replica"
+    )
     # Load shedding: a replica works on at most max_ongoing requests; up to max_queued more
     # wait for it (per caller); past that a request gets 503 with Retry-After at once,
     # instead of queueing until every answer is late (bench/serving.py, 32/64 clients)

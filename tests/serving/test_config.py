@@ -22,6 +22,8 @@ def test_serve_config_validates_against_rays_schema_with_arms_and_autoscaling() 
         scorer_min_replicas=1,
         scorer_max_replicas=4,
         scorer_num_gpus=1,
+        api_replicas=2,
+        api_max_replicas=6,
     )
     schema = ServeDeploySchema.model_validate(serve_config(settings))
     deployments = {d.name: d for d in schema.applications[0].deployments}
@@ -30,6 +32,10 @@ def test_serve_config_validates_against_rays_schema_with_arms_and_autoscaling() 
     assert scorer.autoscaling_config["max_replicas"] == 4
     assert scorer.ray_actor_options.num_gpus == 1
     assert scorer.user_config == {"max_batch_size": 32, "batch_wait_timeout_s": 0.005}
+    api = deployments["api"].autoscaling_config
+    assert (api["min_replicas"], api["max_replicas"], api["target_ongoing_requests"]) == (2, 6, 4)
+    fixed = serve_config(Settings(api_replicas=3))["applications"][0]["deployments"][0]
+    assert fixed["num_replicas"] == 3 and "autoscaling_config" not in fixed
 
 
 def test_on_cpu_the_model_runs_inside_the_ingress_unless_asked_otherwise() -> None:
