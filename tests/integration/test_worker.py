@@ -210,25 +210,30 @@ def test_crashes_at_five_random_points_lose_and_double_nothing(
     stream_settings: Settings, workers: Workers, catalog: Catalog
 ) -> None:
     """Each kill lands mid-stream: after the run has checkpointed past the previous kill,
-    while the stream is still arriving (sent at a pace the worker outruns)."""
-    events = make_events(catalog, 200_000, users=2000)
-    sender = PacedSender(partial(send, stream_settings), events, chunk=1000, pause_s=0.3)
+    while a slice of the stream is still arriving (its last chunk held back until the
+    kill), with more slices to come."""
+    events = make_events(catalog, 60_000, users=2000)
+    slices = [events[i : i + 10_000] for i in range(0, len(events), 10_000)]
     store = FeastProfileStore(open_store(stream_settings))
     partitions = list(range(stream_settings.events_partitions))
     rng = random.Random(42)
     done_before = 0
+    delivered: dict[int, int] = {}
     for n in range(5):
         worker = workers.start(worker_item_flush_s=0.3)  # checkpoints close together
+        sender = PacedSender(partial(send, stream_settings), slices[n], chunk=500, pause_s=0.05)
         deadline = time.monotonic() + 180
         while (done := checkpointed(store, partitions)) <= done_before:  # progress first
             assert worker.poll() is None and time.monotonic() < deadline, (n, done)
             time.sleep(0.05)
         time.sleep(rng.uniform(0.0, 1.5))  # then a random point of the run
-        assert sender.sending, f"kill {n}: the stream had ended"  # the kill lands mid-stream
+        assert sender.sending, f"kill {n}: the slice had ended"  # the kill lands mid-stream
         workers.kill(worker)
         done_before = checkpointed(store, partitions)
+        for part, offset in sender.finish().items():  # the rest waits for the next run
+            delivered[part] = max(delivered.get(part, -1), offset)
     workers.start()
-    wait(stream_settings, sender.finish(), timeout=600)
+    wait(stream_settings, send(stream_settings, slices[5], delivered), timeout=600)
     check(stream_settings, events, catalog)
 
 
