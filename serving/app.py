@@ -57,6 +57,7 @@ from serving.scorer import (
     Scored,
     Scorer,
     ScoreTask,
+    freeze_loaded,
     model_directory,
     model_version,
     use_scorer_threads,
@@ -201,9 +202,11 @@ class Api:
                 """The new arms are built (the model loaded) before any is swapped in."""
                 fresh = {name: arm(name, directory) for name in following}
                 self.recommender.arms.update(fresh)
+                freeze_loaded()
 
             current = model_directory(settings)
             self.follower = RegistryFollower(settings, current, switch).start()
+        freeze_loaded()
 
     def __del__(self) -> None:
         """Serve's shutdown hook: impressions still queued reach the topic."""

@@ -24,7 +24,7 @@ from streamrank.catalog import Catalog
 from streams.profile import ProfileFeatures
 
 RECENT_ANCHORS = 3
-NEIGHBOURS_PER_ANCHOR = 20
+SIMILAR_PER_ANCHOR = 21  # the anchor itself among them (never shown: seen or in view)
 COVISITS_PER_ANCHOR = 30
 
 
@@ -52,13 +52,6 @@ class Popularity:
         if not rows:  # nothing streamed yet: the catalog's own order
             rows = list(range(min(n, len(catalog))))
         return cls(ranked, dict(ranked), rows)
-
-
-def nearest(embeddings: np.ndarray, vector: np.ndarray, n: int) -> np.ndarray:
-    """Rows of the ``n`` items with the highest dot product (unordered)."""
-    n = min(n, len(embeddings))
-    scores = embeddings @ vector.astype(np.float32)
-    return np.argpartition(-scores, n - 1)[:n]
 
 
 class CandidateGenerator:
@@ -99,7 +92,6 @@ class CandidateGenerator:
         def add(row: int, source: str, anchor: str | None = None) -> None:
             found.setdefault(int(row), Candidate(int(row), source, anchor))
 
-        embeddings = self.catalog.embeddings
         index = self.catalog.index
         for row in matches if matches is not None else ():
             add(row, "search")
@@ -110,18 +102,20 @@ class CandidateGenerator:
         for item in recent_items(features):
             if item in index:
                 add(index[item], "recent", item)
-        if context_item in index:
-            anchor_row = index[context_item]
-            for row in nearest(embeddings, embeddings[anchor_row], NEIGHBOURS_PER_ANCHOR + 1):
-                add(row, "similar", context_item)
+        texts = self.catalog.text_index
+        similar = [context_item] if context_item in index else []
         if features is not None:
-            for item in features.engaged[:RECENT_ANCHORS]:
-                if item in index:
-                    for row in nearest(embeddings, embeddings[index[item]], NEIGHBOURS_PER_ANCHOR):
-                        add(row, "similar", item)
-            if features.interest is not None:
-                for row in nearest(embeddings, features.interest, self.n_interest):
-                    add(row, "interest")
+            similar += [i for i in features.engaged[:RECENT_ANCHORS] if i in index]
+        if similar:  # items whose text is close to the one in view and the newest ones
+            vectors = self.catalog.vectors([index[i] for i in similar])
+            for anchor, rows in zip(
+                similar, texts.search(vectors, SIMILAR_PER_ANCHOR), strict=True
+            ):
+                for row in rows:
+                    add(row, "similar", anchor)
+        if features is not None and features.interest is not None:
+            for row in texts.search(features.interest, self.n_interest)[0]:
+                add(row, "interest")
         for row in popular.rows:
             add(row, "popular")
         return found

@@ -55,7 +55,7 @@ def closest_recent(row: int, catalog: Catalog, features: ProfileFeatures) -> str
     if not recent:
         return None
     rows = [catalog.index[i] for i in recent]
-    sims = catalog.embeddings[rows] @ catalog.embeddings[row]
+    sims = catalog.vectors(rows) @ catalog.vectors([row])[0]
     return recent[int(np.argmax(sims))]
 
 

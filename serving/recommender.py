@@ -104,7 +104,7 @@ class Recommender:
     async def profile_of(self, user_id: str) -> UserProfile | None:
         """The user's profile (by pseudonym); a tombstone for a user who opted out; None when
         unknown. Bounded by ``store_timeout_s``."""
-        found = await self._read(self.profiles.read_profiles_async([user_id]))
+        found = await self._read(self.profiles.read_profiles_async([user_id], worker_state=False))
         profile = found.get(user_id)
         if profile is None or not (profile.event_count > 0 or profile.opted_out):
             return None

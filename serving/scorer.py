@@ -33,7 +33,8 @@ from ray import serve
 
 from serving.stream_ranker import StreamSignals
 from serving.user_cache import SummaryCache
-from streamrank.catalog import MANIFEST_FILE, Catalog
+from streamrank.catalog import IN_MEMORY_MAX_ITEMS, Catalog, catalog_fingerprint
+from streamrank.item_index import ItemIndex
 from streamrank.settings import Settings
 from streams.profile import ProfileFeatures
 from training.blend import Blend
@@ -96,11 +97,8 @@ def model_version(settings: Settings, directory: Path | None) -> str:
     (with the catalog's fingerprint: its text vectors are what it scores with)."""
     if directory is not None:
         return directory.name + ("+int8" if settings.scorer_int8 else "")
-    import json
-
-    manifest = json.loads((settings.home_dir / MANIFEST_FILE).read_text())
     # no model: the stream ranks (serving/stream_ranker.py), the pretrained encoder searches
-    return f"stream-default+minilm-l6-v2-pretrained+{manifest['fingerprint']}"
+    return f"stream-default+minilm-l6-v2-pretrained+{catalog_fingerprint(settings.home_dir)}"
 
 
 class ScorerModel:
@@ -118,6 +116,7 @@ class ScorerModel:
         from training.encoder import default_encoder_path
 
         self.catalog = catalog if catalog is not None else Catalog.load(settings.home_dir)
+        self.home = settings.home_dir
         encoder_path = settings.encoder_path or default_encoder_path()
         self.version = model_version(settings, directory)
         self.trained = directory is not None
@@ -134,6 +133,7 @@ class ScorerModel:
             self.ranking = None
             self.encoder = TextEncoder(encoder_path, device)
             self.item_vectors = self.catalog.embeddings
+            self.index = self.catalog.text_index
 
     def warm_up(self) -> None:
         """Score one made-up visitor (a view and a search): the first pass of a fresh model
@@ -168,6 +168,25 @@ class ScorerModel:
         self.ranking = RankingArtifact.load(directory, encoder_path, device or pick_device())
         self.blend = self.ranking.blend
         space = self.ranking.space
+        if space.item_ids == self.catalog.ids:  # trained on this very catalog: share it all
+            space.item_ids, space.item_index = self.catalog.ids, self.catalog.index
+            vectors, self.log_counts = self.ranking.item_vectors, self.ranking.log_counts
+        else:
+            vectors = self._in_catalog_order()
+        if len(vectors) > IN_MEMORY_MAX_ITEMS:  # half the memory; rows are cast when scored
+            vectors = vectors.astype(np.float16)
+            if vectors.shape == self.ranking.item_vectors.shape:
+                self.ranking.item_vectors = vectors  # the user tower reads the same rows
+        self.item_vectors = vectors
+        # over these vectors in catalog order: one index per model and catalog
+        name = f"item_index-{len(self.catalog)}-{catalog_fingerprint(self.home)}.faiss"
+        self.index = ItemIndex.load(vectors, directory / name, "hnsw")
+
+    def _in_catalog_order(self) -> np.ndarray:
+        """The model's item vectors and target counts in catalog row order; items added
+        since training get a vector from their text (all the model has of them)."""
+        assert self.ranking is not None
+        space = self.ranking.space
         vectors = np.zeros((len(self.catalog), self.ranking.item_vectors.shape[1]), np.float32)
         unknown = []
         for row, item in enumerate(self.catalog.ids):
@@ -177,13 +196,12 @@ class ScorerModel:
             else:
                 vectors[row] = self.ranking.item_vectors[known]
                 self.log_counts[row] = self.ranking.log_counts[known]
-        if unknown:  # items added since training: their text is all the model has
-            texts = self.catalog.items["text"].astype(str).iloc[unknown].tolist()
-            vectors[unknown] = self.ranking.encode_text(texts)
+        if unknown:
+            vectors[unknown] = self.ranking.encode_text(self.catalog.texts(unknown))
             log.info(
                 "%d catalog items unknown to model %s: scored by text", len(unknown), self.version
             )
-        self.item_vectors = vectors
+        return vectors
 
     def user_vectors(self, profiles: list[ProfileFeatures]) -> np.ndarray:
         if self.ranking is not None:
@@ -230,9 +248,7 @@ class ScorerModel:
 
     def nearest(self, vector: np.ndarray, n: int) -> np.ndarray:
         """Rows of the ``n`` catalog items nearest to ``vector`` in this scorer's space."""
-        from serving.candidates import nearest
-
-        return nearest(self.item_vectors, vector, n)
+        return self.index.search(vector, n)[0]
 
     def _served(
         self, rows: np.ndarray, scores: np.ndarray, profile: ProfileFeatures, signals: StreamSignals
@@ -244,7 +260,7 @@ class ScorerModel:
         if not self.trained:
             return signals.scores(ids, scores)
         interest = profile.interest
-        text = None if interest is None else self.catalog.embeddings[rows] @ interest
+        text = None if interest is None else self.catalog.vectors(rows) @ interest
         return self.blend.apply(scores, signals.scores(ids, text), self.log_counts[rows])
 
 
@@ -283,6 +299,18 @@ class BatchedScorer:
 
     async def search(self, query: str, n: int, model: ScorerModel | None = None) -> np.ndarray:
         return await asyncio.to_thread((model or self.model).search, query, n)
+
+
+def freeze_loaded() -> None:
+    """Move everything a replica has loaded (catalog, model, index: millions of objects at
+    a million items) out of the cyclic collector's sight. Its full collections would
+    otherwise walk all of them every few thousand requests: a pause of tens of
+    milliseconds in some request's latency. They are freed by reference counts as ever;
+    called again after a model switch loads a new one."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
 
 
 def use_scorer_threads(settings: Settings) -> None:
@@ -329,8 +357,10 @@ class Scorer(BatchedScorer):
                 model = ScorerModel(settings, new, catalog=catalog)
                 model.warm_up()
                 self.model = model
+                freeze_loaded()
 
             self.follower = RegistryFollower(settings, directory, switch).start()
+        freeze_loaded()
 
     def reconfigure(self, user_config: dict[str, float]) -> None:
         """Batch knobs from the Serve config's ``user_config``: changeable live."""

@@ -17,12 +17,12 @@ from streams.profile import RECENT_LISTS, UserProfile, derive_features
 
 def item_card(catalog: Catalog, item_id: str) -> ItemCard:
     row = catalog.index[item_id]
-    price = catalog.items["price"].iat[row] if "price" in catalog.items else None
+    price = float(catalog.prices[row])
     return ItemCard(
         item_id=item_id,
         title=catalog.titles[row],
         categories=list(catalog.categories(item_id)),
-        price=None if price is None or price != price else float(price),  # NaN: no price
+        price=None if price != price else price,  # NaN: no price
         available=bool(catalog.available[row]),
     )
 

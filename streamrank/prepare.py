@@ -1,5 +1,6 @@
 """Everything a fresh home needs before the stream and serving start: the catalog and its
-embeddings, the Feast registry and tables, and the item view loaded online."""
+embeddings (and, past ``EXACT_MAX_ITEMS`` items, their nearest-item index), the Feast
+registry and tables, and the item view loaded online."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ def prepare(settings: Settings, dataset: Dataset | None = None) -> Catalog:
     catalog = prepare_catalog(
         dataset.catalog, settings.home_dir, settings.encoder_path, settings.encode_batch_size
     )
+    catalog.text_index  # noqa: B018 - built and saved now, not at a replica's first request
     store = apply_repo(settings)
     materialize_items(store)
     log.info("prepared %s: %d items in %s", dataset.name, len(catalog), settings.home_dir)

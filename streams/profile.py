@@ -297,8 +297,11 @@ class UserProfile:
         return row
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> UserProfile:
-        """Rebuild the state written by ``to_row``; missing values give an empty profile."""
+    def from_row(cls, row: Mapping[str, Any], worker_state: bool = True) -> UserProfile:
+        """Rebuild the state written by ``to_row``; missing values give an empty profile.
+        ``worker_state=False`` leaves out what only the stream's own fold reads (applied
+        offsets, recent event ids, the outbox): serving reads a profile at every request
+        and never folds it."""
         profile = cls(user_id=str(row["user_id"]), opted_out=bool(row.get("opted_out")))
         if row.get("as_of") is None:
             return profile
@@ -326,10 +329,11 @@ class UserProfile:
         profile.session_start = float(row.get("session_start") or 0.0)
         profile.session_events = int(row.get("session_events") or 0)
         profile.sessions = int(row.get("sessions") or 0)
-        offsets = json.loads(row.get("applied_offsets") or "{}")
-        profile.applied_offsets = {int(p): int(o) for p, o in offsets.items()}
-        profile.recent_event_ids = dict.fromkeys(map(str, row.get("recent_event_ids") or []))
-        profile.outbox = decode_outbox(row.get("outbox"))
+        if worker_state:
+            offsets = json.loads(row.get("applied_offsets") or "{}")
+            profile.applied_offsets = {int(p): int(o) for p, o in offsets.items()}
+            profile.recent_event_ids = dict.fromkeys(map(str, row.get("recent_event_ids") or []))
+            profile.outbox = decode_outbox(row.get("outbox"))
         return profile
 
 

@@ -201,9 +201,12 @@ class FeastProfileStore:
     def read_profiles(self, user_ids: Sequence[str]) -> dict[str, UserProfile]:
         return _profiles(user_ids, self.profiles.read([{"user_id": u} for u in user_ids]))
 
-    async def read_profiles_async(self, user_ids: Sequence[str]) -> dict[str, UserProfile]:
+    async def read_profiles_async(
+        self, user_ids: Sequence[str], worker_state: bool = True
+    ) -> dict[str, UserProfile]:
+        """``worker_state=False``: as serving reads them (``UserProfile.from_row``)."""
         rows = await self.profiles.read_async([{"user_id": u} for u in user_ids])
-        return _profiles(user_ids, rows)
+        return _profiles(user_ids, rows, worker_state)
 
     def write_profiles(self, profiles: Iterable[UserProfile]) -> int:
         return self.profiles.write([p.to_row() for p in profiles])
@@ -282,9 +285,11 @@ def open_profile_store(settings: Settings) -> FeastProfileStore:
 Row = dict[str, Any] | None
 
 
-def _profiles(user_ids: Sequence[str], rows: Sequence[Row]) -> dict[str, UserProfile]:
+def _profiles(
+    user_ids: Sequence[str], rows: Sequence[Row], worker_state: bool = True
+) -> dict[str, UserProfile]:
     return {
-        u: UserProfile.from_row(row) if row else UserProfile(u)
+        u: UserProfile.from_row(row, worker_state) if row else UserProfile(u)
         for u, row in zip(user_ids, rows, strict=True)
     }
 

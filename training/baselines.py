@@ -234,7 +234,7 @@ class MiniLMZeroShot:
 
     def __init__(self, item_ids: Sequence[str], embeddings: np.ndarray):
         self.n_items = len(item_ids)
-        self.embeddings = embeddings
+        self.embeddings = np.asarray(embeddings, dtype=np.float32)  # a float16 map too
 
     def fit(self, interactions: pd.DataFrame) -> None:
         """Nothing to fit: that is the point of this baseline."""

@@ -150,8 +150,10 @@ class RankingModel(nn.Module):
         """The transformer's [USER] output over the engaged items: the user tower's costly
         part, which changes only when the history does (serving caches it by history)."""
         batch, length = history.shape
-        padded = torch.cat([items.new_zeros(1, items.shape[1]), items])
-        seq = padded[history] + self.type_emb(types)
+        # rows + 1, 0 = padding: a padded position reads a zero vector (without copying
+        # the catalog's vectors to put a zero row in front of them)
+        known = (history > 0).unsqueeze(-1)
+        seq = items[(history - 1).clamp(min=0)].float() * known + self.type_emb(types)
         seq = seq + self.pos_emb(torch.arange(1, length + 1, device=history.device))
         token = self.user_token.expand(batch, 1, -1) + self.pos_emb.weight[0]
         seq = torch.cat([token, seq], dim=1)

@@ -61,7 +61,7 @@ def data_hash(events: pd.DataFrame, catalog: Catalog) -> str:
     digest = hashlib.sha256()
     cols = [c for c in ("user_id", "item_id", "type", "ts") if c in events.columns]
     digest.update(pd.util.hash_pandas_object(events[cols], index=False).to_numpy().tobytes())
-    digest.update("\x1e".join(catalog.items["text"].astype(str)).encode())
+    digest.update("\x1e".join(catalog.texts()).encode())
     return digest.hexdigest()[:16]
 
 
@@ -81,7 +81,7 @@ def prepare_training_data(
 ) -> TrainingData:
     events = slice_users(events, config.limit_users)
     events = events[events["item_id"].isin(catalog.index) | (events["type"] == "search")]
-    categories = sorted({c for cats in catalog.items["categories"] for c in cats})
+    categories = catalog.all_categories
     train: list[Example] = []
     valid: list[Example] = []
     test: list[Example] = []
@@ -129,12 +129,13 @@ class Trainer:
         started = time.monotonic()
         encoder, tokenizer = load_minilm(self.encoder_path)
         if cfg.text_layers:
-            texts = self.catalog.items["text"].astype(str).tolist()
+            texts = self.catalog.texts()
             cache = TextCache.build(encoder, tokenizer, texts, cfg.text_layers, cfg.max_tokens)
             self.cache: TextCache | None = cache.to(self.device)
         else:  # all of MiniLM frozen: its output is the catalog's prepared embeddings
             self.cache = None
-            self.frozen_text = torch.from_numpy(self.catalog.embeddings).to(self.device)
+            embeddings = np.asarray(self.catalog.embeddings, dtype=np.float32)
+            self.frozen_text = torch.from_numpy(embeddings).to(self.device)
         shape = ModelShape(
             n_items=data.space.n_items,
             n_categories=len(data.space.categories),

@@ -1,12 +1,15 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sqlite3
 import subprocess
 import sys
+import time
 from datetime import timedelta
 from pathlib import Path
 
+import numpy as np
 import pytest
 import redis
 from feast import FeatureStore, RepoConfig
@@ -22,7 +25,7 @@ from feature_repo.store import apply_repo, redis_connection_string, repo_yaml
 from streamrank.settings import Settings
 from streams.covisitation import CovisitRow
 from streams.popularity import PartitionPopularity
-from streams.profile import UserProfile
+from streams.profile import UserProfile, derive_features
 from streams.sink import FeastProfileStore
 from tests.factories import ev, fold
 
@@ -73,9 +76,20 @@ def test_profiles_round_trip_through_each_online_store(each_store: tuple[str, Se
     assert back["missing"].event_count == 0
     # serving's reads: Feast's own async client on Redis, a thread on SQLite; same rows
     assert store.profiles.reads_async == (backend == "redis")
-    again = asyncio.run(store.read_profiles_async(["u", "missing"]))
+
+    async def reads() -> tuple[dict[str, UserProfile], UserProfile]:  # one loop: one client
+        everything = await store.read_profiles_async(["u", "missing"])
+        return everything, (await store.read_profiles_async(["u"], worker_state=False))["u"]
+
+    again, served = asyncio.run(reads())
     assert again["u"].to_row() == back["u"].to_row()
     assert again["missing"].event_count == 0
+    assert served.applied_offsets == {} and served.outbox == []  # the fold's own state
+    now = time.time()
+    features, expected = derive_features(served, now), derive_features(back["u"], now)
+    for field in dataclasses.fields(features):  # what serving reads of it is all there
+        mine, theirs = getattr(features, field.name), getattr(expected, field.name)
+        assert np.array_equal(mine, theirs) if isinstance(mine, np.ndarray) else mine == theirs
     if backend == "redis":
         client = redis.Redis.from_url(settings.redis_url)
         keys = client.keys("*")

@@ -1,5 +1,6 @@
 """Candidates, rules and explanations on the real catalog, without Ray."""
 
+import copy
 import time
 from datetime import UTC, datetime
 
@@ -95,7 +96,7 @@ def test_bought_seen_excluded_and_in_view_items_are_never_ranked(catalog: Catalo
     found = CandidateGenerator(catalog).generate(features, nothing_streamed(catalog))
     candidates = list(found.values())
     assert features.interest is not None
-    scores = catalog.embeddings[np.array([c.row for c in candidates])] @ features.interest
+    scores = catalog.vectors([c.row for c in candidates]) @ features.interest
     items = rank(candidates, scores, catalog, 10, blocked, features)  # default: score order
     assert len(items) == 10
     assert not {i.item_id for i in items} & blocked
@@ -169,7 +170,8 @@ def test_ranked_items_carry_propensities(catalog: Catalog) -> None:
 def test_items_out_of_stock_are_never_ranked(catalog: Catalog) -> None:
     candidates = CandidateGenerator(catalog, n_popular=50)
     found = list(candidates.generate(None, candidates.popularity([])).values())
-    out_of_stock = Catalog(catalog.items.assign(available=True), catalog.embeddings)
+    out_of_stock = copy.copy(catalog)
+    out_of_stock.available = catalog.available.copy()
     best = found[0].row  # the top score below
     out_of_stock.available[best] = False
     scores = np.linspace(1.0, 0.0, len(found))

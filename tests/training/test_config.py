@@ -41,11 +41,12 @@ def test_bounds_and_explicit_choices_win() -> None:
         "lr": scaled_lr(64),
         "epochs": 40,
         "dim": 32,
+        "negatives": 0,
     }
     huge = scaled(DataShape(train_examples=10_000_000, items=1_000_000, history_p90=400))
     assert huge["history_len"] == 20 and huge["batch_size"] == 512 and huge["epochs"] == 3
     shape = DataShape(train_examples=98_000, items=1_682, history_p90=80)
     mine = TrainConfig.fast(epochs=2, batch_size=128).resolve(shape)
     assert (mine.epochs, mine.batch_size, mine.lr) == (2, 128, pytest.approx(scaled_lr(128)))
-    full = TrainConfig()
-    assert full.resolve(shape) == full  # the full configuration sets every choice itself
+    full = TrainConfig()  # sets every choice itself but the loss, which follows the catalog
+    assert full.resolve(shape) == full.model_copy(update={"negatives": 0})
