@@ -119,12 +119,14 @@ def derive_model(model: Path, home: Path, items: int) -> Path:
     return out
 
 
-def replica_rss_mb() -> float:
-    """RSS of the ingress replica (its process title names it)."""
+def replica_memory_mb() -> dict[str, float]:
+    """The ingress replica's (its process title names it) RSS, and its USS: what is its
+    own, without the pages of the catalog's mapped file that every process shares."""
     for proc in psutil.process_iter(["cmdline"]):
         if any(REPLICA in part for part in proc.info["cmdline"] or []):
-            return proc.memory_info().rss / 2**20
-    return float("nan")
+            memory = proc.memory_full_info()
+            return {"replica_rss_mb": memory.rss / 2**20, "replica_uss_mb": memory.uss / 2**20}
+    return {"replica_rss_mb": float("nan"), "replica_uss_mb": float("nan")}
 
 
 def serve_run(settings: Settings, users: list[str], seconds: float) -> dict[str, float]:
@@ -140,7 +142,7 @@ def serve_run(settings: Settings, users: list[str], seconds: float) -> dict[str,
         ready_s = time.perf_counter() - started
         asyncio.run(closed_loop(url, bodies, 1, 3.0))  # warm-up
         row = asyncio.run(closed_loop(url, bodies, 1, seconds))
-        return {**row, "start_s": ready_s, "replica_rss_mb": replica_rss_mb()}
+        return {**row, "start_s": ready_s, **replica_memory_mb()}
     finally:
         serve_app.stop()
 
@@ -226,14 +228,14 @@ def print_table(results: dict) -> None:
         f"build, {results['text_index_mb']:.0f} MB"
     )
     print(
-        f"\n{'catalog':28} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'replica MB':>10} "
-        f"{'worker MB':>9} {'model load+index s':>18}"
+        f"\n{'catalog':28} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'replica RSS':>11} "
+        f"{'(own)':>6} {'worker RSS':>10} {'model load+index s':>18}"
     )
     for name, run in results["runs"].items():
         s = run["serving"]
         print(
             f"{name:28} {s['rps']:7.1f} {s['p50_ms']:7.1f} {s['p99_ms']:7.1f} "
-            f"{s['replica_rss_mb']:10.0f} {run['worker_rss_mb']:9.0f} "
+            f"{s['replica_rss_mb']:11.0f} {s['replica_uss_mb']:6.0f} {run['worker_rss_mb']:10.0f} "
             f"{run['model_load_and_index_s']:18.1f}"
         )
 

@@ -140,7 +140,9 @@ class Catalog:
     def load(cls, home: Path) -> Catalog:
         source = home / CATALOG_FILE
         columns = ["item_id", "title", "categories", "price", "available"]
-        embeddings = np.load(home / EMBEDDINGS_FILE, mmap_mode="r")
+        mapped = np.load(home / EMBEDDINGS_FILE, mmap_mode="r")
+        # a plain array over the mapping: np.memmap's own indexing costs ~0.6 µs a call
+        embeddings = mapped.view(np.ndarray)
         if len(embeddings) <= IN_MEMORY_MAX_ITEMS:
             embeddings = np.asarray(embeddings, dtype=np.float32)
         catalog = cls(pq.read_table(source, columns=columns), embeddings, source)

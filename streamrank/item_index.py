@@ -37,8 +37,8 @@ EXACT_MAX_ITEMS = 50_000
 HNSW_LINKS = 16
 HNSW_BUILD_DEPTH = 64  # efConstruction
 HNSW_SEARCH_DEPTH = 256  # efSearch, raised to k when k is larger
-IVF_PROBES = 16
-REFINE = 4
+IVF_PROBES = 8
+REFINE = 3
 
 Kind = Literal["exact", "hnsw", "ivf"]
 
@@ -99,6 +99,7 @@ class ItemIndex:
             self.index.hnsw.efSearch = max(HNSW_SEARCH_DEPTH, k)  # type: ignore[attr-defined]
             _, found = self.index.search(queries, k)  # type: ignore[attr-defined]
             return [rows[rows >= 0] for rows in found]
+        self.index.nprobe = IVF_PROBES  # type: ignore[attr-defined]
         _, shortlists = self.index.search(queries, REFINE * k)  # type: ignore[attr-defined]
         out = []
         for query, shortlist in zip(queries, shortlists, strict=True):
