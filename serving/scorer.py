@@ -314,13 +314,16 @@ def freeze_loaded() -> None:
 
 
 def use_scorer_threads(settings: Settings) -> None:
-    """Torch's intra-op threads in a process that scores requests: one by default. A
-    request's tensors are tiny (one user, a few hundred items), where splitting an op
+    """Torch's and BLAS's threads in a process that scores requests: one each by default.
+    A request's arrays are small (one user, a few hundred items), where splitting an op
     across threads costs more than it saves (the user tower's pass took 0.27 ms on one
-    thread and 0.97 ms on two); throughput comes from batching and replicas instead."""
+    thread and 0.97 ms on two; a request's numpy products cost twice the CPU on two
+    BLAS threads); throughput comes from batching and replicas instead."""
     import torch
+    from threadpoolctl import threadpool_limits
 
     torch.set_num_threads(settings.scorer_threads)
+    threadpool_limits(settings.scorer_threads, user_api="blas")
 
 
 def score_by_model(requests: list[tuple[ScorerModel, ScoreTask]]) -> list[Scored | None]:
