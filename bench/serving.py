@@ -52,7 +52,6 @@ from streams.state import ProfileState
 RESULTS = Path(__file__).parent / "results"
 CANDIDATES = 100
 P99_TARGET_MS = 50.0
-SHED_PAUSE_S = 0.05
 
 
 def load_profiles(settings: Settings, catalog: Catalog, events: int) -> list[str]:
@@ -76,8 +75,8 @@ async def closed_loop(
 ) -> dict[str, float]:
     """``concurrency`` clients, each sending its next request when the last one returns.
     A 503 (shed: the replica's queue is full) counts apart from errors, and its client
-    waits ``SHED_PAUSE_S`` before the next request, as a page would show its fallback
-    rather than ask again at once; latencies are those of the accepted requests."""
+    waits what its ``Retry-After`` says before the next request, as a page shows its
+    fallback and asks again when told; latencies are those of the accepted requests."""
     latencies: list[float] = []
     shed_latencies: list[float] = []
     errors = 0
@@ -94,7 +93,7 @@ async def closed_loop(
                     latencies.append(time.perf_counter() - started)
                 elif reply.status_code == 503 and reply.headers.get("retry-after"):
                     shed_latencies.append(time.perf_counter() - started)
-                    await asyncio.sleep(SHED_PAUSE_S)
+                    await asyncio.sleep(float(reply.headers["retry-after"]))
                 else:
                     errors += 1
 
@@ -295,8 +294,6 @@ def main() -> None:
         "--in-process-only", action="store_true", help="the in-process row alone (no Ray)"
     )
     parser.add_argument("--out", type=Path, default=RESULTS / "serving.json")
-    parser.add_argument("--shed-ongoing", type=int, default=8, help="the shedding run's bound")
-    parser.add_argument("--shed-queued", type=int, default=8, help="and its queue")
     args = parser.parse_args()
 
     root = Path(".streamrank") / "bench-serving"
@@ -344,11 +341,9 @@ def main() -> None:
             )
     configs.append(
         Config(
-            f"model in {placement}, shedding",
+            f"model in {placement}, unbounded queue",
             variant(
-                scorer_placement=placement,
-                api_max_ongoing_requests=args.shed_ongoing,
-                api_max_queued_requests=args.shed_queued,
+                scorer_placement=placement, api_max_ongoing_requests=256, api_max_queued_requests=-1
             ),
         )
     )

@@ -163,9 +163,11 @@ class Settings(BaseSettings):
     )
     # Load shedding: a replica works on at most max_ongoing requests; up to max_queued more
     # wait for it (per caller); past that a request gets 503 with Retry-After at once,
-    # instead of queueing until every answer is late (bench/serving.py, 32/64 clients)
-    api_max_ongoing_requests: int = Field(default=256, ge=1)
-    api_max_queued_requests: int = Field(default=-1, ge=-1, description="-1: unbounded")
+    # instead of queueing until every answer is late. 4 and 4 kept accepted requests' p99
+    # under 100 ms at 32 and 64 clients on 2 cores, where unbounded it passed a second
+    # (bench/serving.py); a replica with more cores, or a GPU scorer, takes more
+    api_max_ongoing_requests: int = Field(default=4, ge=1)
+    api_max_queued_requests: int = Field(default=4, ge=-1, description="-1: unbounded")
     shed_retry_after_s: float = Field(default=1.0, ge=0, description="Retry-After of a 503")
     scorer_num_gpus: float = Field(default=0.0, ge=0, description="> 0: scorer on a GPU")
     # Where the model runs: its own deployment (a handle call per request; scales apart from
