@@ -66,8 +66,10 @@ def test_arms_are_stable_and_even() -> None:
 
 
 def test_a_queue_bound_becomes_serves_backpressure_with_retry_after() -> None:
-    unbounded = serve_config(Settings())["applications"][0]["deployments"][0]
-    assert "max_queued_requests" not in unbounded  # the default: Serve's own (unbounded)
+    default = serve_config(Settings())["applications"][0]["deployments"][0]
+    assert (default["max_ongoing_requests"], default["max_queued_requests"]) == (4, 4)
+    unbounded = Settings(api_max_queued_requests=-1)
+    assert "max_queued_requests" not in serve_config(unbounded)["applications"][0]["deployments"][0]
     settings = Settings(api_max_ongoing_requests=8, api_max_queued_requests=16)
     schema = ServeDeploySchema.model_validate(serve_config(settings))
     api = schema.applications[0].deployments[0]
