@@ -129,5 +129,8 @@ class ItemIndex:
                 return cls(vectors, index, kind)
             log.warning("index %s is over other items: building it again", path)
         built = cls.build(vectors, kind)
-        built.save(path)
+        try:
+            built.save(path)
+        except (OSError, RuntimeError) as exc:  # a read-only model store: build it each time
+            log.warning("index not saved to %s (%s): it is built again at every load", path, exc)
         return built

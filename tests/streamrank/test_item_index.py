@@ -51,3 +51,14 @@ def test_past_the_threshold_an_index_finds_nearly_the_exact_neighbours(
     assert all((a == b).all() for a, b in zip(again.search(queries, 50), found, strict=True))
     fewer = ItemIndex.load(vectors[:15_000], path, kind)  # over other items: rebuilt
     assert max(r.max() for r in fewer.search(queries, 50)) < 15_000
+
+
+def test_an_index_that_cannot_be_saved_is_still_built(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(item_index, "EXACT_MAX_ITEMS", 1_000)
+    vectors = clustered(5_000, 32)
+    nowhere = tmp_path / "not-a-directory" / "index.faiss"  # a store it cannot write to
+    index = ItemIndex.load(vectors, nowhere, "hnsw")
+    assert index.kind == "hnsw" and not nowhere.exists()
+    assert len(index.search(vectors[0], 10)[0]) == 10
