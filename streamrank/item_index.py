@@ -37,7 +37,7 @@ EXACT_MAX_ITEMS = 50_000
 HNSW_LINKS = 16
 HNSW_BUILD_DEPTH = 64  # efConstruction
 HNSW_SEARCH_DEPTH = 256  # efSearch, raised to k when k is larger
-IVF_PROBES = 8
+IVF_PROBES = 16
 REFINE = 3
 
 Kind = Literal["exact", "hnsw", "ivf"]
