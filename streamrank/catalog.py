@@ -82,7 +82,8 @@ class Catalog:
         self.available: np.ndarray = table.column("available").to_numpy().astype(bool)
         self.prices: np.ndarray = table.column("price").to_numpy().astype(np.float64)
         # one tuple per distinct set: the column dictionary-encoded, each entry split once
-        joined = pc.binary_join(table.column("categories"), SEPARATOR)
+        categories = table.column("categories").cast(pa.list_(pa.string()))  # none: nulls
+        joined = pc.binary_join(categories, SEPARATOR)
         joined = pc.dictionary_encode(pc.fill_null(joined, ""))
         joined = joined.combine_chunks()
         distinct = [tuple(s.split(SEPARATOR)) if s else () for s in joined.dictionary.to_pylist()]
