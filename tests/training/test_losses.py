@@ -75,16 +75,16 @@ def test_the_full_softmax_up_to_fifty_thousand_items_sampled_above() -> None:
 def test_a_model_trained_on_sampled_negatives_ranks_like_the_full_softmax(
     dataset: Dataset, catalog: Catalog, tmp_path: Path
 ) -> None:
-    """200 users' MovieLens events, the same recipe twice: 512 drawn negatives a step (a
-    third of the catalog) reach at least 85 % of the full softmax's held-out NDCG@10
-    (measured 95 %; 128 negatives reached 72 %)."""
+    """150 users' MovieLens events, the same recipe twice: 512 drawn negatives a step (a
+    third of the catalog) reach at least 90 % of the full softmax's held-out NDCG@10
+    (measured 106 %; 128 negatives reached 85 %, on 200 users 75 %)."""
     scores = {}
     for negatives in (0, 512):
-        config = TrainConfig.fast(limit_users=200, epochs=4, negatives=negatives, max_minutes=None)
+        config = TrainConfig.fast(limit_users=150, epochs=3, negatives=negatives, max_minutes=None)
         data = prepare_training_data(dataset.events, catalog, config)
         directory = Trainer(catalog, default_encoder_path(), "cpu").fit(data, tmp_path)
         meta = json.loads((directory / META_FILE).read_text())
         assert meta["config"]["negatives"] == negatives
         held_out = [meta["metrics"][split]["ndcg@10"] for split in ("valid", "test_model_alone")]
         scores[negatives] = sum(held_out)
-    assert scores[512] >= 0.85 * scores[0], scores
+    assert scores[512] >= 0.9 * scores[0], scores
