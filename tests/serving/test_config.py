@@ -31,7 +31,7 @@ def test_serve_config_validates_against_rays_schema_with_arms_and_autoscaling() 
     scorer = deployments["scorer-control"]
     assert scorer.autoscaling_config["max_replicas"] == 4
     assert scorer.ray_actor_options.num_gpus == 1
-    assert scorer.user_config == {"max_batch_size": 32, "batch_wait_timeout_s": 0.005}
+    assert scorer.user_config == {"max_batch_size": 32, "batch_wait_timeout_s": 0.001}
     api = deployments["api"].autoscaling_config
     assert (api["min_replicas"], api["max_replicas"], api["target_ongoing_requests"]) == (2, 6, 4)
     fixed = serve_config(Settings(api_replicas=3))["applications"][0]["deployments"][0]
