@@ -187,7 +187,6 @@ def in_process(settings: Settings, bodies: list[dict], seconds: float) -> list[d
     candidates) and once as a page asks (the candidates found by the recommender)."""
     from serving.api import RecommendationRequest
     from serving.experiments import arm_model_dir
-    from serving.ranking import RankingPolicy, ShowAgain
     from serving.recommender import Arm, Recommender
     from serving.scorer import ScorerModel, model_directory, use_scorer_threads
 
@@ -202,21 +201,8 @@ def in_process(settings: Settings, bodies: list[dict], seconds: float) -> list[d
     async def search(query: str, n: int) -> np.ndarray:
         return model.search(query, n)
 
-    recommender = Recommender(
-        catalog,
-        FeastProfileStore(open_store(settings)),
-        {"main": Arm(score, model.version, search, model.trained)},
-        settings.events_partitions,
-        n_popular=settings.candidates_popular,
-        n_interest=settings.candidates_similar,
-        n_model=settings.candidates_model,
-        policy=RankingPolicy(
-            settings.ranking_diversity,
-            settings.ranking_exploration,
-            ShowAgain(settings.ranking_show_again),
-        ),
-        pseudonyms=Pseudonymizer.from_settings(settings),
-    )
+    arm = Arm(score, model.version, search, model.trained)
+    recommender = Recommender.from_settings(settings, catalog, {"main": arm})
     pages = [{k: v for k, v in b.items() if k != "candidate_ids"} for b in bodies]
 
     async def run(requests: list[dict]) -> dict[str, float]:

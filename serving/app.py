@@ -52,7 +52,6 @@ from serving.api import (
 )
 from serving.config import APP_NAME
 from serving.limits import BodyLimit
-from serving.ranking import RankingPolicy, ShowAgain
 from serving.scorer import (
     Scored,
     Scorer,
@@ -115,14 +114,11 @@ class Api:
     def __init__(self, settings: Settings, scorers: dict[str, DeploymentHandle] | None = None):
         """``scorers``: one handle per arm when the model runs in its own deployment; none
         when it runs here (``scorer_placement``)."""
-        from feature_repo.store import open_store
         from serving.experiments import arm_model_dir
         from serving.model_switch import RegistryFollower
         from serving.recommender import Arm, Recommender
         from serving.scorer import BatchedScorer, ScorerModel, follows_registry
         from streams.impressions import ImpressionLog
-        from streams.pseudonyms import Pseudonymizer
-        from streams.sink import FeastProfileStore
 
         self.impressions = ImpressionLog(
             settings.kafka_client_config(), settings.impressions_topic, settings.events_partitions
@@ -175,25 +171,8 @@ class Api:
             for name in settings.experiment_arms
         }
         following = [n for n in arms if follows_registry(settings, arm_model_dir(settings, n))]
-        self.recommender = Recommender(
-            catalog=catalog,
-            profiles=FeastProfileStore(open_store(settings)),
-            arms=arms,
-            partitions=settings.events_partitions,
-            experiment=settings.experiment_name,
-            n_popular=settings.candidates_popular,
-            n_interest=settings.candidates_similar,
-            n_model=settings.candidates_model,
-            popular_refresh_s=settings.popular_refresh_s,
-            policy=RankingPolicy(
-                settings.ranking_diversity,
-                settings.ranking_exploration,
-                ShowAgain(settings.ranking_show_again),
-            ),
-            score_timeout_s=settings.scorer_timeout_s,
-            store_timeout_s=settings.store_timeout_s,
-            impressions=self.impressions.publish,
-            pseudonyms=Pseudonymizer.from_settings(settings),
+        self.recommender = Recommender.from_settings(
+            settings, catalog, arms, self.impressions.publish
         )
         self.follower = None
         if following:

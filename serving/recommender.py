@@ -27,10 +27,11 @@ from serving.api import (
 )
 from serving.candidates import Candidate, CandidateGenerator, Popularity
 from serving.experiments import assign_arm
-from serving.ranking import RankingPolicy, blocked_items, rank
+from serving.ranking import RankingPolicy, ShowAgain, blocked_items, rank
 from serving.scorer import Scored, ScoreTask
 from serving.stream_ranker import StreamSignals
 from streamrank.catalog import Catalog
+from streamrank.settings import Settings
 from streams.covisitation import merge_neighbours
 from streams.impressions import Impression
 from streams.popularity import merge_popularity
@@ -93,6 +94,38 @@ class Recommender:
         self._popular = self.candidates.popularity([])
         self._popular_at = 0.0
         self._refresh: asyncio.Future[None] | None = None
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        catalog: Catalog,
+        arms: Mapping[str, Arm],
+        impressions: Callable[[Impression], None] | None = None,
+    ) -> Recommender:
+        """The request path as the settings configure it, over the settings' store."""
+        from feature_repo.store import open_store
+
+        return cls(
+            catalog=catalog,
+            profiles=FeastProfileStore(open_store(settings)),
+            arms=arms,
+            partitions=settings.events_partitions,
+            experiment=settings.experiment_name,
+            n_popular=settings.candidates_popular,
+            n_interest=settings.candidates_similar,
+            n_model=settings.candidates_model,
+            popular_refresh_s=settings.popular_refresh_s,
+            policy=RankingPolicy(
+                settings.ranking_diversity,
+                settings.ranking_exploration,
+                ShowAgain(settings.ranking_show_again),
+            ),
+            score_timeout_s=settings.scorer_timeout_s,
+            store_timeout_s=settings.store_timeout_s,
+            impressions=impressions,
+            pseudonyms=Pseudonymizer.from_settings(settings),
+        )
 
     # --- reads from the online store -----------------------------------------------------
     async def _read(self, read: Awaitable[R]) -> R:
