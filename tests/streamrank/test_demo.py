@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -44,6 +45,15 @@ def demo(home: Path, *args: str, sigint_ignored: bool = False) -> subprocess.Pop
     )
 
 
+def shown_lists(out: str) -> dict[str, list[str]]:
+    """The demo's top-10 list (item titles) of each user it shows, in order."""
+    lists: dict[str, list[str]] = {}
+    for block in out.split("=== user ")[1:]:
+        user = block.split()[0]
+        lists[user] = re.findall(r"^ +\d+\. (.{44})", block, re.MULTILINE)
+    return lists
+
+
 def test_demo_prints_recommendations_and_cleans_up(home: Path) -> None:
     proc = demo(home, "--events", "3000", "--users", "2", "--train-users", "120")
     out, _ = proc.communicate(timeout=420)
@@ -52,6 +62,9 @@ def test_demo_prints_recommendations_and_cleans_up(home: Path) -> None:
     version = out.split("trained model ", 1)[1].split()[0]
     assert out.count("=== user") == 3  # two active users and a new visitor
     assert f"(personalized, model {version})" in out  # served from the model just trained
+    first, second, _ = shown_lists(out).values()
+    assert len(first) == len(second) == 10
+    assert len(set(first) & set(second)) <= 3  # personal lists, not one list for everyone
     assert "(cold_start" in out
     assert "events.dlq: json:" in out
     assert "[6/6] done" in out
