@@ -38,8 +38,8 @@ SEPARATOR = "\x1f"  # joins an item's categories while they are told apart
 
 
 class Titles(Sequence[str]):
-    """Item titles in one Arrow buffer (a quarter of a million Python strings' memory), a
-    ``str`` made for the few a request shows."""
+    """Item titles in one Arrow buffer (about a quarter of what as many Python strings
+    take), a ``str`` made only for the few a request shows."""
 
     def __init__(self, column: pa.Array):
         self._column = column
@@ -76,7 +76,7 @@ class Catalog:
         if len(table) != len(embeddings):
             raise ValueError("catalog and embeddings differ in length")
         self.embeddings = embeddings
-        self.ids: list[str] = table.column("item_id").to_pylist()
+        self.ids: list[str] = table.column("item_id").cast(pa.string()).to_pylist()
         self.index: dict[str, int] = {item: i for i, item in enumerate(self.ids)}
         self.titles = Titles(pc.fill_null(table.column("title"), "").combine_chunks())
         self.available: np.ndarray = table.column("available").to_numpy().astype(bool)
