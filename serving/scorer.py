@@ -168,14 +168,15 @@ class ScorerModel:
         self.ranking = RankingArtifact.load(directory, encoder_path, device or pick_device())
         self.blend = self.ranking.blend
         space = self.ranking.space
-        if space.item_ids == self.catalog.ids:  # trained on this very catalog: share it all
+        shared = space.item_ids == self.catalog.ids  # trained on this very catalog
+        if shared:  # one copy of the ids, their index and the vectors
             space.item_ids, space.item_index = self.catalog.ids, self.catalog.index
             vectors, self.log_counts = self.ranking.item_vectors, self.ranking.log_counts
         else:
             vectors = self._in_catalog_order()
         if len(vectors) > IN_MEMORY_MAX_ITEMS:  # half the memory; rows are cast when scored
             vectors = vectors.astype(np.float16)
-            if vectors.shape == self.ranking.item_vectors.shape:
+            if shared:
                 self.ranking.item_vectors = vectors  # the user tower reads the same rows
         self.item_vectors = vectors
         # over these vectors in catalog order: one index per model and catalog
