@@ -35,6 +35,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import psutil
+from prometheus_client import REGISTRY
 
 from bench.ingest import percentile, recent, wire_messages
 from feature_repo.store import open_store
@@ -202,37 +203,52 @@ def in_process(settings: Settings, bodies: list[dict], seconds: float) -> list[d
         return model.search(query, n)
 
     arm = Arm(score, model.version, search, model.trained)
-    recommender = Recommender.from_settings(settings, catalog, {"main": arm})
     pages = [{k: v for k, v in b.items() if k != "candidate_ids"} for b in bodies]
 
-    async def run(requests: list[dict]) -> dict[str, float]:
+    def anchors(outcome: str) -> float:
+        name = "streamrank_serve_covisit_anchors_total"
+        return REGISTRY.get_sample_value(name, {"outcome": outcome}) or 0.0
+
+    async def run(requests: list[dict], variant: Settings) -> dict[str, float]:
+        recommender = Recommender.from_settings(variant, catalog, {"main": arm})
         for body in requests[:20]:  # warm-up: popularity read, first passes
             await recommender.recommend(RecommendationRequest.model_validate(body))
+        hits, misses = anchors("hit"), anchors("miss")
         done, cpu, wall = 0, time.process_time(), time.perf_counter()
         while time.perf_counter() - wall < seconds:
             body = requests[done % len(requests)]
             response = await recommender.recommend(RecommendationRequest.model_validate(body))
             response.model_dump_json()
             done += 1
+        hits, misses = anchors("hit") - hits, anchors("miss") - misses
         return {
             "requests": done,
             "cpu_ms_per_request": 1000 * (time.process_time() - cpu) / done,
             "wall_ms_per_request": 1000 * (time.perf_counter() - wall) / done,
+            "covisit_hit_share": hits / max(1.0, hits + misses),
         }
 
+    uncached = settings.model_copy(update={"covisit_refresh_s": 0.0})
     out = []
-    for name, requests in (("100 given candidates", bodies), ("candidates found", pages)):
-        row = asyncio.run(run(requests))
+    for name, requests, variant in (
+        ("100 given candidates", bodies, settings),
+        ("candidates found", pages, settings),
+        ("found, co-visits read each time", pages, uncached),
+    ):
+        row = asyncio.run(run(requests, variant))
         out.append({"requests_as": name, **row})
     return out
 
 
 def print_in_process(rows: list[dict]) -> None:
-    print(f"\n{'in process (no Ray, no HTTP)':28} {'CPU ms/req':>10} {'wall ms/req':>11}")
+    print(
+        f"\n{'in process (no Ray, no HTTP)':32} {'CPU ms/req':>10} {'wall ms/req':>11} "
+        f"{'co-visits kept':>14}"
+    )
     for row in rows:
         print(
-            f"{row['requests_as']:28} {row['cpu_ms_per_request']:10.2f} "
-            f"{row['wall_ms_per_request']:11.2f}"
+            f"{row['requests_as']:32} {row['cpu_ms_per_request']:10.2f} "
+            f"{row['wall_ms_per_request']:11.2f} {row.get('covisit_hit_share', 0.0):14.0%}"
         )
 
 

@@ -45,3 +45,9 @@ USER_SUMMARIES = Counter(
     "User-tower history summaries taken from the scorer's cache (hit) or computed (miss)",
     ["outcome"],
 )
+COVISIT_ROWS = Counter(
+    "streamrank_serve_covisit_anchors_total",
+    "Anchors whose merged co-visitation rows were kept from an earlier request (hit) or "
+    "read from the online store (miss)",
+    ["outcome"],
+)

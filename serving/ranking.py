@@ -9,7 +9,7 @@ from enum import StrEnum
 import numpy as np
 
 from serving.api import RecommendedItem
-from serving.candidates import Candidate
+from serving.candidates import Candidate, Candidates
 from streamrank.catalog import Catalog
 from streams.profile import ProfileFeatures
 
@@ -169,7 +169,7 @@ def explore(
 
 
 def rank(
-    candidates: list[Candidate],
+    candidates: Candidates,
     scores: np.ndarray,
     catalog: Catalog,
     k: int,
@@ -182,26 +182,27 @@ def rank(
 ) -> list[RecommendedItem]:
     if query:
         policy = RankingPolicy()
-    allowed = [
-        i
-        for i, c in enumerate(candidates)
-        if catalog.available[c.row] and catalog.ids[c.row] not in blocked
-    ]
-    kept = [candidates[i] for i in allowed]
-    kept_scores = np.asarray(scores, dtype=np.float64)[allowed]
+    rows = candidates.rows
+    allowed = catalog.available[rows]
+    blocked_rows = [catalog.index[i] for i in blocked if i in catalog.index]
+    if blocked_rows:
+        allowed &= ~np.isin(rows, blocked_rows)
+    kept = np.flatnonzero(allowed)  # positions in ``candidates``
+    kept_scores = np.asarray(scores, dtype=np.float64)[kept]
     # only the best 4k can win a slot (``diversify``): their categories alone are read
     pool = np.sort(np.argsort(-kept_scores, kind="stable")[: 4 * k])
-    categories = [frozenset(catalog.categories_at(kept[i].row)) for i in pool]
+    categories = [frozenset(catalog.categories_at(rows[kept[i]])) for i in pool]
     ranked = [int(pool[i]) for i in diversify(kept_scores[pool], categories, k, policy.diversity)]
     slots = explore(ranked, len(kept), k, policy.exploration, rng or np.random.default_rng())
     items = []
     for pos, propensity, explored in slots:
-        candidate = kept[pos]
+        candidate = candidates.at(int(kept[pos]))
+        item_id = catalog.ids[candidate.row]
         items.append(
             RecommendedItem(
-                item_id=catalog.ids[candidate.row],
+                item_id=item_id,
                 title=catalog.titles[candidate.row],
-                categories=list(catalog.categories(catalog.ids[candidate.row])),
+                categories=list(catalog.categories_at(candidate.row)),
                 score=round(float(kept_scores[pos]), 6),
                 reason=(
                     "something new to try"

@@ -16,7 +16,9 @@ from datetime import UTC, datetime
 from typing import TypeVar
 
 import numpy as np
+from cachetools import TTLCache
 
+from serving import metrics
 from serving.api import (
     ItemScore,
     ProfileSummary,
@@ -25,11 +27,11 @@ from serving.api import (
     ScoreRequest,
     ScoreResponse,
 )
-from serving.candidates import Candidate, CandidateGenerator, Popularity
+from serving.candidates import CandidateGenerator, Popularity
 from serving.experiments import assign_arm
 from serving.ranking import RankingPolicy, ShowAgain, blocked_items, rank
 from serving.scorer import Scored, ScoreTask
-from serving.stream_ranker import StreamSignals
+from serving.stream_ranker import Neighbours, StreamSignals
 from streamrank.catalog import Catalog
 from streamrank.settings import Settings
 from streams.covisitation import merge_neighbours
@@ -71,6 +73,8 @@ class Recommender:
         n_interest: int = 200,
         n_model: int = 100,
         popular_refresh_s: float = 2.0,
+        covisit_refresh_s: float = 2.0,
+        covisit_cache_anchors: int = 20_000,
         policy: RankingPolicy | None = None,
         score_timeout_s: float = 1.0,
         store_timeout_s: float = 0.5,
@@ -94,6 +98,9 @@ class Recommender:
         self._popular = self.candidates.popularity([])
         self._popular_at = 0.0
         self._refresh: asyncio.Future[None] | None = None
+        self._covisits: TTLCache[str, Neighbours] | None = None
+        if covisit_refresh_s > 0 and covisit_cache_anchors > 0:
+            self._covisits = TTLCache(covisit_cache_anchors, covisit_refresh_s, time.monotonic)
 
     @classmethod
     def from_settings(
@@ -116,6 +123,8 @@ class Recommender:
             n_interest=settings.candidates_similar,
             n_model=settings.candidates_model,
             popular_refresh_s=settings.popular_refresh_s,
+            covisit_refresh_s=settings.covisit_refresh_s,
+            covisit_cache_anchors=settings.covisit_cache_anchors,
             policy=RankingPolicy(
                 settings.ranking_diversity,
                 settings.ranking_exploration,
@@ -164,14 +173,26 @@ class Recommender:
         self._popular = self.candidates.popularity(ranked)
         self._popular_at = time.monotonic()
 
-    async def covisits(self, anchors: list[str]) -> dict[str, list[tuple[str, float]]]:
-        """Each anchor's co-visited items, summed over the partitions' rows."""
-        if not anchors:
-            return {}
-        keys = [(p, a) for a in anchors for p in self.partitions]
-        rows = await self._read(self.profiles.read_covisits_async(keys))
-        now = time.time()
-        return {a: merge_neighbours([rows[(p, a)] for p in self.partitions], now) for a in anchors}
+    async def covisits(self, anchors: list[str]) -> dict[str, Neighbours]:
+        """Each anchor's co-visited items, summed over the partitions' rows. A merged row
+        is kept ``covisit_refresh_s`` (as long as the worker waits between item-row
+        writes, by default), so the popular anchors that most requests share cost one read
+        of their partitions' rows per refresh instead of one per request."""
+        cache = self._covisits
+        found = {a: cache.get(a) for a in anchors} if cache is not None else {}
+        missing = [a for a in anchors if found.get(a) is None]
+        metrics.COVISIT_ROWS.labels("hit").inc(len(anchors) - len(missing))
+        if missing:
+            metrics.COVISIT_ROWS.labels("miss").inc(len(missing))
+            keys = [(p, a) for a in missing for p in self.partitions]
+            rows = await self._read(self.profiles.read_covisits_async(keys))
+            now, index = time.time(), self.catalog.index
+            for a in missing:
+                merged = merge_neighbours([rows[(p, a)] for p in self.partitions], now)
+                found[a] = Neighbours.of(merged, index)
+                if cache is not None:
+                    cache[a] = found[a]
+        return {a: found[a] for a in anchors}  # type: ignore[misc]
 
     # --- endpoints ------------------------------------------------------------------------
     def arm_of(self, user_id: str) -> str:
@@ -186,7 +207,7 @@ class Recommender:
         query = context.query if context and context.query else None
         context_item = context.item_id if context else None
         fallback_reason = None
-        covisits: dict[str, list[tuple[str, float]]] = {}
+        covisits: dict[str, Neighbours] = {}
         anchors: list[str] = []
         opted_out = False
         try:
@@ -205,12 +226,15 @@ class Recommender:
         else:
             matches = await self._search(arm, query) if query else None
             found = self.candidates.generate(features, popular, context_item, covisits, matches)
-        signals = StreamSignals(anchors, covisits, popular.weights)
+        index = self.catalog.index
+        signals = StreamSignals.of(
+            [index.get(a) for a in anchors], [covisits.get(a) for a in anchors], popular.by_row
+        )
         retrieve = self.n_model if request.candidate_ids is None else 0  # else: just those
         rows, scores, personalized, scorer_problem = await self._scores(
-            arm, list(found), features, query, signals, retrieve
+            arm, found.rows, features, query, signals, retrieve
         )
-        candidates = [found.get(row) or Candidate(row, "model") for row in rows.tolist()]
+        candidates = found.extended(rows[len(found) :], "model")  # the scorer's own finds
         fallback_reason = fallback_reason or scorer_problem
         items = rank(
             candidates,
@@ -285,7 +309,7 @@ class Recommender:
     async def _scores(
         self,
         arm: Arm,
-        candidates: list[int],
+        candidates: np.ndarray,
         features: ProfileFeatures | None,
         query: str | None,
         signals: StreamSignals,
@@ -298,8 +322,7 @@ class Recommender:
         slower than ``score_timeout_s``); with a query, the arm's relevance; otherwise, or
         when the scorer fails, popularity (the reason returned): the page gets an answer
         either way."""
-        rows = np.array(candidates, dtype=np.int64)
-        ids = self.catalog.ids
+        rows = np.asarray(candidates, dtype=np.int64)
         problem = None
         if len(rows) and (features is not None or query):
             ranking = features is not None and not query
@@ -314,11 +337,8 @@ class Recommender:
             if scored is not None:
                 return scored.rows, np.asarray(scored.scores, dtype=np.float64), True, None
             if ranking and not arm.trained:  # the stream ranks without the encoder's term
-                return rows, signals.scores([ids[r] for r in rows]), True, None
-        weights = signals.popular
-        top = max(weights.values(), default=1.0) or 1.0
-        scores = np.array([weights.get(ids[r], 0.0) / top for r in rows], dtype=np.float64)
-        return rows, scores, False, problem
+                return rows, signals.scores(rows), True, None
+        return rows, signals.popular[rows].astype(np.float64), False, problem
 
     async def score(self, request: ScoreRequest) -> ScoreResponse:
         """Model scores for the given items; null where the catalog does not know the item,

@@ -257,12 +257,11 @@ class ScorerModel:
         """What a recommendation row ranks by: a trained model's blend with the no-model
         default (``training/blend.py``); without a model, that default itself, whose text
         term is this scorer's own cosine (the pretrained encoder's)."""
-        ids = [self.catalog.ids[r] for r in rows]
         if not self.trained:
-            return signals.scores(ids, scores)
+            return signals.scores(rows, scores)
         interest = profile.interest
         text = None if interest is None else self.catalog.vectors(rows) @ interest
-        return self.blend.apply(scores, signals.scores(ids, text), self.log_counts[rows])
+        return self.blend.apply(scores, signals.scores(rows, text), self.log_counts[rows])
 
 
 class BatchedScorer:

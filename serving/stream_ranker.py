@@ -22,7 +22,7 @@ row (``training/baselines.py``), computed by these same functions.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,58 +57,109 @@ def recent_items(features: ProfileFeatures | None, n: int = ANCHORS) -> list[str
     return list(newest)
 
 
-def stream_scores(
-    item_ids: Sequence[str],
-    anchors: Sequence[str],
-    neighbours: Mapping[str, Sequence[tuple[str, float]]],
-    popular: Mapping[str, float],
-) -> np.ndarray:
-    """Scores of ``item_ids``: co-visitation from ``anchors`` (newest first, each weighted
-    ``ANCHOR_DECAY`` times the one before) and popularity, each scaled to a top of 1, and
-    the anchors themselves by the same recency weights (``REPEAT_WEIGHT``).
+@dataclass(frozen=True)
+class Neighbours:
+    """One anchor's co-visited items as catalog rows, strongest first, with their strengths:
+    the form requests score from, made once per store read of the anchor's rows."""
 
-    The tops are taken over everything the signals hold, not over ``item_ids``: an item's
-    score must not depend on which other items are scored with it (serving scores a few
-    hundred candidates, the offline evaluation the whole catalog)."""
-    covisit: dict[str, float] = {}
-    for k, anchor in enumerate(anchors):
-        weight = ANCHOR_DECAY**k
-        for item, strength in neighbours.get(anchor, ()):
-            covisit[item] = covisit.get(item, 0.0) + weight * strength
-    recency = {}
-    for k, anchor in enumerate(anchors):
-        recency.setdefault(anchor, ANCHOR_DECAY**k)
-    top_covisit = max(covisit.values(), default=0.0) or 1.0
-    top_popular = max(popular.values(), default=0.0) or 1.0
-    n = len(item_ids)
-    return (
-        np.fromiter((covisit.get(i, 0.0) for i in item_ids), np.float64, n) / top_covisit
-        + POPULARITY_WEIGHT
-        * np.fromiter((popular.get(i, 0.0) for i in item_ids), np.float64, n)
-        / top_popular
-        + REPEAT_WEIGHT * np.fromiter((recency.get(i, 0.0) for i in item_ids), np.float64, n)
-    )
+    rows: np.ndarray
+    weights: np.ndarray
+
+    @classmethod
+    def of(cls, merged: Sequence[tuple[str, float]], index: Mapping[str, int]) -> Neighbours:
+        """From ``merge_neighbours``'s (item, strength) pairs; items the catalog does not
+        hold are dropped (nothing can show or score them)."""
+        known = [(index[item], weight) for item, weight in merged if item in index]
+        return cls(
+            np.fromiter((r for r, _ in known), np.int64, len(known)),
+            np.fromiter((w for _, w in known), np.float64, len(known)),
+        )
 
 
 @dataclass(frozen=True)
 class StreamSignals:
-    """What the stream keeps for one request: the user's newest items (``anchors``, newest
-    first), their co-visited neighbours and the stream's popularity. The no-model default
-    scores any catalog item from them, so they travel with a scoring task and the scorer
-    scores the items it retrieves itself the same way as the ones it was sent."""
+    """What the stream keeps for one request, as sparse score vectors over catalog rows:
+    co-visitation from the user's newest items (the anchors, newest first, each weighted
+    ``ANCHOR_DECAY`` times the one before), the anchors themselves by the same weights, and
+    the stream's popularity (dense, by row). Each is scaled to a top of 1 over everything
+    it holds, not over the rows scored: an item's score must not depend on which other
+    items are scored with it (serving scores a few hundred candidates, the offline
+    evaluation the whole catalog). The scorer scores the items it retrieves itself from
+    the same signals as the ones it was sent, so they travel with a scoring task."""
 
-    anchors: Sequence[str]
-    neighbours: Mapping[str, Sequence[tuple[str, float]]]
-    popular: Mapping[str, float]
+    covisit_rows: np.ndarray
+    covisit: np.ndarray
+    recent_rows: np.ndarray
+    recency: np.ndarray
+    popular: np.ndarray
 
-    def scores(self, item_ids: Sequence[str], text: np.ndarray | None = None) -> np.ndarray:
-        """The no-model default's scores of ``item_ids``: ``stream_scores`` plus
-        ``TEXT_WEIGHT`` times the pretrained encoder's cosine ``text`` between the user's
-        interest and each item (None: without that term)."""
-        out = stream_scores(item_ids, self.anchors, self.neighbours, self.popular)
+    @classmethod
+    def of(
+        cls,
+        anchors: Sequence[int | None],
+        neighbours: Sequence[Neighbours | None],
+        popular: np.ndarray,
+    ) -> StreamSignals:
+        """``anchors``: the anchors' catalog rows, newest first (None for an item the
+        catalog does not hold, which still counts through its neighbours);
+        ``neighbours``: each anchor's co-visited items (None: none kept); ``popular``:
+        popularity by catalog row, top 1 (empty: none known)."""
+        decay = [ANCHOR_DECAY**k for k in range(len(anchors))]
+        found = [(n, w) for n, w in zip(neighbours, decay, strict=True) if n is not None]
+        covisit_rows, covisit = _summed(
+            [n.rows for n, _ in found], [w * n.weights for n, w in found]
+        )
+        top = float(covisit.max()) if len(covisit) else 0.0
+        recent = [(row, w) for row, w in zip(anchors, decay, strict=True) if row is not None]
+        rows = np.fromiter((r for r, _ in recent), np.int64, len(recent))
+        weights = np.fromiter((w for _, w in recent), np.float64, len(recent))
+        recent_rows, first = np.unique(rows, return_index=True)  # each anchor's newest
+        return cls(covisit_rows, covisit / (top or 1.0), recent_rows, weights[first], popular)
+
+    def scores(self, rows: np.ndarray, text: np.ndarray | None = None) -> np.ndarray:
+        """The no-model default's scores of catalog ``rows``: co-visitation, plus
+        ``POPULARITY_WEIGHT`` times popularity, plus ``REPEAT_WEIGHT`` times the anchors'
+        recency, plus ``TEXT_WEIGHT`` times the pretrained encoder's cosine ``text``
+        between the user's interest and each item (None: without that term)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        out = _at(self.covisit_rows, self.covisit, rows)
+        if len(self.popular):
+            out += POPULARITY_WEIGHT * self.popular[rows]
+        out += REPEAT_WEIGHT * _at(self.recent_rows, self.recency, rows)
         if text is not None:
             out += TEXT_WEIGHT * np.asarray(text, dtype=np.float64)
         return out
+
+
+def popularity_by_row(
+    ranked: Iterable[tuple[str, float]], index: Mapping[str, int], n_items: int
+) -> np.ndarray:
+    """The stream's popularity (item, weight) as ``StreamSignals`` reads it: by catalog
+    row, scaled to a top of 1 over every item it holds (the catalog's or not)."""
+    out = np.zeros(n_items, np.float64)
+    top = 0.0
+    for item, weight in ranked:
+        top = max(top, weight)
+        row = index.get(item)
+        if row is not None:
+            out[row] = weight
+    return out / top if top > 0 else out
+
+
+def _summed(keys: list[np.ndarray], values: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted distinct keys and the sum of each one's values."""
+    if not keys:
+        return np.zeros(0, np.int64), np.zeros(0, np.float64)
+    unique, inverse = np.unique(np.concatenate(keys), return_inverse=True)
+    return unique, np.bincount(inverse, weights=np.concatenate(values), minlength=len(unique))
+
+
+def _at(keys: np.ndarray, values: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``values`` at ``rows`` by sorted ``keys``; 0 where a row is not a key."""
+    if not len(keys):
+        return np.zeros(len(rows), np.float64)
+    at = np.minimum(np.searchsorted(keys, rows), len(keys) - 1)
+    return np.where(keys[at] == rows, values[at], 0.0)
 
 
 def recency_scores(item_ids: Sequence[str], features: ProfileFeatures | None) -> np.ndarray:

@@ -206,6 +206,12 @@ class Settings(BaseSettings):
     platform_worker_urls: list[str] = Field(default_factory=list)
     platform_experiments_url: str | None = None  # default: the local experiment worker
     popular_refresh_s: float = 2.0
+    # an anchor's co-visitation rows, merged over partitions, are kept this long by serving
+    # (the worker writes them every worker_item_flush_s); 0 reads them on every request
+    covisit_refresh_s: float = Field(default=2.0, ge=0)
+    covisit_cache_anchors: int = Field(
+        default=20_000, ge=0, description="anchors' merged rows kept (~1 KB each)"
+    )
     candidates_popular: int = 200
     candidates_similar: int = 200
     candidates_model: int = Field(

@@ -116,9 +116,14 @@ def covisit_edges(profile: UserProfile, event: Event) -> list[tuple[str, str, fl
     return [(anchor, target, weight) for anchor in covisit_anchors(profile, event)]
 
 
-def merge_neighbours(rows: Iterable[CovisitRow], now: float) -> list[tuple[str, float]]:
+def merge_neighbours(
+    rows: Iterable[CovisitRow], now: float, n: int = TOP_N
+) -> list[tuple[str, float]]:
+    """One anchor's rows summed over partitions, strongest first: the ``n`` strongest, as
+    one row holds (the offline evaluation folds every partition into one row), so serving
+    ranks from the same number of neighbours as the evaluation that judged it."""
     total: dict[str, float] = {}
     for row in rows:
         for item, weight in row.top(now=max(now, row.as_of)):
             total[item] = total.get(item, 0.0) + weight
-    return sorted(total.items(), key=lambda kv: -kv[1])
+    return sorted(total.items(), key=lambda kv: -kv[1])[:n]

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from serving.stream_ranker import StreamSignals, recency_scores, recent_items
+from serving.stream_ranker import Neighbours, StreamSignals, recency_scores, recent_items
 from streamrank.catalog import Catalog
 from streamrank.datasets import iter_events
 from streams.covisitation import CovisitRow, covisit_edges, merge_neighbours
@@ -274,6 +274,7 @@ class StreamDefault:
     def __init__(self, catalog: ItemLookup, item_ids: Sequence[str], embeddings: np.ndarray):
         self.catalog = catalog
         self.item_ids = list(item_ids)
+        self.index = {item: row for row, item in enumerate(self.item_ids)}
         self.popular = RecentPopular(item_ids, tau_s=POPULARITY_WINDOWS["24h"])
         self.text = MiniLMZeroShot(item_ids, embeddings)
         self.rows: dict[str, CovisitRow] = {}
@@ -295,22 +296,28 @@ class StreamDefault:
 
     def signals(self, examples: Sequence[Example]) -> list[StreamSignals]:
         """What serving would read from the stream for each example, at its time."""
-        popular = self.popular.score(examples)
+        popular = self.popular.score(examples).astype(np.float64)
+        index = self.index
         out = []
         for row, example in enumerate(examples):
             anchors = recent_items(example.features)
-            neighbours = {  # as serving merges them: decayed to now, never grown
-                a: merge_neighbours([self.rows[a]], example.ts) for a in anchors if a in self.rows
-            }
-            trending = dict(zip(self.item_ids, popular[row].tolist(), strict=True))
-            out.append(StreamSignals(anchors, neighbours, trending))
+            neighbours = [  # as serving merges them: decayed to now, never grown
+                Neighbours.of(merge_neighbours([self.rows[a]], example.ts), index)
+                if a in self.rows
+                else None
+                for a in anchors
+            ]
+            top = float(popular[row].max())
+            trending = popular[row] / top if top > 0 else popular[row]
+            out.append(StreamSignals.of([index.get(a) for a in anchors], neighbours, trending))
         return out
 
     def score(self, examples: Sequence[Example]) -> np.ndarray:
         text = self.text.score(examples)
         out = np.zeros((len(examples), len(self.item_ids)), np.float32)
+        every = np.arange(len(self.item_ids))
         for row, signals in enumerate(self.signals(examples)):
-            out[row] = signals.scores(self.item_ids, text[row])
+            out[row] = signals.scores(every, text[row])
         return out
 
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import numpy as np
 import pytest
 
-from serving.candidates import CandidateGenerator, Popularity
+from serving.candidates import Candidate, CandidateGenerator, CandidatesBuilder, Popularity
 from serving.ranking import RankingPolicy, ShowAgain, blocked_items, diversify, explore, rank
 from serving.scorer import combine
 from streamrank.catalog import Catalog
@@ -39,10 +39,28 @@ def test_candidates_come_from_every_source(catalog: Catalog) -> None:
     found = candidates.generate(
         features, candidates.popularity([("50", 3.0), ("100", 2.0)]), context_item="181"
     )
-    sources = {c.source for c in found.values()}
+    sources = {c.source for c in found}
     assert sources == {"recent", "similar", "interest", "popular"}
-    anchors = {c.anchor for c in found.values() if c.anchor}
+    anchors = {c.anchor for c in found if c.anchor}
     assert {"181", "2"} <= anchors
+
+
+def test_an_item_several_sources_bring_keeps_the_first_ones_source_and_anchor() -> None:
+    found = CandidatesBuilder()
+    found.add([3, 4], "covisit", "a")
+    found.add([4, 5], "similar", "b")
+    found.add([], "interest")
+    found.add([5, 6, 3], "popular")
+    candidates = found.build()
+    assert list(candidates) == [
+        Candidate(3, "covisit", "a"),
+        Candidate(4, "covisit", "a"),
+        Candidate(5, "similar", "b"),
+        Candidate(6, "popular", None),
+    ]
+    more = candidates.extended(np.array([9]), "model")  # the scorer's own finds
+    assert len(candidates) == 4 and more.at(4) == Candidate(9, "model", None)
+    assert len(CandidatesBuilder().build()) == 0
 
 
 def test_a_new_visitor_still_gets_candidates(catalog: Catalog) -> None:
@@ -78,14 +96,14 @@ def test_the_shops_rule_says_which_of_the_users_own_items_may_come_back(
 def test_own_items_are_candidates_and_say_why_they_came_back(catalog: Catalog) -> None:
     features = derive_features(profile_of(catalog, ["1", "5"], []), time.time())
     found = CandidateGenerator(catalog).generate(features, nothing_streamed(catalog))
-    mine = [c for c in found.values() if c.source == "recent"]
+    mine = [c for c in found if c.source == "recent"]
     assert {catalog.ids[c.row] for c in mine} == {"1", "5"}
-    scores = np.array([1.0 if c.source == "recent" else 0.0 for c in found.values()])
+    scores = np.array([1.0 if c.source == "recent" else 0.0 for c in found])
     blocked = blocked_items(features, show_again=ShowAgain.UNBOUGHT)
-    items = rank(list(found.values()), scores, catalog, 2, blocked, features)
+    items = rank(found, scores, catalog, 2, blocked, features)
     assert {i.item_id for i in items} == {"1", "5"}
     assert {i.reason for i in items} == {"you looked at this recently"}
-    hidden = rank(list(found.values()), scores, catalog, 2, blocked_items(features), features)
+    hidden = rank(found, scores, catalog, 2, blocked_items(features), features)
     assert not {i.item_id for i in hidden} & {"1", "5"}  # the default rule: none come back
 
 
@@ -94,10 +112,10 @@ def test_bought_seen_excluded_and_in_view_items_are_never_ranked(catalog: Catalo
     blocked = blocked_items(features, ["3"], "4")
     assert blocked == {"1", "2", "3", "4"}
     found = CandidateGenerator(catalog).generate(features, nothing_streamed(catalog))
-    candidates = list(found.values())
+    assert len(set(found.rows.tolist())) == len(found)  # each item once
     assert features.interest is not None
-    scores = catalog.vectors([c.row for c in candidates]) @ features.interest
-    items = rank(candidates, scores, catalog, 10, blocked, features)  # default: score order
+    scores = catalog.vectors(found.rows) @ features.interest
+    items = rank(found, scores, catalog, 10, blocked, features)  # default: score order
     assert len(items) == 10
     assert not {i.item_id for i in items} & blocked
     assert [i.score for i in items] == sorted((i.score for i in items), reverse=True)
@@ -115,7 +133,7 @@ def test_query_and_interest_are_combined_into_one_unit_vector() -> None:
 @pytest.mark.parametrize("k", [1, 5, 100])
 def test_rank_never_returns_more_than_k(catalog: Catalog, k: int) -> None:
     candidates = CandidateGenerator(catalog, n_popular=50)
-    found = list(candidates.generate(None, candidates.popularity([])).values())
+    found = candidates.generate(None, candidates.popularity([]))
     items = rank(found, np.ones(len(found)), catalog, k, set(), None)
     assert len(items) == min(k, 50)
 
@@ -150,7 +168,7 @@ def test_exploration_share_and_propensities() -> None:
 
 def test_ranked_items_carry_propensities(catalog: Catalog) -> None:
     candidates = CandidateGenerator(catalog, n_popular=50)
-    found = list(candidates.generate(None, candidates.popularity([])).values())
+    found = candidates.generate(None, candidates.popularity([]))
     policy = RankingPolicy(diversity=0.3, exploration=0.5)
     items = rank(
         found,
@@ -169,10 +187,10 @@ def test_ranked_items_carry_propensities(catalog: Catalog) -> None:
 
 def test_items_out_of_stock_are_never_ranked(catalog: Catalog) -> None:
     candidates = CandidateGenerator(catalog, n_popular=50)
-    found = list(candidates.generate(None, candidates.popularity([])).values())
+    found = candidates.generate(None, candidates.popularity([]))
     out_of_stock = copy.copy(catalog)
     out_of_stock.available = catalog.available.copy()
-    best = found[0].row  # the top score below
+    best = int(found.rows[0])  # the top score below
     out_of_stock.available[best] = False
     scores = np.linspace(1.0, 0.0, len(found))
     shown = {i.item_id for i in rank(found, scores, out_of_stock, 10, set(), None)}
@@ -186,7 +204,7 @@ def test_search_matches_join_the_candidates(catalog: Catalog) -> None:
     candidates = CandidateGenerator(catalog)
     popular = candidates.popularity([("50", 3.0), ("100", 2.0)])
     found = candidates.generate(None, popular, matches=matches)
-    assert {catalog.ids[row]: c.source for row, c in found.items()} == {
+    assert {catalog.ids[c.row]: c.source for c in found} == {
         "1": "search",
         "2": "search",
         "50": "popular",
@@ -198,12 +216,12 @@ def test_a_search_is_ranked_by_relevance_alone(catalog: Catalog) -> None:
     """Diversity and exploration would put other categories and random items ahead of what
     was searched for; with a query, the order is the score order and nothing is explored."""
     candidates = CandidateGenerator(catalog, n_popular=50)
-    found = list(candidates.generate(None, candidates.popularity([])).values())
+    found = candidates.generate(None, candidates.popularity([]))
     scores = np.linspace(1.0, 0.0, len(found))
     policy = RankingPolicy(diversity=0.9, exploration=0.9)
     args = (found, scores, catalog, 10, set(), None)
     searched = rank(*args, query="horror", policy=policy, rng=np.random.default_rng(0))
-    assert [i.item_id for i in searched] == [catalog.ids[c.row] for c in found[:10]]
+    assert [i.item_id for i in searched] == [catalog.ids[r] for r in found.rows[:10]]
     assert {i.propensity for i in searched} == {1.0}
     browsed = rank(*args, policy=policy, rng=np.random.default_rng(0))
     assert [i.item_id for i in browsed] != [i.item_id for i in searched]

@@ -1,6 +1,7 @@
 """The request path without Ray: a real online store, a scorer that misbehaves."""
 
 import asyncio
+import time
 from pathlib import Path
 
 import numpy as np
@@ -173,3 +174,50 @@ def test_the_raw_id_is_looked_up_and_logged_as_its_pseudonym(home: Path, catalog
     assert answer["strategy"] == "personalized"  # found under the pseudonym
     assert answer["user_id"] == "u"  # the caller's own id back
     assert [i.user_id for i in shown] == [pseudonym("u")]  # the impression: pseudonym only
+
+
+def test_an_anchors_merged_covisits_are_kept_for_the_refresh_interval(
+    home: Path, catalog: Catalog
+) -> None:
+    """Requests sharing an anchor read its partitions' rows once per refresh; a row the
+    worker writes since is seen after the refresh, and a cache of 0 seconds reads each
+    time."""
+    from streams.covisitation import CovisitRow
+
+    async def score(task: ScoreTask) -> Scored:
+        return Scored(task.item_rows, np.zeros(len(task.item_rows)))
+
+    r = recommender(home, catalog, score)
+    read = r.profiles.read_covisits_async
+    keys_read: list[tuple[int, str]] = []
+
+    async def counted(keys: list[tuple[int, str]]) -> dict:
+        keys_read.extend(keys)
+        return await read(keys)
+
+    r.profiles.read_covisits_async = counted  # type: ignore[method-assign]
+    now = time.time()
+    edge = CovisitRow(1, "3")
+    edge.add("181", 2.0, now)
+    r.profiles.write_covisits([edge])
+
+    def neighbours_of_3() -> list[int]:
+        return asyncio.run(r.covisits(["3", "1"]))["3"].rows.tolist()
+
+    assert neighbours_of_3() == [catalog.index["181"]]
+    assert sorted(keys_read) == sorted((p, a) for p in range(4) for a in ("3", "1"))
+    later = CovisitRow(2, "3")
+    later.add("50", 5.0, now)
+    r.profiles.write_covisits([later])
+    keys_read.clear()
+    assert neighbours_of_3() == [catalog.index["181"]]  # kept: no read
+    assert keys_read == []
+    r._covisits.expire(time.monotonic() + 3.0)  # type: ignore[union-attr]  # 2 s later
+    assert neighbours_of_3() == [catalog.index[i] for i in ("50", "181")]  # summed, strongest first
+    assert {a for _, a in keys_read} == {"3", "1"}
+
+    uncached = Recommender(catalog, r.profiles, r.arms, partitions=4, covisit_refresh_s=0)
+    keys_read.clear()
+    for _ in range(2):
+        asyncio.run(uncached.covisits(["3"]))
+    assert len(keys_read) == 2 * 4

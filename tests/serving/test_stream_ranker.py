@@ -16,9 +16,12 @@ from serving.scorer import Scored, ScoreTask
 from serving.stream_ranker import (
     ANCHOR_DECAY,
     POPULARITY_WEIGHT,
+    REPEAT_WEIGHT,
     TEXT_WEIGHT,
+    Neighbours,
+    StreamSignals,
+    popularity_by_row,
     recent_items,
-    stream_scores,
 )
 from streamrank.catalog import Catalog
 from streamrank.settings import Settings
@@ -40,16 +43,24 @@ def viewed_in_order(catalog: Catalog, items: list[str]) -> UserProfile:
 
 
 def test_newer_anchors_count_more_and_popularity_is_a_share() -> None:
-    items = ["a", "b", "c", "d"]
-    neighbours = {"new": [("a", 10.0)], "old": [("b", 10.0), ("c", 5.0)]}
-    scores = stream_scores(items, ["new", "old"], neighbours, {"d": 100.0, "a": 50.0})
-    assert scores.tolist() == [
+    """Rows 0-3 of a catalog; "new" (row 4) and "old" (not in the catalog) are the
+    user's newest items, in that order."""
+    index = {"a": 0, "b": 1, "c": 2, "d": 3, "new": 4}
+    new = Neighbours.of([("a", 10.0)], index)
+    old = Neighbours.of([("b", 10.0), ("c", 5.0), ("gone", 20.0)], index)  # gone: not held
+    popular = popularity_by_row([("d", 100.0), ("a", 50.0)], index, 5)
+    signals = StreamSignals.of([4, None], [new, old], popular)
+    assert signals.scores(np.array([0, 1, 2, 3, 4])).tolist() == [
         1.0 + POPULARITY_WEIGHT * 0.5,  # the newest anchor's neighbour, and half as popular
         ANCHOR_DECAY,
         ANCHOR_DECAY / 2,
         POPULARITY_WEIGHT,  # known to popularity alone
+        REPEAT_WEIGHT,  # the newest item itself, where the shop's rule lets it come back
     ]
-    assert stream_scores(items, [], {}, {}).tolist() == [0.0] * 4  # nothing known: no signal
+    # an item's score does not depend on the rows scored with it
+    assert signals.scores(np.array([2]))[0] == signals.scores(np.arange(5))[2]
+    nothing = StreamSignals.of([], [], np.zeros(0))
+    assert nothing.scores(np.arange(4)).tolist() == [0.0] * 4  # nothing known: no signal
 
 
 def test_recent_items_are_the_newest_first_each_once(catalog: Catalog) -> None:
