@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import platform
 import random
@@ -40,6 +41,7 @@ from prometheus_client import REGISTRY
 from bench.ingest import percentile, recent, wire_messages
 from feature_repo.store import open_store
 from infra.processes import free_port
+from serving.config import APP_NAME
 from streamrank.catalog import Catalog
 from streamrank.datasets import iter_events, load_dataset
 from streamrank.prepare import prepare
@@ -132,9 +134,28 @@ def run_config(
     url = serve_app.start(config.settings, app=app)
     try:
         asyncio.run(closed_loop(url, bodies, 4, 3.0))  # warm-up: replicas, caches
-        return [asyncio.run(closed_loop(url, bodies, c, seconds)) for c in levels]
+        rows = []
+        for clients in levels:
+            before = replica_cpu_s()
+            row = asyncio.run(closed_loop(url, bodies, clients, seconds))
+            answered = row["requests"] + row["shed"]
+            row["replica_cpu_ms"] = 1000 * (replica_cpu_s() - before) / max(1, answered)
+            rows.append(row)
+        return rows
     finally:
         serve_app.stop()
+
+
+def replica_cpu_s() -> float:
+    """CPU seconds used so far by the application's ingress replicas (every thread: the
+    event loop, the model's and the store's threads, librdkafka's)."""
+    total = 0.0
+    for process in psutil.process_iter(["cmdline"]):
+        if any(f"ServeReplica:{APP_NAME}:api" in part for part in process.info["cmdline"] or []):
+            with contextlib.suppress(psutil.Error):
+                times = process.cpu_times()
+                total += times.user + times.system
+    return total
 
 
 def knee(rows: list[dict[str, float]]) -> dict[str, float] | None:
@@ -256,7 +277,7 @@ def print_tables(results: dict, configs: list[Config]) -> None:
     noop = {r["concurrency"]: r for r in results["runs"].get("no-op ingress (ceiling)", [])}
     print(
         f"\n{'configuration':34} {'clients':>7} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} "
-        f"{'p99 ms':>8} {'err':>4} {'shed':>5} {'of no-op':>8}"
+        f"{'p99 ms':>8} {'err':>4} {'shed':>5} {'of no-op':>8} {'replica CPU ms/req':>18}"
     )
     for config in configs:
         for row in results["runs"][config.name]:
@@ -265,7 +286,7 @@ def print_tables(results: dict, configs: list[Config]) -> None:
             print(
                 f"{config.name:34} {row['concurrency']:7d} {row['rps']:8.1f} {row['p50_ms']:8.1f} "
                 f"{row['p95_ms']:8.1f} {row['p99_ms']:8.1f} {row['errors']:4d} "
-                f"{row.get('shed_share', 0.0):5.0%} {share:>8}"
+                f"{row.get('shed_share', 0.0):5.0%} {share:>8} {row['replica_cpu_ms']:18.2f}"
             )
     print(f"\nload sustained with p99 < {P99_TARGET_MS:g} ms (the knee):")
     for name, row in results["knee"].items():
@@ -319,12 +340,16 @@ def main() -> None:
         return base.model_copy(update=update)
 
     placement = "deployment" if gpus else "ingress"
+    batch_size = "scorer_max_batch_size" if gpus else "api_scorer_max_batch_size"
     configs = [
         Config("no-op ingress (ceiling)", base, noop=True),
-        Config(f"model in {placement}, batched", variant(scorer_placement=placement)),
+        Config(
+            f"model in {placement}, batched",
+            variant(scorer_placement=placement, **{batch_size: 32}),
+        ),
         Config(
             f"model in {placement}, unbatched",
-            variant(scorer_placement=placement, scorer_max_batch_size=1),
+            variant(scorer_placement=placement, **{batch_size: 1}),
         ),
     ]
     if not gpus:

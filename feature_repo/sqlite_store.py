@@ -74,6 +74,11 @@ def db_path(config: RepoConfig) -> Path:
 
 
 class EntityRowSqliteOnlineStore(OnlineStore):
+    READS_INLINE = True
+    """A read never waits for a writer (WAL) and reads a few rows of a local file by
+    primary key, tens of microseconds: an event loop reads directly (``streams/sink.py``)
+    rather than pay a thread hop that cost more than the read (py-spy of a serving replica)."""
+
     def __init__(self) -> None:
         super().__init__()
         self._conn: sqlite3.Connection | None = None

@@ -91,10 +91,12 @@ _bearer = HTTPBearer(auto_error=False, description="a server key or a user token
 _api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="a server key")
 
 
-def _credential(
+async def _credential(
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     api_key: Annotated[str | None, Depends(_api_key)],
 ) -> str | None:
+    """Async, like every dependency here: FastAPI runs a plain function on a worker thread,
+    a thread hop (and under Serve a new thread) for every request."""
     return bearer.credentials if bearer is not None else api_key
 
 
@@ -155,7 +157,7 @@ class Api:
             model.warm_up()
             if name not in local:
                 local[name] = BatchedScorer(
-                    model, settings.scorer_max_batch_size, settings.scorer_batch_wait_s
+                    model, settings.api_scorer_max_batch_size, settings.scorer_batch_wait_s
                 )
             batched = local[name]
             batched.model = model  # the old version is freed once its last request ends

@@ -120,10 +120,12 @@ class ScorerModel:
         encoder_path = settings.encoder_path or default_encoder_path()
         self.version = model_version(settings, directory)
         self.trained = directory is not None
+        self.device = "cpu"  # where the model runs: "cpu" or "cuda"
         self.blend = Blend()
         self.log_counts = np.zeros(len(self.catalog), np.float32)  # catalog row order
         if directory is not None:
             self._load_trained(directory, encoder_path, device)
+            self.device = self.ranking.device.type
             if settings.scorer_int8:
                 self.ranking = self.ranking.quantized()
             self.users = SummaryCache(self.ranking, settings.scorer_summary_cache)
@@ -132,6 +134,7 @@ class ScorerModel:
 
             self.ranking = None
             self.encoder = TextEncoder(encoder_path, device)
+            self.device = str(self.encoder.device).split(":")[0]
             self.item_vectors = self.catalog.embeddings
             self.index = self.catalog.text_index
 
@@ -281,21 +284,33 @@ class BatchedScorer:
 
     def __init__(self, model: ScorerModel, max_batch_size: int, batch_wait_s: float):
         self.model = model
+        self.max_batch_size = max_batch_size
         self._batched = serve.batch(
             max_batch_size=max_batch_size, batch_wait_timeout_s=batch_wait_s
         )(self._score_batch)
 
     def configure(self, max_batch_size: int, batch_wait_s: float) -> None:
+        self.max_batch_size = int(max_batch_size)
         self._batched.set_max_batch_size(int(max_batch_size))  # type: ignore[attr-defined]
         self._batched.set_batch_wait_timeout_s(float(batch_wait_s))  # type: ignore[attr-defined]
 
     async def score(self, task: ScoreTask, model: ScorerModel | None = None) -> Scored | None:
-        return await self._batched((model or self.model, task))
+        """Through ``@serve.batch``; with batches of one, straight to the model: the batch
+        queue's own bookkeeping (a task, a timer and Ray metrics per batch) is then all cost."""
+        request = (model or self.model, task)
+        if self.max_batch_size == 1:
+            return (await self._score_batch([request]))[0]
+        return await self._batched(request)
 
     async def _score_batch(
         self, requests: list[tuple[ScorerModel, ScoreTask]]
     ) -> list[Scored | None]:
-        return await asyncio.to_thread(score_by_model, requests)
+        """On a thread when the batch encodes a query (a MiniLM pass: milliseconds during
+        which torch lets the loop go on) or runs on a GPU; otherwise here: a CPU pass over
+        profiles costs a fraction of a millisecond, less than the hop to a thread and back."""
+        if any(task.query for _, task in requests) or any(m.device != "cpu" for m, _ in requests):
+            return await asyncio.to_thread(score_by_model, requests)
+        return score_by_model(requests)
 
     async def search(self, query: str, n: int, model: ScorerModel | None = None) -> np.ndarray:
         return await asyncio.to_thread((model or self.model).search, query, n)

@@ -179,7 +179,11 @@ class Settings(BaseSettings):
     scorer_target_ongoing_requests: float = Field(default=32, gt=0)
     scorer_max_ongoing_requests: int = Field(default=256, ge=1)
     scorer_int8: bool = Field(default=False, description="int8 dynamic quantization (CPU)")
-    scorer_max_batch_size: int = Field(default=32, ge=1)
+    scorer_max_batch_size: int = Field(default=32, ge=1, description="the scorer deployment's")
+    # the model inside the ingress (CPU): 1 scores each request as it comes, without
+    # @serve.batch, whose bookkeeping per batch cost more than batching saved on CPU
+    # (bench/serving.py: 259 req/s at one client unbatched, 192 batched)
+    api_scorer_max_batch_size: int = Field(default=1, ge=1)
     scorer_threads: int = Field(
         default=1, ge=1, description="torch threads per scorer: a request's ops are too small"
     )

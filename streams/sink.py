@@ -145,11 +145,20 @@ class ViewIO:
         results = self.provider.online_read(self.store.config, self.view, entity_keys, None)
         return self._rows(keys, _python_values(results))
 
+    @property
+    def reads_inline(self) -> bool:
+        """Whether a read by key never waits on anything but the local disk, so that an
+        event loop does it itself (``EntityRowSqliteOnlineStore.READS_INLINE``)."""
+        return bool(getattr(self.provider.online_store, "READS_INLINE", False))
+
     async def read_async(self, keys: Sequence[Mapping[str, Any]]) -> list[dict[str, Any] | None]:
-        """``read`` for an event loop: the store's async client where Feast has one, else
+        """``read`` for an event loop: the store's async client where Feast has one; the
+        read itself where it cannot block (the thread hop cost more than the read); else
         the blocking read on a thread."""
         if not keys:
             return []
+        if self.reads_inline:
+            return self.read(keys)
         if not self.reads_async:
             return await asyncio.to_thread(self.read, keys)
         entity_keys = [self._entity_key(k) for k in keys]
