@@ -6,8 +6,9 @@
                       ├──▶ impressions topic (what was shown, for CTR/CVR per arm)
                       └──▶ events topic: consent and erasure requests (streams/privacy.py)
 
-On CPU the scorer runs inside the Api replica by default (still ``@serve.batch``): the
-handle call cost more than the model (``scorer_placement``, README's serving benchmark).
+On CPU the scorer runs inside the Api replica by default, each request scored as it comes:
+the handle call, and ``@serve.batch``'s bookkeeping, cost more than the model
+(``scorer_placement``, ``api_scorer_max_batch_size``, README's serving benchmark).
 """
 
 import asyncio

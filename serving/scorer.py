@@ -3,10 +3,11 @@
 Trained (``streamrank train`` wrote a model directory): the user tower reads the live
 profile's features and the item vectors come precomputed from the model directory. Catalog
 items the model never saw get a vector from their text through the model's text path. So a
-request costs one small forward pass, batched across concurrent requests by
-``@serve.batch``, plus dot products. Besides the recommender's candidates, the scorer
-scores the model's own nearest items to the user vector (two-tower retrieval: the stream's
-candidate sources miss half of the model's own top 20 on MovieLens). The served score
+request costs one small forward pass (batched across concurrent requests by
+``@serve.batch`` in the GPU scorer deployment), plus dot products. Besides the
+recommender's candidates, the scorer scores the model's own nearest items to the user
+vector (two-tower retrieval: the stream's candidate sources miss half of the model's own
+top 20 on MovieLens). The served score
 blends in the no-model default's score of each item, from the stream's signals that the
 recommender sends with the task, with the weights the model chose on its validation
 examples (``training/blend.py``).
@@ -273,9 +274,11 @@ class BatchedScorer:
     The body of the scorer deployment, and also usable inside the ingress replica
     (``scorer_placement``), where it saves the handle call. The batch queue is made per
     instance: a class-level ``@serve.batch`` shares one queue between all instances of a
-    process and runs a batch on its first request's instance, which would mix arms. The
-    model runs on a thread so the replica's event loop keeps parsing requests meanwhile
-    (torch releases the GIL).
+    process and runs a batch on its first request's instance, which would mix arms. A GPU
+    model, or a query's text pass, runs on a thread so the replica's event loop keeps
+    parsing requests meanwhile (torch releases the GIL); a CPU pass over profiles runs on
+    the loop (``_score_batch``). With ``max_batch_size`` 1 (the ingress's default on CPU)
+    requests skip the batch queue.
 
     ``model`` is replaced in place when another version is promoted
     (``serving/model_switch.py``); a request names the model it started with (``score``'s
