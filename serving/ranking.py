@@ -197,10 +197,9 @@ def rank(
     items = []
     for pos, propensity, explored in slots:
         candidate = candidates.at(int(kept[pos]))
-        item_id = catalog.ids[candidate.row]
         items.append(
             RecommendedItem(
-                item_id=item_id,
+                item_id=catalog.ids[candidate.row],
                 title=catalog.titles[candidate.row],
                 categories=list(catalog.categories_at(candidate.row)),
                 score=round(float(kept_scores[pos]), 6),

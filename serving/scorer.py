@@ -7,10 +7,9 @@ request costs one small forward pass (batched across concurrent requests by
 ``@serve.batch`` in the GPU scorer deployment), plus dot products. Besides the
 recommender's candidates, the scorer scores the model's own nearest items to the user
 vector (two-tower retrieval: the stream's candidate sources miss half of the model's own
-top 20 on MovieLens). The served score
-blends in the no-model default's score of each item, from the stream's signals that the
-recommender sends with the task, with the weights the model chose on its validation
-examples (``training/blend.py``).
+top 20 on MovieLens). The served score blends in the no-model default's score of each
+item, from the stream's signals that the recommender sends with the task, with the
+weights the model chose on its validation examples (``training/blend.py``).
 
 Untrained: the cosine between the profile's interest vector (mean pretrained MiniLM
 embedding of engaged items) and the items' embeddings. Users with history are then ranked
@@ -121,12 +120,11 @@ class ScorerModel:
         encoder_path = settings.encoder_path or default_encoder_path()
         self.version = model_version(settings, directory)
         self.trained = directory is not None
-        self.device = "cpu"  # where the model runs: "cpu" or "cuda"
         self.blend = Blend()
         self.log_counts = np.zeros(len(self.catalog), np.float32)  # catalog row order
         if directory is not None:
             self._load_trained(directory, encoder_path, device)
-            self.device = self.ranking.device.type
+            self.device: str = self.ranking.device.type  # where the model runs: "cpu", "cuda"
             if settings.scorer_int8:
                 self.ranking = self.ranking.quantized()
             self.users = SummaryCache(self.ranking, settings.scorer_summary_cache)

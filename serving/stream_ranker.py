@@ -103,7 +103,7 @@ class StreamSignals:
         """``anchors``: the anchors' catalog rows, newest first (None for an item the
         catalog does not hold, which still counts through its neighbours);
         ``neighbours``: each anchor's co-visited items (None: none kept); ``popular``:
-        popularity by catalog row, top 1 (empty: none known)."""
+        popularity by catalog row, top 1 (all 0: none known)."""
         decay = [ANCHOR_DECAY**k for k in range(len(anchors))]
         found = [(n, w) for n, w in zip(neighbours, decay, strict=True) if n is not None]
         covisit_rows, covisit = _summed(
@@ -123,8 +123,7 @@ class StreamSignals:
         between the user's interest and each item (None: without that term)."""
         rows = np.asarray(rows, dtype=np.int64)
         out = _at(self.covisit_rows, self.covisit, rows)
-        if len(self.popular):
-            out += POPULARITY_WEIGHT * self.popular[rows]
+        out += POPULARITY_WEIGHT * self.popular[rows]
         out += REPEAT_WEIGHT * _at(self.recent_rows, self.recency, rows)
         if text is not None:
             out += TEXT_WEIGHT * np.asarray(text, dtype=np.float64)

@@ -59,7 +59,7 @@ def test_newer_anchors_count_more_and_popularity_is_a_share() -> None:
     ]
     # an item's score does not depend on the rows scored with it
     assert signals.scores(np.array([2]))[0] == signals.scores(np.arange(5))[2]
-    nothing = StreamSignals.of([], [], np.zeros(0))
+    nothing = StreamSignals.of([], [], np.zeros(4))
     assert nothing.scores(np.arange(4)).tolist() == [0.0] * 4  # nothing known: no signal
 
 
