@@ -19,16 +19,26 @@ log = logging.getLogger(__name__)
 REPO_DIR = Path(__file__).resolve().parent
 
 
-def redis_connection_string(url: str) -> str:
-    """``redis://[:password@]host:port/db`` -> Feast's ``host:port,db=N[,password=...]``."""
-    parsed = urlparse(url)
-    parts = [f"{parsed.hostname or '127.0.0.1'}:{parsed.port or 6379}"]
-    db = parsed.path.lstrip("/")
-    if db:
+def redis_connection_string(urls: str) -> str:
+    """``redis://[:password@]host:port/db`` -> Feast's ``host:port,db=N[,password=...]``.
+
+    A Redis Cluster is given as comma-separated seed URLs (``redis://h1:7000,redis://h2:7000``)
+    and becomes ``h1:7000,h2:7000[,password=...]``: the client learns the other nodes from
+    the seeds. The seeds share one password and scheme; a cluster has only database 0."""
+    seeds = [urlparse(url.strip()) for url in urls.split(",") if url.strip()]
+    if not seeds:
+        raise ValueError("no Redis URL given")
+    for seed in seeds:
+        if seed.scheme not in ("redis", "rediss") or not seed.hostname:
+            raise ValueError(f"not a redis:// URL with a host: {seed.geturl()!r}")
+    first = seeds[0]
+    parts = [f"{seed.hostname}:{seed.port or 6379}" for seed in seeds]
+    db = first.path.lstrip("/")
+    if db and len(seeds) == 1:
         parts.append(f"db={int(db)}")
-    if parsed.password:
-        parts.append(f"password={parsed.password}")
-    if parsed.scheme == "rediss":
+    if first.password:
+        parts.append(f"password={first.password}")
+    if first.scheme == "rediss":
         parts.append("ssl=true")
     return ",".join(parts)
 
@@ -44,6 +54,7 @@ def repo_yaml(
         project=project or settings.feast_project,
         home=root or settings.home_dir,
         redis_connection=redis_connection_string(settings.redis_url),
+        redis_type="redis_cluster" if settings.online_store == "redis_cluster" else "redis",
         ttl_seconds=settings.profile_ttl_days * 86_400,
     )
     return yaml.safe_load(text)

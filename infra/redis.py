@@ -1,11 +1,17 @@
-"""A Redis server of our own (tests, local runs): free port, own directory, AOF on, so that
-a restart keeps what was written, as a production Redis holding profiles must."""
+"""Redis servers of our own (tests, local runs, the multi-host test bed): a single server or
+a Redis Cluster of several, each on its own port and directory, AOF on, so that a restart
+keeps what was written, as a production Redis holding profiles must.
+
+``launcher`` runs a server somewhere else than here: ``("ip", "netns", "exec", "host-a")``
+starts it inside a network namespace (``tests/cluster/hosts.py``), on that host's address.
+"""
 
 from __future__ import annotations
 
 import shutil
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import redis
@@ -14,33 +20,65 @@ from infra.processes import free_port, stop_process
 
 
 class RedisServer:
-    def __init__(self, directory: Path, port: int | None = None):
+    def __init__(
+        self,
+        directory: Path,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        cluster_node_timeout_ms: int | None = None,
+        launcher: Sequence[str] = (),
+    ):
+        """``cluster_node_timeout_ms``: run as a Redis Cluster node, which its peers deem
+        failed (and replace by its replica) after that long without an answer."""
         self.directory = directory
-        self.port = port or free_port()
+        self.host = host
+        self.port = port or free_port(host if not launcher else "127.0.0.1")
+        # the cluster bus: by default port + 10,000, past 65,535 for most free ports
+        self.bus_port = free_port(host if not launcher else "127.0.0.1")
+        self.cluster_node_timeout_ms = cluster_node_timeout_ms
+        self.launcher = list(launcher)
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://{self.address}/0"
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(host=self.host, port=self.port, socket_timeout=2)
 
     def start(self, timeout: float = 10.0) -> RedisServer:
         binary = shutil.which("redis-server")
         if binary is None:
             raise FileNotFoundError("redis-server is not installed")
         self.directory.mkdir(parents=True, exist_ok=True)
+        cluster = []
+        if self.cluster_node_timeout_ms is not None:
+            cluster = [
+                "--cluster-enabled", "yes",
+                "--cluster-config-file", str(self.directory / "nodes.conf"),
+                "--cluster-node-timeout", str(self.cluster_node_timeout_ms),
+                "--cluster-port", str(self.bus_port),
+                "--repl-diskless-sync-delay", "0",  # a replica syncs at once, not after 5 s
+            ]  # fmt: skip
         self.process = subprocess.Popen(
             [
+                *self.launcher,
                 binary,
                 "--port", str(self.port),
-                "--bind", "127.0.0.1",
+                "--bind", self.host,
                 "--dir", str(self.directory),
                 "--appendonly", "yes",
                 "--save", "",
+                *cluster,
             ],
             stdout=subprocess.DEVNULL,
             start_new_session=True,
         )  # fmt: skip
-        client = redis.Redis(port=self.port)
+        client = self.client()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
@@ -49,7 +87,7 @@ class RedisServer:
             except redis.ConnectionError:
                 time.sleep(0.05)
         self.stop()
-        raise TimeoutError(f"redis-server did not answer on {self.port}")
+        raise TimeoutError(f"redis-server did not answer on {self.address}")
 
     def stop(self) -> None:
         if self.process is not None:
@@ -57,6 +95,114 @@ class RedisServer:
             self.process = None
 
     def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _in_sync(replica: RedisServer) -> bool:
+    return replica.client().info("replication").get("master_link_status") == "up"
+
+
+class RedisClusterServers:
+    """A Redis Cluster: ``nodes`` servers, every ``replicas + 1``-th a master and the others
+    its replicas (``redis-cli --cluster create``, which puts a master's replicas on other
+    hosts where it can). ``url`` is the seed list that ``STREAMRANK_REDIS_URL`` takes."""
+
+    def __init__(self, nodes: Sequence[RedisServer], replicas: int = 1):
+        if any(node.cluster_node_timeout_ms is None for node in nodes):
+            raise ValueError("every node of a cluster needs cluster_node_timeout_ms")
+        if len(nodes) < 3 * (replicas + 1):
+            raise ValueError("a Redis Cluster needs at least 3 masters")
+        self.nodes = list(nodes)
+        self.replicas = replicas
+
+    @property
+    def url(self) -> str:
+        return ",".join(f"redis://{node.address}" for node in self.nodes)
+
+    def start(self, timeout: float = 30.0) -> RedisClusterServers:
+        try:
+            for node in self.nodes:
+                node.start()
+            subprocess.run(
+                [
+                    "redis-cli", "--cluster", "create",
+                    *(node.address for node in self.nodes),
+                    "--cluster-replicas", str(self.replicas),
+                    "--cluster-yes",
+                ],
+                check=True,
+                capture_output=True,
+                timeout=timeout,
+            )  # fmt: skip
+            self.wait_healthy(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def wait_healthy(self, timeout: float = 30.0) -> None:
+        """Until every running node says the cluster is ok, every slot is served by a
+        running master (after a stop: until its replica has taken over), and every other
+        running node replicates one."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            live = [node for node in self.nodes if node.process is not None]
+            try:
+                infos = [node.client().cluster("info") for node in live]
+                masters = self._serving(live[0])
+                roles = live[0].client().cluster("nodes").values()
+                replicas = sum(
+                    "slave" in info["flags"] and "fail" not in info["flags"] for info in roles
+                )
+                if (
+                    all(info["cluster_state"] == "ok" for info in infos)
+                    and all(node.process is not None for node in masters)
+                    and self._slots_served(live[0]) == 16_384
+                    and len(masters) + replicas == len(live)
+                    and all(_in_sync(node) for node in live if node not in masters)
+                ):
+                    return
+            except redis.RedisError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"the Redis Cluster was not healthy within {timeout}s")
+
+    def _serving(self, asked: RedisServer) -> list[RedisServer]:
+        by_address = {node.address: node for node in self.nodes}
+        table = asked.client().cluster("nodes")
+        return [
+            by_address[address.split("@")[0]]
+            for address, info in table.items()
+            if "master" in info["flags"] and "fail" not in info["flags"] and info["slots"]
+        ]
+
+    def _slots_served(self, asked: RedisServer) -> int:
+        table = asked.client().cluster("nodes")
+        return sum(
+            int(end) - int(start) + 1
+            for info in table.values()
+            if "master" in info["flags"] and "fail" not in info["flags"]
+            for start, end in (r if len(r) == 2 else (r[0], r[0]) for r in info["slots"])
+        )
+
+    def masters(self) -> list[RedisServer]:
+        """The nodes that serve slots now (a replica that took over is one)."""
+        for node in self.nodes:
+            if node.process is not None:
+                try:
+                    return self._serving(node)
+                except redis.RedisError:
+                    continue
+        raise RuntimeError("no node of the cluster answers")
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def __enter__(self) -> RedisClusterServers:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -12,7 +12,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -71,8 +71,11 @@ class Settings(BaseSettings):
     auth_failure_burst: int = Field(default=20, ge=1)
 
     # --- online store (through Feast)
-    online_store: Literal["sqlite", "redis"] = "sqlite"
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    online_store: Literal["sqlite", "redis", "redis_cluster"] = "sqlite"
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0",
+        description="redis: one URL; redis_cluster: comma-separated seed node URLs",
+    )
     feast_project: str = "streamrank"
     profile_ttl_days: int = 90
 
@@ -253,6 +256,17 @@ class Settings(BaseSettings):
         if bad:
             raise ValueError(f"arm names must be short lowercase slugs: {bad}")
         return arms
+
+    @model_validator(mode="after")
+    def _one_redis_unless_cluster(self) -> Settings:
+        """Several seed URLs only make sense for a cluster: caught at start, not at the
+        first write."""
+        if self.online_store == "redis" and "," in self.redis_url:
+            raise ValueError(
+                "STREAMRANK_REDIS_URL lists several nodes: "
+                "set STREAMRANK_ONLINE_STORE=redis_cluster"
+            )
+        return self
 
     def topics(self) -> dict[str, int]:
         """Every topic the system uses, with its partition count. Impressions and privacy

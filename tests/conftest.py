@@ -18,7 +18,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from infra.broker import EmbeddedBroker, ensure_topics
 from infra.processes import free_port
-from infra.redis import RedisServer
+from infra.redis import RedisClusterServers, RedisServer
 from streamrank.catalog import Catalog, copy_catalog
 from streamrank.datasets import Dataset, load_dataset
 from streamrank.settings import Settings
@@ -151,3 +151,25 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
         missing_prerequisite("redis-server is not installed")
     with RedisServer(tmp_path / "redis") as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_servers(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[RedisClusterServers]:
+    """A Redis Cluster on loopback: three masters with a replica each (one per session:
+    creating it takes seconds)."""
+    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
+        missing_prerequisite("redis-server and redis-cli are not installed")
+    home = tmp_path_factory.mktemp("redis-cluster")
+    nodes = [RedisServer(home / str(i), cluster_node_timeout_ms=1000) for i in range(6)]
+    with RedisClusterServers(nodes) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def redis_cluster(redis_cluster_servers: RedisClusterServers) -> RedisClusterServers:
+    """The session's Redis Cluster, emptied for this test."""
+    for master in redis_cluster_servers.masters():
+        master.client().flushall()
+    return redis_cluster_servers

@@ -46,19 +46,52 @@ def test_each_stream_view_schema_is_exactly_its_state_row() -> None:
         ("redis://127.0.0.1:6379/0", "127.0.0.1:6379,db=0"),
         ("redis://:s3cret@cache:6380/2", "cache:6380,db=2,password=s3cret"),
         ("rediss://cache", "cache:6379,ssl=true"),
+        (
+            "redis://:pw@10.0.0.2:7000, redis://10.0.0.3:7001",
+            "10.0.0.2:7000,10.0.0.3:7001,password=pw",
+        ),
     ],
 )
 def test_redis_urls_become_feast_connection_strings(url: str, expected: str) -> None:
     assert redis_connection_string(url) == expected
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.mark.parametrize("url", ["", "127.0.0.1:6379", "http://cache:6379", "redis://"])
+def test_a_redis_url_without_scheme_or_host_is_refused(url: str) -> None:
+    with pytest.raises(ValueError):
+        redis_connection_string(url)
+
+
+def test_several_redis_nodes_need_the_cluster_store() -> None:
+    with pytest.raises(ValueError, match="redis_cluster"):
+        Settings(online_store="redis", redis_url="redis://a:7000,redis://b:7000")
+    cluster = Settings(online_store="redis_cluster", redis_url="redis://a:7000,redis://b:7000")
+    assert repo_yaml(cluster)["online_store"]["redis_type"] == "redis_cluster"
+    assert repo_yaml(Settings(online_store="redis"))["online_store"]["redis_type"] == "redis"
+
+
+@pytest.fixture(params=["sqlite", "redis", "redis_cluster"])
 def each_store(home: Path, request: pytest.FixtureRequest) -> tuple[str, Settings]:
-    """Settings for each online store (a Redis of the test's own)."""
+    """Settings for each online store (a Redis or a Redis Cluster of the test's own)."""
     overrides: dict[str, object] = {"home": home, "online_store": request.param}
     if request.param == "redis":
         overrides["redis_url"] = request.getfixturevalue("redis_server").url
+    if request.param == "redis_cluster":
+        overrides["redis_url"] = request.getfixturevalue("redis_cluster").url
     return request.param, Settings(**overrides)  # type: ignore[arg-type]
+
+
+def redis_client(settings: Settings) -> redis.Redis | redis.RedisCluster:
+    if settings.online_store == "redis_cluster":
+        return redis.RedisCluster.from_url(settings.redis_url.split(",")[0])
+    return redis.Redis.from_url(settings.redis_url)
+
+
+def redis_keys(client: redis.Redis | redis.RedisCluster) -> list[bytes]:
+    """Every key in a Redis, or in all masters of a Redis Cluster."""
+    if isinstance(client, redis.RedisCluster):
+        return list(client.keys(target_nodes=redis.RedisCluster.PRIMARIES))
+    return list(client.keys("*"))
 
 
 def test_profiles_round_trip_through_each_online_store(each_store: tuple[str, Settings]) -> None:
@@ -75,7 +108,7 @@ def test_profiles_round_trip_through_each_online_store(each_store: tuple[str, Se
     assert back["u"].applied_offsets == {1: 99}
     assert back["missing"].event_count == 0
     # serving's reads: Feast's own async client on Redis, a thread on SQLite; same rows
-    assert store.profiles.reads_async == (backend == "redis")
+    assert store.profiles.reads_async == backend.startswith("redis")
 
     async def reads() -> tuple[dict[str, UserProfile], UserProfile]:  # one loop: one client
         everything = await store.read_profiles_async(["u", "missing"])
@@ -90,10 +123,10 @@ def test_profiles_round_trip_through_each_online_store(each_store: tuple[str, Se
     for field in dataclasses.fields(features):  # what serving reads of it is all there
         mine, theirs = getattr(features, field.name), getattr(expected, field.name)
         assert np.array_equal(mine, theirs) if isinstance(mine, np.ndarray) else mine == theirs
-    if backend == "redis":
-        client = redis.Redis.from_url(settings.redis_url)
-        keys = client.keys("*")
-        assert keys and all(client.ttl(k) > 0 for k in keys)  # every profile expires
+    if backend.startswith("redis"):
+        client = redis_client(settings)
+        keys = redis_keys(client)
+        assert keys and all(client.ttl(key) > 0 for key in keys)  # every profile expires
 
 
 def test_an_erased_profile_leaves_each_online_store(
@@ -111,9 +144,9 @@ def test_an_erased_profile_leaves_each_online_store(
     assert back["kept"].totals["view"] == 1
     assert back["erased"].event_count == 0
     assert store.read_checkpoints([0]) == {0: 5}
-    if backend == "redis":
-        client = redis.Redis.from_url(settings.redis_url)
-        assert not any(b"erased" in key for key in client.keys("*"))  # the key itself is gone
+    if backend.startswith("redis"):
+        keys = redis_keys(redis_client(settings))
+        assert not any(b"erased" in key for key in keys)  # the key itself is gone
     else:
         with sqlite3.connect(home / "online.db") as db:
             table = f"{store.store.project}_{USER_PROFILE_VIEW}"
