@@ -1,6 +1,7 @@
 # Two commands do everything on a fresh machine:
 #   make demo   - set up, then run the whole system end to end on embedded defaults
 #   make test   - set up, then run the test suite
+#   make test-cluster - the multi-host test bed (network namespaces; needs root)
 # Set-up is a virtual environment in .venv; torch is installed first, pinned, because an
 # unpinned torch (asked for by transformers or sentence-transformers) pulls CUDA builds.
 
@@ -11,7 +12,7 @@ STAMP := $(VENV)/.installed
 TORCH := torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install demo ui test lint bench clean
+.PHONY: install demo ui test test-cluster lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -30,6 +31,9 @@ ui: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-cluster: $(STAMP)
+	$(BIN)/python -m pytest -m cluster $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

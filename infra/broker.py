@@ -14,7 +14,7 @@ import os
 import socket
 import subprocess
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 
@@ -43,14 +43,20 @@ def tansu_binary() -> Path:
 
 
 class EmbeddedBroker:
-    """A Tansu broker subprocess on ``host:port``; use as a context manager."""
+    """A Tansu broker subprocess on ``host:port``; use as a context manager. ``launcher``
+    runs it elsewhere, e.g. ``("ip", "netns", "exec", "host-a")`` on another host's address."""
 
     def __init__(
-        self, port: int | None = None, host: str = "127.0.0.1", log_path: Path | None = None
+        self,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        log_path: Path | None = None,
+        launcher: Sequence[str] = (),
     ):
         self.host = host
         self.port = port or free_port()
         self.log_path = log_path
+        self.launcher = list(launcher)
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -60,6 +66,7 @@ class EmbeddedBroker:
     def start(self, timeout: float = 20.0) -> EmbeddedBroker:
         url = f"tcp://{self.host}:{self.port}"
         cmd = [
+            *self.launcher,
             str(tansu_binary()),
             "broker",
             "--listener-url",

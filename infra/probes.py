@@ -13,10 +13,12 @@ if TYPE_CHECKING:
     from streams.sink import FeastProfileStore
 
 
-def worker_metric(port: int, name: str, labels: dict[str, str] | None = None) -> float:
-    """One sample of the worker's Prometheus metrics (0 while the worker is starting)."""
+def worker_metric(
+    port: int, name: str, labels: dict[str, str] | None = None, host: str = "127.0.0.1"
+) -> float:
+    """One sample of the metrics of the worker on ``host:port`` (0 while it is starting)."""
     try:
-        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+        text = httpx.get(f"http://{host}:{port}/metrics", timeout=2).text
     except httpx.HTTPError:
         return 0.0
     for family in text_string_to_metric_families(text):
@@ -28,8 +30,8 @@ def worker_metric(port: int, name: str, labels: dict[str, str] | None = None) ->
     return 0.0
 
 
-def applied_events(port: int) -> float:
-    return worker_metric(port, "streamrank_events_total", {"outcome": "applied"})
+def applied_events(port: int, host: str = "127.0.0.1") -> float:
+    return worker_metric(port, "streamrank_events_total", {"outcome": "applied"}, host)
 
 
 def wait_until_checkpointed(

@@ -8,6 +8,7 @@ starts it inside a network namespace (``tests/cluster/hosts.py``), on that host'
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import time
@@ -27,9 +28,12 @@ class RedisServer:
         host: str = "127.0.0.1",
         cluster_node_timeout_ms: int | None = None,
         launcher: Sequence[str] = (),
+        password: str | None = None,
     ):
         """``cluster_node_timeout_ms``: run as a Redis Cluster node, which its peers deem
-        failed (and replace by its replica) after that long without an answer."""
+        failed (and replace by its replica) after that long without an answer.
+        ``password``: required of clients and replicas; without one Redis answers only on
+        loopback (its protected mode)."""
         self.directory = directory
         self.host = host
         self.port = port or free_port(host if not launcher else "127.0.0.1")
@@ -37,6 +41,7 @@ class RedisServer:
         self.bus_port = free_port(host if not launcher else "127.0.0.1")
         self.cluster_node_timeout_ms = cluster_node_timeout_ms
         self.launcher = list(launcher)
+        self.password = password
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -45,10 +50,11 @@ class RedisServer:
 
     @property
     def url(self) -> str:
-        return f"redis://{self.address}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}{self.address}/0"
 
     def client(self) -> redis.Redis:
-        return redis.Redis(host=self.host, port=self.port, socket_timeout=2)
+        return redis.Redis(host=self.host, port=self.port, password=self.password, socket_timeout=2)
 
     def start(self, timeout: float = 10.0) -> RedisServer:
         binary = shutil.which("redis-server")
@@ -64,6 +70,9 @@ class RedisServer:
                 "--cluster-port", str(self.bus_port),
                 "--repl-diskless-sync-delay", "0",  # a replica syncs at once, not after 5 s
             ]  # fmt: skip
+        auth = (
+            ["--requirepass", self.password, "--masterauth", self.password] if self.password else []
+        )
         self.process = subprocess.Popen(
             [
                 *self.launcher,
@@ -73,7 +82,9 @@ class RedisServer:
                 "--dir", str(self.directory),
                 "--appendonly", "yes",
                 "--save", "",
+                "--logfile", str(self.directory / "redis.log"),
                 *cluster,
+                *auth,
             ],
             stdout=subprocess.DEVNULL,
             start_new_session=True,
@@ -87,7 +98,8 @@ class RedisServer:
             except redis.ConnectionError:
                 time.sleep(0.05)
         self.stop()
-        raise TimeoutError(f"redis-server did not answer on {self.address}")
+        log = (self.directory / "redis.log").read_text(errors="replace")[-1500:]
+        raise TimeoutError(f"redis-server did not answer on {self.address}:\n{log}")
 
     def stop(self) -> None:
         if self.process is not None:
@@ -120,7 +132,7 @@ class RedisClusterServers:
 
     @property
     def url(self) -> str:
-        return ",".join(f"redis://{node.address}" for node in self.nodes)
+        return ",".join(node.url.removesuffix("/0") for node in self.nodes)
 
     def start(self, timeout: float = 30.0) -> RedisClusterServers:
         try:
@@ -133,6 +145,7 @@ class RedisClusterServers:
                     "--cluster-replicas", str(self.replicas),
                     "--cluster-yes",
                 ],
+                env={**os.environ, "REDISCLI_AUTH": self.nodes[0].password or ""},
                 check=True,
                 capture_output=True,
                 timeout=timeout,
