@@ -447,8 +447,9 @@ def app_builder(args: dict[str, str]) -> serve.Application:
 def start(
     settings: Settings, num_cpus: int | None = None, app: serve.Application | None = None
 ) -> str:
-    """Start Ray (locally) and Serve with the application (``build_app`` unless another is
-    given, e.g. the benchmark's no-op); returns the base URL. Pair with ``stop()``."""
+    """Start Serve with the application (``build_app`` unless another is given, e.g. the
+    benchmark's no-op) on the Ray cluster at ``settings.ray_address``, or on a Ray started
+    here; returns the base URL. Pair with ``stop()``."""
     import ray
 
     from serving.config import ray_env
@@ -456,14 +457,21 @@ def start(
     env = ray_env(settings)
     if not ray.is_initialized():
         with keeping_stop_handlers():  # the caller's SIGTERM handler, not Ray's
+            where: dict[str, object] = (
+                {"address": settings.ray_address}
+                if settings.ray_address
+                else {"num_cpus": num_cpus or os.cpu_count() or 2, "include_dashboard": False}
+            )
             ray.init(
-                num_cpus=num_cpus or os.cpu_count() or 2,
-                include_dashboard=False,
+                **where,
                 runtime_env={"env_vars": env},
                 logging_level=logging.WARNING,
                 log_to_driver=False,
             )
-    serve.start(http_options={"host": settings.serve_host, "port": settings.serve_port})
+    serve.start(
+        proxy_location=settings.serve_proxy_location,
+        http_options={"host": settings.serve_host, "port": settings.serve_port},
+    )
     serve.run(app or build_app(settings), name=APP_NAME, route_prefix="/", blocking=False)
     url = f"http://{settings.serve_host}:{settings.serve_port}"
     log.info("Ray Serve application ready at %s", url)

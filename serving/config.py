@@ -115,7 +115,7 @@ def ray_env(settings: Settings) -> dict[str, str]:
 def serve_config(settings: Settings) -> dict[str, Any]:
     """A Serve config file's content (``ray.serve.schema.ServeDeploySchema``)."""
     return {
-        "proxy_location": "HeadOnly",
+        "proxy_location": settings.serve_proxy_location,
         "http_options": {"host": settings.serve_host, "port": settings.serve_port},
         "applications": [
             {

@@ -62,7 +62,9 @@ class Settings(BaseSettings):
         default_factory=list, description="recommendations, scores, profiles of any user"
     )
     token_secret: SecretStr | None = Field(
-        default=None, description="signs user tokens (HS256); default: <home>/token.secret"
+        default=None,
+        min_length=32,  # HS256 wants a key as long as its hash; refused at start, not per call
+        description="signs user tokens (HS256); default: <home>/token.secret",
     )
     token_ttl_s: int = Field(default=3600, ge=60, le=7 * 86400)
     auth_failures_per_minute: float = Field(
@@ -153,8 +155,15 @@ class Settings(BaseSettings):
     producer_linger_ms: int = 20
 
     # --- serving
+    ray_address: str | None = Field(
+        default=None,
+        description="a running Ray cluster's head (host:port) to deploy on; unset: start Ray here",
+    )
     serve_host: str = "127.0.0.1"
     serve_port: int = 8000
+    serve_proxy_location: Literal["HeadOnly", "EveryNode"] = Field(
+        default="HeadOnly", description="EveryNode: an HTTP port on every Ray node, for a balancer"
+    )
     serve_num_cpus: float = 0.5
     serve_access_log: bool = False
     serve_high_throughput: bool = True  # HAProxy + direct ingress (serving/config.ray_env)

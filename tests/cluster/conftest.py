@@ -10,10 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from infra.broker import EmbeddedBroker
+from feature_repo.store import apply_repo
+from infra.broker import EmbeddedBroker, ensure_topics
 from infra.redis import RedisClusterServers, RedisServer
+from streamrank.settings import Settings
 from tests.cluster.hosts import Network, netns_available
-from tests.conftest import missing_prerequisite
+from tests.conftest import isolated_settings, missing_prerequisite
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -64,3 +66,17 @@ def redis_hosts(network: Network, tmp_path: Path) -> Iterator[RedisClusterServer
     ]
     with RedisClusterServers(nodes) as cluster:
         yield cluster
+
+
+@pytest.fixture
+def cluster_settings(
+    home: Path, broker_host: EmbeddedBroker, redis_hosts: RedisClusterServers
+) -> Settings:
+    """Settings that name every host by address: the broker's, the Redis Cluster's seeds;
+    the repository applied to the cluster, the topics made."""
+    settings = isolated_settings(
+        home, broker_host.bootstrap, online_store="redis_cluster", redis_url=redis_hosts.url
+    )
+    apply_repo(settings)
+    ensure_topics(settings.bootstrap(), settings.topics(), compacted=settings.compacted_topics())
+    return settings

@@ -21,9 +21,10 @@ import random
 import shutil
 import signal
 import subprocess
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+import psutil
 
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -42,6 +43,13 @@ def netns_available() -> str | None:
         return f"ip netns add failed: {made.stderr.strip()}"
     _ip("netns", "del", probe, check=False)
     return None
+
+
+def _process(pid: int) -> psutil.Process | None:
+    try:
+        return psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return None
 
 
 class Host:
@@ -95,14 +103,14 @@ class Host:
 
     def kill(self) -> None:
         """Every process on the host dies at once (SIGKILL), as in a power cut."""
-        for _ in range(5):  # a dying parent may still fork; look again
+        for _ in range(10):  # a dying parent may still fork; look again
             pids = self.pids()
             if not pids:
                 break
             for pid in pids:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-            time.sleep(0.1)
+            psutil.wait_procs([p for p in map(_process, pids) if p is not None], timeout=5)
         for process in self.processes:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(5)

@@ -1,0 +1,140 @@
+"""The whole system on seven hosts: the broker, a Redis Cluster over three, a profile
+worker, and the Serve application on a Ray cluster of a head and a worker node, its
+ingress replicas spread over both; the site and the clients reach it from the test's own
+namespace and from a client host. A user's events become a personalized list and are
+erased across hosts; losing the Ray worker node under load, serving keeps answering."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from feature_repo.store import open_store
+from streamrank.catalog import Catalog
+from streamrank.datasets import Dataset
+from streamrank.prepare import prepare
+from streamrank.settings import Settings
+from streams.events import Event
+from streams.producer import EventProducer
+from streams.pseudonyms import Pseudonymizer
+from streams.sink import FeastProfileStore
+from tests.cluster.hosts import Host, Network
+from tests.cluster.system import ServingHosts, WorkerHost, replicas_on
+from tests.integration.stack import ADMIN_KEY, KEYS, READ_KEY, READER
+
+
+@dataclass
+class System:
+    settings: Settings
+    serving: ServingHosts
+    worker: WorkerHost
+    client: Host
+
+    def profile_events(self, user: str) -> int:
+        pseudonym = Pseudonymizer.from_settings(self.settings)(user)
+        store = FeastProfileStore(open_store(self.settings))
+        return store.read_profiles([pseudonym])[pseudonym].event_count
+
+
+@pytest.fixture
+def system(
+    network: Network, cluster_settings: Settings, dataset: Dataset, tmp_path: Path
+) -> Iterator[System]:
+    secrets = {  # one value on every host: a home's generated secrets are per machine
+        "user_id_key": SecretStr("cluster-pseudonym-key"),
+        "token_secret": SecretStr("cluster-token-secret-of-32-bytes+"),
+    }
+    settings = cluster_settings.model_copy(update={**KEYS, **secrets, "api_replicas": 2})
+    prepare(settings, dataset)
+    worker = WorkerHost(network.add("worker"), settings, tmp_path / "hosts")
+    serving = ServingHosts(
+        network.add("ray-head"), network.add("ray-node"), settings, tmp_path / "serve.log"
+    ).start()
+    yield System(settings, serving, worker, network.add("client"))
+    worker.assert_clean_log()
+
+
+def until(check, within_s: float, message: str) -> float:  # type: ignore[no-untyped-def]
+    started = time.monotonic()
+    while not check():
+        assert time.monotonic() - started < within_s, message
+        time.sleep(0.2)
+    return time.monotonic() - started
+
+
+def site_sends(settings: Settings, events: list[Event]) -> None:
+    """The shop's backend: events with raw user ids, pseudonymized by the producer SDK."""
+    user_ids = Pseudonymizer.from_settings(settings)
+    with EventProducer(
+        settings.kafka_client_config(), settings.events_topic, user_ids=user_ids
+    ) as sdk:
+        sdk.send_many(events)
+        sdk.flush()
+
+
+def test_a_users_events_personalize_and_erase_across_hosts(
+    system: System, catalog: Catalog
+) -> None:
+    s, url = system.settings, system.serving.url
+    user, viewed = "shopper-1", catalog.ids[100:106]
+    events = [
+        Event.model_validate(
+            {"event_id": f"{user}-{i}", "user_id": user, "type": "view", "item_id": item,
+             "ts": time.time() - 60 + i}
+        )
+        for i, item in enumerate(viewed)
+    ]  # fmt: skip
+    site_sends(s, events)
+    until(lambda: system.profile_events(user) == len(viewed), 90, "the profile was not written")
+    reply = httpx.post(f"{url}/v1/recommendations", json={"user_id": user}, headers=READER)
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["strategy"] == "personalized"
+    assert not {i["item_id"] for i in reply.json()["items"]} & set(viewed)
+    erased = httpx.delete(f"{url}/v1/users/{user}", headers={"X-API-Key": ADMIN_KEY}, timeout=30)
+    assert erased.status_code == 202, erased.text
+    took = until(lambda: system.profile_events(user) == 0, 60, "the profile was not erased")
+    print(f"\nerasure across hosts (DELETE -> gone from the Redis Cluster): {took:.2f} s")
+
+
+def test_losing_the_ray_worker_node_under_load_keeps_serving(
+    system: System, tmp_path: Path
+) -> None:
+    head, node = system.serving.head, system.serving.node
+    assert replicas_on(head) == 1 and replicas_on(node) == 1  # spread over both hosts
+    out = tmp_path / "load.jsonl"
+    seconds = 50
+    load = system.client.spawn(
+        [
+            sys.executable, "-m", "tests.cluster.load", "--url", system.serving.url,
+            "--key", READ_KEY, "--seconds", str(seconds), "--concurrency", "4", "--out", str(out),
+        ],
+        log=tmp_path / "load.log",
+    )  # fmt: skip
+    started = out.with_suffix(".started")
+    until(lambda: started.exists() or load.poll() is not None, 30, "the load did not start")
+    time.sleep(10)
+    killed_at = time.time() - float(started.read_text())
+    node.kill()  # every Ray process on the node: raylet, workers, the replica
+    # Serve replaces the lost replica on the surviving node once Ray knows the node is dead
+    replaced = until(lambda: replicas_on(head) == 2, 90, "the lost replica was not replaced")
+    load.wait(seconds + 60)
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    failed = [r for r in records if r["outcome"] not in ("200", "503")]
+    share = len(failed) / len(records)
+    answering_again = max((r["t"] for r in failed), default=killed_at) - killed_at
+    outcomes = {o: sum(r["outcome"] == o for r in records) for o in {r["outcome"] for r in records}}
+    print(
+        f"\nRay worker node lost under load: {len(records)} requests, {len(failed)} failed "
+        f"({100 * share:.2f} %), last failure {answering_again:.1f} s after the loss, "
+        f"replica replaced after {replaced:.1f} s; outcomes {outcomes}"
+    )
+    assert share < 0.01
+    assert answering_again < 30 and replaced < 30
