@@ -457,10 +457,15 @@ def start(
     env = ray_env(settings)
     if not ray.is_initialized():
         with keeping_stop_handlers():  # the caller's SIGTERM handler, not Ray's
+            # "local": a new Ray here even when a `ray start` cluster runs on this machine
             where: dict[str, object] = (
                 {"address": settings.ray_address}
                 if settings.ray_address
-                else {"num_cpus": num_cpus or os.cpu_count() or 2, "include_dashboard": False}
+                else {
+                    "address": "local",
+                    "num_cpus": num_cpus or os.cpu_count() or 2,
+                    "include_dashboard": False,
+                }
             )
             ray.init(
                 **where,

@@ -141,6 +141,15 @@ def cmd_serve_config(settings: Settings, args: argparse.Namespace) -> int:
 
     from serving.config import serve_config
 
+    if args.rayservice:
+        from serving.kuberay import manifest_yaml, rayservice_manifest
+
+        print("# KubeRay RayService derived from the settings by `streamrank serve-config")
+        print("# --rayservice`. Settings come from the streamrank-settings ConfigMap and the")
+        print("# streamrank-secrets Secret; the home (catalog, models) from the streamrank-home")
+        print("# volume. Apply: kubectl apply -f <this file>")
+        print(manifest_yaml(rayservice_manifest(settings, image=args.image)), end="")
+        return 0
     print("# Ray Serve config derived from the settings by `streamrank serve-config`.")
     print("# Run: serve run <this file>  (STREAMRANK_* variables configure the application)")
     print("# High-throughput mode, as `streamrank serve` runs it: also export")
@@ -590,6 +599,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_experiments)
 
     p = sub.add_parser("serve-config", help="print the Ray Serve config file the settings give")
+    p.add_argument("--rayservice", action="store_true", help="a KubeRay RayService manifest")
+    p.add_argument("--image", default="streamrank:latest", help="the image (--rayservice)")
     p.set_defaults(func=cmd_serve_config)
 
     p = sub.add_parser("demo", help="the whole system on embedded defaults, end to end")

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -93,14 +94,24 @@ class ServingHosts:
 
     def __init__(self, head: Host, node: Host, settings: Settings, log: Path):
         self.head, self.node, self.log = head, node, log
+        # each node's own temp dir (short: Ray's socket paths must fit 107 bytes), so that
+        # nothing is left in /tmp/ray, where any later ray.init() would find this cluster
+        self.temp = Path(tempfile.mkdtemp(prefix="sr-ray-"))
         self.settings = settings.model_copy(
             update={"ray_address": f"{head.address}:{GCS_PORT}", "serve_host": "0.0.0.0"}
         )
         self.url = f"http://{head.address}:{settings.serve_port}"
 
     def start(self, timeout: float = 240) -> ServingHosts:
-        ray_start(self.head, "--head", f"--port={GCS_PORT}", "--num-cpus=2")
-        ray_start(self.node, f"--address={self.head.address}:{GCS_PORT}", "--num-cpus=2")
+        ray_start(
+            self.head, "--head", f"--port={GCS_PORT}", "--num-cpus=2", f"--temp-dir={self.temp}/h"
+        )
+        ray_start(
+            self.node,
+            f"--address={self.head.address}:{GCS_PORT}",
+            "--num-cpus=2",
+            f"--temp-dir={self.temp}/n",
+        )
         serve = self.head.spawn(
             [sys.executable, "-m", "streamrank", "serve"], child_env(self.settings), self.log
         )
@@ -110,6 +121,10 @@ class ServingHosts:
             assert not ended and time.monotonic() < deadline, self.log.read_text()[-3000:]
             time.sleep(1)
         return self
+
+    def remove(self) -> None:
+        """The nodes' temp dirs (call once their hosts are gone)."""
+        shutil.rmtree(self.temp, ignore_errors=True)
 
     def answers(self) -> bool:
         try:

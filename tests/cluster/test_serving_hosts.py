@@ -57,9 +57,15 @@ def system(
     worker = WorkerHost(network.add("worker"), settings, tmp_path / "hosts")
     serving = ServingHosts(
         network.add("ray-head"), network.add("ray-node"), settings, tmp_path / "serve.log"
-    ).start()
-    yield System(settings, serving, worker, network.add("client"))
-    worker.assert_clean_log()
+    )
+    try:
+        serving.start()
+        yield System(settings, serving, worker, network.add("client"))
+        worker.assert_clean_log()
+    finally:
+        for host in (serving.head, serving.node):
+            host.kill()
+        serving.remove()
 
 
 def until(check, within_s: float, message: str) -> float:  # type: ignore[no-untyped-def]
