@@ -34,7 +34,7 @@ class RedisServer:
         failed (and replace by its replica) after that long without an answer.
         ``password``: required of clients and replicas; without one Redis answers only on
         loopback (its protected mode)."""
-        self.directory = directory
+        self.directory = directory.resolve()  # redis-server moves into it before the log opens
         self.host = host
         self.port = port or free_port(host if not launcher else "127.0.0.1")
         # the cluster bus: by default port + 10,000, past 65,535 for most free ports
@@ -98,7 +98,8 @@ class RedisServer:
             except redis.ConnectionError:
                 time.sleep(0.05)
         self.stop()
-        log = (self.directory / "redis.log").read_text(errors="replace")[-1500:]
+        log_path = self.directory / "redis.log"
+        log = log_path.read_text(errors="replace")[-1500:] if log_path.exists() else ""
         raise TimeoutError(f"redis-server did not answer on {self.address}:\n{log}")
 
     def stop(self) -> None:
