@@ -59,6 +59,9 @@ class RedisMeter:
     def start(self) -> None:
         self._cpu, self._calls = self._now()
 
+    def memory(self) -> int:
+        return int(self.client.info("memory")["used_memory"])
+
     def stop(self) -> tuple[float, int]:
         cpu, calls = self._now()
         return cpu - self._cpu, calls - self._calls
@@ -72,6 +75,7 @@ def fold_on_redis(
     state = ProfileState(FeastProfileStore(open_store(settings)), item_flush_s=2.0)
     processor = ProfileProcessor(state, catalog, clock=time.time)
     messages = wire_messages(events, settings.events_partitions, 200)
+    memory = meter.memory()
     meter.start()
     cpu, wall = time.process_time(), time.perf_counter()
     for i in tqdm(range(0, len(messages), 50), desc="fold", unit="batch", leave=False):
@@ -79,14 +83,15 @@ def fold_on_redis(
     state.flush(force_items=True)
     worker_cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     redis_cpu, commands = meter.stop()
-    n = len(events)
+    n, users = len(events), len({e.user_id for e in events})
     return {
         "events": n,
-        "users": len({e.user_id for e in events}),
+        "users": users,
         "events_per_worker_cpu_s": n / worker_cpu,
         "events_per_s": n / wall,
         "events_per_redis_cpu_s": n / redis_cpu,
         "redis_commands_per_event": commands / n,
+        "redis_bytes_per_user": (meter.memory() - memory) / users,  # item rows included
     }
 
 
@@ -203,6 +208,7 @@ def print_table(figures: dict[str, Any]) -> None:
         ("Redis: events per shard CPU-second, heavy users", heavy["events_per_redis_cpu_s"]),
         ("Redis: the same, many users", many["events_per_redis_cpu_s"]),
         ("Redis: commands per event, many users", many["redis_commands_per_event"]),
+        ("Redis: bytes per user, many users", many["redis_bytes_per_user"]),
         ("Redis: profile reads per shard CPU-second", reads["reads_per_redis_cpu_s"]),
         ("serving: client CPU per profile read (reads/s)", reads["reads_per_client_cpu_s"]),
         ("Serve: requests per core (page requests)", 1000 / serve["replica_cpu_ms_page_request"]),
