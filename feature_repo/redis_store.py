@@ -1,4 +1,5 @@
-"""Feast's Redis online store, plus the one thing its interface lacks: deleting entities.
+"""Feast's Redis online store, plus what its interface lacks: deleting entities, and
+waiting until the replicas hold what was written.
 
 An erased user's profile must leave the store at once (``streams/privacy.py``); Feast's
 ``OnlineStore`` can only write, tear a whole view down, or wait for the key's TTL. Feast
@@ -7,12 +8,20 @@ plus a ``_ts:<view>`` field), so deleting one view's row of an entity removes th
 only; Redis drops the key once its last field is gone. Everything else is Feast's own;
 the key and field layout come from Feast's helpers (``infra/private_apis.py``).
 
+Replicas. Redis replicates asynchronously: a master that crashes can take writes it
+acknowledged with it when its replica takes over. The stream's exactly-once rests on its
+checkpoints never running ahead of the rows they cover, so before a checkpoint is written
+the writer waits until every replica has what its master had (``wait_replicated``): each
+master's replication offset, read after the rows were acknowledged, includes them, whichever
+connection or process wrote them.
+
 ``feature_store.redis.yaml`` selects it by class path, as ``sqlite_store.py`` does for SQLite.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import time
+from typing import Any, Literal
 
 from feast import FeatureView
 from feast.infra.online_stores.redis import RedisOnlineStore, RedisOnlineStoreConfig
@@ -41,3 +50,34 @@ class ErasableRedisOnlineStore(RedisOnlineStore):
             for key in entity_keys:
                 pipe.hdel(redis_entity_key(config, key), *fields)
             return int(sum(pipe.execute()))
+
+    def wait_replicated(self, config: RepoConfig, timeout_s: float = 5.0) -> None:
+        """Until every online replica of every master holds all its master has now (a
+        master without replicas has nothing to wait for). TimeoutError past
+        ``timeout_s``: a caller that retries waits on."""
+        client = redis_client(self, config.online_store)
+        targets: list[Any] = client.get_primaries() if hasattr(client, "get_primaries") else [None]
+        for node in targets:
+            deadline = time.monotonic() + timeout_s
+            wanted: int | None = None
+            while True:
+                info = (
+                    client.info("replication")
+                    if node is None
+                    else client.info("replication", target_nodes=node)
+                )
+                if wanted is None:
+                    wanted = int(info.get("master_repl_offset", 0))
+                lagging = [
+                    value
+                    for key, value in info.items()
+                    if key.startswith("slave")
+                    and key[5:].isdigit()
+                    and value.get("state") == "online"
+                    and int(value.get("offset", 0)) < wanted
+                ]
+                if not lagging:
+                    break
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"a Redis replica lags its master: {lagging}")
+                time.sleep(0.005)

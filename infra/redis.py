@@ -139,6 +139,8 @@ class RedisClusterServers:
         try:
             for node in self.nodes:
                 node.start()
+            password = self.nodes[0].password
+            auth = {"REDISCLI_AUTH": password} if password else {}
             subprocess.run(
                 [
                     "redis-cli", "--cluster", "create",
@@ -146,7 +148,7 @@ class RedisClusterServers:
                     "--cluster-replicas", str(self.replicas),
                     "--cluster-yes",
                 ],
-                env={**os.environ, "REDISCLI_AUTH": self.nodes[0].password or ""},
+                env={**os.environ, **auth},
                 check=True,
                 capture_output=True,
                 timeout=timeout,

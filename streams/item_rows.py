@@ -192,6 +192,8 @@ class ItemRows:
         checkpoints = {p: o for p, o in self._covered.items() if o > self._written.get(p, -1)}
         if checkpoints:
             counts = {p: self._counts[p] for p in checkpoints}
+            # a master's crash must not take rows with it that a surviving checkpoint covers
+            retry_store(self.store.wait_replicated, "waiting for the store's replicas")
             retry_store(
                 lambda: self.store.write_checkpoints(checkpoints, counts), "writing checkpoints"
             )

@@ -223,6 +223,13 @@ class FeastProfileStore:
     def delete_profiles(self, user_ids: Sequence[str]) -> int:
         return self.profiles.delete([{"user_id": u} for u in user_ids])
 
+    def wait_replicated(self, timeout_s: float = 5.0) -> None:
+        """Until the store's replicas hold every write acknowledged so far, where the store
+        has replicas that may lag (Redis: ``feature_repo/redis_store.py``)."""
+        online = self.store.provider.online_store
+        if hasattr(online, "wait_replicated"):
+            online.wait_replicated(self.store.config, timeout_s)
+
     # --- item side ------------------------------------------------------------------------
     def read_popularity(self, partitions: Sequence[int]) -> dict[int, PartitionPopularity]:
         return _popularity(partitions, self.popular.read([{"partition_id": p} for p in partitions]))

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -22,6 +24,7 @@ from feature_repo.definitions import (
     user_profile_schema,
 )
 from feature_repo.store import apply_repo, redis_connection_string, repo_yaml
+from infra.redis import RedisClusterServers
 from streamrank.settings import Settings
 from streams.covisitation import CovisitRow
 from streams.popularity import PartitionPopularity
@@ -261,3 +264,31 @@ def test_sqlite_forgets_users_past_the_ttl_on_disk_not_only_on_read(home: Path) 
         table = f"{store.project}_user_profile"
         assert db.execute(f'SELECT COUNT(*) FROM "{table}"').fetchone() == (0,)
     assert profiles.read_profiles(["u"])["u"].event_count == 0
+
+
+def test_checkpoints_wait_until_the_redis_replicas_hold_the_rows(
+    redis_cluster: RedisClusterServers, home: Path
+) -> None:
+    """A master's crash must not take acknowledged rows with it once a checkpoint covers
+    them: the writer waits until every replica has all its master had."""
+    settings = Settings(home=home, online_store="redis_cluster", redis_url=redis_cluster.url)
+    store = FeastProfileStore(apply_repo(settings))
+    store.wait_replicated(timeout_s=5)  # in sync: returns at once
+    masters = redis_cluster.masters()
+    replicas = [n for n in redis_cluster.nodes if n not in masters and n.process is not None]
+    assert len(replicas) == 3
+    for replica in replicas:
+        os.kill(replica.process.pid, signal.SIGSTOP)  # alive to its master, but applies nothing
+    try:
+        profiles = []
+        for i in range(30):  # users on every master's slots
+            profile = fold([ev(1, "view", "a")])
+            profile.user_id = f"user-{i}"
+            profiles.append(profile)
+        store.write_profiles(profiles)
+        with pytest.raises(TimeoutError):
+            store.wait_replicated(timeout_s=0.5)
+    finally:
+        for replica in replicas:
+            os.kill(replica.process.pid, signal.SIGCONT)
+    store.wait_replicated(timeout_s=10)  # caught up
