@@ -1,5 +1,5 @@
 """Closed-loop load from a client host: ``concurrency`` clients asking for recommendations
-for ``seconds``, each request's start, latency and outcome written as JSON lines.
+for ``seconds``, each request's start, latency, outcome and strategy written as JSON lines.
 
 Run on a host of the test bed (``python -m tests.cluster.load ...``), so that the clients
 reach the service through the network as a shop's backend would. A 503 with Retry-After
@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 
 
-async def run(url: str, key: str, seconds: float, concurrency: int, out: Path) -> None:
+async def run(url: str, key: str, seconds: float, concurrency: int, users: int, out: Path) -> None:
     records: list[dict[str, object]] = []
     started = time.monotonic()
     deadline = started + seconds
@@ -29,11 +29,14 @@ async def run(url: str, key: str, seconds: float, concurrency: int, out: Path) -
         async with httpx.AsyncClient(base_url=url, timeout=10, headers=headers) as http:
             while time.monotonic() < deadline:
                 sent = time.monotonic()
-                body = {"user_id": f"u{rng.randrange(300)}", "k": 10}
+                body = {"user_id": f"u{rng.randrange(users)}", "k": 10}
+                strategy = None
                 try:
                     reply = await http.post("/v1/recommendations", json=body)
                     outcome = str(reply.status_code)
                     retry_after = reply.headers.get("retry-after")
+                    if reply.status_code == 200:
+                        strategy = reply.json()["strategy"]
                 except httpx.HTTPError as exc:
                     outcome, retry_after = type(exc).__name__, None
                 records.append(
@@ -41,6 +44,7 @@ async def run(url: str, key: str, seconds: float, concurrency: int, out: Path) -
                         "t": sent - started,
                         "ms": 1000 * (time.monotonic() - sent),
                         "outcome": outcome,
+                        "strategy": strategy,
                     }
                 )
                 if outcome == "503" and retry_after:
@@ -56,9 +60,10 @@ def main() -> None:
     parser.add_argument("--key", required=True)
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--users", type=int, default=300, help="asks for u0 ... u<users-1>")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    asyncio.run(run(args.url, args.key, args.seconds, args.concurrency, args.out))
+    asyncio.run(run(args.url, args.key, args.seconds, args.concurrency, args.users, args.out))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import pytest
 from pydantic import SecretStr
 
 from feature_repo.store import open_store
+from infra.redis import RedisClusterServers
 from streamrank.catalog import Catalog
 from streamrank.datasets import Dataset
 from streamrank.prepare import prepare
@@ -110,37 +111,94 @@ def test_a_users_events_personalize_and_erase_across_hosts(
     print(f"\nerasure across hosts (DELETE -> gone from the Redis Cluster): {took:.2f} s")
 
 
+class Load:
+    """``tests/cluster/load.py`` running on the client host."""
+
+    def __init__(self, system: System, out: Path, seconds: float, users: int = 300):
+        self.out, self.seconds = out, seconds
+        self.process = system.client.spawn(
+            [
+                sys.executable, "-m", "tests.cluster.load", "--url", system.serving.url,
+                "--key", READ_KEY, "--seconds", str(seconds), "--concurrency", "4",
+                "--users", str(users), "--out", str(out),
+            ],
+            log=out.with_suffix(".log"),
+        )  # fmt: skip
+        started = out.with_suffix(".started")
+        until(lambda: started.exists() or self.process.poll() is not None, 30, "no load")
+        self.started = float(started.read_text())
+
+    def now(self) -> float:
+        """Seconds since the load started, on the clients' clock."""
+        return time.time() - self.started
+
+    def records(self) -> list[dict]:
+        self.process.wait(self.seconds + 60)
+        return [json.loads(line) for line in self.out.read_text().splitlines()]
+
+
+def outcomes(records: list[dict]) -> dict[str, int]:
+    return {o: sum(r["outcome"] == o for r in records) for o in {r["outcome"] for r in records}}
+
+
 def test_losing_the_ray_worker_node_under_load_keeps_serving(
     system: System, tmp_path: Path
 ) -> None:
     head, node = system.serving.head, system.serving.node
     assert replicas_on(head) == 1 and replicas_on(node) == 1  # spread over both hosts
-    out = tmp_path / "load.jsonl"
-    seconds = 50
-    load = system.client.spawn(
-        [
-            sys.executable, "-m", "tests.cluster.load", "--url", system.serving.url,
-            "--key", READ_KEY, "--seconds", str(seconds), "--concurrency", "4", "--out", str(out),
-        ],
-        log=tmp_path / "load.log",
-    )  # fmt: skip
-    started = out.with_suffix(".started")
-    until(lambda: started.exists() or load.poll() is not None, 30, "the load did not start")
+    load = Load(system, tmp_path / "load.jsonl", seconds=50)
     time.sleep(10)
-    killed_at = time.time() - float(started.read_text())
+    killed_at = load.now()
     node.kill()  # every Ray process on the node: raylet, workers, the replica
     # Serve replaces the lost replica on the surviving node once Ray knows the node is dead
     replaced = until(lambda: replicas_on(head) == 2, 90, "the lost replica was not replaced")
-    load.wait(seconds + 60)
-    records = [json.loads(line) for line in out.read_text().splitlines()]
+    records = load.records()
     failed = [r for r in records if r["outcome"] not in ("200", "503")]
     share = len(failed) / len(records)
     answering_again = max((r["t"] for r in failed), default=killed_at) - killed_at
-    outcomes = {o: sum(r["outcome"] == o for r in records) for o in {r["outcome"] for r in records}}
     print(
         f"\nRay worker node lost under load: {len(records)} requests, {len(failed)} failed "
         f"({100 * share:.2f} %), last failure {answering_again:.1f} s after the loss, "
-        f"replica replaced after {replaced:.1f} s; outcomes {outcomes}"
+        f"replica replaced after {replaced:.1f} s; outcomes {outcomes(records)}"
     )
     assert share < 0.01
     assert answering_again < 30 and replaced < 30
+
+
+def test_a_redis_master_lost_under_load_serving_falls_back_and_recovers(
+    system: System, redis_hosts: RedisClusterServers, catalog: Catalog, tmp_path: Path
+) -> None:
+    """Users with profiles on every shard; one master stopped while they are served: the
+    requests that cannot read a profile get the fallback list (200, never a 5xx), and once
+    the replica has taken over every one is personalized again."""
+    users = 60
+    now = time.time()
+    events = [
+        Event.model_validate(
+            {"event_id": f"u{u}-{i}", "user_id": f"u{u}", "type": "view",
+             "item_id": catalog.ids[(7 * u + i) % 400], "ts": now - 60 + i}
+        )
+        for u in range(users)
+        for i in range(4)
+    ]  # fmt: skip
+    site_sends(system.settings, events)
+    until(lambda: system.profile_events(f"u{users - 1}") == 4, 90, "profiles not written")
+    load = Load(system, tmp_path / "load.jsonl", seconds=35, users=users)
+    time.sleep(8)
+    stopped_at = load.now()
+    redis_hosts.masters()[0].stop()
+    redis_hosts.wait_healthy(timeout=30)
+    failed_over = load.now() - stopped_at
+    records = load.records()
+    failed = [r for r in records if r["outcome"] not in ("200", "503")]
+    fallback = [r for r in records if r["strategy"] == "fallback"]
+    last_fallback = max((r["t"] for r in fallback), default=stopped_at) - stopped_at
+    tail = [r for r in records if r["t"] > load.seconds - 5]
+    print(
+        f"\nRedis master stopped under load: {len(records)} requests, {len(failed)} failed, "
+        f"{len(fallback)} fallback lists (the last {last_fallback:.1f} s after the stop), "
+        f"failover took {failed_over:.1f} s; outcomes {outcomes(records)}"
+    )
+    assert len(failed) / len(records) < 0.01
+    assert tail and all(r["strategy"] == "personalized" for r in tail)  # recovered
+    assert last_fallback < 30
