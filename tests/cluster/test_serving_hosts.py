@@ -30,6 +30,7 @@ from streams.sink import FeastProfileStore
 from tests.cluster.hosts import Host, Network
 from tests.cluster.system import ServingHosts, WorkerHost, replicas_on
 from tests.integration.stack import ADMIN_KEY, KEYS, READ_KEY, READER
+from tests.polling import until
 
 
 @dataclass
@@ -67,14 +68,6 @@ def system(
         for host in (serving.head, serving.node):
             host.kill()
         serving.remove()
-
-
-def until(check, within_s: float, message: str) -> float:  # type: ignore[no-untyped-def]
-    started = time.monotonic()
-    while not check():
-        assert time.monotonic() - started < within_s, message
-        time.sleep(0.2)
-    return time.monotonic() - started
 
 
 def site_sends(settings: Settings, events: list[Event]) -> None:

@@ -51,12 +51,9 @@ from tests.integration.stack import (
     Stack,
     running_stack,
 )
-from tests.integration.test_worker import (
-    PacedSender,
-    checkpoints_moved,
-    poison_for,
-    send_keyed,
-)
+from tests.integration.streaming import PacedSender, checkpoints_moved
+from tests.integration.test_worker import poison_for, send_keyed
+from tests.polling import until
 
 pytestmark = pytest.mark.integration
 
@@ -127,15 +124,6 @@ def recommend(stack: Stack, user: str, **body: object) -> dict:
     )
     assert reply.status_code == 200, reply.text
     return reply.json()
-
-
-def until(check, within_s: float, message: str) -> float:  # type: ignore[no-untyped-def]
-    """Poll ``check`` until it holds; returns the seconds it took."""
-    started = time.monotonic()
-    while not check():
-        assert time.monotonic() - started < within_s, message
-        time.sleep(0.05)
-    return time.monotonic() - started
 
 
 def share_with(items: list[dict], categories: set[str]) -> float:

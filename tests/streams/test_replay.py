@@ -24,7 +24,8 @@ from streams.profile import UserProfile
 from streams.replay import ReplayError, plan, replay
 from streams.sink import FeastProfileStore
 from tests.integration.checks import assert_profiles_equal, offline_truth
-from tests.integration.test_worker import make_events, poison_for, send
+from tests.integration.streaming import make_events, send
+from tests.integration.test_worker import poison_for
 from training.registry import ModelRegistry, ranker_name
 
 pytestmark = pytest.mark.integration
