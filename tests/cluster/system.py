@@ -5,6 +5,7 @@ as ``STREAMRANK_*`` variables, with every address a host's, never loopback."""
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -63,17 +64,21 @@ def wait_until_applying(workers: list[WorkerHost], timeout: float = 180) -> None
         time.sleep(0.5)
 
 
-def ray_start(host: Host, *args: str) -> None:
+def ray_start(host: Host, auth: dict[str, str], *args: str) -> None:
     """``ray start`` on ``host``, advertising the host's address to the cluster."""
-    subprocess.run(
+    done = subprocess.run(
         [
             *host.launcher, RAY, "start",
             f"--node-ip-address={host.address}", "--disable-usage-stats", *args,
         ],
-        check=True,
+        env={**os.environ, **auth},
         capture_output=True,
+        text=True,
         timeout=120,
     )  # fmt: skip
+    assert done.returncode == 0, (
+        f"ray start on {host.name}: {done.stdout[-2000:]}{done.stderr[-3000:]}"
+    )
 
 
 def replicas_on(host: Host) -> int:
@@ -97,6 +102,10 @@ class ServingHosts:
         # each node's own temp dir (short: Ray's socket paths must fit 107 bytes), so that
         # nothing is left in /tmp/ray, where any later ray.init() would find this cluster
         self.temp = Path(tempfile.mkdtemp(prefix="sr-ray-"))
+        # Ray's token authentication, one token for every node and the deploying driver (a
+        # local ray.init() leaves a token in ~/.ray that `ray start --head` would pick up
+        # and the other nodes would not)
+        self.auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
         self.settings = settings.model_copy(
             update={"ray_address": f"{head.address}:{GCS_PORT}", "serve_host": "0.0.0.0"}
         )
@@ -104,16 +113,25 @@ class ServingHosts:
 
     def start(self, timeout: float = 240) -> ServingHosts:
         ray_start(
-            self.head, "--head", f"--port={GCS_PORT}", "--num-cpus=2", f"--temp-dir={self.temp}/h"
+            self.head,
+            self.auth,
+            "--head",
+            f"--port={GCS_PORT}",
+            "--num-cpus=2",
+            "--include-dashboard=false",
+            f"--temp-dir={self.temp}/h",
         )
         ray_start(
             self.node,
+            self.auth,
             f"--address={self.head.address}:{GCS_PORT}",
             "--num-cpus=2",
             f"--temp-dir={self.temp}/n",
         )
         serve = self.head.spawn(
-            [sys.executable, "-m", "streamrank", "serve"], child_env(self.settings), self.log
+            [sys.executable, "-m", "streamrank", "serve"],
+            {**child_env(self.settings), **self.auth},
+            self.log,
         )
         deadline = time.monotonic() + timeout
         while not (self.answers() and replicas_on(self.node)):
