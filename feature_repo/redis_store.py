@@ -13,7 +13,9 @@ acknowledged with it when its replica takes over. The stream's exactly-once rest
 checkpoints never running ahead of the rows they cover, so before a checkpoint is written
 the writer waits until every replica has what its master had (``wait_replicated``): each
 master's replication offset, read after the rows were acknowledged, includes them, whichever
-connection or process wrote them.
+connection or process wrote them. That covers a master lost after the wait. One lost while
+the writer waits is still a gap: the retry finds the promoted replica, which may lack rows,
+and nothing tells the writer so (README, Known limits).
 
 ``feature_store.redis.yaml`` selects it by class path, as ``sqlite_store.py`` does for SQLite.
 """

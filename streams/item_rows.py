@@ -193,6 +193,7 @@ class ItemRows:
         if checkpoints:
             counts = {p: self._counts[p] for p in checkpoints}
             # a master's crash must not take rows with it that a surviving checkpoint covers
+            # (feature_repo/redis_store.py: one that dies during this wait is still a gap)
             retry_store(self.store.wait_replicated, "waiting for the store's replicas")
             retry_store(
                 lambda: self.store.write_checkpoints(checkpoints, counts), "writing checkpoints"
