@@ -14,6 +14,7 @@ import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -36,9 +37,10 @@ class RedisServer:
         loopback (its protected mode)."""
         self.directory = directory.resolve()  # redis-server moves into it before the log opens
         self.host = host
-        self.port = port or free_port(host if not launcher else "127.0.0.1")
+        here = host if not launcher else "127.0.0.1"  # elsewhere, any free port is free
+        self.port = port or free_port(here)
         # the cluster bus: by default port + 10,000, past 65,535 for most free ports
-        self.bus_port = free_port(host if not launcher else "127.0.0.1")
+        self.bus_port = free_port(here) if cluster_node_timeout_ms is not None else None
         self.cluster_node_timeout_ms = cluster_node_timeout_ms
         self.launcher = list(launcher)
         self.password = password
@@ -114,6 +116,20 @@ class RedisServer:
         self.stop()
 
 
+def _serving_master(info: dict[str, Any]) -> bool:
+    return "master" in info["flags"] and "fail" not in info["flags"]
+
+
+def _slots_served(table: dict[str, Any]) -> int:
+    """Slots that ``table`` (a node's ``CLUSTER NODES``) has a live master serve."""
+    return sum(
+        int(end) - int(start) + 1
+        for info in table.values()
+        if _serving_master(info)
+        for start, end in (r if len(r) == 2 else (r[0], r[0]) for r in info["slots"])
+    )
+
+
 def _in_sync(replica: RedisServer) -> bool:
     return replica.client().info("replication").get("master_link_status") == "up"
 
@@ -168,15 +184,16 @@ class RedisClusterServers:
             live = [node for node in self.nodes if node.process is not None]
             try:
                 infos = [node.client().cluster("info") for node in live]
-                masters = self._serving(live[0])
-                roles = live[0].client().cluster("nodes").values()
+                table = live[0].client().cluster("nodes")  # one node's view of them all
+                masters = self._serving(table)
                 replicas = sum(
-                    "slave" in info["flags"] and "fail" not in info["flags"] for info in roles
+                    "slave" in info["flags"] and "fail" not in info["flags"]
+                    for info in table.values()
                 )
                 if (
                     all(info["cluster_state"] == "ok" for info in infos)
                     and all(node.process is not None for node in masters)
-                    and self._slots_served(live[0]) == 16_384
+                    and _slots_served(table) == 16_384
                     and len(masters) + replicas == len(live)
                     and all(_in_sync(node) for node in live if node not in masters)
                 ):
@@ -186,30 +203,21 @@ class RedisClusterServers:
             time.sleep(0.2)
         raise TimeoutError(f"the Redis Cluster was not healthy within {timeout}s")
 
-    def _serving(self, asked: RedisServer) -> list[RedisServer]:
+    def _serving(self, table: dict[str, Any]) -> list[RedisServer]:
+        """The nodes that serve slots in ``table`` (a node's ``CLUSTER NODES``)."""
         by_address = {node.address: node for node in self.nodes}
-        table = asked.client().cluster("nodes")
         return [
             by_address[address.split("@")[0]]
             for address, info in table.items()
-            if "master" in info["flags"] and "fail" not in info["flags"] and info["slots"]
+            if _serving_master(info) and info["slots"]
         ]
-
-    def _slots_served(self, asked: RedisServer) -> int:
-        table = asked.client().cluster("nodes")
-        return sum(
-            int(end) - int(start) + 1
-            for info in table.values()
-            if "master" in info["flags"] and "fail" not in info["flags"]
-            for start, end in (r if len(r) == 2 else (r[0], r[0]) for r in info["slots"])
-        )
 
     def masters(self) -> list[RedisServer]:
         """The nodes that serve slots now (a replica that took over is one)."""
         for node in self.nodes:
             if node.process is not None:
                 try:
-                    return self._serving(node)
+                    return self._serving(node.client().cluster("nodes"))
                 except redis.RedisError:
                     continue
         raise RuntimeError("no node of the cluster answers")
