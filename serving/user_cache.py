@@ -16,7 +16,6 @@ import threading
 from collections import OrderedDict
 
 import numpy as np
-import torch
 
 from serving import metrics
 from training.artifact import RankingArtifact
@@ -30,7 +29,7 @@ class SummaryCache:
     def __init__(self, artifact: RankingArtifact, size: int):
         self.artifact = artifact
         self.size = size
-        self._entries: OrderedDict[bytes, torch.Tensor] = OrderedDict()
+        self._entries: OrderedDict[bytes, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()  # batches run on worker threads
 
     def __len__(self) -> int:
@@ -53,9 +52,10 @@ class SummaryCache:
         if missing:
             metrics.USER_SUMMARIES.labels("miss").inc(len(missing))
             computed = self.artifact.summaries(users.history[missing], users.history_types[missing])
+            rows = computed.float().cpu().numpy()
             with self._lock:
-                for i, summary in zip(missing, computed, strict=True):
-                    found[i] = self._entries[keys[i]] = summary.clone()  # not the batch's
+                for i, summary in zip(missing, rows, strict=True):
+                    found[i] = self._entries[keys[i]] = summary.copy()  # not a view of the batch
                 while len(self._entries) > self.size:
                     self._entries.popitem(last=False)
-        return self.artifact.user_vectors(users, torch.stack(found))  # type: ignore[arg-type]
+        return self.artifact.user_vectors(users, np.stack(found))  # type: ignore[arg-type]

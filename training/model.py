@@ -169,6 +169,71 @@ class RankingModel(nn.Module):
     def scale(self) -> torch.Tensor:
         return self.log_scale.clamp(max=float(np.log(100.0))).exp()
 
+    def numpy_head(self) -> UserHead:
+        """``user_from`` as numpy arrays, for serving on a CPU (``UserHead``)."""
+        return UserHead.of(self)
+
+
+@dataclass(frozen=True)
+class UserHead:
+    """``RankingModel.user_from`` (context projection, layer norm, two linear layers with
+    an exact GELU between them, unit length) over numpy copies of the same weights.
+
+    Serving runs it once per request on one user: a dozen tiny operations, where torch's
+    dispatch cost per operation is most of the time (0.26 ms against 0.14 ms in numpy on
+    these machines). Equal to ``user_from`` to float tolerance (a test); in eval mode
+    only (no dropout)."""
+
+    context_w: np.ndarray
+    context_b: np.ndarray
+    norm_w: np.ndarray
+    norm_b: np.ndarray
+    norm_eps: float
+    hidden_w: np.ndarray
+    hidden_b: np.ndarray
+    out_w: np.ndarray
+    out_b: np.ndarray
+
+    @classmethod
+    def of(cls, model: RankingModel) -> UserHead:
+        norm, hidden, gelu, _, out = model.head
+        if not isinstance(gelu, nn.GELU) or gelu.approximate != "none":
+            raise ValueError(f"the head's activation is {gelu!r}, not an exact GELU")
+
+        def arrays(layer: nn.Linear) -> tuple[np.ndarray, np.ndarray]:
+            return (
+                layer.weight.detach().float().cpu().numpy().T.copy(),
+                layer.bias.detach().float().cpu().numpy().copy(),
+            )
+
+        context_w, context_b = arrays(model.context)
+        hidden_w, hidden_b = arrays(hidden)
+        out_w, out_b = arrays(out)
+        return cls(
+            context_w,
+            context_b,
+            norm.weight.detach().float().cpu().numpy().copy(),
+            norm.bias.detach().float().cpu().numpy().copy(),
+            float(norm.eps),
+            hidden_w,
+            hidden_b,
+            out_w,
+            out_b,
+        )
+
+    def __call__(self, summary: np.ndarray, context: np.ndarray) -> np.ndarray:
+        """Unit user vectors [B, d] from summaries [B, d] and contexts [B, context]."""
+        from scipy.special import erf
+
+        x = np.concatenate([summary, context @ self.context_w + self.context_b], axis=-1)
+        mean = x.mean(axis=-1, keepdims=True)
+        x = (x - mean) / np.sqrt(x.var(axis=-1, keepdims=True) + self.norm_eps)
+        h = (x * self.norm_w + self.norm_b) @ self.hidden_w + self.hidden_b
+        h = 0.5 * h * (1.0 + erf(h * np.float32(1 / np.sqrt(2))))
+        user = h @ self.out_w + self.out_b
+        # F.normalize's floor on the norm, so a zero vector stays zero
+        return user / np.maximum(np.linalg.norm(user, axis=-1, keepdims=True), 1e-12)
+
 
 def context_tensor(
     categories: np.ndarray, numeric: np.ndarray, interest: np.ndarray, device: torch.device | str

@@ -7,6 +7,7 @@ import dataclasses
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from serving.user_cache import SummaryCache
 from streamrank.catalog import Catalog
@@ -14,6 +15,7 @@ from streamrank.datasets import Dataset
 from training.artifact import RankingArtifact
 from training.config import TrainConfig
 from training.encoder import default_encoder_path
+from training.model import context_tensor
 from training.train import prepare_training_data
 
 
@@ -56,3 +58,22 @@ def test_cached_user_vectors_equal_the_on_demand_ones(
     unkept = SummaryCache(artifact, size=0)
     np.testing.assert_allclose(unkept.user_vectors(users), on_demand, atol=1e-5)
     assert len(unkept) == 0
+
+
+def test_the_numpy_head_equals_the_torch_head(
+    trained: Path, dataset: Dataset, catalog: Catalog
+) -> None:
+    """Serving on a CPU runs the user tower's head in numpy: the same vectors as torch's."""
+    directory = trained / "models" / (trained / "models" / "LATEST").read_text().strip()
+    artifact = RankingArtifact.load(directory, default_encoder_path())
+    config = TrainConfig.model_validate(artifact.meta["config"])
+    examples = prepare_training_data(dataset.events, catalog, config).test[:16]
+    users = artifact.space.encode([e.features for e in examples])
+    summaries = artifact.summaries(users.history, users.history_types)
+    context = context_tensor(users.categories, users.numeric, users.interest, "cpu")
+    with torch.inference_mode():
+        expected = artifact.model.user_from(summaries, context).numpy()
+    assert artifact.cpu_head is not None
+    np.testing.assert_allclose(artifact.user_vectors(users), expected, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(expected, axis=1), 1.0, atol=1e-5)
+    assert artifact.quantized().cpu_head is None  # int8 weights: torch's own kernels
