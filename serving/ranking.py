@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -110,7 +110,7 @@ class RankingPolicy:
 
 
 def diversify(
-    scores: np.ndarray, categories: list[frozenset[str]], k: int, weight: float
+    scores: np.ndarray, categories: Sequence[Sequence[str]], k: int, weight: float
 ) -> list[int]:
     """Greedy MMR: positions into ``scores``, best first, ``k`` at most."""
     n = len(scores)
@@ -121,25 +121,27 @@ def diversify(
     s = scores[pool]
     spread = float(s.max() - s.min())
     relevance = (s - s.min()) / spread if spread > 0 else np.ones(len(pool))
-    names = sorted({c for i in pool for c in categories[i]})
-    column = {c: j for j, c in enumerate(names)}
-    member = np.zeros((len(pool), max(1, len(names))), dtype=np.float32)
-    for row, i in enumerate(pool):
-        for c in categories[i]:
-            member[row, column[c]] = 1.0
+    # which of the pool's categories each pool item is in, set in one indexed assignment
+    column: dict[str, int] = {}
+    held = [set(categories[i]) for i in pool.tolist()]
+    codes = [column.setdefault(c, len(column)) for names in held for c in names]
+    member = np.zeros((len(pool), max(1, len(column))), dtype=np.float32)
+    member[np.repeat(np.arange(len(pool)), [len(names) for names in held]), codes] = 1.0
     shared = member @ member.T
     sizes = member.sum(axis=1)
     union = sizes[:, None] + sizes[None, :] - shared
     similarity = np.divide(shared, union, out=np.zeros_like(shared), where=union > 0)
+    # gain = (1 - weight) * relevance - weight * redundancy, the weights applied once: the
+    # loop runs per request, three small array operations a step
+    gain = (1 - weight) * relevance
+    penalty = (weight * similarity).astype(np.float64)
     redundancy = np.zeros(len(pool))
-    taken = np.zeros(len(pool), dtype=bool)
     picked: list[int] = []
     for _ in range(min(k, len(pool))):
-        gain = np.where(taken, -np.inf, (1 - weight) * relevance - weight * redundancy)
-        best = int(np.argmax(gain))
-        taken[best] = True
+        best = int(np.argmax(gain - redundancy))
+        gain[best] = -np.inf  # taken
         picked.append(int(pool[best]))
-        redundancy = np.maximum(redundancy, similarity[best])
+        np.maximum(redundancy, penalty[best], out=redundancy)
     return picked
 
 
@@ -184,14 +186,14 @@ def rank(
         policy = RankingPolicy()
     rows = candidates.rows
     allowed = catalog.available[rows]
-    blocked_rows = [catalog.index[i] for i in blocked if i in catalog.index]
-    if blocked_rows:
-        allowed &= ~np.isin(rows, blocked_rows)
+    if blocked:  # a look-up per candidate: a profile blocks hundreds of items, most not here
+        ids = catalog.ids
+        allowed &= np.fromiter((ids[r] not in blocked for r in rows.tolist()), bool, len(rows))
     kept = np.flatnonzero(allowed)  # positions in ``candidates``
     kept_scores = np.asarray(scores, dtype=np.float64)[kept]
     # only the best 4k can win a slot (``diversify``): their categories alone are read
     pool = np.sort(np.argsort(-kept_scores, kind="stable")[: 4 * k])
-    categories = [frozenset(catalog.categories_at(rows[kept[i]])) for i in pool]
+    categories = [catalog.categories_at(row) for row in rows[kept[pool]].tolist()]
     ranked = [int(pool[i]) for i in diversify(kept_scores[pool], categories, k, policy.diversity)]
     slots = explore(ranked, len(kept), k, policy.exploration, rng or np.random.default_rng())
     items = []
