@@ -32,6 +32,7 @@ EntityRowSqliteOnlineStore``), Feast's documented way to plug in an online store
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import os
 import sqlite3
@@ -148,7 +149,7 @@ class EntityRowSqliteOnlineStore(OnlineStore):
         rows: Sequence[tuple[EntityKeyProto, Values, datetime]],
     ) -> None:
         """Upsert entities' features given as Python values (the stream's write path)."""
-        encode = RowCodec(_types(table)).encode
+        encode = _codec(table).encode
         encoded = [(_key(config, k), encode(v), ts.timestamp()) for k, v, ts in rows]
         self._upsert(config, table, encoded)
 
@@ -201,7 +202,7 @@ class EntityRowSqliteOnlineStore(OnlineStore):
                 f'SELECT entity_key, features, event_ts FROM "{name}" WHERE entity_key IN ({marks})'
             )
             found.update((key, (blob, ts)) for key, blob, ts in conn.execute(query, chunk))
-        decode = RowCodec(_types(table)).decode
+        decode = _codec(table).decode
         out: list[tuple[datetime | None, dict[str, Any] | None]] = []
         for key in keys:
             hit = found.get(key)
@@ -269,9 +270,30 @@ def _types(table: FeatureView) -> dict[str, ValueType]:
     return {f.name: f.dtype.to_value_type() for f in table.features}
 
 
+def _codec(table: FeatureView) -> RowCodec:
+    """The view's row codec, made once per view schema: a read costs less than making
+    one (each feature's Feast type converted)."""
+    return _codec_of(table.name, tuple((f.name, f.dtype) for f in table.features))
+
+
+@functools.lru_cache(maxsize=64)
+def _codec_of(name: str, features: tuple[tuple[str, Any], ...]) -> RowCodec:
+    return RowCodec({feature: dtype.to_value_type() for feature, dtype in features})
+
+
 def _key(config: RepoConfig, entity_key: EntityKeyProto) -> bytes:
-    version = config.entity_key_serialization_version
-    return serialize_entity_key(entity_key, entity_key_serialization_version=version)
+    """Feast's own key bytes for the entity (what its materialization writes), kept for
+    the entities read again and again: Feast builds them in Python, byte by byte."""
+    return _key_of(
+        entity_key.SerializeToString(deterministic=True), config.entity_key_serialization_version
+    )
+
+
+@functools.lru_cache(maxsize=50_000)
+def _key_of(proto: bytes, version: int) -> bytes:
+    return serialize_entity_key(
+        EntityKeyProto.FromString(proto), entity_key_serialization_version=version
+    )
 
 
 def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
