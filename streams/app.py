@@ -23,7 +23,6 @@ which gets each batch's item effects once the batch's profiles are written.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +32,7 @@ from typing import Any
 import faust
 from prometheus_client import generate_latest
 
+from feature_repo.redis_store import ReplicationLost
 from infra.private_apis import commit_offsets
 from streamrank.settings import Settings, get_settings
 from streams import metrics
@@ -192,8 +192,12 @@ def create_app(settings: Settings) -> faust.App:
         if "failed" in holder:
             return
         if "processor" in holder:
-            with contextlib.suppress(StoreFailed):  # marked; the agent halts on its next batch
+            try:
                 await on_thread(holder["processor"].state.flush_items_if_due)
+            except StoreFailed:
+                pass  # marked; the agent halts on its next batch
+            except ReplicationLost as lost:  # item rows in this process: rewind now
+                await exit_unfinished(app, str(lost))
         await on_thread(trim_heap)
 
     @app.on_partitions_revoked.connect

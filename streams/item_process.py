@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
+from feature_repo.redis_store import ReplicationLost
 from streams import metrics
 from streams.item_rows import ItemRows
 from streams.memory import TRIM_EVERY_S, HeapTrimmer
@@ -216,6 +217,9 @@ def serve(
             continue
         try:
             _apply(rows, message)
+        except ReplicationLost as lost:  # the worker exits, to rewind to the checkpoints
+            conn.send(("failed", repr(lost)))
+            raise
         except StoreFailed as failure:  # the worker halts with it (streams/store_errors.py)
             failed = ("store_failed", failure.what, failure.kind, str(failure.__cause__))
             conn.send(failed)

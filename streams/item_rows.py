@@ -23,6 +23,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Protocol
 
+from feature_repo.redis_store import ReplicationLost
 from streams.cache import touch_or_load
 from streams.covisitation import CovisitRow
 from streams.outbox import ItemEffect
@@ -86,9 +87,15 @@ class ItemRows:
         self._dirty_partitions: set[int] = set()
         self._dirty_covisits: set[tuple[int, str]] = set()
         self._flushed_at = -float("inf")
+        self._histories: frozenset[str] | None = None
+        """The store's replication histories as of the last checkpoint (or the first
+        partitions owned): one that changes since means a failover (``_checkpoint``)."""
 
     # --- the ItemSide interface -------------------------------------------------------------
     def load(self, counts: Mapping[int, PartitionCounts]) -> None:
+        if self._histories is None:
+            marks = retry_store(self.store.replication_marks, "reading the store's replication")
+            self._histories = frozenset(marks)
         missing = sorted(p for p in counts if p not in self.popularity)
         if not missing:
             return
@@ -191,16 +198,33 @@ class ItemRows:
         self._dirty_covisits.clear()
         checkpoints = {p: o for p, o in self._covered.items() if o > self._written.get(p, -1)}
         if checkpoints:
-            counts = {p: self._counts[p] for p in checkpoints}
-            # a master's crash must not take rows with it that a surviving checkpoint covers
-            # (feature_repo/redis_store.py: one that dies during this wait is still a gap)
-            retry_store(self.store.wait_replicated, "waiting for the store's replicas")
-            retry_store(
-                lambda: self.store.write_checkpoints(checkpoints, counts), "writing checkpoints"
-            )
-            self._written.update(checkpoints)
+            self._checkpoint(checkpoints)
         self._flushed_at = self.clock()
         self._evict()
+
+    def _checkpoint(self, checkpoints: Mapping[int, int]) -> None:
+        """Checkpoints written once the store's replicas hold every row they cover.
+
+        With replicas (Redis), a master's crash must not take rows with it that a
+        surviving checkpoint covers: each master's replication offset, read now, includes
+        every row written so far, and the replicas must reach it first. A failover since
+        the last checkpoint, or during the wait, shows as a new history (the promoted
+        replica's): rows may be gone, so ``ReplicationLost`` instead, and the worker
+        rewinds to the checkpoints (exits to restart from them, ``streams/app.py``)."""
+        counts = {p: self._counts[p] for p in checkpoints}
+        marks = retry_store(self.store.replication_marks, "reading the store's replication")
+        if self._histories is not None and frozenset(marks) != self._histories:
+            raise ReplicationLost(
+                f"the store's replication histories changed since the last checkpoint "
+                f"({sorted(self._histories)} -> {sorted(marks)}): a failover or a restart "
+                "may have lost rows"
+            )
+        retry_store(lambda: self.store.wait_replicated(marks), "waiting for the store's replicas")
+        retry_store(
+            lambda: self.store.write_checkpoints(checkpoints, counts), "writing checkpoints"
+        )
+        self._written.update(checkpoints)
+        self._histories = frozenset(marks)
 
     def _evict(self) -> None:
         """Drop the least recently used clean rows beyond the cap."""

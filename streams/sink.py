@@ -223,12 +223,21 @@ class FeastProfileStore:
     def delete_profiles(self, user_ids: Sequence[str]) -> int:
         return self.profiles.delete([{"user_id": u} for u in user_ids])
 
-    def wait_replicated(self, timeout_s: float = 5.0) -> None:
-        """Until the store's replicas hold every write acknowledged so far, where the store
-        has replicas that may lag (Redis: ``feature_repo/redis_store.py``)."""
+    def replication_marks(self) -> dict[str, int]:
+        """Where each replicated history of the store stands now, every write acknowledged
+        so far included; empty where the store has no replicas that may lag (Redis:
+        ``feature_repo/redis_store.py``)."""
         online = self.store.provider.online_store
-        if hasattr(online, "wait_replicated"):
-            online.wait_replicated(self.store.config, timeout_s)
+        if hasattr(online, "replication_marks"):
+            return dict(online.replication_marks(self.store.config))
+        return {}
+
+    def wait_replicated(self, marks: Mapping[str, int], timeout_s: float = 5.0) -> None:
+        """Until the store's replicas hold everything up to ``marks``
+        (``replication_marks``); ``ReplicationLost`` if a failover replaced a history."""
+        online = self.store.provider.online_store
+        if marks and hasattr(online, "wait_replicated"):
+            online.wait_replicated(self.store.config, marks, timeout_s)
 
     # --- item side ------------------------------------------------------------------------
     def read_popularity(self, partitions: Sequence[int]) -> dict[int, PartitionPopularity]:

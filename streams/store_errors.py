@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
+from feature_repo.redis_store import ReplicationLost
 from streams import metrics
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,8 @@ def retry_store(
     while True:
         try:
             return action()
+        except ReplicationLost:
+            raise  # neither heals nor needs fixing: the writer rewinds to its checkpoints
         except Exception as exc:
             kind = permanent_kind(exc)
             if kind is not None:

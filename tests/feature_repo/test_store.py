@@ -23,6 +23,7 @@ from feature_repo.definitions import (
     popular_items_schema,
     user_profile_schema,
 )
+from feature_repo.redis_store import ReplicationLost
 from feature_repo.store import apply_repo, redis_connection_string, repo_yaml
 from infra.redis import RedisClusterServers
 from streamrank.settings import Settings
@@ -273,7 +274,7 @@ def test_checkpoints_wait_until_the_redis_replicas_hold_the_rows(
     them: the writer waits until every replica has all its master had."""
     settings = Settings(home=home, online_store="redis_cluster", redis_url=redis_cluster.url)
     store = FeastProfileStore(apply_repo(settings))
-    store.wait_replicated(timeout_s=5)  # in sync: returns at once
+    store.wait_replicated(store.replication_marks(), timeout_s=5)  # in sync: at once
     masters = redis_cluster.masters()
     replicas = [n for n in redis_cluster.nodes if n not in masters and n.process is not None]
     assert len(replicas) == 3
@@ -286,9 +287,31 @@ def test_checkpoints_wait_until_the_redis_replicas_hold_the_rows(
             profile.user_id = f"user-{i}"
             profiles.append(profile)
         store.write_profiles(profiles)
+        marks = store.replication_marks()  # read after the writes: they include them
         with pytest.raises(TimeoutError):
-            store.wait_replicated(timeout_s=0.5)
+            store.wait_replicated(marks, timeout_s=0.5)
     finally:
         for replica in replicas:
             os.kill(replica.process.pid, signal.SIGCONT)
-    store.wait_replicated(timeout_s=10)  # caught up
+    store.wait_replicated(marks, timeout_s=10)  # caught up
+
+
+def test_a_failover_after_the_writes_is_a_lost_replication(
+    redis_cluster: RedisClusterServers, home: Path
+) -> None:
+    """A replica promoted after the rows were written may lack some of them: the wait says
+    so (``ReplicationLost``) instead of finding the new master in sync with itself."""
+    settings = Settings(home=home, online_store="redis_cluster", redis_url=redis_cluster.url)
+    store = FeastProfileStore(apply_repo(settings))
+    store.write_profiles([fold([ev(1, "view", "a")])])
+    marks = store.replication_marks()
+    assert len(marks) == 3  # a history per master
+    store.wait_replicated(marks, timeout_s=5)
+    masters = redis_cluster.masters()
+    replica = next(n for n in redis_cluster.nodes if n not in masters and n.process is not None)
+    replica.client().execute_command("CLUSTER", "FAILOVER")  # promoted: a history of its own
+    redis_cluster.wait_healthy()
+    assert replica in redis_cluster.masters()
+    with pytest.raises(ReplicationLost):
+        store.wait_replicated(marks, timeout_s=5)
+    store.wait_replicated(store.replication_marks(), timeout_s=5)  # marks read after it

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from feature_repo.store import apply_repo
+from infra.redis import RedisClusterServers
 from streamrank.catalog import Catalog
 from streamrank.settings import Settings
 from streams.events import Event, encode_events
@@ -183,6 +184,50 @@ def test_a_dead_item_process_stops_the_worker_instead_of_losing_effects(
     with pytest.raises(ItemProcessDied):
         processor.process(messages[5:])
         state.flush(force_items=True)
+
+
+def test_a_redis_failover_since_the_last_checkpoint_rewinds_the_worker(
+    tmp_path: Path, catalog_home: Path, catalog: Catalog, redis_cluster: RedisClusterServers
+) -> None:
+    """The replica a failover promotes may lack rows the old master acknowledged: the item
+    process writes no checkpoint over them and stops the worker, which restarts from the
+    checkpoints (``streams/app.py``); a new item process checkpoints again."""
+    from streamrank.catalog import copy_catalog
+
+    home = tmp_path / "redis"
+    copy_catalog(catalog_home, home)
+    settings = Settings(home=home, online_store="redis_cluster", redis_url=redis_cluster.url)
+    apply_repo(settings)
+    store = open_profile_store(settings)
+    messages = stream(catalog, n=600)
+    items = ItemProcess(partial(open_profile_store, settings), 50_000, flush_s=3600.0)
+    try:
+        state = ProfileState(store, items=items)
+        processor = ProfileProcessor(state, catalog, clock=lambda: NOW + 60)
+        processor.process(messages[:6])
+        state.flush(force_items=True)
+        first = store.read_checkpoints(list(range(PARTITIONS)))
+        assert min(first.values()) >= 0
+        masters = redis_cluster.masters()
+        replica = next(n for n in redis_cluster.nodes if n not in masters and n.process)
+        replica.client().execute_command("CLUSTER", "FAILOVER")
+        redis_cluster.wait_healthy()
+        with pytest.raises(ItemProcessDied, match="ReplicationLost"):
+            processor.process(messages[6:])
+            state.flush(force_items=True)
+        assert store.read_checkpoints(list(range(PARTITIONS))) == first
+    finally:
+        items.close()
+    restarted = ItemProcess(partial(open_profile_store, settings), 50_000, flush_s=3600.0)
+    try:
+        state = ProfileState(open_profile_store(settings), items=restarted)
+        processor = ProfileProcessor(state, catalog, clock=lambda: NOW + 60)
+        processor.process(messages)
+        state.flush(force_items=True)
+        last = {m.partition: m.offset for m in messages}
+        assert store.read_checkpoints(list(range(PARTITIONS))) == last
+    finally:
+        restarted.close()
 
 
 def test_the_item_process_dies_with_its_worker(tmp_path: Path, catalog_home: Path) -> None:
