@@ -23,6 +23,7 @@ which gets each batch's item effects once the batch's profiles are written.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -93,6 +94,8 @@ def create_app(settings: Settings) -> faust.App:
             # Unwritten item effects live on only in the profiles' outboxes, which a
             # restart (rewinding to the checkpoints) applies again.
             await exit_unfinished(app, "the item process died")
+        except ReplicationLost as lost:  # a store failover may have lost rows
+            await exit_unfinished(app, str(lost), expected=True)
         except StoreFailed as failure:
             if "failed" not in holder:
                 holder["failed"] = str(failure)
@@ -192,12 +195,8 @@ def create_app(settings: Settings) -> faust.App:
         if "failed" in holder:
             return
         if "processor" in holder:
-            try:
+            with contextlib.suppress(StoreFailed):  # marked; the agent halts on its next batch
                 await on_thread(holder["processor"].state.flush_items_if_due)
-            except StoreFailed:
-                pass  # marked; the agent halts on its next batch
-            except ReplicationLost as lost:  # item rows in this process: rewind now
-                await exit_unfinished(app, str(lost))
         await on_thread(trim_heap)
 
     @app.on_partitions_revoked.connect

@@ -97,10 +97,16 @@ class ItemProcess:
             self._send(("add", [tuple(e) for e in effects], dict(covered), dict(counts)))
 
     def flush(self, force: bool = False) -> None:
-        """The child writes when due by itself; ``force`` writes now and waits."""
+        """The child writes when due by itself; ``force`` writes now and waits. Otherwise
+        what the child reported is read: on a quiet stream the worker's flush timer is the
+        only caller, and a child that failed or asks for a rewind must not go unheard."""
         if force:
             self._send(("flush",))
             self._wait_for("done")
+            return
+        self._receive_notices()
+        if not self._process.is_alive():
+            raise ItemProcessDied(f"item process exited ({self._process.exitcode})")
 
     def written(self) -> Mapping[int, int]:
         self._receive_notices()
@@ -149,6 +155,8 @@ class ItemProcess:
                     self._retries[what] = total
         elif kind == "failed":
             raise ItemProcessDied(f"item process failed: {message[1]}")
+        elif kind == "rewind":  # a store failover since the last checkpoint
+            raise ReplicationLost(message[1])
         elif kind == "store_failed":  # a lasting store error: the worker halts, not restarts
             # counted here too: only the worker's registry is on /metrics, not this child's
             metrics.STORE_FAILURES.labels(message[1], message[2]).inc()
@@ -198,7 +206,7 @@ def serve(
     conn.send(("ready",))
     reported: dict[int, int] = {}
     retries: dict[str, float] = {}
-    failed: tuple[str, str, str, str] | None = None
+    failed: tuple[str, ...] | None = None  # a lasting store error, or a rewind asked for
     trim_heap = HeapTrimmer()
     while True:
         trim_heap()
@@ -218,8 +226,9 @@ def serve(
         try:
             _apply(rows, message)
         except ReplicationLost as lost:  # the worker exits, to rewind to the checkpoints
-            conn.send(("failed", repr(lost)))
-            raise
+            failed = ("rewind", str(lost))
+            conn.send(failed)
+            continue
         except StoreFailed as failure:  # the worker halts with it (streams/store_errors.py)
             failed = ("store_failed", failure.what, failure.kind, str(failure.__cause__))
             conn.send(failed)

@@ -36,14 +36,18 @@ async def stopping(app: faust.App, within_s: float = 2.0) -> bool:
     return bool(app.should_stop)
 
 
-async def exit_unfinished(app: faust.App, what: str) -> NoReturn:
+async def exit_unfinished(app: faust.App, what: str, expected: bool = False) -> NoReturn:
     """End the process now, the message in hand neither finished nor acknowledged. Call it
     from inside the agent's loop (the iterator still open): a failure seen while the worker
     stops is a shutdown (exit 0); any other is a crash (exit 70), logged with its
-    traceback."""
+    traceback. ``expected``: a rewind the system asks for (a store failover,
+    ``streams/item_rows.py``), not a fault: exit 70 too, logged as a warning."""
     if await stopping(app):
         log.info("%s while the worker stopped", what)
         code = 0
+    elif expected:
+        log.warning("%s; the worker exits to resume from its checkpoints", what)
+        code = EXIT_UNFINISHED
     else:
         log.critical("%s; stopping the worker (to resume from what is written)", what, exc_info=1)
         code = EXIT_UNFINISHED

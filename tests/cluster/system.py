@@ -18,6 +18,7 @@ import psutil
 
 from infra.probes import applied_events
 from streamrank.settings import Settings
+from streams.supervision import EXIT_UNFINISHED
 from tests.cluster.hosts import Host
 
 RAY = str(Path(sys.executable).with_name("ray"))
@@ -28,9 +29,24 @@ def child_env(settings: Settings) -> dict[str, str]:
     return {**os.environ, **settings.as_env(), "PYTHONUNBUFFERED": "1"}
 
 
+RESTARTED = "supervisor: the worker exited with 70, starting it again"
+# What a deployment's supervisor does (Kubernetes' restartPolicy, compose's `restart:`,
+# systemd's Restart=on-failure): a worker that exits with 70 asks to resume from its
+# checkpoints (streams/supervision.py), after a crash or a store failover.
+SUPERVISOR = f"""
+while true; do
+    "$@"
+    code=$?
+    [ "$code" -eq {EXIT_UNFINISHED} ] || exit "$code"
+    echo "{RESTARTED}"
+done
+"""
+
+
 class WorkerHost:
-    """``streamrank worker`` on a host of its own, with its own copy of the home (the
-    catalog and Feast's registry, as a deployment ships them to each machine)."""
+    """``streamrank worker`` on a host of its own, under a supervisor that restarts it when
+    it asks to (exit 70), with its own copy of the home (the catalog and Feast's registry,
+    as a deployment ships them to each machine)."""
 
     def __init__(self, host: Host, settings: Settings, base: Path):
         home = base / host.name
@@ -39,9 +55,13 @@ class WorkerHost:
         self.settings = settings.model_copy(update={"home": home, "worker_web_host": host.address})
         (home / "logs").mkdir(exist_ok=True)
         self.log = home / "logs" / "worker.log"
+        worker = [sys.executable, "-m", "streamrank", "worker"]
         self.process = host.spawn(
-            [sys.executable, "-m", "streamrank", "worker"], child_env(self.settings), self.log
+            ["bash", "-c", SUPERVISOR, "supervisor", *worker], child_env(self.settings), self.log
         )
+
+    def restarts(self) -> int:
+        return self.log.read_text(errors="replace").count(RESTARTED)
 
     def applied(self) -> float:
         return applied_events(self.settings.worker_web_port, self.host.address)
