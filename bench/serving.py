@@ -359,6 +359,12 @@ def main() -> None:
         configs.append(Config("scorer deployment, batched", variant(scorer_placement="deployment")))
         configs.append(
             Config(
+                "model in ingress, 2 replicas",
+                variant(scorer_placement="ingress", api_replicas=2, api_max_replicas=2),
+            )
+        )
+        configs.append(
+            Config(
                 "model in ingress, Python proxy",
                 variant(scorer_placement="ingress", serve_high_throughput=False),
             )
@@ -421,6 +427,13 @@ def main() -> None:
         / at_top(f"model in {placement}, unbatched"),
         "scorer alone, batch 32 / batch 1 tasks/s": alone[("float32", 32)] / alone[("float32", 1)],
     }
+    # the request path's own CPU in units of what Serve + FastAPI cost a request on the
+    # same box in the same run: comparable across machines and days, unlike milliseconds
+    noop_cpu = results["runs"][NOOP][0]["replica_cpu_ms"]
+    for row in results["in_process"]:
+        results["ratios"][f"in process ({row['requests_as']}) / no-op replica CPU"] = (
+            row["cpu_ms_per_request"] / noop_cpu
+        )
     if ("int8", 32) in alone:
         results["ratios"]["scorer alone, int8 / float32 tasks/s at batch 32"] = (
             alone[("int8", 32)] / alone[("float32", 32)]
