@@ -15,18 +15,26 @@ from streamrank.datasets import Dataset
 from training.artifact import RankingArtifact
 from training.config import TrainConfig
 from training.encoder import default_encoder_path
+from training.features import UserArrays
 from training.model import context_tensor
 from training.train import prepare_training_data
+
+
+def trained_users(
+    trained: Path, dataset: Dataset, catalog: Catalog, n: int
+) -> tuple[RankingArtifact, UserArrays]:
+    """The session's trained model, and ``n`` held-out users in its feature space."""
+    directory = trained / "models" / (trained / "models" / "LATEST").read_text().strip()
+    artifact = RankingArtifact.load(directory, default_encoder_path())
+    config = TrainConfig.model_validate(artifact.meta["config"])
+    examples = prepare_training_data(dataset.events, catalog, config).test[:n]
+    return artifact, artifact.space.encode([e.features for e in examples])
 
 
 def test_cached_user_vectors_equal_the_on_demand_ones(
     trained: Path, dataset: Dataset, catalog: Catalog
 ) -> None:
-    directory = trained / "models" / (trained / "models" / "LATEST").read_text().strip()
-    artifact = RankingArtifact.load(directory, default_encoder_path())
-    config = TrainConfig.model_validate(artifact.meta["config"])
-    examples = prepare_training_data(dataset.events, catalog, config).test[:12]
-    users = artifact.space.encode([e.features for e in examples])
+    artifact, users = trained_users(trained, dataset, catalog, 12)
     cache = SummaryCache(artifact, size=8)
     passes = 0
     summaries = artifact.summaries
@@ -64,11 +72,7 @@ def test_the_numpy_head_equals_the_torch_head(
     trained: Path, dataset: Dataset, catalog: Catalog
 ) -> None:
     """Serving on a CPU runs the user tower's head in numpy: the same vectors as torch's."""
-    directory = trained / "models" / (trained / "models" / "LATEST").read_text().strip()
-    artifact = RankingArtifact.load(directory, default_encoder_path())
-    config = TrainConfig.model_validate(artifact.meta["config"])
-    examples = prepare_training_data(dataset.events, catalog, config).test[:16]
-    users = artifact.space.encode([e.features for e in examples])
+    artifact, users = trained_users(trained, dataset, catalog, 16)
     summaries = artifact.summaries(users.history, users.history_types)
     context = context_tensor(users.categories, users.numeric, users.interest, "cpu")
     with torch.inference_mode():
