@@ -29,7 +29,7 @@ from torch.nn import functional as F
 from training.blend import Blend
 from training.encoder import load_minilm, mean_pool
 from training.features import FeatureSpace, UserArrays
-from training.model import ItemTextTower, ModelShape, RankingModel, UserHead, context_tensor
+from training.model import ItemTextTower, ModelShape, RankingModel, UserHead, context_array
 
 log = logging.getLogger(__name__)
 
@@ -108,19 +108,18 @@ class RankingArtifact:
         finally:
             torch.backends.mha.set_fastpath_enabled(fast_path)
 
-    @torch.inference_mode()
     def user_vectors(self, users: UserArrays, summaries: np.ndarray | None = None) -> np.ndarray:
         """Unit user vectors; ``summaries``: the users' history summaries when the caller
         has them already (serving's cache, ``serving/user_cache.py``). On a CPU the head
         runs in numpy (``UserHead``); int8 and GPU models run it in torch."""
         if summaries is None:
             summaries = self.summaries(users.history, users.history_types).float().cpu().numpy()
+        context = context_array(users.categories, users.numeric, users.interest)
         if self.cpu_head is not None:
-            context = np.concatenate([users.categories, users.numeric, users.interest], axis=1)
             return self.cpu_head(summaries, context)
-        context_t = context_tensor(users.categories, users.numeric, users.interest, self.device)
-        with torch.inference_mode():
-            out = self.model.user_from(torch.from_numpy(summaries).to(self.device), context_t)
+        with torch.inference_mode():  # here only: the numpy head needs no torch mode
+            summary_t = torch.from_numpy(summaries).to(self.device)
+            out = self.model.user_from(summary_t, torch.from_numpy(context).to(self.device))
         return out.float().cpu().numpy()
 
     @functools.cached_property

@@ -200,25 +200,19 @@ class UserHead:
         if not isinstance(gelu, nn.GELU) or gelu.approximate != "none":
             raise ValueError(f"the head's activation is {gelu!r}, not an exact GELU")
 
-        def arrays(layer: nn.Linear) -> tuple[np.ndarray, np.ndarray]:
-            return (
-                layer.weight.detach().float().cpu().numpy().T.copy(),
-                layer.bias.detach().float().cpu().numpy().copy(),
-            )
+        def array(tensor: torch.Tensor) -> np.ndarray:
+            return tensor.detach().float().cpu().numpy().copy()
 
-        context_w, context_b = arrays(model.context)
-        hidden_w, hidden_b = arrays(hidden)
-        out_w, out_b = arrays(out)
         return cls(
-            context_w,
-            context_b,
-            norm.weight.detach().float().cpu().numpy().copy(),
-            norm.bias.detach().float().cpu().numpy().copy(),
+            array(model.context.weight.T),
+            array(model.context.bias),
+            array(norm.weight),
+            array(norm.bias),
             float(norm.eps),
-            hidden_w,
-            hidden_b,
-            out_w,
-            out_b,
+            array(hidden.weight.T),
+            array(hidden.bias),
+            array(out.weight.T),
+            array(out.bias),
         )
 
     def __call__(self, summary: np.ndarray, context: np.ndarray) -> np.ndarray:
@@ -235,7 +229,12 @@ class UserHead:
         return user / np.maximum(np.linalg.norm(user, axis=-1, keepdims=True), 1e-12)
 
 
+def context_array(categories: np.ndarray, numeric: np.ndarray, interest: np.ndarray) -> np.ndarray:
+    """The user tower's context input, [B, context]: what ``RankingModel.context`` reads."""
+    return np.concatenate([categories, numeric, interest], axis=1)
+
+
 def context_tensor(
     categories: np.ndarray, numeric: np.ndarray, interest: np.ndarray, device: torch.device | str
 ) -> torch.Tensor:
-    return torch.from_numpy(np.concatenate([categories, numeric, interest], axis=1)).to(device)
+    return torch.from_numpy(context_array(categories, numeric, interest)).to(device)
