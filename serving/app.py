@@ -140,6 +140,7 @@ class Api:
         if not scorers:  # the models run in this replica
             use_scorer_threads(settings)
         catalog = Catalog.load(settings.home_dir)
+        catalog.load_for_requests()
 
         def arm(name: str, directory: FilePath | None) -> Arm:
             """The arm's scorer, version and search for the model in ``directory``."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import mmap
 import shutil
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -26,6 +27,7 @@ import pyarrow.parquet as pq
 
 from streamrank.datasets import CATALOG_COLUMNS
 from streamrank.item_index import ItemIndex
+from streamrank.row_codes import RowCodes
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +78,10 @@ class Catalog:
     items a model never saw): 250 MB at a million items, where a data frame's took 400.
     The embeddings are stored float16; up to ``IN_MEMORY_MAX_ITEMS`` items they are held
     as float32 (at most 77 MB, and the request path's products stay BLAS-fast), above it
-    memory-mapped, so a process pays only for the rows it reads and the page cache is
-    shared between processes (a million items: 768 MB on disk, not 1.5 GB a process)."""
+    memory-mapped for random access (``map_rows``): the profile worker reads single rows
+    from the mapping, a serving process reads them from 8-bit codes in its own memory
+    (``row_vectors``; a million items: 366 MB, against 768 MB of file or 1.5 GB of
+    float32)."""
 
     def __init__(self, table: pa.Table, embeddings: np.ndarray, source: Path):
         """``table``: the catalog file's ``item_id``, ``title``, ``categories``, ``price``
@@ -120,8 +124,28 @@ class Catalog:
         return (self.embeddings, i) if i is not None else None
 
     def vectors(self, rows: np.ndarray | Sequence[int]) -> np.ndarray:
-        """The text embeddings of ``rows`` as float32."""
-        return np.asarray(self.embeddings[np.asarray(rows)], dtype=np.float32)
+        """The text embeddings of ``rows`` as float32 (past ``IN_MEMORY_MAX_ITEMS`` items,
+        decoded from their 8-bit codes: ``row_vectors``)."""
+        return np.asarray(self.row_vectors[np.asarray(rows)], dtype=np.float32)
+
+    @cached_property
+    def row_vectors(self) -> np.ndarray | RowCodes:
+        """What ``vectors`` and the text index's refine read: the float32 embeddings up to
+        ``IN_MEMORY_MAX_ITEMS`` items; past it their 8-bit codes in this process's memory
+        (``streamrank/row_codes.py``: half the file, no page faults on the request path),
+        made at the first read, which only serving processes make (the profile worker
+        reads single rows from the mapping, ``embedding_row``)."""
+        if len(self) <= IN_MEMORY_MAX_ITEMS:
+            return self.embeddings
+        codes = RowCodes.encode(self.embeddings)
+        unmap_pages(self.embeddings)  # read once to encode: not this process's any more
+        return codes
+
+    def load_for_requests(self) -> None:
+        """Build what requests read (the text index, ``row_vectors``) now, at a replica's
+        start, rather than in its first request (seconds at a million items)."""
+        self.text_index  # noqa: B018 - a cached property
+        self.row_vectors  # noqa: B018
 
     def texts(self, rows: Sequence[int] | None = None) -> list[str]:
         """Item texts (all, or of ``rows``), read from the catalog file."""
@@ -135,6 +159,11 @@ class Catalog:
         """Nearest items by text embedding (``streamrank/item_index.py``): exact up to
         ``EXACT_MAX_ITEMS``, else the ``ivf`` index saved beside the catalog (built by
         ``streamrank prepare``, or here on first use)."""
+        return self.saved_text_index().refined_from(self.row_vectors)
+
+    def saved_text_index(self) -> ItemIndex:
+        """The text index as saved beside the catalog (built and saved when missing: what
+        ``streamrank prepare`` does), its shortlists scored from the mapped file."""
         return ItemIndex.load(self.embeddings, self._source.parent / TEXT_INDEX_FILE, "ivf")
 
     @cached_property
@@ -150,14 +179,47 @@ class Catalog:
     def load(cls, home: Path) -> Catalog:
         source = home / CATALOG_FILE
         columns = ["item_id", "title", "categories", "price", "available"]
-        mapped = np.load(home / EMBEDDINGS_FILE, mmap_mode="r")
-        # a plain array over the mapping: np.memmap's own indexing costs ~0.6 µs a call
-        embeddings = mapped.view(np.ndarray)
+        embeddings = map_rows(home / EMBEDDINGS_FILE)
         if len(embeddings) <= IN_MEMORY_MAX_ITEMS:
             embeddings = np.asarray(embeddings, dtype=np.float32)
         catalog = cls(pq.read_table(source, columns=columns), embeddings, source)
         pa.default_memory_pool().release_unused()  # the file's columns, decoded and dropped
         return catalog
+
+
+def map_rows(path: Path) -> np.ndarray:
+    """A read-only array over the rows of a ``.npy`` file, memory-mapped for random access.
+
+    Requests read a few hundred scattered rows of a file of up to gigabytes; the kernel's
+    default read-ahead turns each such page fault into megabytes read around it, and a
+    million-item catalog's whole file lands in the process's resident memory within a
+    request or two. Random-access advice reads only the pages asked for. A plain ndarray
+    over the mapping, not ``np.memmap``, whose own indexing costs ~0.6 µs a call."""
+    with path.open("rb") as file:
+        version = np.lib.format.read_magic(file)
+        read_header = (
+            np.lib.format.read_array_header_1_0
+            if version == (1, 0)
+            else np.lib.format.read_array_header_2_0
+        )
+        shape, fortran_order, dtype = read_header(file)
+        offset = file.tell()
+        if fortran_order:
+            raise ValueError(f"{path}: rows must be stored in C order")
+        mapping = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+    mapping.madvise(mmap.MADV_RANDOM)
+    count = int(np.prod(shape))
+    return np.frombuffer(mapping, dtype=dtype, count=count, offset=offset).reshape(shape)
+
+
+def unmap_pages(rows: np.ndarray) -> None:
+    """Unmap the pages of a ``map_rows`` array that this process has touched (they stay
+    in the page cache, the kernel's): its resident memory drops back to what it holds."""
+    base: object = rows
+    while base is not None and not isinstance(base, mmap.mmap):  # views, then the buffer
+        base = base.obj if isinstance(base, memoryview) else getattr(base, "base", None)
+    if isinstance(base, mmap.mmap):
+        base.madvise(mmap.MADV_DONTNEED)
 
 
 def catalog_fingerprint(home: Path) -> str:

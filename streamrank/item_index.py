@@ -13,8 +13,8 @@ size, from vectors kept 8-bit quantized (a quarter of float32's memory):
 - ``ivf``: inverted lists over k-means cells with product-quantized codes (a byte per
   8 dimensions: 48 bytes for a 384-wide text embedding, an eighth of even 8-bit codes),
   for the text embeddings, which only bring candidates in. The codes only shortlist
-  ``REFINE`` times the items asked for; those are scored exactly from the vectors
-  themselves (the catalog's memory-mapped file: only their rows are read).
+  ``REFINE`` times the items asked for; those are scored from the vectors themselves
+  (in serving, the catalog's 8-bit codes of them: ``streamrank/row_codes.py``).
 
 Vectors are unit length and compared by inner product (cosine). An index is built once
 (``streamrank prepare`` for the text, the model's first load for its items) and saved
@@ -27,9 +27,12 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from streamrank.row_codes import RowCodes
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +110,13 @@ class ItemIndex:
             exact = np.asarray(self.vectors[rows], dtype=np.float32) @ query
             out.append(rows[np.argsort(-exact, kind="stable")[:k]])
         return out
+
+    def refined_from(self, vectors: np.ndarray | RowCodes) -> ItemIndex:
+        """This index, its shortlists scored exactly from ``vectors`` (the same rows, kept
+        another way: the catalog's 8-bit codes rather than its mapped file)."""
+        if self.index is None:
+            return self
+        return ItemIndex(vectors, self.index, self.kind)  # type: ignore[arg-type]
 
     def save(self, path: Path) -> None:
         """The faiss index to ``path`` (nothing for an exact index: the vectors are it)."""

@@ -19,7 +19,7 @@ def prepare(settings: Settings, dataset: Dataset | None = None) -> Catalog:
     catalog = prepare_catalog(
         dataset.catalog, settings.home_dir, settings.encoder_path, settings.encode_batch_size
     )
-    catalog.text_index  # noqa: B018 - built and saved now, not at a replica's first request
+    catalog.saved_text_index()  # built and saved now, not at a replica's first request
     store = apply_repo(settings)
     materialize_items(store)
     log.info("prepared %s: %d items in %s", dataset.name, len(catalog), settings.home_dir)
