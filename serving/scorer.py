@@ -364,6 +364,7 @@ class Scorer(BatchedScorer):
         use_scorer_threads(settings)
         directory = model_directory(settings, model_dir)
         catalog = Catalog.load(settings.home_dir)
+        catalog.load_for_requests()  # the blend's text term and the text search read them
         super().__init__(
             ScorerModel(settings, directory, catalog=catalog),
             settings.scorer_max_batch_size,
