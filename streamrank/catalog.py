@@ -193,8 +193,10 @@ def map_rows(path: Path) -> np.ndarray:
     Requests read a few hundred scattered rows of a file of up to gigabytes; the kernel's
     default read-ahead turns each such page fault into megabytes read around it, and a
     million-item catalog's whole file lands in the process's resident memory within a
-    request or two. Random-access advice reads only the pages asked for. A plain ndarray
-    over the mapping, not ``np.memmap``, whose own indexing costs ~0.6 µs a call."""
+    request or two. Random-access advice reads only the pages asked for (pages the cache
+    already holds still come in as whole folios: serving reads ``row_vectors`` instead).
+    A plain ndarray over the mapping, not ``np.memmap``, whose own indexing costs ~0.6 µs
+    a call."""
     with path.open("rb") as file:
         version = np.lib.format.read_magic(file)
         read_header = (

@@ -112,7 +112,7 @@ class ItemIndex:
         return out
 
     def refined_from(self, vectors: np.ndarray | RowCodes) -> ItemIndex:
-        """This index, its shortlists scored exactly from ``vectors`` (the same rows, kept
+        """This index, its shortlists scored from ``vectors`` (the same rows, kept
         another way: the catalog's 8-bit codes rather than its mapped file)."""
         if self.index is None:
             return self
