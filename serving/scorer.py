@@ -124,6 +124,7 @@ class ScorerModel:
         self.log_counts = np.zeros(len(self.catalog), np.float32)  # catalog row order
         if directory is not None:
             self._load_trained(directory, encoder_path, device)
+            self.catalog.row_vectors  # noqa: B018 - the blend's text term: built now, not in a request
             self.device: str = self.ranking.device.type  # where the model runs: "cpu", "cuda"
             if settings.scorer_int8:
                 self.ranking = self.ranking.quantized()
@@ -134,7 +135,7 @@ class ScorerModel:
             self.ranking = None
             self.encoder = TextEncoder(encoder_path, device)
             self.device = str(self.encoder.device).split(":")[0]
-            self.item_vectors = self.catalog.embeddings
+            self.item_vectors = self.catalog.row_vectors  # as the text index reads them
             self.index = self.catalog.text_index
 
     def warm_up(self) -> None:
@@ -364,7 +365,6 @@ class Scorer(BatchedScorer):
         use_scorer_threads(settings)
         directory = model_directory(settings, model_dir)
         catalog = Catalog.load(settings.home_dir)
-        catalog.load_for_requests()  # the blend's text term and the text search read them
         super().__init__(
             ScorerModel(settings, directory, catalog=catalog),
             settings.scorer_max_batch_size,
