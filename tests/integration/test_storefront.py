@@ -21,7 +21,6 @@ import httpx
 import pytest
 
 from infra.broker import EmbeddedBroker
-from infra.kafka_admin import wait_until_consumed
 from streamrank.datasets import Dataset
 from streamrank.demo import stream_events
 from tests.conftest import isolated_settings, make_home, missing_prerequisite
@@ -34,6 +33,7 @@ from tests.integration.stack import (
     Stack,
     running_stack,
 )
+from tests.integration.streaming import wait as wait_until_checkpointed
 
 pytestmark = pytest.mark.integration
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
@@ -85,9 +85,10 @@ def shop(
     settings = isolated_settings(home, broker.bootstrap, **KEYS)
     with running_stack(settings, dataset) as stack:
         _, delivered = stream_events(settings, dataset.events.tail(5000), shift_to_now=True)
-        wait_until_consumed(
-            settings.bootstrap(), settings.consumer_group, settings.events_topic, delivered, 120
-        )
+        # checkpointed, not just consumed: the worker writes popularity every
+        # worker_item_flush_s after it commits, and a page read before that would show the
+        # popularity of some partitions only
+        wait_until_checkpointed(settings, delivered, 120)
         yield stack
 
 
