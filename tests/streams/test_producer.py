@@ -123,7 +123,11 @@ def test_anything_but_an_event_raises_a_validation_error(settings: Settings) -> 
     """The SDK's edge: any value a caller passes is sent or refused with pydantic's
     ``ValidationError`` (a list for ``type`` once raised a ``TypeError``)."""
     values = json_values | wrong_records().map(as_python)
-    with EventProducer(settings.bootstrap(), settings.events_topic, user_ids=RAW_IDS) as producer:
+    # one event a message: ``sent_events`` then moves only in ``send`` (batched, the linger
+    # thread sends earlier buffers at any moment, also while a slow value is being judged)
+    with EventProducer(
+        settings.bootstrap(), settings.events_topic, user_ids=RAW_IDS, batch_events=1
+    ) as producer:
 
         @fuzz_settings(max_examples=300, deadline=None, derandomize=True)
         @given(value=values)
