@@ -22,6 +22,13 @@ from streams.producer import partition_for
 
 log = logging.getLogger(__name__)
 
+LINGER_MS = 100
+"""How long the producer gathers impressions into one produce request. Nothing waits on
+an impression within a second (the experiment worker joins it with clicks that come
+later), while every produce request costs CPU on both sides: at 220 responses/s, 5 ms
+(about one request per response) cost 0.19 ms of the replica's CPU and 0.28 ms of the
+broker's per impression; 100 ms costs 0.11 and 0.07."""
+
 DROPPED = Counter(
     "streamrank_impressions_dropped_total", "Impressions the broker could not take", ["reason"]
 )
@@ -61,7 +68,7 @@ class ImpressionLog:
         self._producer = Producer(
             {
                 **client_config(kafka),
-                "linger.ms": 5,
+                "linger.ms": LINGER_MS,
                 "queue.buffering.max.messages": 100_000,
                 "message.timeout.ms": 30_000,
             }
