@@ -14,6 +14,8 @@ Serve cores, Redis shards, Kafka partitions, at a utilisation the operator picks
 60 %, the headroom a node loss or a burst needs).
 
     python -m bench.capacity [--events 40000] [--out bench/results/capacity.json]
+    python -m bench.capacity --serving-only   # the serving figure and sizing redone from
+                                              # the last serving run, the rest kept
 """
 
 from __future__ import annotations
@@ -169,7 +171,21 @@ def main() -> None:
     parser.add_argument("--utilisation", type=float, default=0.6)
     parser.add_argument("--serving", type=Path, default=RESULTS / "serving.json")
     parser.add_argument("--out", type=Path, default=RESULTS / "capacity.json")
+    parser.add_argument(
+        "--serving-only",
+        action="store_true",
+        help="keep the worker and Redis figures of --out; take the serving figure again",
+    )
     args = parser.parse_args()
+    if args.serving_only:
+        figures = json.loads(args.out.read_text())
+        figures["serve"] = serve_cpu_ms(args.serving)
+        figures["sizing"] = size(
+            figures, args.target_events, args.target_requests, args.utilisation
+        )
+        args.out.write_text(json.dumps(figures, indent=2))
+        print_table(figures)
+        return
 
     root = Path(".streamrank") / "bench-capacity"
     base = Settings(home=root / "catalog")
