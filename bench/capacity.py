@@ -178,13 +178,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.serving_only:
-        figures = json.loads(args.out.read_text())
-        figures["serve"] = serve_cpu_ms(args.serving)
-        figures["sizing"] = size(
-            figures, args.target_events, args.target_requests, args.utilisation
-        )
-        args.out.write_text(json.dumps(figures, indent=2))
-        print_table(figures)
+        finish(json.loads(args.out.read_text()), args)
         return
 
     root = Path(".streamrank") / "bench-capacity"
@@ -209,6 +203,12 @@ def main() -> None:
             figures[name] = fold_on_redis(settings, catalog, events, meter)
         users = sorted({e.user_id for e in many})
         figures["profile_reads"] = profile_reads(settings, users, args.reads, meter)
+    finish(figures, args)
+
+
+def finish(figures: dict[str, Any], args: argparse.Namespace) -> None:
+    """The serving figure from the last serving run, the sizing from all figures; written
+    to ``--out`` and printed."""
     figures["serve"] = serve_cpu_ms(args.serving)
     figures["sizing"] = size(figures, args.target_events, args.target_requests, args.utilisation)
     args.out.write_text(json.dumps(figures, indent=2))

@@ -33,7 +33,7 @@ from tests.integration.stack import (
     Stack,
     running_stack,
 )
-from tests.integration.streaming import wait as wait_until_checkpointed
+from tests.integration.streaming import wait
 
 pytestmark = pytest.mark.integration
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
@@ -88,7 +88,7 @@ def shop(
         # checkpointed, not just consumed: the worker writes popularity every
         # worker_item_flush_s after it commits, and a page read before that would show the
         # popularity of some partitions only
-        wait_until_checkpointed(settings, delivered, 120)
+        wait(settings, delivered, 120)
         yield stack
 
 
