@@ -17,7 +17,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from infra.broker import EmbeddedBroker, ensure_topics
-from infra.processes import free_port
+from infra.processes import free_port, interrupt_on_stop_signals
 from infra.redis import RedisClusterServers, RedisServer
 from streamrank.catalog import Catalog, copy_catalog
 from streamrank.datasets import Dataset, load_dataset
@@ -30,6 +30,15 @@ if TYPE_CHECKING:
 # CI sets it: there a missing prerequisite fails the run instead of skipping (and so
 # passing) every test that needs it.
 REQUIRE_PREREQUISITES = os.environ.get("STREAMRANK_TESTS_REQUIRE_ALL") == "1"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """SIGTERM ends the run as Ctrl-C does: pytest stops and tears every fixture down.
+
+    The servers the fixtures start (the broker, Redis Cluster, workers) run in sessions of
+    their own so that a test can stop each one as a group; a CI runner that stops the run
+    signals pytest's group only, so without this they would outlive a stopped run."""
+    interrupt_on_stop_signals()
 
 
 def missing_prerequisite(what: str) -> None:
