@@ -75,7 +75,11 @@ def read_topic(
     """Read a topic from the beginning without joining any group (for checks, the demo and
     reports). Stops at ``max_messages``, at ``timeout``, or after ``idle_s`` without a new
     message (the way to read "everything": the embedded broker's latest offsets are not
-    exact, see above)."""
+    exact, see above), then takes what is fetched already. Quiet time counts only once
+    every partition has been read up to its latest offset as the broker told it at the
+    start: a busy machine that stalls a fetch for longer than ``idle_s`` must not end the
+    read before the messages that were there all along (a report that missed its last
+    impressions)."""
     consumer = Consumer(
         {
             **client_config(kafka),
@@ -85,20 +89,29 @@ def read_topic(
     )
     try:
         metadata = consumer.list_topics(topic, timeout=min(timeout, 10.0))
-        consumer.assign(
-            [TopicPartition(topic, p, OFFSET_BEGINNING) for p in metadata.topics[topic].partitions]
-        )
+        partitions = list(metadata.topics[topic].partitions)
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        behind = _known_ends(consumer, topic, partitions, min(timeout, 10.0))
         records: list[Record] = []
         deadline = time.monotonic() + timeout
         last = time.monotonic()
+        wait_s = 0.2
         while max_messages is None or len(records) < max_messages:
             now = time.monotonic()
-            if now > deadline or (idle_s is not None and now - last > idle_s):
+            if now > deadline:
                 break
-            msg = consumer.poll(0.2)
+            if idle_s is not None and now - last > idle_s:
+                behind = _still_behind(consumer, topic, behind)
+                if not behind:  # what is fetched already still comes, without waiting
+                    wait_s = 0.0
+            msg = consumer.poll(wait_s)
+            if msg is None and wait_s == 0.0:
+                break
             if msg is None or msg.error():
                 continue
             last = time.monotonic()
+            if msg.offset() >= behind.get(msg.partition(), 0):
+                behind.pop(msg.partition(), None)
             headers = {k: (v or b"").decode(errors="replace") for k, v in msg.headers() or []}
             kind, millis = msg.timestamp()
             ts = millis / 1000 if kind != TIMESTAMP_NOT_AVAILABLE else None
@@ -108,3 +121,26 @@ def read_topic(
         return records
     finally:
         consumer.close()
+
+
+def _known_ends(
+    consumer: Consumer, topic: str, partitions: list[int], timeout: float
+) -> dict[int, int]:
+    """Per partition that holds messages, the offset of the last one the broker reports
+    (a lower bound on Tansu, whose latest offset is the last batch's first message + 1:
+    that batch comes in the same fetch as its first message)."""
+    ends = {}
+    for partition in partitions:
+        low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout)
+        if high > max(low, 0):
+            ends[partition] = high - 1
+    return ends
+
+
+def _still_behind(consumer: Consumer, topic: str, ends: dict[int, int]) -> dict[int, int]:
+    """Those of ``ends`` the consumer's position has not passed yet (a position moves past
+    offsets that hold no message for it too: compacted away, or a control record)."""
+    if not ends:
+        return ends
+    positions = consumer.position([TopicPartition(topic, p) for p in ends])
+    return {tp.partition: ends[tp.partition] for tp in positions if tp.offset <= ends[tp.partition]}
