@@ -171,15 +171,18 @@ class Settings(BaseSettings):
     api_replicas: int = Field(default=1, ge=1, description="ingress replicas (the minimum)")
     api_max_replicas: int = Field(default=1, ge=1, description="> api_replicas: autoscaling")
     api_target_ongoing_requests: float = Field(
-        default=4, gt=0, description="autoscaling aims at this many requests per replica"
+        default=2, gt=0, description="autoscaling aims at this many requests per replica"
     )
     # Load shedding: a replica works on at most max_ongoing requests; up to max_queued more
     # wait for it (per caller); past that a request gets 503 with Retry-After at once,
-    # instead of queueing until every answer is late. 4 and 4 kept accepted requests' p99
-    # under 100 ms at 32 and 64 clients on 2 cores, where unbounded it passed a second
-    # (bench/serving.py); a replica with more cores, or a GPU scorer, takes more
-    api_max_ongoing_requests: int = Field(default=4, ge=1)
-    api_max_queued_requests: int = Field(default=4, ge=-1, description="-1: unbounded")
+    # instead of queueing until every answer is late. On 2 cores (bench/serving.py's
+    # clients beside one replica), 2 and 2 kept accepted requests' p99 at 20-23 ms at 32
+    # clients and 62-65 ms at 64, against 39-45 and 85-89 ms with 4 and 4, with as many
+    # accepted req/s and the same shed share (the fewer requests a replica interleaves, the
+    # less CPU each costs); unbounded, p99 passed half a second. A replica with more cores,
+    # or a GPU scorer deployment that batches across requests, takes more.
+    api_max_ongoing_requests: int = Field(default=2, ge=1)
+    api_max_queued_requests: int = Field(default=2, ge=-1, description="-1: unbounded")
     shed_retry_after_s: float = Field(default=1.0, ge=0, description="Retry-After of a 503")
     scorer_num_gpus: float = Field(default=0.0, ge=0, description="> 0: scorer on a GPU")
     # Where the model runs: its own deployment (a handle call per request; scales apart from

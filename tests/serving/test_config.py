@@ -33,7 +33,7 @@ def test_serve_config_validates_against_rays_schema_with_arms_and_autoscaling() 
     assert scorer.ray_actor_options.num_gpus == 1
     assert scorer.user_config == {"max_batch_size": 32, "batch_wait_timeout_s": 0.001}
     api = deployments["api"].autoscaling_config
-    assert (api["min_replicas"], api["max_replicas"], api["target_ongoing_requests"]) == (2, 6, 4)
+    assert (api["min_replicas"], api["max_replicas"], api["target_ongoing_requests"]) == (2, 6, 2)
     fixed = serve_config(Settings(api_replicas=3))["applications"][0]["deployments"][0]
     assert fixed["num_replicas"] == 3 and "autoscaling_config" not in fixed
 
@@ -67,7 +67,7 @@ def test_arms_are_stable_and_even() -> None:
 
 def test_a_queue_bound_becomes_serves_backpressure_with_retry_after() -> None:
     default = serve_config(Settings())["applications"][0]["deployments"][0]
-    assert (default["max_ongoing_requests"], default["max_queued_requests"]) == (4, 4)
+    assert (default["max_ongoing_requests"], default["max_queued_requests"]) == (2, 2)
     unbounded = Settings(api_max_queued_requests=-1)
     assert "max_queued_requests" not in serve_config(unbounded)["applications"][0]["deployments"][0]
     settings = Settings(api_max_ongoing_requests=8, api_max_queued_requests=16)
