@@ -1,6 +1,6 @@
 """Serving benchmark: closed-loop clients against the real Ray Serve application.
 
-    python -m bench.serving [--seconds 8] [--concurrency 1 2 4 8 16 32] [--model DIR]
+    python -m bench.serving [--seconds 8] [--concurrency 1 2 4 8 16 32 64] [--model DIR]
 
 Profiles come from folding real MovieLens events into the online store (SQLite) with the
 stream's own processor. Each request asks ``/v1/recommendations`` to rank 100 candidate
@@ -325,7 +325,7 @@ def print_tables(results: dict, configs: list[Config]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=8.0)
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32])
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64])
     parser.add_argument("--events", type=int, default=20_000)
     parser.add_argument("--model", type=Path, help="trained model directory (default: none)")
     parser.add_argument("--device", default=None, help="scorer device, e.g. cuda")
