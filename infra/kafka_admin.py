@@ -95,23 +95,20 @@ def read_topic(
         records: list[Record] = []
         deadline = time.monotonic() + timeout
         last = time.monotonic()
-        wait_s = 0.2
+        draining = False  # quiet, and every partition read to its known end
         while max_messages is None or len(records) < max_messages:
             now = time.monotonic()
             if now > deadline:
                 break
             if idle_s is not None and now - last > idle_s:
                 behind = _still_behind(consumer, topic, behind)
-                if not behind:  # what is fetched already still comes, without waiting
-                    wait_s = 0.0
-            msg = consumer.poll(wait_s)
-            if msg is None and wait_s == 0.0:
+                draining = not behind  # what is fetched already still comes, unwaited
+            msg = consumer.poll(0.0 if draining else 0.2)
+            if msg is None and draining:
                 break
             if msg is None or msg.error():
                 continue
             last = time.monotonic()
-            if msg.offset() >= behind.get(msg.partition(), 0):
-                behind.pop(msg.partition(), None)
             headers = {k: (v or b"").decode(errors="replace") for k, v in msg.headers() or []}
             kind, millis = msg.timestamp()
             ts = millis / 1000 if kind != TIMESTAMP_NOT_AVAILABLE else None
