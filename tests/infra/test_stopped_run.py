@@ -7,12 +7,12 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import psutil
 
 from infra.processes import stop_process
+from tests.polling import until
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -55,11 +55,12 @@ def test_sigterm_to_pytest_tears_the_fixtures_down(tmp_path: Path) -> None:
     server = None
     try:
         pid_file = tmp_path / "server.pid"
-        deadline = time.monotonic() + 120
-        while not pid_file.exists() or not pid_file.read_text():
+
+        def server_started() -> bool:
             assert run.poll() is None, run.stdout.read().decode()  # type: ignore[union-attr]
-            assert time.monotonic() < deadline, "the inner run never started its server"
-            time.sleep(0.2)
+            return pid_file.exists() and bool(pid_file.read_text())
+
+        until(server_started, 120, "the inner run never started its server", poll_s=0.2)
         server = psutil.Process(int(pid_file.read_text()))
         run.send_signal(signal.SIGTERM)  # pytest alone, as a CI runner's stop does
         output = run.communicate(timeout=60)[0].decode()
