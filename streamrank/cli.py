@@ -111,12 +111,8 @@ def cmd_experiments(settings: Settings, args: argparse.Namespace) -> int:
     for r in read_topic(kafka, settings.events_topic, timeout=600, idle_s=args.idle_s):
         records = limits.decode(RawMessage(r.partition, r.offset, r.value, r.timestamp), now)
         events.extend(kept_events(privacy, r.partition, r.offset, records.records))
-    states = privacy.states  # the impressions of users who opted out or were erased go too
-    impressions = [
-        i
-        for i in impressions
-        if i.user_id not in states or not states[i.user_id].withholds_at(i.ts.timestamp())
-    ]
+    # the impressions of users who opted out or were erased go too
+    impressions = [i for i in impressions if not privacy.withholds_at(i.user_id, i.ts.timestamp())]
     table = join_in_time_order(impressions, events, settings.experiment_window_s).table()
     if args.json:
         print(json.dumps({"experiment": settings.experiment_name, "arms": table}, indent=2))

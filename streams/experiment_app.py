@@ -31,6 +31,7 @@ from prometheus_client import REGISTRY, Counter, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from infra.broker import latest_offsets_lag
 from streamrank.settings import Settings, get_settings
 from streams.events import PrivacyAction, PrivacyRequest, dead_letter_value
 from streams.experiments import ArmResult, ExperimentJoin, arm_totals
@@ -47,7 +48,7 @@ WIPES = {PrivacyAction.OPT_OUT, PrivacyAction.ERASE}
 JOINED = Counter(
     "streamrank_experiment_messages_total",
     "Messages read by the experiment join, by topic and outcome",
-    ["topic", "outcome"],  # joined | dead
+    ["topic", "outcome"],  # joined | dead | withheld
 )
 
 
@@ -94,12 +95,18 @@ class ArmGauges(Collector):
 
 
 def create_experiment_app(settings: Settings) -> faust.App:
+    # A restarted worker restores the join's table by reading its changelog up to the
+    # latest offsets. On Tansu those stop at the last batch's first message, so there the
+    # changelog is written one message per batch, or the restore would miss the last
+    # counts while the source offsets they came from are committed (lost for good).
+    one_per_batch = latest_offsets_lag(settings.kafka_client_config())
     app = stream_app(
         settings,
         settings.experiments_group,
         settings.experiments_web_port,
         table_standby_replicas=0,
         broker_commit_interval=settings.experiments_commit_interval_s,
+        **({"producer_max_batch_size": 1} if one_per_batch else {}),
     )
     source = app.topic(
         settings.events_topic,
@@ -123,23 +130,29 @@ def create_experiment_app(settings: Settings) -> faust.App:
 
     async def join_message(event: Any) -> None:
         """One message of either topic into the join, or to the dead-letter topic."""
-        topic = event.message.topic
+        msg = event.message
+        topic = msg.topic
+        if not privacy.knows(msg.partition):  # restored once, off the event loop
+            await asyncio.to_thread(privacy.ensure_partitions, [msg.partition])
         if topic == settings.impressions_topic:
             impression = parse_impression(event.value)
             if isinstance(impression, str):
                 JOINED.labels(topic, "dead").inc()
-                log.warning("bad impression at offset %d: %s", event.message.offset, impression)
+                log.warning("bad impression at offset %d: %s", msg.offset, impression)
                 headers = {"reason": impression.encode(), "source_topic": topic.encode()}
                 value = dead_letter_value(event.value or b"", headers)
                 await dlq_topic.send(value=value, headers=headers)
                 return
+            # The two topics are read side by side, so a user's opt-out or erasure may be
+            # read before an impression shown earlier: it is left out, as the offline
+            # report leaves it out, instead of starting a new record of that user.
+            if privacy.withholds_at(impression.user_id, impression.ts.timestamp()):
+                JOINED.labels(topic, "withheld").inc()
+                return
             join.add_impression(impression)
         else:  # invalid events are the profile worker's to dead-letter
-            msg = event.message
             raw = RawMessage(msg.partition, msg.offset, event.value, msg.timestamp)
             records = limits.decode(raw, time.time()).records
-            if not privacy.knows(msg.partition):  # restored once, off the event loop
-                await asyncio.to_thread(privacy.ensure_partitions, [msg.partition])
             for record in records:
                 if isinstance(record, PrivacyRequest) and record.type in WIPES:
                     join.forget(record.user_id)

@@ -116,6 +116,12 @@ class PrivacyRegistry:
         state = self.states.get(user_id)
         return state is not None and state.withholds(partition, offset)
 
+    def withholds_at(self, user_id: str, ts: float) -> bool:
+        """Whether a record of the user from another topic, known by its time ``ts`` (an
+        impression), must be left out: the user is opted out, or was wiped after it."""
+        state = self.states.get(user_id)
+        return state is not None and state.withholds_at(ts)
+
     def opted_out(self, user_id: str) -> bool:
         state = self.states.get(user_id)
         return state is not None and state.opted_out

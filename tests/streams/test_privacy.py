@@ -83,6 +83,20 @@ def test_states_follow_the_requests_and_withhold_by_offset() -> None:
     assert erased.withholds_at(erased.requested_at) and not erased.withholds_at(NOW + 1)
 
 
+def test_the_registry_withholds_records_of_other_topics_by_time() -> None:
+    """Impressions carry no offset of the events topic: a user's are withheld while opted
+    out and, after an erasure or an opt-out, up to its time, whichever topic is read first."""
+    registry = PrivacyRegistry()
+    assert not registry.withholds_at("u", NOW)  # nothing known: kept
+    registry.apply(request("u", "opt_out"), 2, 10)
+    shown_before, shown_after = NOW - 600, NOW
+    assert registry.withholds_at("u", shown_before) and registry.withholds_at("u", shown_after)
+    registry.apply(request("u", "opt_in", 1), 2, 20)
+    assert registry.withholds_at("u", shown_before)  # wiped by the opt-out
+    assert not registry.withholds_at("u", shown_after)  # shown after the user came back
+    assert not registry.withholds_at("v", shown_before)  # another user
+
+
 def test_requests_travel_in_order_among_events_and_are_validated() -> None:
     body = json.dumps(
         [
