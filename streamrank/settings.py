@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
@@ -252,9 +251,10 @@ class Settings(BaseSettings):
             return self.scorer_num_gpus == 0
         return self.scorer_placement == "ingress"
 
-    @cached_property
+    @property
     def home_dir(self) -> Path:
-        """The runtime directory, absolute and created on first use."""
+        """The runtime directory, absolute and created on first use. Not cached: a copy
+        with another ``home`` (``model_copy(update=...)``) would keep the cached one."""
         path = self.home.expanduser().resolve()
         path.mkdir(parents=True, exist_ok=True)
         return path

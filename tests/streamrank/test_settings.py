@@ -15,6 +15,16 @@ def test_environment_overrides_defaults(monkeypatch: pytest.MonkeyPatch, tmp_pat
     assert s.home_dir == tmp_path
 
 
+def test_a_copy_with_another_home_lives_there(tmp_path: Path) -> None:
+    """A worker's or a bench's settings are often the demo's with another home: the copy's
+    directory is its own even after the original's was used (it is not cached)."""
+    first = Settings(home=tmp_path / "first")
+    assert first.home_dir == tmp_path / "first"
+    second = first.model_copy(update={"home": tmp_path / "second"})
+    assert second.home_dir == tmp_path / "second" and second.home_dir.is_dir()
+    assert first.home_dir == tmp_path / "first"
+
+
 def test_embedded_defaults_need_no_external_service() -> None:
     s = Settings(_env_file=None)  # type: ignore[call-arg]
     assert s.online_store == "sqlite"
