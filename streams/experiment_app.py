@@ -125,6 +125,23 @@ def create_experiment_app(settings: Settings) -> faust.App:
     def owned() -> set[int]:
         return {tp.partition for tp in app.assignor.assigned_actives()}
 
+    privacy_lock = asyncio.Lock()  # a restore and a drop of states never overlap
+
+    async def know(partition: int) -> None:
+        """The partition's users' privacy states, restored from the privacy topic the first
+        time one of its messages comes after it was assigned (off the event loop)."""
+        async with privacy_lock:
+            if not privacy.knows(partition):
+                await asyncio.to_thread(privacy.ensure_partitions, [partition])
+
+    @app.on_partitions_revoked.connect
+    async def forget_revoked(sender: Any, revoked: set[Any], **_: Any) -> None:
+        """While another worker owns a partition, it applies the partition's privacy
+        requests and commits past them: if the partition comes back, its states must be
+        restored afresh, or an opt-out made meanwhile would go unseen here."""
+        async with privacy_lock:
+            privacy.forget({tp.partition for tp in revoked})
+
     gauges = ArmGauges(join, settings.events_partitions, owned)
     REGISTRY.register(gauges)
 
@@ -132,8 +149,7 @@ def create_experiment_app(settings: Settings) -> faust.App:
         """One message of either topic into the join, or to the dead-letter topic."""
         msg = event.message
         topic = msg.topic
-        if not privacy.knows(msg.partition):  # restored once, off the event loop
-            await asyncio.to_thread(privacy.ensure_partitions, [msg.partition])
+        await know(msg.partition)
         if topic == settings.impressions_topic:
             impression = parse_impression(event.value)
             if isinstance(impression, str):

@@ -30,6 +30,7 @@ from infra.broker import EmbeddedBroker
 from infra.kafka_admin import committed_offsets, read_topic, wait_until_consumed
 from infra.kafka_config import client_config
 from infra.probes import wait_until_checkpointed
+from infra.processes import free_port, stop_process
 from streamrank.catalog import Catalog
 from streamrank.datasets import Dataset
 from streamrank.demo import send_raw, start_worker
@@ -448,36 +449,29 @@ def test_the_experiment_report_joins_impressions_with_later_clicks(
     assert log.count("bad impression at offset") >= len(bad_impressions)
 
 
-def test_a_page_read_after_its_users_opt_out_stays_out_of_the_live_join(stack: Stack) -> None:
-    """The live join reads impressions and events side by side, so a page shown just before
-    an opt-out can reach it after the opt-out (the impression producer lingers; under load
-    one topic runs behind the other). Such a page is left out, as the offline report leaves
-    it out, instead of starting a new record of a user who asked to be forgotten; a page of
-    another user read with it is joined (the worker did read them)."""
+def publish_pages(stack: Stack, users: list[str], arm: str) -> dict[int, int]:
+    """One impression per user on the impressions topic, as a replica publishes them;
+    returns the last offset per partition."""
     s = stack.settings
-    shown_at = datetime.now(UTC) - timedelta(seconds=1)
-    optout = privacy_request("it-late-page", PrivacyAction.OPT_OUT)
-    delivered = send(s, [optout])  # type: ignore[list-item]
-    wait_until_consumed(s.bootstrap(), s.experiments_group, s.events_topic, delivered, 120)
-
     producer = Producer(client_config(s.kafka_client_config()))
-    shown: dict[int, int] = {}
+    offsets: dict[int, int] = {}
 
     def kept(err: object, msg: object) -> None:
         assert err is None, err
-        shown[msg.partition()] = max(shown.get(msg.partition(), -1), msg.offset())  # type: ignore[attr-defined]
+        part, offset = msg.partition(), msg.offset()  # type: ignore[attr-defined]
+        offsets[part] = max(offsets.get(part, -1), offset)
 
-    for user in ("it-late-page", "it-late-page-other"):
+    for user in users:
         pseudonym = stack.pseudonym(user)
         page = Impression(
-            request_id=f"late-{user}",
+            request_id=f"{arm}-{user}",
             user_id=pseudonym,
-            arm="late",
+            arm=arm,
             model_version="test",
             strategy="personalized",
             items=stack.catalog.ids[:2],
             propensities=[1.0, 1.0],
-            ts=shown_at,
+            ts=datetime.now(UTC) - timedelta(seconds=1),
         )
         producer.produce(
             s.impressions_topic,
@@ -487,10 +481,87 @@ def test_a_page_read_after_its_users_opt_out_stays_out_of_the_live_join(stack: S
             on_delivery=kept,
         )
     assert producer.flush(30) == 0
-    wait_until_consumed(s.bootstrap(), s.experiments_group, s.impressions_topic, shown, 120)
-    live_url = f"http://{s.worker_web_host}:{s.experiments_web_port}/v1/experiments"
-    live = httpx.get(live_url, timeout=10).json()["arms"]
-    assert live["late"]["impressions"] == 1, live
+    return offsets
+
+
+def joined(stack: Stack, topic: str, offsets: dict[int, int]) -> None:
+    """Until the experiment join has committed past ``offsets`` of ``topic``."""
+    s = stack.settings
+    wait_until_consumed(s.bootstrap(), s.experiments_group, topic, offsets, 120)
+
+
+def live_arms(stack: Stack) -> dict:
+    s = stack.settings
+    url = f"http://{s.worker_web_host}:{s.experiments_web_port}/v1/experiments"
+    return httpx.get(url, timeout=10).json()["arms"]
+
+
+def one_user_per_partition(stack: Stack, prefix: str) -> list[str]:
+    """Raw user ids whose pseudonyms cover every partition of the topics."""
+    found: dict[int, str] = {}
+    n = 0
+    while len(found) < stack.settings.events_partitions:
+        user = f"{prefix}-{n}"
+        found.setdefault(
+            partition_for(stack.pseudonym(user), stack.settings.events_partitions), user
+        )
+        n += 1
+    return [found[p] for p in sorted(found)]
+
+
+def test_a_page_read_after_its_users_opt_out_stays_out_of_the_live_join(stack: Stack) -> None:
+    """The live join reads impressions and events side by side, so a page shown just before
+    an opt-out can reach it after the opt-out (the impression producer lingers; under load
+    one topic runs behind the other). Such a page is left out, as the offline report leaves
+    it out, instead of starting a new record of a user who asked to be forgotten; a page of
+    another user read with it is joined (the worker did read them)."""
+    s = stack.settings
+    optout = privacy_request("it-late-page", PrivacyAction.OPT_OUT)
+    joined(stack, s.events_topic, send(s, [optout]))  # type: ignore[list-item]
+    joined(
+        stack, s.impressions_topic, publish_pages(stack, ["it-late-page", "it-late-other"], "late")
+    )
+    assert live_arms(stack)["late"]["impressions"] == 1
+
+
+def test_an_opt_out_made_while_another_join_worker_owned_the_partition_holds(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """A second experiment worker joins the group, takes some partitions, applies opt-outs
+    of their users and commits past them, then stops: the first worker gets the partitions
+    back with their privacy states restored afresh, so those users' later pages stay out.
+    (Users on every partition, so whichever the second worker took, some were its own.)"""
+    s = stack.settings
+    warm = one_user_per_partition(stack, "it-moved-warm")
+    joined(stack, s.impressions_topic, publish_pages(stack, warm, "moved-warm"))  # all known here
+    log = (s.home_dir / "logs" / "experiment-worker.log").read_text(errors="replace")
+    rebalances = log.count("Setting newly assigned partitions")
+    second_home = tmp_path / "second"
+    second_home.mkdir()
+    second = s.model_copy(update={"home": second_home, "experiments_web_port": free_port()})
+    other = start_worker(second, "experiment-worker")
+    try:
+
+        def split() -> bool:
+            mine = (s.home_dir / "logs" / "experiment-worker.log").read_text(errors="replace")
+            theirs = (second_home / "logs" / "experiment-worker.log").read_text(errors="replace")
+            taken = "Setting newly assigned partitions" in theirs
+            return taken and mine.count("Setting newly assigned partitions") > rebalances
+
+        until(split, 120, "the second join worker never got partitions")
+        users = one_user_per_partition(stack, "it-moved")
+        delivered = send(s, [privacy_request(u, PrivacyAction.OPT_OUT) for u in users])  # type: ignore[misc]
+        privacy = PrivacyLog(s.bootstrap(), s.privacy_topic)
+        gone = {stack.pseudonym(u) for u in users}
+        until(lambda: gone <= set(privacy.read()), 60, "the opt-outs were not applied")
+        joined(stack, s.events_topic, delivered)  # by both join workers, and committed
+    finally:
+        stop_process(other, "second experiment worker")
+    assert other.returncode == 0
+    joined(stack, s.impressions_topic, publish_pages(stack, [*users, "it-moved-other"], "moved"))
+    assert live_arms(stack)["moved"]["impressions"] == 1  # the other user's page alone
+    theirs = (second_home / "logs" / "experiment-worker.log").read_text(errors="replace")
+    assert "Traceback" not in theirs, theirs[-3000:]
 
 
 def page_config(html: str) -> dict:
