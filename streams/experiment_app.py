@@ -15,7 +15,9 @@ over the partitions this worker owns (across workers: ``sum by (arm)``).
 
 Privacy (``streams/privacy.py``): an opt-out or erasure on the events topic removes the
 user's record (a changelog tombstone), and the events of opted-out or wiped users are left
-out, by the same rule as the profile worker's.
+out, by the same rule as the profile worker's; so are their impressions, by time, also when
+one is read after the request (as ``streamrank experiments`` leaves them out). A partition
+that comes back after another worker owned it has its users' states restored afresh.
 """
 
 from __future__ import annotations
