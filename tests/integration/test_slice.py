@@ -19,7 +19,6 @@ import httpx
 import jwt
 import pytest
 import schemathesis
-from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 from hypothesis import HealthCheck, given
 from hypothesis import settings as fuzz_settings
@@ -28,12 +27,11 @@ from schemathesis import GenerationMode
 from feature_repo.store import open_store
 from infra.broker import EmbeddedBroker
 from infra.kafka_admin import committed_offsets, read_topic, wait_until_consumed
-from infra.kafka_config import client_config
 from infra.probes import wait_until_checkpointed
 from infra.processes import free_port, stop_process
 from streamrank.catalog import Catalog
 from streamrank.datasets import Dataset
-from streamrank.demo import send_raw, start_worker
+from streamrank.demo import send_raw, start_worker, worker_log
 from streamrank.settings import Settings
 from streams.events import Event, PrivacyAction
 from streams.impressions import Impression, parse_impression
@@ -450,17 +448,9 @@ def test_the_experiment_report_joins_impressions_with_later_clicks(
 
 
 def publish_pages(stack: Stack, users: list[str], arm: str) -> dict[int, int]:
-    """One impression per user on the impressions topic, as a replica publishes them;
-    returns the last offset per partition."""
-    s = stack.settings
-    producer = Producer(client_config(s.kafka_client_config()))
-    offsets: dict[int, int] = {}
-
-    def kept(err: object, msg: object) -> None:
-        assert err is None, err
-        part, offset = msg.partition(), msg.offset()  # type: ignore[attr-defined]
-        offsets[part] = max(offsets.get(part, -1), offset)
-
+    """One impression per user on the impressions topic, keyed by pseudonym as a replica
+    publishes them; returns the last offset per partition."""
+    pages = []
     for user in users:
         pseudonym = stack.pseudonym(user)
         page = Impression(
@@ -473,15 +463,8 @@ def publish_pages(stack: Stack, users: list[str], arm: str) -> dict[int, int]:
             propensities=[1.0, 1.0],
             ts=datetime.now(UTC) - timedelta(seconds=1),
         )
-        producer.produce(
-            s.impressions_topic,
-            key=pseudonym.encode(),
-            value=page.model_dump_json().encode(),
-            partition=partition_for(pseudonym, s.events_partitions),
-            on_delivery=kept,
-        )
-    assert producer.flush(30) == 0
-    return offsets
+        pages.append((pseudonym.encode(), page.model_dump_json().encode()))
+    return send_keyed(stack.settings, pages, stack.settings.impressions_topic)
 
 
 def joined(stack: Stack, topic: str, offsets: dict[int, int]) -> None:
@@ -534,17 +517,15 @@ def test_an_opt_out_made_while_another_join_worker_owned_the_partition_holds(
     s = stack.settings
     warm = one_user_per_partition(stack, "it-moved-warm")
     joined(stack, s.impressions_topic, publish_pages(stack, warm, "moved-warm"))  # all known here
-    log = (s.home_dir / "logs" / "experiment-worker.log").read_text(errors="replace")
+    log = worker_log(s, "experiment-worker").read_text(errors="replace")
     rebalances = log.count("Setting newly assigned partitions")
-    second_home = tmp_path / "second"
-    second_home.mkdir()
-    second = s.model_copy(update={"home": second_home, "experiments_web_port": free_port()})
+    second = s.model_copy(update={"home": tmp_path / "second", "experiments_web_port": free_port()})
     other = start_worker(second, "experiment-worker")
     try:
 
         def split() -> bool:
-            mine = (s.home_dir / "logs" / "experiment-worker.log").read_text(errors="replace")
-            theirs = (second_home / "logs" / "experiment-worker.log").read_text(errors="replace")
+            mine = worker_log(s, "experiment-worker").read_text(errors="replace")
+            theirs = worker_log(second, "experiment-worker").read_text(errors="replace")
             taken = "Setting newly assigned partitions" in theirs
             return taken and mine.count("Setting newly assigned partitions") > rebalances
 
@@ -560,7 +541,7 @@ def test_an_opt_out_made_while_another_join_worker_owned_the_partition_holds(
     assert other.returncode == 0
     joined(stack, s.impressions_topic, publish_pages(stack, [*users, "it-moved-other"], "moved"))
     assert live_arms(stack)["moved"]["impressions"] == 1  # the other user's page alone
-    theirs = (second_home / "logs" / "experiment-worker.log").read_text(errors="replace")
+    theirs = worker_log(second, "experiment-worker").read_text(errors="replace")
     assert "Traceback" not in theirs, theirs[-3000:]
 
 
