@@ -124,7 +124,9 @@ class Api:
         from streams.impressions import ImpressionLog
 
         self.impressions = ImpressionLog(
-            settings.kafka_client_config(), settings.impressions_topic, settings.events_partitions
+            settings.kafka_client_config(),
+            settings.impressions_topic,
+            settings.topic_metadata_refresh_s,
         )
         self.settings = settings
         self.access = AccessPolicy.from_settings(settings)
@@ -296,6 +298,7 @@ class Api:
                     self.settings.events_topic,
                     user_ids=Pseudonymizer.from_settings(self.settings),
                     batch_events=1,  # alone and at once, keyed by user like every event
+                    partition_refresh_s=self.settings.topic_metadata_refresh_s,
                 )
             producer = self._privacy_producer
         producer.send(request)  # type: ignore[attr-defined]

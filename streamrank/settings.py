@@ -36,7 +36,17 @@ class Settings(BaseSettings):
     kafka_bootstrap: str | None = None
     events_topic: str = "events"
     dlq_topic: str = "events.dlq"
-    events_partitions: int = 4
+    events_partitions: int = Field(
+        default=4,
+        ge=1,
+        description="partitions a new events topic gets; running clients follow the topic's "
+        "actual count, which `streamrank topic grow` raises",
+    )
+    topic_metadata_refresh_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="how often producers and workers re-read the topics' partition counts",
+    )
     consumer_group: str = "streamrank-profiles"
     # security: passed to every Kafka client (confluent-kafka and Faust's aiokafka)
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"

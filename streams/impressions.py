@@ -18,7 +18,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from infra.kafka_config import KafkaTarget, client_config
 from streams.events import report_unjudged
-from streams.producer import partition_for
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +61,16 @@ def parse_impression(value: bytes | None) -> Impression | str:
 class ImpressionLog:
     """Fire-and-forget publication; delivery is confirmed in the background."""
 
-    def __init__(self, kafka: KafkaTarget, topic: str, partitions: int):
+    def __init__(self, kafka: KafkaTarget, topic: str, partition_refresh_s: float = 10.0):
+        """Partitioned by the key (the user's pseudonym) with Kafka's default partitioner,
+        as the user's events are; the topic's partition count is re-read every
+        ``partition_refresh_s``, so a grown topic is followed (``streams/growth.py``)."""
         self.topic = topic
-        self.partitions = partitions
         self._producer = Producer(
             {
                 **client_config(kafka),
+                "partitioner": "murmur2_random",
+                "topic.metadata.refresh.interval.ms": int(partition_refresh_s * 1000),
                 "linger.ms": LINGER_MS,
                 "queue.buffering.max.messages": 100_000,
                 "message.timeout.ms": 30_000,
@@ -80,7 +83,6 @@ class ImpressionLog:
                 self.topic,
                 key=impression.user_id.encode(),
                 value=impression.model_dump_json().encode(),
-                partition=partition_for(impression.user_id, self.partitions),
                 on_delivery=self._delivered,
             )
         except (BufferError, KafkaException) as exc:

@@ -46,7 +46,10 @@ class EventProducer:
         batch_events: int = 200,
         linger_ms: int = 20,
         config: Mapping[str, Any] | None = None,
+        partition_refresh_s: float = 10.0,
     ):
+        """``partition_refresh_s``: how often the topic's partition count is re-read, so
+        that a grown topic is followed (``streams/growth.py``)."""
         self.topic = topic
         self.user_ids = user_ids
         self.batch_events = max(1, batch_events)
@@ -59,10 +62,13 @@ class EventProducer:
                 "partitioner": "murmur2_random",
                 "linger.ms": 5,
                 "compression.type": "lz4",
+                "topic.metadata.refresh.interval.ms": int(partition_refresh_s * 1000),
                 **(config or {}),
             }
         )
         self._partitions = self._partition_count()
+        self.partition_refresh_s = partition_refresh_s
+        self._partitions_read_at = time.monotonic()
         self._buffers: dict[int, list[dict[str, Any]]] = {}
         self._first_buffered: dict[int, float] = {}
         self._lock = threading.Lock()
@@ -80,6 +86,26 @@ class EventProducer:
                 target=self._linger_loop, name="streamrank-producer-linger", daemon=True
             )
             self._linger_thread.start()
+
+    @property
+    def partitions(self) -> int:
+        """The topic's partition count as this producer last read it."""
+        return self._partitions
+
+    def _refresh_partitions(self) -> None:
+        """Re-read the partition count once ``partition_refresh_s`` has passed (in the
+        linger thread: a broker that does not answer must not hold ``send``)."""
+        if time.monotonic() - self._partitions_read_at < self.partition_refresh_s:
+            return
+        self._partitions_read_at = time.monotonic()
+        try:
+            count = self._partition_count()
+        except KafkaException as exc:
+            log.warning("partition count of %s not re-read: %s", self.topic, exc)
+            return
+        if count != self._partitions:
+            log.info("topic %s now has %d partitions (was %d)", self.topic, count, self._partitions)
+            self._partitions = count
 
     def _partition_count(self) -> int:
         metadata = self._producer.list_topics(self.topic, timeout=10)
@@ -178,6 +204,7 @@ class EventProducer:
                     if since <= deadline:
                         self._send_partition(partition)
             self._producer.poll(0)
+            self._refresh_partitions()
 
     # --- lifecycle -------------------------------------------------------------------------
     def flush(self, timeout: float = 30.0) -> None:

@@ -47,6 +47,9 @@ def stream_app(settings: Settings, group: str, web_port: int, **options: Any) ->
         broker_credentials=broker_credentials(settings),
         store="memory://",
         topic_partitions=settings.events_partitions,
+        # a grown topic's new partitions are taken within this (``streams/growth.py``)
+        consumer_metadata_max_age_ms=int(settings.topic_metadata_refresh_s * 1000),
+        producer_metadata_max_age_ms=int(settings.topic_metadata_refresh_s * 1000),
         topic_disable_leader=True,
         consumer_auto_offset_reset="earliest",
         broker_session_timeout=10.0,

@@ -10,9 +10,7 @@ from streams.producer import partition_for
 
 
 def test_queued_impressions_are_delivered_on_close(settings: Settings) -> None:
-    log = ImpressionLog(
-        settings.bootstrap(), settings.impressions_topic, settings.events_partitions
-    )
+    log = ImpressionLog(settings.bootstrap(), settings.impressions_topic)
     shown = [
         Impression(
             request_id=f"r{i}",
