@@ -48,6 +48,7 @@ from streams.processor import BatchResult, ProfileProcessor, build_processor
 from streams.producer import EventProducer
 from streams.pseudonyms import Pseudonymizer
 from streams.sink import open_profile_store
+from streams.stalls import StallWatch
 from streams.store_errors import StoreFailed, retry_store
 from streams.supervision import exit_unfinished, stopping
 from streams.transport import stream_app
@@ -166,10 +167,13 @@ def create_app(settings: Settings) -> faust.App:
                 await halt(f"a batch of {len(batch)} messages not written")
             except Exception:  # within the loop, so that the batch is never acknowledged
                 await exit_unfinished(app, f"a batch of {len(batch)} messages failed")
+            finally:
+                holder["idle_since"] = time.monotonic()
 
     async def handle(worker: ProfileProcessor, batch: list[Any]) -> None:
         """One batch: judged and folded (every message ends as applied events or dead
         letters), its state written, its dead letters and privacy states delivered."""
+        holder["idle_since"] = None  # busy
         messages = [
             RawMessage(e.message.partition, e.message.offset, e.message.value, e.message.timestamp)
             for e in batch
@@ -187,6 +191,32 @@ def create_app(settings: Settings) -> faust.App:
                 metrics.LAG.labels(str(tp.partition)).set(max(0, high - offset - 1))
 
     trim_heap = HeapTrimmer()
+    stalls = StallWatch(after_s=max(5.0, 10 * settings.worker_batch_within_s))
+
+    async def resume_stalled() -> None:
+        """Seek back to partitions whose messages stopped arriving (``streams/stalls.py``);
+        only between batches, when the state's next offsets are settled."""
+        worker = holder.get("processor")
+        idle_since = holder.get("idle_since", 0.0)
+        if worker is None or idle_since is None:
+            return
+        assigned = [tp for tp in app.consumer.assignment() if tp.topic == settings.events_topic]
+        rewound = holder.get("rewound", {})  # for partitions no batch has loaded yet
+        positions = {
+            tp: (
+                worker.state.next_offset(tp.partition) or rewound.get(tp),
+                app.consumer.highwater(tp),
+            )
+            for tp in assigned
+        }
+        for tp, offset in stalls.stalled(positions, time.monotonic()).items():
+            log.warning(
+                "partition %d: messages from offset %d were not delivered; seeking back",
+                tp.partition,  # type: ignore[attr-defined]
+                offset,
+            )
+            metrics.STALLED_SEEKS.inc()
+            await app.consumer.seek(tp, offset)
 
     @app.timer(interval=max(0.1, settings.worker_item_flush_s / 2))
     async def flush_item_rows() -> None:
@@ -198,6 +228,7 @@ def create_app(settings: Settings) -> faust.App:
             with contextlib.suppress(StoreFailed):  # marked; the agent halts on its next batch
                 await on_thread(holder["processor"].state.flush_items_if_due)
         await on_thread(trim_heap)
+        await resume_stalled()
 
     @app.on_partitions_revoked.connect
     async def forget_revoked(sender: Any, revoked: set[Any], **_: Any) -> None:
@@ -221,6 +252,7 @@ def create_app(settings: Settings) -> faust.App:
             return  # marked: the agent halts before it takes a batch
         # no checkpoint (-1) means nothing is fully written yet: start from the beginning
         offsets = {tp: checkpoints[tp.partition] + 1 for tp in assigned}
+        holder["rewound"] = offsets
         # Commit, so that Faust's own seek to the committed offsets lands there too, and
         # seek, because without it a partition was seen not to be re-read (Tansu).
         await commit_offsets(app.consumer, offsets)
@@ -237,6 +269,7 @@ def create_app(settings: Settings) -> faust.App:
                 batch_events=settings.producer_batch_events,
                 linger_ms=settings.producer_linger_ms,
                 config=COLLECTOR_PRODUCER_CONFIG,
+                partition_refresh_s=settings.topic_metadata_refresh_s,
             )
             holder["collector"] = Collector(
                 producer,

@@ -68,3 +68,7 @@ UNJUDGED = Counter(
     "refused with reason 'internal'): a new class of bad input, see the log",
     ["where", "exception"],  # decode (every reader of events) | sdk | collector | impressions
 )
+STALLED_SEEKS = Counter(
+    "streamrank_stalled_partition_seeks_total",
+    "Seeks back to a partition whose messages stopped arriving (streams/stalls.py)",
+)

@@ -119,6 +119,13 @@ class ProfileState:
         if offset > self._processed.get(partition, -1):
             self._processed[partition] = offset
 
+    def next_offset(self, partition: int) -> int | None:
+        """The offset of ``partition`` this state takes next: past its checkpoint and what
+        it has folded since; None while the partition is not loaded."""
+        if partition not in self.checkpoints:
+            return None
+        return max(self.checkpoints[partition], self._processed.get(partition, -1)) + 1
+
     def flush(self, effects: Sequence[ItemEffect] = (), force_items: bool = False) -> int:
         """Write the profiles, then hand the batch's item effects to the item half, which
         writes its rows and the checkpoints when due (``force_items``: now). Profiles go
