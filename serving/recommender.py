@@ -67,7 +67,7 @@ class Recommender:
         catalog: Catalog,
         profiles: FeastProfileStore,
         arms: Mapping[str, Arm],
-        partitions: int,
+        partitions: int | Callable[[], int],
         experiment: str = "default",
         n_popular: int = 200,
         n_interest: int = 200,
@@ -88,7 +88,7 @@ class Recommender:
         self.experiment = experiment
         self.publish_impression = impressions
         self.pseudonyms = pseudonyms  # the store, arms and impressions know pseudonyms only
-        self.partitions = list(range(partitions))
+        self._partitions = partitions  # a count, or a follower of the topic's (growth)
         self.candidates = CandidateGenerator(catalog, n_popular, n_interest)
         self.n_model = n_model
         self.popular_refresh_s = popular_refresh_s
@@ -102,6 +102,12 @@ class Recommender:
         if covisit_refresh_s > 0 and covisit_cache_anchors > 0:
             self._covisits = TTLCache(covisit_cache_anchors, covisit_refresh_s, time.monotonic)
 
+    @property
+    def partitions(self) -> list[int]:
+        """The events topic's partitions, whose item rows are summed."""
+        count = self._partitions() if callable(self._partitions) else self._partitions
+        return list(range(count))
+
     @classmethod
     def from_settings(
         cls,
@@ -112,12 +118,13 @@ class Recommender:
     ) -> Recommender:
         """The request path as the settings configure it, over the settings' store."""
         from feature_repo.store import open_store
+        from streams.growth import PartitionCount
 
         return cls(
             catalog=catalog,
             profiles=FeastProfileStore(open_store(settings)),
             arms=arms,
-            partitions=settings.events_partitions,
+            partitions=PartitionCount(settings),
             experiment=settings.experiment_name,
             n_popular=settings.candidates_popular,
             n_interest=settings.candidates_similar,
@@ -184,11 +191,12 @@ class Recommender:
         metrics.COVISIT_ROWS.labels("hit").inc(len(anchors) - len(missing))
         if missing:
             metrics.COVISIT_ROWS.labels("miss").inc(len(missing))
-            keys = [(p, a) for a in missing for p in self.partitions]
+            partitions = self.partitions
+            keys = [(p, a) for a in missing for p in partitions]
             rows = await self._read(self.profiles.read_covisits_async(keys))
             now, index = time.time(), self.catalog.index
             for a in missing:
-                merged = merge_neighbours([rows[(p, a)] for p in self.partitions], now)
+                merged = merge_neighbours([rows[(p, a)] for p in partitions], now)
                 found[a] = Neighbours.of(merged, index)
                 if cache is not None:
                     cache[a] = found[a]

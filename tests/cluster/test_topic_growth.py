@@ -1,0 +1,88 @@
+"""Growing the events topic from 4 to 8 partitions while a producer sends and a worker
+folds: the producer follows the new count, the worker takes the new partitions, and
+nothing is lost or counted twice. On noida-db, which can add partitions (Tansu cannot)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from feature_repo.store import apply_repo, open_store
+from infra.broker import ensure_topics
+from infra.processes import stop_process
+from streamrank.catalog import Catalog
+from streamrank.demo import start_worker, worker_log
+from streams.events import Event
+from streams.growth import grow_topics, partition_counts
+from streams.producer import EventProducer
+from streams.pseudonyms import RAW_IDS
+from streams.sink import FeastProfileStore
+from tests.cluster.growable_broker import GrowableBroker
+from tests.conftest import isolated_settings, make_home
+from tests.integration.checks import assert_profiles_equal, offline_truth
+from tests.integration.streaming import PacedSender, make_events, send, wait
+
+
+def test_growing_the_events_topic_mid_stream_loses_and_doubles_nothing(
+    tmp_path: Path, catalog_home: Path, catalog: Catalog
+) -> None:
+    with GrowableBroker(tmp_path / "noida", tmp_path / "noida.log") as broker:
+        settings = isolated_settings(
+            make_home(tmp_path / "home", catalog_home),
+            broker.bootstrap,
+            topic_metadata_refresh_s=3.0,  # the worker's; the producers re-read every 1 s
+        )
+        compacted = settings.compacted_topics()
+        ensure_topics(settings.bootstrap(), settings.topics(), compacted=compacted)
+        apply_repo(settings)
+        worker = start_worker(settings)
+        try:
+            events = make_events(catalog, 3000, 300)
+            # a burst from another producer, which starts after the growth and so sends to
+            # all 8 partitions at once, while the worker's group is still on 4
+            burst = [
+                e.model_copy(update={"user_id": f"b{e.user_id}"})
+                for e in make_events(catalog, 1000, 200, seed=1)
+            ]
+            with EventProducer(
+                settings.bootstrap(),
+                settings.events_topic,
+                user_ids=RAW_IDS,
+                partition_refresh_s=1.0,
+            ) as producer:
+
+                def send_chunk(chunk: list[Event]) -> dict[int, int]:
+                    producer.send_many(chunk)
+                    producer.flush()
+                    return dict(producer.delivered_offsets)
+
+                sender = PacedSender(send_chunk, events, chunk=200, pause_s=0.4)
+                deadline = time.monotonic() + 60
+                while sum(o + 1 for o in sender.delivered.values()) < 8:  # 2 chunks or more
+                    assert time.monotonic() < deadline, "the first chunks were not sent"
+                    time.sleep(0.1)
+                assert grow_topics(settings, 8) == {
+                    settings.events_topic: 4,
+                    settings.impressions_topic: 4,
+                    settings.privacy_topic: 4,
+                }
+                assert sender.sending  # mid-stream: the last chunk is held back until now
+                later = send(settings, burst)
+                deadline = time.monotonic() + 30
+                while producer.partitions != 8:
+                    assert time.monotonic() < deadline, "the producer kept the old count"
+                    time.sleep(0.2)
+                delivered = sender.finish()
+            assert set(delivered) == set(range(8))  # later events went to new partitions too
+            assert set(later) == set(range(8))
+            delivered = {p: max(delivered[p], later[p]) for p in range(8)}
+            assert set(partition_counts(settings).values()) == {8}
+            wait(settings, delivered, timeout=120)
+            store = FeastProfileStore(open_store(settings))
+            truth = offline_truth(events + burst, catalog)
+            assert_profiles_equal(store.read_profiles(sorted(truth)), truth)
+            counted = store.read_partition_counts(list(range(8)))
+            assert sum(c.events for c in counted.values()) == len(events + burst)  # once each
+        finally:
+            stop_process(worker, "faust worker", timeout=30)
+            print(worker_log(settings).read_text(errors="replace")[-4000:])  # shown on failure
