@@ -96,11 +96,16 @@ def covisitation_schema() -> list[Field]:
 
 def checkpoint_schema() -> list[Field]:
     """The offset, and how many valid events and dead letters the partition held up to it
-    (exact across crashes: written in the same row as the offset they cover)."""
+    (exact across crashes: written in the same row as the offset they cover); the topic's
+    partition count as of that offset and, for a partition added by growth, the partition
+    it was split from and the count that added it (``streams/growth.py``)."""
     return [
         Field(name="applied_offset", dtype=Int64),
         Field(name="events", dtype=Int64),
         Field(name="dead_letters", dtype=Int64),
+        Field(name="partitions", dtype=Int64),
+        Field(name="grown_from", dtype=Int64),
+        Field(name="grown_at", dtype=Int64),
     ]
 
 

@@ -39,7 +39,8 @@ from streamrank.settings import Settings, get_settings
 from streams import metrics
 from streams.access import AccessPolicy, RateLimiter, credential_from_headers
 from streams.collector import COLLECTOR_PRODUCER_CONFIG, Collector
-from streams.events import dead_letter_value
+from streams.events import dead_letter_value, encode_events
+from streams.growth import fence_of
 from streams.item_process import ItemProcess, ItemProcessDied
 from streams.memory import HeapTrimmer, gc_pace
 from streams.messages import RawMessage
@@ -54,6 +55,9 @@ from streams.supervision import exit_unfinished, stopping
 from streams.transport import stream_app
 
 log = logging.getLogger(__name__)
+
+FORWARD_CHUNK = 500
+"""Moved users' events per forwarded message (well under the message size limit)."""
 
 
 def build_live_processor(settings: Settings) -> ProfileProcessor:
@@ -70,6 +74,7 @@ def build_live_processor(settings: Settings) -> ProfileProcessor:
     return build_processor(
         settings,
         open_profile_store(settings),
+        live=True,
         on_wiped=lambda users: erase_from_namespaces(settings, users),
         items=items,
     )
@@ -170,18 +175,42 @@ def create_app(settings: Settings) -> faust.App:
             finally:
                 holder["idle_since"] = time.monotonic()
 
-    async def handle(worker: ProfileProcessor, batch: list[Any]) -> None:
-        """One batch: judged and folded (every message ends as applied events or dead
-        letters), its state written, its dead letters and privacy states delivered."""
-        holder["idle_since"] = None  # busy
-        messages = [
-            RawMessage(e.message.partition, e.message.offset, e.message.value, e.message.timestamp)
-            for e in batch
-        ]
+    async def send_forwards(result: BatchResult) -> None:
+        """Moved users' events found past their old partition's fence, to the users'
+        partitions (``streams/growth.py``), delivered before the batch may be acked."""
+        pending = []
+        for partition, records in result.forwards.items():
+            for start in range(0, len(records), FORWARD_CHUNK):
+                value = encode_events(records[start : start + FORWARD_CHUNK])
+                pending.append(await events_topic.send(value=value, partition=partition))
+        if pending:
+            await asyncio.gather(*pending)
+            log.info("%d events of moved users forwarded", sum(map(len, result.forwards.values())))
+
+    async def fold(worker: ProfileProcessor, messages: list[RawMessage]) -> None:
+        """Messages judged and folded (every one ends as applied events, dead letters or
+        forwards; or held, ``streams/growth.py``), the state written, the dead letters,
+        forwards and privacy states delivered."""
         result = await on_thread(worker.process, messages)
         log.debug("batch of %d messages: %s", len(messages), result)
         await send_dead_letters(result)
+        await send_forwards(result)
         await publish_privacy(result)
+
+    async def handle(worker: ProfileProcessor, batch: list[Any]) -> None:
+        """One batch from the agent's stream."""
+        holder["idle_since"] = None  # busy
+        messages = [
+            RawMessage(
+                e.message.partition,
+                e.message.offset,
+                e.message.value,
+                e.message.timestamp,
+                fence_of(e.message.headers),
+            )
+            for e in batch
+        ]
+        await fold(worker, messages)
         last: dict[Any, int] = {}
         for e in batch:
             last[e.message.tp] = max(last.get(e.message.tp, -1), e.message.offset)
@@ -204,7 +233,7 @@ def create_app(settings: Settings) -> faust.App:
         rewound = holder.get("rewound", {})  # for partitions no batch has loaded yet
         positions = {
             tp: (
-                worker.state.next_offset(tp.partition) or rewound.get(tp),
+                worker.next_offset(tp.partition) or rewound.get(tp),
                 app.consumer.highwater(tp),
             )
             for tp in assigned
@@ -225,8 +254,11 @@ def create_app(settings: Settings) -> faust.App:
         if "failed" in holder:
             return
         if "processor" in holder:
+            worker = holder["processor"]
             with contextlib.suppress(StoreFailed):  # marked; the agent halts on its next batch
-                await on_thread(holder["processor"].state.flush_items_if_due)
+                await on_thread(worker.state.flush_items_if_due)
+                if worker.gates is not None and worker.gates.holding and holder.get("idle_since"):
+                    await fold(worker, [])  # a quiet stream: held ones whose parent passed
         await on_thread(trim_heap)
         await resume_stalled()
 
@@ -234,7 +266,7 @@ def create_app(settings: Settings) -> faust.App:
     async def forget_revoked(sender: Any, revoked: set[Any], **_: Any) -> None:
         if "processor" in holder and revoked:
             parts = {tp.partition for tp in revoked if tp.topic == settings.events_topic}
-            await on_thread(holder["processor"].state.forget, parts)
+            await on_thread(holder["processor"].forget, parts)
 
     @app.on_rebalance_complete.connect
     async def rewind_to_checkpoints(sender: Any, **_: Any) -> None:

@@ -1,29 +1,39 @@
 """Growing the user-partitioned topics (``events``, ``impressions``, ``privacy``) while the
-producers, workers and serving run.
+producers, workers and serving run, with nothing lost, nothing counted twice, and each
+user's events folded in order across the change.
 
-Kafka's default partitioner puts a user on ``murmur2(user) % N``; raising N moves some
-users to another partition. What follows the new count, without a restart:
+Kafka's default partitioner puts a user on ``murmur2(user) % N``. A count is only raised to
+a multiple of the current one, so a user can only move from partition ``p`` to some
+``q = p + k·N`` (its *parent* is ``q mod N``), never between old partitions.
 
-- producers: ``EventProducer`` re-reads the count every ``topic_metadata_refresh_s`` (its
-  batches name their partition), key-partitioned producers (impressions, consent
-  requests) through librdkafka's own metadata refresh at the same interval;
-- serving: the item rows (popularity, co-visitation) are read over the events topic's
-  count as ``PartitionCount`` last read it, every ``topic_metadata_refresh_s``;
-- profile workers: Faust's consumer refreshes its metadata at that interval too, sees the
-  new partitions and rebalances; the group then owns them all. The records of a fetch in
-  flight during that rebalance can be dropped by Faust while the fetch position moves on,
-  which left the new partitions' first messages unread: ``streams/stalls.py`` seeks back
-  to them.
+What follows the new count, without a restart, within ``topic_metadata_refresh_s``:
+producers (``EventProducer`` re-reads the count; key-partitioned producers, impressions and
+consent requests, through librdkafka's metadata refresh), the profile workers (Faust's
+consumer sees the new partitions and the group rebalances onto them; records Faust drops
+during that rebalance are sought back to by ``streams/stalls.py``) and serving
+(``PartitionCount``: item rows are summed over the current partitions).
 
-Nothing is lost (every partition is read from its checkpoint) and nothing is counted
-twice (the checkpoints and the profiles' per-partition applied offsets skip what is
-written). A count is only raised to a multiple of the current one, so that a user can
-move only from partition ``p`` to some ``p + k·N``, never between old partitions.
+Order, by a fence per old partition (``grow_topics``):
+1. each new partition's checkpoint row names its parent and the count that added it;
+2. the partitions are added; producers move the users who change partition to it;
+3. once every producer has re-read the count (``topic_metadata_refresh_s`` and a margin),
+   a *fence* message (no events; header ``streamrank-fence``: the new count) goes to every
+   old partition. Every event of a moved user sent before the move is before its
+   partition's fence, every later one is on the new partition;
+4. a worker holds a new partition's messages (``PartitionGates``) until its parent's
+   checkpoint has passed the fence (read from the parent's row, or from this worker's
+   own state when it folds the parent too). The moved users' profiles are then complete
+   up to the move, and the new partition's owner reads them from the store;
+5. an event of a moved user that still reaches the old partition after its fence (a
+   producer that was cut off longer than the margin) is forwarded to the user's partition
+   instead of folded there: folded late, never lost, never folded by two owners at once.
+Replays fold such events in place (one reader, nothing to race with).
 
-Not yet kept across the change: per-user order. Until every producer has re-read the
-count, a moved user's events can land on both the old and the new partition, and two
-workers can fold them in either order. Growing under live traffic is therefore safe for
-counts and loss, not yet for order-sensitive profile fields, at the moment of the change.
+Privacy: a moved user's opt-out lives on as their profile's tombstone, which the new
+owner reads; their privacy state on the old partition of the ``privacy`` topic stays until
+their next request, which is published on the new one. The experiment join's Faust table
+is partitioned like the topics and is not regrown: restart the experiment join with a new
+``experiments_group`` after a growth.
 """
 
 from __future__ import annotations
@@ -31,12 +41,34 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
+from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewPartitions
 
+from infra.kafka_config import client_config
 from streamrank.failures import UsageError
 from streamrank.settings import Settings
+from streams.messages import RawMessage
+from streams.sink import FeastProfileStore, PartitionCounts
+from streams.store_errors import retry_store
+
+FENCE_HEADER = "streamrank-fence"
+"""The header that marks a fence message; its value is the count the topic grew to."""
+
+
+def fence_of(headers: Mapping[str, Any] | Iterable[tuple[str, Any]] | None) -> int | None:
+    """The count a fence message announces, from its headers (a mapping or Kafka's
+    (key, value) pairs); None for every other message."""
+    if not headers:
+        return None
+    pairs = headers.items() if isinstance(headers, Mapping) else headers
+    for key, value in pairs:
+        if key == FENCE_HEADER and value:
+            return int(value.decode() if isinstance(value, bytes) else value)
+    return None
+
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +81,19 @@ def partition_counts(settings: Settings, timeout_s: float = 20.0) -> dict[str, i
     return {n: len(metadata.topics[n].partitions) for n in names if n in metadata.topics}
 
 
-def grow_topics(settings: Settings, partitions: int, timeout_s: float = 30.0) -> dict[str, int]:
+def grow_topics(
+    settings: Settings,
+    partitions: int,
+    store: FeastProfileStore | None = None,
+    timeout_s: float = 30.0,
+    settle_s: float | None = None,
+) -> dict[str, int]:
     """Raise ``events``, ``impressions`` and ``privacy`` to ``partitions`` (a multiple of
-    each one's current count); returns the counts before."""
+    each one's current count) and fence the old events partitions, steps 1-3 above;
+    ``settle_s``: how long producers get to re-read the count (default: their refresh
+    interval and 2 s). Returns the counts before."""
+    from feature_repo.store import open_store
+
     before = partition_counts(settings, timeout_s)
     for topic, count in before.items():
         if partitions <= count or partitions % count:
@@ -59,6 +101,13 @@ def grow_topics(settings: Settings, partitions: int, timeout_s: float = 30.0) ->
                 f"{topic} has {count} partitions: grow it to a multiple of {count} "
                 f"above it, not {partitions}"
             )
+    old = before[settings.events_topic]
+    store = store or FeastProfileStore(open_store(settings))
+    added = {
+        q: PartitionCounts(partitions=partitions, grown_from=q % old, grown_at=partitions)
+        for q in range(old, partitions)
+    }
+    retry_store(lambda: store.write_checkpoints({q: -1 for q in added}, added), "growth rows")
     admin = AdminClient(settings.kafka_client_config())
     futures = admin.create_partitions(
         [NewPartitions(topic, partitions) for topic in before], operation_timeout=timeout_s
@@ -66,7 +115,80 @@ def grow_topics(settings: Settings, partitions: int, timeout_s: float = 30.0) ->
     for topic, future in futures.items():
         future.result(timeout_s)
         log.info("%s: %d -> %d partitions", topic, before[topic], partitions)
+    time.sleep(settings.topic_metadata_refresh_s + 2.0 if settle_s is None else settle_s)
+    write_fences(settings, range(old), partitions, timeout_s)
     return before
+
+
+def write_fences(
+    settings: Settings, old: Iterable[int], partitions: int, timeout_s: float = 30.0
+) -> None:
+    """A fence on each of the ``old`` events partitions, acknowledged by the broker."""
+    producer = Producer({**client_config(settings.kafka_client_config()), "acks": "all"})
+    for p in old:
+        producer.produce(
+            settings.events_topic,
+            value=b"",
+            partition=p,
+            headers={FENCE_HEADER: str(partitions).encode()},
+        )
+    if producer.flush(timeout_s):
+        raise TimeoutError(f"fences of {settings.events_topic} not delivered in {timeout_s}s")
+    log.info("fenced %s at %d partitions", settings.events_topic, partitions)
+
+
+class PartitionGates:
+    """Step 4: the messages of a partition added by growth wait, in order, until the
+    partition it was split from has folded its fence. ``counts``: the partitions' rows as
+    the worker loaded them (its own in-memory view, updated as it folds fences)."""
+
+    def __init__(self, store: FeastProfileStore, counts: Mapping[int, PartitionCounts]):
+        self.store = store
+        self.counts = counts
+        self._open: set[int] = set()
+        self._held: dict[int, list[RawMessage]] = {}
+
+    def admit(self, messages: Sequence[RawMessage]) -> list[RawMessage]:
+        """The messages to fold now: those of open partitions, held ones first. The rest
+        are kept (each offset once: a seek back may deliver one again)."""
+        for msg in messages:
+            if msg.partition not in self._open and not self.is_open(msg.partition):
+                held = self._held.setdefault(msg.partition, [])
+                if not held or msg.offset > held[-1].offset:
+                    held.append(msg)
+        released = [m for q in list(self._held) if self.is_open(q) for m in self._held.pop(q)]
+        return released + [m for m in messages if m.partition in self._open]
+
+    def is_open(self, partition: int) -> bool:
+        if partition in self._open:
+            return True
+        row = self.counts.get(partition)
+        opened = row is None or row.grown_from < 0 or row.offset >= 0
+        if not opened and row is not None:
+            parent = self.counts.get(row.grown_from)
+            if parent is None or parent.partitions < row.grown_at:  # not folded here
+                parent = retry_store(
+                    lambda: self.store.read_partition_counts([row.grown_from]), "growth rows"
+                )[row.grown_from]
+            opened = parent.partitions >= row.grown_at
+        if opened and row is not None:  # unknown partitions are asked again once loaded
+            self._open.add(partition)
+        return opened
+
+    @property
+    def holding(self) -> bool:
+        return bool(self._held)
+
+    def held_through(self, partition: int) -> int | None:
+        """The last offset held for ``partition`` (None: none held)."""
+        held = self._held.get(partition)
+        return held[-1].offset if held else None
+
+    def forget(self, partitions: Iterable[int] | None = None) -> None:
+        dropped = set(self._held) | self._open if partitions is None else set(partitions)
+        for q in dropped:
+            self._held.pop(q, None)
+            self._open.discard(q)
 
 
 class PartitionCount:

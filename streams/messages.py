@@ -18,6 +18,9 @@ class RawMessage:
     offset: int
     value: bytes | None
     timestamp: float | None = None  # the log's time for it (epoch s): validation, latency
+    fence: int | None = None
+    """Set on a fence (``streams/growth.py``): the partition count the topic grew to. A
+    fence holds no events; every reader skips it."""
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,8 @@ class ValidationLimits:
 
     def decode(self, msg: RawMessage, now: float) -> DecodedMessage:
         """One message judged as every consumer of ``events`` judges it (see ``arrival``)."""
+        if msg.fence is not None:
+            return DecodedMessage([], [])
         return decode_message(
             msg.value,
             now=arrival(msg, now),

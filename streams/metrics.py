@@ -5,7 +5,7 @@ from prometheus_client import Counter, Gauge, Histogram
 EVENTS = Counter(
     "streamrank_events_total",
     "Events seen by the profile worker, by outcome",
-    ["outcome"],  # applied | duplicate | redelivered | dead | withheld (privacy)
+    ["outcome"],  # applied | duplicate | redelivered | dead | withheld (privacy) | forwarded
 )
 MESSAGES = Counter("streamrank_messages_total", "Kafka messages consumed from the events topic")
 SKIPPED_MESSAGES = Counter(

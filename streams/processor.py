@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,9 +17,11 @@ from streamrank.settings import Settings
 from streams import metrics
 from streams.covisitation import covisit_anchors
 from streams.events import DeadLetter, PrivacyAction, PrivacyRequest, Record
+from streams.growth import PartitionGates
 from streams.messages import RawMessage, ValidationLimits
 from streams.outbox import ItemEffect
 from streams.privacy import PrivacyLog, PrivacyRegistry, PrivacyState
+from streams.producer import partition_for
 from streams.profile import ItemLookup, apply_event
 from streams.sink import FeastProfileStore
 from streams.state import ProfileState
@@ -38,6 +40,10 @@ class BatchResult:
     profiles_written: int = 0
     withheld: int = 0  # events of opted-out or wiped users (streams/privacy.py)
     privacy: list[PrivacyState] = field(default_factory=list)  # to publish, in order
+    fences: int = 0  # fence messages folded (streams/growth.py)
+    forwards: dict[int, list[Record]] = field(default_factory=dict)
+    """Events of users who moved to another partition, found past their old partition's
+    fence: to send to the user's partition (by partition), before the batch is acked."""
 
 
 class ProfileProcessor:
@@ -50,14 +56,19 @@ class ProfileProcessor:
         limits: ValidationLimits | None = None,
         clock: Callable[[], float] = time.time,
         item_side: bool = True,
+        live: bool = False,
     ):
         """``item_side=False`` folds profiles only: no popularity, no co-visitation, no
-        outbox (a replay for backtests, which read profiles alone)."""
+        outbox (a replay for backtests, which read profiles alone). ``live``: one of a
+        group of workers, which hold the partitions added by growth until their parents
+        pass their fences and forward moved users' late events (``streams/growth.py``);
+        otherwise (a replay) those are folded in place."""
         self.state = state
         self.items = items
         self.limits = limits or ValidationLimits()
         self.clock = clock
         self.item_side = item_side
+        self.gates = PartitionGates(state.store, state.counts) if live else None
         self._unwritten: list[ItemEffect] = []  # effects of folded batches not yet flushed
 
     def process(self, messages: Sequence[RawMessage], write: bool = True) -> BatchResult:
@@ -70,25 +81,34 @@ class ProfileProcessor:
         state = self.state
         now = self.clock()
         state.ensure_partitions({m.partition for m in messages})
+        if self.gates is not None:
+            messages = self.gates.admit(messages)  # held ones released, new ones held
 
-        decoded: list[tuple[RawMessage, list[Record]]] = []
+        # per message: its events, and the count its partition's fence set (0: none yet)
+        decoded: list[tuple[RawMessage, list[Record], int]] = []
         for msg in messages:
             state.advance(msg.partition, msg.offset)
             if msg.offset <= state.checkpoints[msg.partition]:
                 result.skipped_messages += 1  # every effect of this message is written
                 continue
+            if msg.fence is not None:
+                state.counts[msg.partition] = state.counts[msg.partition].fenced(msg.fence)
+                result.fences += 1
+                continue
             out = self.limits.decode(msg, now)
             state.count(msg.partition, len(out.records), len(out.dead))
             result.dead_letters.extend((msg, dead) for dead in out.dead)
             if out.records:
-                decoded.append((msg, out.records))
+                decoded.append((msg, out.records, state.counts[msg.partition].partitions))
 
-        state.ensure_users(r.user_id for _, records in decoded for r in records)
+        if self.gates is not None:  # live: moved users' late events go to their partition
+            decoded = [(m, self._stay(m, rs, fenced, result), fenced) for m, rs, fenced in decoded]
+        state.ensure_users(r.user_id for _, records, _ in decoded for r in records)
         # the loop runs once per event: what it reads on every turn is held in locals
         profiles, withholds = state.profiles, state.privacy.withholds
         items, item_side = self.items, self.item_side
         effects: list[ItemEffect] = []
-        for msg, records in decoded:
+        for msg, records, _ in decoded:
             partition, offset = msg.partition, msg.offset
             touched: set[str] = set()
             replayed: set[str] = set()
@@ -136,6 +156,37 @@ class ProfileProcessor:
         self._observe(result, messages)
         return result
 
+    @staticmethod
+    def _stay(
+        msg: RawMessage, records: list[Record], fenced: int, result: BatchResult
+    ) -> list[Record]:
+        """The records that belong on ``msg``'s partition; past the partition's fence, a
+        moved user's go to ``result.forwards`` (step 5 of ``streams/growth.py``)."""
+        if not fenced:
+            return records
+        kept = []
+        for record in records:
+            target = partition_for(record.user_id, fenced)
+            if target == msg.partition:
+                kept.append(record)
+            else:
+                result.forwards.setdefault(target, []).append(record)
+        return kept
+
+    def next_offset(self, partition: int) -> int | None:
+        """The offset of ``partition`` this processor takes next (held messages count as
+        taken); None while the partition is not loaded."""
+        taken = self.state.next_offset(partition)
+        held = self.gates.held_through(partition) if self.gates is not None else None
+        return taken if held is None or taken is None else max(taken, held + 1)
+
+    def forget(self, partitions: Iterable[int] | None = None) -> None:
+        """Drop the partitions' state and held messages (revoked: the next owner reads them
+        from their checkpoints)."""
+        self.state.forget(partitions)
+        if self.gates is not None:
+            self.gates.forget(partitions)
+
     def flush(self) -> int:
         """Write what the folded batches changed (profiles first, then the item side, as
         ``ProfileState.flush`` orders it). Returns the number of profiles written."""
@@ -170,6 +221,7 @@ class ProfileProcessor:
         metrics.SKIPPED_MESSAGES.inc(result.skipped_messages)
         metrics.EVENTS.labels("dead").inc(len(result.dead_letters))
         metrics.EVENTS.labels("withheld").inc(result.withheld)
+        metrics.EVENTS.labels("forwarded").inc(sum(len(r) for r in result.forwards.values()))
         for _, dead in result.dead_letters:
             metrics.DEAD_LETTERS.labels(dead.reason.split(":", 1)[0]).inc()
         appended = [m.timestamp for m in messages if m.timestamp]
@@ -178,7 +230,11 @@ class ProfileProcessor:
 
 
 def build_processor(
-    settings: Settings, store: FeastProfileStore, item_side: bool = True, **state_options: Any
+    settings: Settings,
+    store: FeastProfileStore,
+    item_side: bool = True,
+    live: bool = False,
+    **state_options: Any,
 ) -> ProfileProcessor:
     """The processor the live worker and replay both run, over the store given. Both
     restore users' privacy states from the privacy topic (the state now)."""
@@ -194,4 +250,5 @@ def build_processor(
         Catalog.load(settings.home_dir),
         ValidationLimits.from_settings(settings),
         item_side=item_side,
+        live=live,
     )

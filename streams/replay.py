@@ -46,6 +46,7 @@ from tqdm.auto import tqdm
 from feature_repo.namespaces import Manifest, Namespace, ReplayRange
 from streamrank.settings import Settings
 from streams.events import Event
+from streams.growth import fence_of
 from streams.memory import gc_pace
 from streams.messages import RawMessage, ValidationLimits
 from streams.offsets import Lookup, TopicLog, find_offset, message_time
@@ -153,7 +154,10 @@ def read_messages(
                     position = stop
                     break
                 position = msg.offset() + 1
-                pending.append(RawMessage(partition, msg.offset(), msg.value(), message_time(msg)))
+                fence = fence_of(msg.headers())
+                pending.append(
+                    RawMessage(partition, msg.offset(), msg.value(), message_time(msg), fence)
+                )
                 if len(pending) >= batch:
                     yield pending
                     pending = []

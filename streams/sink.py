@@ -22,7 +22,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
@@ -277,6 +277,9 @@ class FeastProfileStore:
                 int(row["applied_offset"]),
                 int(row.get("events") or 0),
                 int(row.get("dead_letters") or 0),
+                int(row.get("partitions") or 0),
+                int(-1 if row.get("grown_from") is None else row["grown_from"]),
+                int(row.get("grown_at") or 0),
             )
             if row
             else PartitionCounts()
@@ -287,17 +290,21 @@ class FeastProfileStore:
         self, offsets: Mapping[int, int], counts: Mapping[int, PartitionCounts] | None = None
     ) -> int:
         counts = counts or {}
-        return self.checkpoints.write(
-            [
+        rows = []
+        for p, o in offsets.items():
+            c = counts.get(p, PartitionCounts())
+            rows.append(
                 {
                     "partition_id": p,
                     "applied_offset": o,
-                    "events": counts.get(p, PartitionCounts()).events,
-                    "dead_letters": counts.get(p, PartitionCounts()).dead_letters,
+                    "events": c.events,
+                    "dead_letters": c.dead_letters,
+                    "partitions": c.partitions,
+                    "grown_from": c.grown_from,
+                    "grown_at": c.grown_at,
                 }
-                for p, o in offsets.items()
-            ]
-        )
+            )
+        return self.checkpoints.write(rows)
 
 
 def open_profile_store(settings: Settings) -> FeastProfileStore:
@@ -333,11 +340,24 @@ def _covisits(
 
 @dataclass(frozen=True)
 class PartitionCounts:
-    """A partition's checkpoint and the valid events / dead letters of messages up to it."""
+    """A partition's checkpoint and the valid events / dead letters of messages up to it,
+    with where the partition stands in the topic's growth (``streams/growth.py``)."""
 
     offset: int = -1
     events: int = 0
     dead_letters: int = 0
+    partitions: int = 0
+    """The topic's partition count as of the checkpoint: the last fence folded (0: none)."""
+    grown_from: int = -1
+    """For a partition added by growth, the partition its users came from (-1: none)."""
+    grown_at: int = 0
+    """The count that added it: it is read once ``grown_from``'s ``partitions`` reach it."""
 
     def plus(self, events: int, dead_letters: int) -> PartitionCounts:
-        return PartitionCounts(self.offset, self.events + events, self.dead_letters + dead_letters)
+        return replace(
+            self, events=self.events + events, dead_letters=self.dead_letters + dead_letters
+        )
+
+    def fenced(self, partitions: int) -> PartitionCounts:
+        """After a fence: from here on, the partition holds the users of ``partitions``."""
+        return replace(self, partitions=partitions)

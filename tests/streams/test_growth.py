@@ -1,13 +1,28 @@
-"""The partition count serving follows: read in the background, never waited for."""
+"""Growing the topics: the partition count serving follows (read in the background, never
+waited for), the fences and gates that keep a moved user's events in order, and the
+refusal of a growth that would move users between old partitions."""
 
 from __future__ import annotations
 
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
+
+from feature_repo.store import apply_repo
+from streamrank.catalog import Catalog
+from streamrank.failures import UsageError
 from streamrank.settings import Settings
-from streams.growth import PartitionCount
+from streams.events import Event, encode_events
+from streams.growth import PartitionCount, grow_topics, partition_counts
+from streams.messages import RawMessage
+from streams.processor import ProfileProcessor
+from streams.producer import partition_for
+from streams.profile import UserProfile, apply_event
+from streams.sink import FeastProfileStore, PartitionCounts
+from streams.state import ProfileState
 
 
 def test_the_count_is_reread_in_the_background_after_the_refresh_interval(
@@ -44,3 +59,89 @@ def test_a_failed_read_keeps_the_last_count(tmp_path: Path) -> None:
     assert follower() == 4
     time.sleep(0.1)
     assert follower() == 4
+
+
+# --- the fence and the gate: two workers on one store, as the live group runs them --------
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
+
+
+def moved_and_staying(parent: int, child: int) -> tuple[str, str]:
+    """A user who moves from ``parent`` (of 4) to ``child`` (of 8), and one who stays."""
+    moved = next(f"m{i}" for i in range(1000) if partition_for(f"m{i}", 8) == child)
+    stays = next(f"s{i}" for i in range(1000) if partition_for(f"s{i}", 8) == parent)
+    assert partition_for(moved, 4) == parent == partition_for(stays, 4)
+    return moved, stays
+
+
+def views(user: str, n: int, start: int = 0) -> list[Event]:
+    return [
+        Event(
+            event_id=f"{user}-{start + i}",
+            user_id=user,
+            type="view",  # type: ignore[arg-type]
+            item_id=str(1 + (start + i) % 7),  # distinct recent items: their order shows
+            ts=datetime.fromtimestamp(NOW - 1000 + start + i, UTC),
+        )
+        for i in range(n)
+    ]
+
+
+def worker(store: FeastProfileStore, catalog: Catalog, live: bool = True) -> ProfileProcessor:
+    return ProfileProcessor(ProfileState(store), catalog, clock=lambda: NOW, live=live)
+
+
+@pytest.fixture
+def grown_store(home: Path) -> FeastProfileStore:
+    """A store whose topic grew from 4 to 8: partition 5's row names 1 as its parent."""
+    store = FeastProfileStore(apply_repo(Settings(home=home)))
+    store.write_checkpoints({5: -1}, {5: PartitionCounts(partitions=8, grown_from=1, grown_at=8)})
+    return store
+
+
+def test_a_new_partition_waits_for_its_parents_fence_then_folds_in_order(
+    grown_store: FeastProfileStore, catalog: Catalog
+) -> None:
+    moved, _ = moved_and_staying(1, 5)
+    old_owner, new_owner = worker(grown_store, catalog), worker(grown_store, catalog)
+    assert old_owner.process([RawMessage(1, 0, encode_events(views(moved, 3)))]).applied == 3
+    later = new_owner.process([RawMessage(5, 0, encode_events(views(moved, 2, start=3)))])
+    assert later.applied == 0  # held: the old partition may still hold the user's events
+    assert new_owner.next_offset(5) == 1  # taken, so not sought back as stalled
+    assert new_owner.process([]).applied == 0  # still held: no fence folded yet
+
+    fence = old_owner.process([RawMessage(1, 1, b"", fence=8)])
+    assert (fence.fences, fence.dead_letters) == (1, [])
+    assert grown_store.read_partition_counts([1])[1].partitions == 8  # with the checkpoint
+    assert new_owner.process([]).applied == 2  # released
+    truth = UserProfile(moved)
+    for event in views(moved, 5):
+        apply_event(truth, event, catalog)
+    stored = grown_store.read_profiles([moved])[moved]
+    assert stored.recent["viewed"].keys_newest_first() == truth.recent["viewed"].keys_newest_first()
+    assert stored.totals == truth.totals
+    assert stored.applied_offsets == {1: 0, 5: 0}
+
+
+def test_past_its_fence_a_moved_users_event_is_forwarded_and_a_staying_users_folded(
+    grown_store: FeastProfileStore, catalog: Catalog
+) -> None:
+    moved, stays = moved_and_staying(1, 5)
+    owner = worker(grown_store, catalog)
+    late = encode_events(views(moved, 1, start=9) + views(stays, 2))
+    result = owner.process([RawMessage(1, 0, b"", fence=8), RawMessage(1, 1, late)])
+    assert result.applied == 2
+    assert {p: [e.event_id for e in r] for p, r in result.forwards.items()} == {5: [f"{moved}-9"]}
+    assert grown_store.read_profiles([moved])[moved].event_count == 0  # not folded here
+
+    replay = worker(grown_store, catalog, live=False)  # one reader: folded in place
+    replayed = replay.process([RawMessage(1, 0, b"", fence=8), RawMessage(1, 1, late)])
+    assert (replayed.forwards, replayed.skipped_messages) == ({}, 2)  # the live one wrote them
+
+
+def test_a_growth_that_is_not_a_multiple_of_the_count_is_refused_before_any_change(
+    settings: Settings,
+) -> None:
+    with pytest.raises(UsageError, match="multiple of 4"):
+        grow_topics(settings, 6)
+    assert set(partition_counts(settings).values()) == {4}
