@@ -44,6 +44,18 @@ def cmd_broker(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_grow_topics(settings: Settings, args: argparse.Namespace) -> int:
+    """Raise the user-partitioned topics' partition count while everything runs, fenced so
+    that each user's events stay in order (``streams/growth.py``)."""
+    from streams.growth import grow_topics
+
+    before = grow_topics(settings, args.partitions)
+    for topic, count in before.items():
+        print(f"{topic}: {count} -> {args.partitions} partitions")
+    print("fenced; the new partitions are read once their parents pass the fences")
+    return 0
+
+
 def cmd_prepare(settings: Settings, args: argparse.Namespace) -> int:
     from streamrank.prepare import prepare
 
@@ -569,6 +581,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("broker", help="run the embedded Kafka-compatible broker (Tansu)")
     p.add_argument("--port", type=int, default=9092)
     p.set_defaults(func=cmd_broker)
+
+    p = sub.add_parser(
+        "grow-topics",
+        help="raise events, impressions and privacy to N partitions (a multiple) while running",
+    )
+    p.add_argument("partitions", type=int)
+    p.set_defaults(func=cmd_grow_topics)
 
     p = sub.add_parser("prepare", help="catalog embeddings, feast apply, item materialization")
     p.set_defaults(func=cmd_prepare)

@@ -1,10 +1,13 @@
 """Growing the events topic from 4 to 8 partitions while a producer sends and a worker
-folds: the producer follows the new count, the worker takes the new partitions, and
-nothing is lost or counted twice. On noida-db, which can add partitions (Tansu cannot)."""
+folds: the producer follows the new count, the worker takes the new partitions once their
+parents pass their fences, and every profile equals an offline fold of the events in order,
+nothing lost or counted twice. On noida-db, which can add partitions (Tansu cannot)."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from feature_repo.store import apply_repo, open_store
@@ -12,6 +15,7 @@ from infra.broker import ensure_topics
 from infra.processes import stop_process
 from streamrank.catalog import Catalog
 from streamrank.demo import start_worker, worker_log
+from streamrank.settings import Settings
 from streams.events import Event
 from streams.growth import grow_topics, partition_counts
 from streams.producer import EventProducer
@@ -19,13 +23,18 @@ from streams.pseudonyms import RAW_IDS
 from streams.sink import FeastProfileStore
 from tests.cluster.growable_broker import GrowableBroker
 from tests.conftest import isolated_settings, make_home
-from tests.integration.checks import assert_profiles_equal, offline_truth
+from tests.integration.checks import (
+    assert_items_equal,
+    assert_profiles_equal,
+    item_truth,
+    offline_truth,
+)
 from tests.integration.streaming import PacedSender, make_events, send, wait
 
 
-def test_growing_the_events_topic_mid_stream_loses_and_doubles_nothing(
-    tmp_path: Path, catalog_home: Path, catalog: Catalog
-) -> None:
+@contextmanager
+def growable_system(tmp_path: Path, catalog_home: Path) -> Iterator[Settings]:
+    """noida-db with the topics at 4 partitions, and a store, for one test."""
     with GrowableBroker(tmp_path / "noida", tmp_path / "noida.log") as broker:
         settings = isolated_settings(
             make_home(tmp_path / "home", catalog_home),
@@ -35,6 +44,24 @@ def test_growing_the_events_topic_mid_stream_loses_and_doubles_nothing(
         compacted = settings.compacted_topics()
         ensure_topics(settings.bootstrap(), settings.topics(), compacted=compacted)
         apply_repo(settings)
+        yield settings
+
+
+def check_profiles(settings: Settings, events: list[Event], catalog: Catalog) -> None:
+    """Every profile equals an offline fold of ``events`` in order; every event was counted
+    once; every old partition's checkpoint is past its fence."""
+    store = FeastProfileStore(open_store(settings))
+    truth = offline_truth(events, catalog)
+    assert_profiles_equal(store.read_profiles(sorted(truth)), truth)
+    counted = store.read_partition_counts(list(range(8)))
+    assert sum(c.events for c in counted.values()) == len(events)
+    assert {p: c.partitions for p, c in counted.items()} == dict.fromkeys(range(8), 8)
+
+
+def test_growing_the_events_topic_mid_stream_loses_and_doubles_nothing(
+    tmp_path: Path, catalog_home: Path, catalog: Catalog
+) -> None:
+    with growable_system(tmp_path, catalog_home) as settings:
         worker = start_worker(settings)
         try:
             events = make_events(catalog, 3000, 300)
@@ -78,11 +105,33 @@ def test_growing_the_events_topic_mid_stream_loses_and_doubles_nothing(
             delivered = {p: max(delivered[p], later[p]) for p in range(8)}
             assert set(partition_counts(settings).values()) == {8}
             wait(settings, delivered, timeout=120)
+            check_profiles(settings, events + burst, catalog)
+        finally:
+            stop_process(worker, "faust worker", timeout=30)
+            print(worker_log(settings).read_text(errors="replace")[-4000:])  # shown on failure
+
+
+def test_a_worker_that_starts_after_a_growth_folds_each_users_events_in_order(
+    tmp_path: Path, catalog_home: Path, catalog: Catalog
+) -> None:
+    """The worker finds a moved user's older events on the old partition and newer ones on
+    the new partition at once: without the fence it would fold them in whichever order
+    the partitions are fetched."""
+    with growable_system(tmp_path, catalog_home) as settings:
+        events = make_events(catalog, 2000, 100)
+        before = send(settings, events[:1000])
+        grow_topics(settings, 8, settle_s=0.5)  # no producer is running
+        delivered = send(settings, events[1000:], before)
+        assert set(delivered) == set(range(8))
+        worker = start_worker(settings)
+        try:
+            fenced = {p: o + 1 for p, o in before.items()}  # each fence is one past the events
+            wait(settings, {p: max(delivered[p], fenced.get(p, -1)) for p in range(8)}, 120)
+            check_profiles(settings, events, catalog)
+            # co-visitation links come from each user's profile before each event: in order
+            partitions = list(range(8))
             store = FeastProfileStore(open_store(settings))
-            truth = offline_truth(events + burst, catalog)
-            assert_profiles_equal(store.read_profiles(sorted(truth)), truth)
-            counted = store.read_partition_counts(list(range(8)))
-            assert sum(c.events for c in counted.values()) == len(events + burst)  # once each
+            assert_items_equal(store, partitions, item_truth(events, catalog, partitions))
         finally:
             stop_process(worker, "faust worker", timeout=30)
             print(worker_log(settings).read_text(errors="replace")[-4000:])  # shown on failure
