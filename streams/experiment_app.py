@@ -37,6 +37,7 @@ from infra.broker import latest_offsets_lag
 from streamrank.settings import Settings, get_settings
 from streams.events import PrivacyAction, PrivacyRequest, dead_letter_value
 from streams.experiments import ArmResult, ExperimentJoin, arm_totals
+from streams.growth import partition_counts
 from streams.impressions import parse_impression
 from streams.messages import RawMessage, ValidationLimits
 from streams.privacy import PrivacyLog, PrivacyRegistry, kept_events
@@ -117,8 +118,11 @@ def create_experiment_app(settings: Settings) -> faust.App:
         value_serializer="raw",
     )
     dlq_topic = app.topic(settings.dlq_topic, key_serializer="raw", value_serializer="raw")
+    # as many partitions as the topics have now (``streams/growth.py``): a grown topic
+    # needs a join under a new group, which rebuilds its table from the topics
+    partitions = partition_counts(settings).get(settings.events_topic, settings.events_partitions)
     users = app.Table(  # JSON keys and values (Faust's default codec for both)
-        "experiment-join", partitions=settings.events_partitions
+        "experiment-join", partitions=partitions
     )
     join = ExperimentJoin(settings.experiment_window_s, users=users)
     limits = ValidationLimits.from_settings(settings)  # judged as the profile worker judges
@@ -144,7 +148,7 @@ def create_experiment_app(settings: Settings) -> faust.App:
         async with privacy_lock:
             privacy.forget({tp.partition for tp in revoked})
 
-    gauges = ArmGauges(join, settings.events_partitions, owned)
+    gauges = ArmGauges(join, partitions, owned)
     REGISTRY.register(gauges)
 
     async def join_message(event: Any) -> None:

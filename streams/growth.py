@@ -33,7 +33,8 @@ Privacy: a moved user's opt-out lives on as their profile's tombstone, which the
 owner reads; their privacy state on the old partition of the ``privacy`` topic stays until
 their next request, which is published on the new one. The experiment join's Faust table
 is partitioned like the topics and is not regrown: restart the experiment join with a new
-``experiments_group`` after a growth.
+``experiments_group`` after a growth; it builds its table at the topics' count from what
+they hold.
 """
 
 from __future__ import annotations
