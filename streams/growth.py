@@ -27,7 +27,9 @@ Order, by a fence per old partition (``grow_topics``):
 5. an event of a moved user that still reaches the old partition after its fence (a
    producer that was cut off longer than the margin) is forwarded to the user's partition
    instead of folded there: folded late, never lost, never folded by two owners at once.
-Replays fold such events in place (one reader, nothing to race with).
+A replay (``streams/replay.py``) holds nothing and forwards nothing: it folds such events in
+place. Across a growth that is exact with one replay process (``replay_workers=1``); with
+several, a moved user's partitions can go to two processes, each folding its share.
 
 Privacy: a moved user's opt-out lives on as their profile's tombstone, which the new
 owner reads; their privacy state on the old partition of the ``privacy`` topic stays until
