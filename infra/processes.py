@@ -6,17 +6,41 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import random
 import signal
 import socket
 import subprocess
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 
+QUIET_PORTS = (20_000, 32_768)
+"""Where ``free_port`` looks first: above Ray's worker ports (10002-19999 by default) and
+below Linux's default ephemeral range (32768-60999), where the kernel hands out ports to
+every outgoing connection and to every ``bind(0)``. A port found free there stays free
+until the child it is meant for binds it: one from the ephemeral range was once taken by
+one of the Ray processes the demo starts at the same time as its worker."""
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    """A port nothing listens on at ``host`` now, for a child process to bind."""
+    low, high = QUIET_PORTS
+    with contextlib.suppress(OSError, ValueError):  # the kernel's range, where it says
+        ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+        high = min(high, ephemeral_low)
+    rng = random.SystemRandom()
+    for _ in range(100 if high > low else 0):
+        port = rng.randrange(low, high)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # the kernel's choice
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
 
