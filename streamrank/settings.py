@@ -40,7 +40,7 @@ class Settings(BaseSettings):
         default=4,
         ge=1,
         description="partitions a new events topic gets; running clients follow the topic's "
-        "actual count, which `streamrank topic grow` raises",
+        "actual count, which `streamrank grow-topics` raises",
     )
     topic_metadata_refresh_s: float = Field(
         default=10.0,

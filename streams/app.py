@@ -231,13 +231,11 @@ def create_app(settings: Settings) -> faust.App:
             return
         assigned = [tp for tp in app.consumer.assignment() if tp.topic == settings.events_topic]
         rewound = holder.get("rewound", {})  # for partitions no batch has loaded yet
-        positions = {
-            tp: (
-                worker.next_offset(tp.partition) or rewound.get(tp),
-                app.consumer.highwater(tp),
-            )
-            for tp in assigned
-        }
+        positions = {}
+        for tp in assigned:
+            taken = worker.next_offset(tp.partition)
+            expected = rewound.get(tp) if taken is None else taken
+            positions[tp] = (expected, app.consumer.highwater(tp))
         for tp, offset in stalls.stalled(positions, time.monotonic()).items():
             log.warning(
                 "partition %d: messages from offset %d were not delivered; seeking back",

@@ -57,6 +57,8 @@ from streams.messages import RawMessage
 from streams.sink import FeastProfileStore, PartitionCounts
 from streams.store_errors import retry_store
 
+log = logging.getLogger(__name__)
+
 FENCE_HEADER = "streamrank-fence"
 """The header that marks a fence message; its value is the count the topic grew to."""
 
@@ -71,9 +73,6 @@ def fence_of(headers: Mapping[str, Any] | Iterable[tuple[str, Any]] | None) -> i
         if key == FENCE_HEADER and value:
             return int(value.decode() if isinstance(value, bytes) else value)
     return None
-
-
-log = logging.getLogger(__name__)
 
 
 def partition_counts(settings: Settings, timeout_s: float = 20.0) -> dict[str, int]:

@@ -84,8 +84,7 @@ class ProfileProcessor:
         if self.gates is not None:
             messages = self.gates.admit(messages)  # held ones released, new ones held
 
-        # per message: its events, and the count its partition's fence set (0: none yet)
-        decoded: list[tuple[RawMessage, list[Record], int]] = []
+        decoded: list[tuple[RawMessage, list[Record]]] = []
         for msg in messages:
             state.advance(msg.partition, msg.offset)
             if msg.offset <= state.checkpoints[msg.partition]:
@@ -98,17 +97,18 @@ class ProfileProcessor:
             out = self.limits.decode(msg, now)
             state.count(msg.partition, len(out.records), len(out.dead))
             result.dead_letters.extend((msg, dead) for dead in out.dead)
-            if out.records:
-                decoded.append((msg, out.records, state.counts[msg.partition].partitions))
+            records = out.records
+            if self.gates is not None:  # live: moved users' late events go to their partition
+                records = self._stay(msg, records, state.counts[msg.partition].partitions, result)
+            if records:
+                decoded.append((msg, records))
 
-        if self.gates is not None:  # live: moved users' late events go to their partition
-            decoded = [(m, self._stay(m, rs, fenced, result), fenced) for m, rs, fenced in decoded]
-        state.ensure_users(r.user_id for _, records, _ in decoded for r in records)
+        state.ensure_users(r.user_id for _, records in decoded for r in records)
         # the loop runs once per event: what it reads on every turn is held in locals
         profiles, withholds = state.profiles, state.privacy.withholds
         items, item_side = self.items, self.item_side
         effects: list[ItemEffect] = []
-        for msg, records, _ in decoded:
+        for msg, records in decoded:
             partition, offset = msg.partition, msg.offset
             touched: set[str] = set()
             replayed: set[str] = set()
