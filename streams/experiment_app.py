@@ -40,7 +40,7 @@ from streams.experiments import ArmResult, ExperimentJoin, arm_totals
 from streams.growth import partition_counts
 from streams.impressions import parse_impression
 from streams.messages import RawMessage, ValidationLimits
-from streams.privacy import PrivacyLog, PrivacyRegistry, kept_events
+from streams.privacy import PrivacyRegistry, kept_events
 from streams.producer import partition_for
 from streams.supervision import exit_unfinished
 from streams.transport import stream_app
@@ -126,7 +126,7 @@ def create_experiment_app(settings: Settings) -> faust.App:
     )
     join = ExperimentJoin(settings.experiment_window_s, users=users)
     limits = ValidationLimits.from_settings(settings)  # judged as the profile worker judges
-    privacy = PrivacyRegistry(PrivacyLog.from_settings(settings).load)
+    privacy = PrivacyRegistry.from_settings(settings)
 
     def owned() -> set[int]:
         return {tp.partition for tp in app.assignor.assigned_actives()}

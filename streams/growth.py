@@ -28,15 +28,18 @@ Order, by a fence per old partition (``grow_topics``):
    producer that was cut off longer than the margin) is forwarded to the user's partition
    instead of folded there: folded late, never lost, never folded by two owners at once.
 A replay (``streams/replay.py``) holds nothing and forwards nothing: it folds such events in
-place. Across a growth that is exact with one replay process (``replay_workers=1``); with
-several, a moved user's partitions can go to two processes, each folding its share.
+place, and folds a new partition in the same process as the partitions it was split from,
+after them, so that no user's events are folded by two processes at once.
 
-Privacy: a moved user's opt-out lives on as their profile's tombstone, which the new
-owner reads; their privacy state on the old partition of the ``privacy`` topic stays until
-their next request, which is published on the new one. The experiment join's Faust table
-is partitioned like the topics and is not regrown: restart the experiment join with a new
-``experiments_group`` after a growth; it builds its table at the topics' count from what
-they hold.
+Privacy: a moved user's last privacy state stays on the old partition of the ``privacy``
+topic until their next request, which is published on the new one. Whoever restores a new
+partition's states (the profile worker, a replay, the experiment join) also reads its
+ancestors' and keeps the moved users' (``Lineage``, ``streams/privacy.py``), so an opt-out
+made before the growth holds after it, however long ago it was made.
+
+The experiment join's Faust table is partitioned like the topics and is not regrown: restart
+the experiment join with a new ``experiments_group`` after a growth; it builds its table at
+the topics' count from what they hold.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import Producer
@@ -54,6 +58,7 @@ from infra.kafka_config import client_config
 from streamrank.failures import UsageError
 from streamrank.settings import Settings
 from streams.messages import RawMessage
+from streams.producer import partition_for
 from streams.sink import FeastProfileStore, PartitionCounts
 from streams.store_errors import retry_store
 
@@ -137,6 +142,67 @@ def write_fences(
     if producer.flush(timeout_s):
         raise TimeoutError(f"fences of {settings.events_topic} not delivered in {timeout_s}s")
     log.info("fenced %s at %d partitions", settings.events_topic, partitions)
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """Where a partition added by growth took its users from."""
+
+    ancestors: tuple[int, ...]
+    """The partition it was split from, then that one's parent, and so on."""
+    count: int
+    """The topic's partition count that added it."""
+
+    def moved_here(self, user_id: str, partition: int) -> bool:
+        """Whether ``user_id`` moved to ``partition`` (this lineage's) when it was added:
+        their earlier requests are on an ancestor."""
+        return partition_for(user_id, self.count) == partition
+
+
+def read_lineage(store: FeastProfileStore, partitions: Iterable[int]) -> dict[int, Lineage]:
+    """The lineage of each of ``partitions`` that growth added (the others are left out),
+    from the checkpoint rows ``grow_topics`` wrote in ``store`` (the live one)."""
+    wanted = sorted(set(partitions))
+    rows: dict[int, PartitionCounts] = {}
+    ask = wanted
+
+    def read(partitions: list[int]) -> dict[int, PartitionCounts]:
+        return retry_store(lambda: store.read_partition_counts(partitions), "growth rows")
+
+    while ask:  # parents, then their parents: one read per generation
+        rows.update(read(ask))
+        ask = sorted({r.grown_from for r in rows.values() if r.grown_from >= 0} - rows.keys())
+    lineage = {}
+    for q in wanted:
+        chain: list[int] = []
+        parent = rows[q].grown_from
+        while parent >= 0 and parent not in chain:
+            chain.append(parent)
+            parent = rows[parent].grown_from
+        if chain:
+            lineage[q] = Lineage(tuple(chain), rows[q].grown_at)
+    return lineage
+
+
+def lineage_reader(settings: Settings) -> Callable[[list[int]], dict[int, Lineage]]:
+    """``read_lineage`` over the settings' live store, opened at the first call (a replay
+    process reads the live store's growth rows, not its namespace's). A live store that was
+    never set up (a topic replayed where no worker ever ran) has seen no growth."""
+    from feast.errors import FeatureViewNotFoundException
+
+    opened: list[FeastProfileStore] = []
+
+    def read(partitions: list[int]) -> dict[int, Lineage]:
+        try:
+            if not opened:
+                from feature_repo.store import open_store
+
+                opened.append(FeastProfileStore(open_store(settings)))
+            return read_lineage(opened[0], partitions)
+        except FeatureViewNotFoundException:
+            return {}
+
+    return read
 
 
 class PartitionGates:

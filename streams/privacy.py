@@ -32,8 +32,9 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from pydantic import BaseModel, ValidationError
@@ -42,6 +43,9 @@ from infra.kafka_config import KafkaTarget, client_config
 from streamrank.settings import Settings
 from streams import metrics
 from streams.events import Event, PrivacyAction, PrivacyRequest, Record
+
+if TYPE_CHECKING:
+    from streams.growth import Lineage
 
 log = logging.getLogger(__name__)
 
@@ -93,21 +97,52 @@ class PrivacyState(BaseModel):
 
 class PrivacyRegistry:
     """The states of the users of the partitions one process reads (a worker, a replay),
-    restored per partition by ``load`` the first time the partition is seen."""
+    restored per partition by ``load`` the first time the partition is seen. For a
+    partition added by growth (``lineage``, ``streams/growth.py``) that includes the states
+    of its moved users, which stay on the partitions it was split from until their next
+    request: an opt-out made before the growth holds after it."""
 
-    def __init__(self, load: Callable[[list[int]], Iterable[PrivacyState]] | None = None):
+    def __init__(
+        self,
+        load: Callable[[list[int]], Iterable[PrivacyState]] | None = None,
+        lineage: Callable[[list[int]], Mapping[int, Lineage]] | None = None,
+    ):
         self._load = load
+        self._lineage = lineage
         self._partitions: set[int] = set()
         self.states: dict[str, PrivacyState] = {}
+        self._homes: dict[str, set[int]] = {}  # the loaded partitions each state serves
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> PrivacyRegistry:
+        """Restored from the settings' privacy topic, growth read from the live store."""
+        from streams.growth import lineage_reader
+
+        return cls(PrivacyLog.from_settings(settings).load, lineage_reader(settings))
 
     def ensure_partitions(self, partitions: Iterable[int]) -> None:
         missing = sorted(set(partitions) - self._partitions)
         if not missing:
             return
         if self._load is not None:
-            for state in self._load(missing):
-                self.states[state.user_id] = state
+            lineage = self._lineage(missing) if self._lineage is not None else {}
+            ancestors = {a for q in lineage for a in lineage[q].ancestors}
+            for state in self._load(sorted(set(missing) | ancestors)):
+                homes = {state.partition} & set(missing)
+                homes.update(
+                    q
+                    for q, line in lineage.items()
+                    if state.partition in line.ancestors and line.moved_here(state.user_id, q)
+                )
+                if homes:
+                    self._keep(state, homes)
         self._partitions.update(missing)
+
+    def _keep(self, state: PrivacyState, homes: Iterable[int]) -> None:
+        known = self.states.get(state.user_id)
+        if known is None or newer(state, known):
+            self.states[state.user_id] = state
+        self._homes.setdefault(state.user_id, set()).update(homes)
 
     def knows(self, partition: int) -> bool:
         return partition in self._partitions
@@ -129,13 +164,27 @@ class PrivacyRegistry:
     def apply(self, request: PrivacyRequest, partition: int, offset: int) -> PrivacyState:
         state = self.states.get(request.user_id) or PrivacyState.initial(request.user_id, partition)
         self.states[request.user_id] = state = state.after(request, partition, offset)
+        self._homes.setdefault(request.user_id, set()).add(partition)
         return state
 
     def forget(self, partitions: Iterable[int] | None = None) -> None:
-        """Drop the states of revoked partitions (the next owner restores them)."""
+        """Drop the states of revoked partitions (the next owner restores them); a moved
+        user's state stays while a partition it serves is still read here."""
         dropped = set(self._partitions) if partitions is None else set(partitions)
         self._partitions -= dropped
-        self.states = {u: s for u, s in self.states.items() if s.partition not in dropped}
+        for user, homes in list(self._homes.items()):
+            homes -= dropped
+            if not homes:
+                del self._homes[user]
+                self.states.pop(user, None)
+
+
+def newer(state: PrivacyState, than: PrivacyState) -> bool:
+    """Whether ``state`` was made after ``than``: by offset on one partition, by the
+    request's time across two (a moved user's old and new partitions)."""
+    if state.partition == than.partition:
+        return state.offset >= than.offset
+    return state.requested_at >= than.requested_at
 
 
 def kept_events(
@@ -209,7 +258,9 @@ class PrivacyLog:
                         continue
                     raise KafkaException(error)
                 if msg.value() is None:  # a compaction tombstone: nothing to remember
-                    states.pop((msg.key() or b"").decode(), None)
+                    user = (msg.key() or b"").decode()
+                    if user in states and states[user].partition == msg.partition():
+                        del states[user]
                     continue
                 try:
                     state = PrivacyState.model_validate_json(msg.value())
@@ -218,7 +269,9 @@ class PrivacyLog:
                         "unreadable record at %s[%d]@%d", self.topic, msg.partition(), msg.offset()
                     )
                     continue
-                states[state.user_id] = state
+                known = states.get(state.user_id)
+                if known is None or newer(state, known):  # a moved user: on two partitions
+                    states[state.user_id] = state
         finally:
             consumer.close()
         return states

@@ -20,7 +20,7 @@ from streams.events import DeadLetter, PrivacyAction, PrivacyRequest, Record
 from streams.growth import PartitionGates
 from streams.messages import RawMessage, ValidationLimits
 from streams.outbox import ItemEffect
-from streams.privacy import PrivacyLog, PrivacyRegistry, PrivacyState
+from streams.privacy import PrivacyRegistry, PrivacyState
 from streams.producer import partition_for
 from streams.profile import ItemLookup, apply_event
 from streams.sink import FeastProfileStore
@@ -242,7 +242,7 @@ def build_processor(
         "max_profiles": settings.worker_max_profiles,
         "max_covisits": settings.worker_max_covisits,
         "item_flush_s": settings.worker_item_flush_s,
-        "privacy": PrivacyRegistry(PrivacyLog.from_settings(settings).load),
+        "privacy": PrivacyRegistry.from_settings(settings),
         **state_options,
     }
     return ProfileProcessor(

@@ -174,7 +174,7 @@ def read_events(
     judges them (dead letters are left out, as they are by the fold), without the events
     users' privacy states withhold."""
     limits = ValidationLimits.from_settings(settings)
-    privacy = PrivacyRegistry(PrivacyLog.from_settings(settings).load)
+    privacy = PrivacyRegistry.from_settings(settings)
     bar = tqdm(total=replayed.messages, desc="reading", unit="msg", disable=not progress)
     for partition in sorted(replayed.start):
         start, stop = replayed.start[partition], replayed.stop[partition]
@@ -232,6 +232,49 @@ def replay_partition(
     collector pace of the settings (``streams/memory.py``)."""
     with gc_pace(settings.replay_gc_thresholds):
         return _replay_partition(settings, namespace, partition, start, stop, report, profiles_only)
+
+
+Span = tuple[int, int, int]
+"""A partition and the offsets ``[start, stop)`` of it to replay."""
+
+
+def partition_families(settings: Settings, replayed: ReplayRange) -> list[list[Span]]:
+    """The partitions to replay, grouped so that one process folds a partition added by
+    growth after the partitions it was split from (``streams/growth.py``): a moved user's
+    events before and after the growth are then never folded by two processes at once.
+    Largest family first, so that no process is left with a long one while the others
+    idle."""
+    from streams.growth import lineage_reader
+
+    parts = [p for p in sorted(replayed.start) if replayed.stop[p] > replayed.start[p]]
+    lineage = lineage_reader(settings)(parts) if parts else {}
+    families: dict[int, list[int]] = {}
+    for p in parts:
+        line = lineage.get(p)
+        families.setdefault(line.ancestors[-1] if line else p, []).append(p)
+
+    def generation(p: int) -> int:
+        return len(lineage[p].ancestors) if p in lineage else 0
+
+    spans = [
+        [(p, replayed.start[p], replayed.stop[p]) for p in sorted(members, key=generation)]
+        for members in families.values()
+    ]
+    return sorted(spans, key=lambda family: -sum(stop - start for _, start, stop in family))
+
+
+def replay_family(
+    settings: Settings,
+    namespace: str,
+    family: list[Span],
+    report: Callable[[int], None] | None = None,
+    profiles_only: bool = False,
+) -> list[PartitionDone]:
+    """``replay_partition`` for each partition of a family, parents first."""
+    return [
+        replay_partition(settings, namespace, p, start, stop, report, profiles_only)
+        for p, start, stop in family
+    ]
 
 
 def _replay_partition(
@@ -307,28 +350,16 @@ def replay(
         namespace.create(manifest)
     started = time.perf_counter()
     privacy_before = PrivacyLog.from_settings(settings).read()
-    # largest first, so that no process is left with a long partition while the others idle
-    parts = sorted(
-        (p for p in replayed.start if replayed.stop[p] > replayed.start[p]),
-        key=lambda p: (replayed.start[p] - replayed.stop[p], p),
-    )
-    workers = max(1, min(workers or settings.replay_workers, len(parts) or 1))
+    families = partition_families(settings, replayed)
+    workers = max(1, min(workers or settings.replay_workers, len(families) or 1))
     bar = tqdm(
         total=replayed.messages, desc=f"replay {namespace.name}", unit="msg", disable=not progress
     )
     if workers == 1:
-        for p in parts:
-            replay_partition(
-                settings,
-                namespace.name,
-                p,
-                replayed.start[p],
-                replayed.stop[p],
-                bar.update,
-                profiles_only,
-            )
+        for family in families:
+            replay_family(settings, namespace.name, family, bar.update, profiles_only)
     else:
-        _in_processes(settings, namespace.name, replayed, parts, workers, bar, profiles_only)
+        _in_processes(settings, namespace.name, families, workers, bar, profiles_only)
     bar.close()
     purge_changed(settings, namespace, privacy_before, PrivacyLog.from_settings(settings).read())
     totals = FeastProfileStore(namespace.open_store()).read_partition_counts(sorted(replayed.start))
@@ -359,32 +390,22 @@ def _start_method() -> str:
 def _in_processes(
     settings: Settings,
     name: str,
-    replayed: ReplayRange,
-    parts: list[int],
+    families: list[list[Span]],
     workers: int,
     bar: tqdm,  # type: ignore[type-arg]
     profiles_only: bool,
 ) -> None:
-    """One partition per task over ``workers`` processes, progress through a queue that
-    each process is given when it starts (a queue travels only that way; a ``Manager``
-    proxy would cost a process more and a round trip per batch)."""
+    """One family of partitions per task over ``workers`` processes, progress through a
+    queue that each process is given when it starts (a queue travels only that way; a
+    ``Manager`` proxy would cost a process more and a round trip per batch)."""
     context = multiprocessing.get_context(_start_method())
     updates: multiprocessing.queues.Queue[int] = context.Queue()
     with ProcessPoolExecutor(
         workers, mp_context=context, initializer=_start_process, initargs=(updates,)
     ) as pool:
-        futures: list[Future[PartitionDone]] = [
-            pool.submit(
-                replay_partition,
-                settings,
-                name,
-                p,
-                replayed.start[p],
-                replayed.stop[p],
-                _report,
-                profiles_only,
-            )
-            for p in parts
+        futures: list[Future[list[PartitionDone]]] = [
+            pool.submit(replay_family, settings, name, family, _report, profiles_only)
+            for family in families
         ]
         for future in futures:  # wakes the loop below at once when the last one ends
             future.add_done_callback(lambda _: updates.put(0))

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from feature_repo.namespaces import Namespace
 from feature_repo.store import apply_repo, open_store
 from infra.broker import ensure_topics
 from infra.processes import stop_process
@@ -20,6 +21,7 @@ from streams.events import Event
 from streams.growth import grow_topics, partition_counts
 from streams.producer import EventProducer
 from streams.pseudonyms import RAW_IDS
+from streams.replay import plan, replay
 from streams.sink import FeastProfileStore
 from tests.cluster.growable_broker import GrowableBroker
 from tests.conftest import isolated_settings, make_home
@@ -116,7 +118,8 @@ def test_a_worker_that_starts_after_a_growth_folds_each_users_events_in_order(
 ) -> None:
     """The worker finds a moved user's older events on the old partition and newer ones on
     the new partition at once: without the fence it would fold them in whichever order
-    the partitions are fetched."""
+    the partitions are fetched. A replay of the grown topic in two processes then folds the
+    same profiles."""
     with growable_system(tmp_path, catalog_home) as settings:
         events = make_events(catalog, 2000, 100)
         before = send(settings, events[:1000])
@@ -132,6 +135,12 @@ def test_a_worker_that_starts_after_a_growth_folds_each_users_events_in_order(
             partitions = list(range(8))
             store = FeastProfileStore(open_store(settings))
             assert_items_equal(store, partitions, item_truth(events, catalog, partitions))
+            # a replay in two processes: each moved user's partitions are folded by one
+            namespace = Namespace(settings, "grown")
+            replay(settings, namespace, plan(settings, None), workers=2, progress=False)
+            replayed = FeastProfileStore(namespace.open_store())
+            truth = offline_truth(events, catalog)
+            assert_profiles_equal(replayed.read_profiles(sorted(truth)), truth)
         finally:
             stop_process(worker, "faust worker", timeout=30)
             print(worker_log(settings).read_text(errors="replace")[-4000:])  # shown on failure

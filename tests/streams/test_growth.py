@@ -11,16 +11,19 @@ from pathlib import Path
 
 import pytest
 
+from feature_repo.namespaces import ReplayRange
 from feature_repo.store import apply_repo
 from streamrank.catalog import Catalog
 from streamrank.failures import UsageError
 from streamrank.settings import Settings
 from streams.events import Event, encode_events
-from streams.growth import PartitionCount, grow_topics, partition_counts
+from streams.growth import Lineage, PartitionCount, grow_topics, partition_counts, read_lineage
 from streams.messages import RawMessage
+from streams.privacy import PrivacyRegistry, PrivacyState
 from streams.processor import ProfileProcessor
 from streams.producer import partition_for
 from streams.profile import UserProfile, apply_event
+from streams.replay import partition_families
 from streams.sink import FeastProfileStore, PartitionCounts
 from streams.state import ProfileState
 
@@ -145,3 +148,91 @@ def test_a_growth_that_is_not_a_multiple_of_the_count_is_refused_before_any_chan
     with pytest.raises(UsageError, match="multiple of 4"):
         grow_topics(settings, 6)
     assert set(partition_counts(settings).values()) == {4}
+
+
+# --- privacy states and replays follow the moved users ----------------------------------------
+
+
+def opted_out(user: str, partition: int, offset: int, at: float) -> PrivacyState:
+    return PrivacyState(
+        user_id=user,
+        partition=partition,
+        opted_out=True,
+        wiped_through=offset,
+        offset=offset,
+        requested_at=at,
+    )
+
+
+def test_a_new_partitions_owner_restores_its_moved_users_states_from_its_parent(
+    grown_store: FeastProfileStore, catalog: Catalog
+) -> None:
+    """An opt-out published on partition 1 before the growth: the user's later events land
+    on 5, and their profile row (the tombstone) has long expired from the store. The owner
+    of 5 still withholds them; a user who stayed on 1 is not 5's to know."""
+    moved, stays = moved_and_staying(1, 5)
+    topic = [opted_out(moved, 1, 3, NOW - 90 * 86400), opted_out(stays, 1, 4, NOW - 86400)]
+    read: list[list[int]] = []
+
+    def load(partitions: list[int]) -> list[PrivacyState]:
+        read.append(partitions)
+        return [s for s in topic if s.partition in partitions]
+
+    registry = PrivacyRegistry(load, lambda parts: read_lineage(grown_store, parts))
+    owner = ProfileProcessor(
+        ProfileState(grown_store, privacy=registry), catalog, clock=lambda: NOW, live=True
+    )
+    grown_store.write_checkpoints({1: 0}, {1: PartitionCounts(offset=0, partitions=8)})  # fenced
+    result = owner.process([RawMessage(5, 0, encode_events(views(moved, 2)))])
+    assert read == [[1, 5]]  # its own partition and its parent, in one read
+    assert (result.applied, result.withheld) == (0, 2)
+    assert grown_store.read_profiles([moved])[moved].event_count == 0
+    assert registry.opted_out(moved) and not registry.opted_out(stays)
+
+
+def test_the_newest_state_wins_and_a_moved_users_state_outlives_its_old_partition() -> None:
+    moved, _ = moved_and_staying(1, 5)
+    came_back = PrivacyState(user_id=moved, partition=5, offset=0, requested_at=NOW)
+    topic = [opted_out(moved, 1, 3, NOW - 3600), came_back]
+    registry = PrivacyRegistry(
+        lambda parts: [s for s in topic if s.partition in parts],
+        lambda parts: {5: Lineage((1,), 8)} if 5 in parts else {},
+    )
+    registry.ensure_partitions([1, 5])
+    assert registry.states[moved] == came_back  # opted in again after the move
+    registry.forget([1])
+    assert registry.states[moved] == came_back  # 5 is still read here
+    registry.forget([5])
+    assert moved not in registry.states
+
+    old_only = PrivacyRegistry(
+        lambda parts: [s for s in topic[:1] if s.partition in parts],
+        lambda parts: {5: Lineage((1,), 8)} if 5 in parts else {},
+    )
+    old_only.ensure_partitions([1, 5])
+    old_only.forget([1])
+    assert old_only.opted_out(moved)  # a state of partition 1 that 5, still read here, needs
+    old_only.forget([5])
+    assert not old_only.opted_out(moved)
+
+
+def test_a_replay_folds_a_grown_partition_in_the_process_of_its_ancestors(
+    grown_store: FeastProfileStore, home: Path
+) -> None:
+    """Grown 4 -> 8 -> 16: 13 was split from 5, 5 from 1. A replay task holds a family,
+    parents first; the largest family goes first."""
+    grown_store.write_checkpoints(
+        {13: -1}, {13: PartitionCounts(partitions=16, grown_from=5, grown_at=16)}
+    )
+    assert read_lineage(grown_store, [1, 5, 13]) == {5: Lineage((1,), 8), 13: Lineage((5, 1), 16)}
+    parts = (1, 2, 5, 13)
+    replayed = ReplayRange(
+        topic="events",
+        start_time=None,
+        end_time=NOW,
+        first=dict.fromkeys(parts, 0),
+        start=dict.fromkeys(parts, 0),
+        stop={1: 10, 2: 20, 5: 10, 13: 5},
+    )
+    families = partition_families(Settings(home=home), replayed)
+    assert families == [[(1, 0, 10), (5, 0, 10), (13, 0, 5)], [(2, 0, 20)]]
