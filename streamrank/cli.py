@@ -105,9 +105,10 @@ def cmd_experiments(settings: Settings, args: argparse.Namespace) -> int:
 
     from infra.kafka_admin import read_topic
     from streams.experiments import join_in_time_order
+    from streams.growth import partition_counts
     from streams.impressions import Impression, parse_impression
     from streams.messages import RawMessage, ValidationLimits
-    from streams.privacy import PrivacyLog, PrivacyRegistry, kept_events
+    from streams.privacy import PrivacyRegistry, kept_events
 
     kafka = settings.kafka_client_config()
     impressions = [  # bad ones are the experiment worker's to dead-letter
@@ -117,8 +118,8 @@ def cmd_experiments(settings: Settings, args: argparse.Namespace) -> int:
     ]
     now = time.time()
     limits = ValidationLimits.from_settings(settings)  # as the workers judge events
-    privacy = PrivacyRegistry(PrivacyLog.from_settings(settings).load)
-    privacy.ensure_partitions(range(settings.events_partitions))
+    privacy = PrivacyRegistry.from_settings(settings)
+    privacy.ensure_partitions(range(partition_counts(settings)[settings.events_topic]))
     events = []
     for r in read_topic(kafka, settings.events_topic, timeout=600, idle_s=args.idle_s):
         records = limits.decode(RawMessage(r.partition, r.offset, r.value, r.timestamp), now)

@@ -7,9 +7,12 @@ lives in a Faust table backed by a changelog topic: one table write per message 
 changes it, so a restarted worker gets back the counts together with the ids they were
 counted from, and the redelivered tail is counted once.
 
-It is a Faust app of its own (consumer group ``experiments_group``), not a second agent in
-the profile worker: it reads every event message too, and the profile worker's throughput
-is the system's ceiling, so it scales and fails apart. Per-arm impressions,
+It is a Faust app of its own (consumer group ``experiments_group`` and the topics' partition
+count, ``join_group``), not a second agent in the profile worker: it reads every event
+message too, and the profile worker's throughput is the system's ceiling, so it scales and
+fails apart. When the topics grow (``streams/growth.py``) the process exits with 70; started
+again by its supervisor, it joins under the new count's group, whose table it builds from
+what the topics hold (a Faust table cannot change its partition count). Per-arm impressions,
 clicks, conversions, CTR and CVR are Prometheus gauges on its ``/metrics`` page, summed
 over the partitions this worker owns (across workers: ``sum by (arm)``).
 
@@ -97,15 +100,25 @@ class ArmGauges(Collector):
         }
 
 
+def join_group(settings: Settings, partitions: int) -> str:
+    """The join's consumer group (also its Faust app id, which names its table's changelog)
+    for topics of ``partitions`` partitions. A Faust table keeps the count it was made with,
+    so the join of a grown topic is a new one, at the new count."""
+    return f"{settings.experiments_group}-p{partitions}"
+
+
 def create_experiment_app(settings: Settings) -> faust.App:
     # A restarted worker restores the join's table by reading its changelog up to the
     # latest offsets. On Tansu those stop at the last batch's first message, so there the
     # changelog is written one message per batch, or the restore would miss the last
     # counts while the source offsets they came from are committed (lost for good).
     one_per_batch = latest_offsets_lag(settings.kafka_client_config())
+    # as many partitions as the topics have now, under a group of that count: a topic grown
+    # since (``streams/growth.py``) makes this join exit for one at the new count
+    partitions = partition_counts(settings).get(settings.events_topic, settings.events_partitions)
     app = stream_app(
         settings,
-        settings.experiments_group,
+        join_group(settings, partitions),
         settings.experiments_web_port,
         table_standby_replicas=0,
         broker_commit_interval=settings.experiments_commit_interval_s,
@@ -118,9 +131,6 @@ def create_experiment_app(settings: Settings) -> faust.App:
         value_serializer="raw",
     )
     dlq_topic = app.topic(settings.dlq_topic, key_serializer="raw", value_serializer="raw")
-    # as many partitions as the topics have now (``streams/growth.py``): a grown topic
-    # needs a join under a new group, which rebuilds its table from the topics
-    partitions = partition_counts(settings).get(settings.events_topic, settings.events_partitions)
     users = app.Table(  # JSON keys and values (Faust's default codec for both)
         "experiment-join", partitions=partitions
     )
@@ -182,13 +192,37 @@ def create_experiment_app(settings: Settings) -> faust.App:
                 join.add_event(clicked)
         JOINED.labels(topic, "joined").inc()
 
+    async def start_again(grown: int) -> None:
+        await exit_unfinished(
+            app,
+            f"{settings.events_topic} grew from {partitions} to {grown} partitions: the join "
+            f"starts again as {join_group(settings, grown)}, rebuilt from the topics",
+            expected=True,
+        )
+
     @app.agent(source)
     async def experiment_join(stream: faust.StreamT[Any]) -> None:
         async for event in stream.events():
+            if event.message.partition >= partitions:  # grown: the table has no such partition
+                counts = await asyncio.to_thread(partition_counts, settings)
+                await start_again(counts[settings.events_topic])
             try:
                 await join_message(event)
             except Exception:  # in the loop: the message is never acknowledged
                 await exit_unfinished(app, f"a message at offset {event.message.offset} failed")
+
+    @app.timer(settings.topic_metadata_refresh_s)
+    async def follow_growth() -> None:
+        """A grown topic: the process exits (70) for its supervisor to start the join at
+        the new count, whose new group builds its table from what the topics hold."""
+        try:
+            counts = await asyncio.to_thread(partition_counts, settings)
+        except Exception as exc:  # the broker is away: the next tick asks again
+            log.warning("partition count not read (%r)", exc)
+            return
+        grown = counts.get(settings.events_topic, partitions)
+        if grown != partitions:  # before its first message on a new partition
+            await start_again(grown)
 
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:

@@ -37,9 +37,10 @@ partition's states (the profile worker, a replay, the experiment join) also read
 ancestors' and keeps the moved users' (``Lineage``, ``streams/privacy.py``), so an opt-out
 made before the growth holds after it, however long ago it was made.
 
-The experiment join's Faust table is partitioned like the topics and is not regrown: restart
-the experiment join with a new ``experiments_group`` after a growth; it builds its table at
-the topics' count from what they hold.
+The experiment join's Faust table is partitioned like the topics and cannot change its
+count: the join exits (70) when it sees the topics grow, and started again by its supervisor
+joins under the new count's group, building its table from what the topics hold
+(``streams/experiment_app.py``).
 """
 
 from __future__ import annotations

@@ -5,10 +5,18 @@ nothing lost or counted twice. On noida-db, which can add partitions (Tansu cann
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+import httpx
+import pytest
 
 from feature_repo.namespaces import Namespace
 from feature_repo.store import apply_repo, open_store
@@ -19,11 +27,13 @@ from streamrank.demo import start_worker, worker_log
 from streamrank.settings import Settings
 from streams.events import Event
 from streams.growth import grow_topics, partition_counts
+from streams.impressions import Impression
 from streams.producer import EventProducer
 from streams.pseudonyms import RAW_IDS
 from streams.replay import plan, replay
 from streams.sink import FeastProfileStore
 from tests.cluster.growable_broker import GrowableBroker
+from tests.cluster.system import RESTARTED, SUPERVISOR, child_env
 from tests.conftest import isolated_settings, make_home
 from tests.integration.checks import (
     assert_items_equal,
@@ -32,6 +42,7 @@ from tests.integration.checks import (
     offline_truth,
 )
 from tests.integration.streaming import PacedSender, make_events, send, wait
+from tests.integration.test_worker import send_keyed
 
 
 @contextmanager
@@ -144,3 +155,97 @@ def test_a_worker_that_starts_after_a_growth_folds_each_users_events_in_order(
         finally:
             stop_process(worker, "faust worker", timeout=30)
             print(worker_log(settings).read_text(errors="replace")[-4000:])  # shown on failure
+
+
+def show_and_click(settings: Settings, users: list[str], catalog: Catalog) -> None:
+    """A page for each user (an impression, as a replica publishes it), and a click on its
+    first item by every other user."""
+    shown = datetime.now(UTC) - timedelta(seconds=2)
+    pages = [
+        Impression(
+            request_id=f"page-{user}",
+            user_id=user,
+            arm="main",
+            model_version="test",
+            strategy="personalized",
+            items=catalog.ids[i % 50 : i % 50 + 2],
+            propensities=[1.0, 1.0],
+            ts=shown,
+        )
+        for i, user in enumerate(users)
+    ]
+    send_keyed(
+        settings,
+        [(p.user_id.encode(), p.model_dump_json().encode()) for p in pages],
+        settings.impressions_topic,
+    )
+    clicks = [
+        Event(
+            event_id=f"click-{p.user_id}",
+            user_id=p.user_id,
+            type="click",  # type: ignore[arg-type]
+            item_id=p.items[0],
+            ts=shown + timedelta(seconds=1),
+        )
+        for p in pages[::2]
+    ]
+    send(settings, clicks)
+
+
+def test_the_experiment_join_starts_again_at_the_grown_count(
+    tmp_path: Path, catalog_home: Path, catalog: Catalog, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Its Faust table cannot grow: the join exits (70), and started again by its
+    supervisor it joins under the new count's group, built from the topics, and counts
+    what the offline report counts."""
+    from streamrank.cli import main
+
+    with growable_system(tmp_path, catalog_home) as settings:
+        log = worker_log(settings, "experiment-worker")
+        log.parent.mkdir(exist_ok=True)
+        command = [sys.executable, "-m", "streamrank", "experiment-worker"]
+        with open(log, "ab") as out:
+            join = subprocess.Popen(
+                ["bash", "-c", SUPERVISOR, "supervisor", *command],
+                env=child_env(settings),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+        def offline_report() -> dict:
+            capsys.readouterr()
+            os.environ.update(settings.as_env())
+            try:
+                assert main(["experiments", "--json", "--idle-s", "1"]) == 0
+            finally:
+                for name in settings.as_env():
+                    os.environ.pop(name, None)
+            return json.loads(capsys.readouterr().out)["arms"]
+
+        def live_join_reaches(expected: dict, within_s: float) -> None:
+            url = f"http://{settings.worker_web_host}:{settings.experiments_web_port}"
+            deadline, live = time.monotonic() + within_s, {}
+            while live != expected and time.monotonic() < deadline:
+                try:
+                    live = httpx.get(f"{url}/v1/experiments", timeout=5).json()["arms"]
+                except (httpx.HTTPError, ValueError):
+                    live = {}
+                time.sleep(1)
+            assert live == expected
+
+        try:
+            show_and_click(settings, [f"before{i}" for i in range(40)], catalog)
+            before = offline_report()
+            assert before["main"]["clicked"] == 20
+            live_join_reaches(before, 120)
+            grow_topics(settings, 8, settle_s=0.5)
+            show_and_click(settings, [f"after{i}" for i in range(40)], catalog)
+            after = offline_report()
+            assert after["main"]["clicked"] == 40
+            live_join_reaches(after, 120)
+            text = log.read_text(errors="replace")
+            assert "grew from 4 to 8 partitions" in text and RESTARTED in text, text[-3000:]
+        finally:
+            stop_process(join, "experiment join", timeout=30)
+            print(log.read_text(errors="replace")[-4000:])  # shown on failure

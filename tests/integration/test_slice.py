@@ -34,6 +34,7 @@ from streamrank.datasets import Dataset
 from streamrank.demo import send_raw, start_worker, worker_log
 from streamrank.settings import Settings
 from streams.events import Event, PrivacyAction
+from streams.experiment_app import join_group
 from streams.impressions import Impression, parse_impression
 from streams.privacy import PrivacyLog, privacy_request
 from streams.producer import EventProducer, partition_for
@@ -438,7 +439,9 @@ def test_the_experiment_report_joins_impressions_with_later_clicks(
     report = offline_report()
     live_join_reaches(report["arms"], 60)
     ((partition, click_offset),) = delivered.items()
-    committed = committed_offsets(s.bootstrap(), s.experiments_group, s.events_topic, [partition])
+    committed = committed_offsets(
+        s.bootstrap(), join_group(s, s.events_partitions), s.events_topic, [partition]
+    )
     assert committed[partition] <= click_offset  # counted, not committed: it comes again
     restart(s)
     live_join_reaches(report["arms"], 120)
@@ -470,7 +473,7 @@ def publish_pages(stack: Stack, users: list[str], arm: str) -> dict[int, int]:
 def joined(stack: Stack, topic: str, offsets: dict[int, int]) -> None:
     """Until the experiment join has committed past ``offsets`` of ``topic``."""
     s = stack.settings
-    wait_until_consumed(s.bootstrap(), s.experiments_group, topic, offsets, 120)
+    wait_until_consumed(s.bootstrap(), join_group(s, s.events_partitions), topic, offsets, 120)
 
 
 def live_arms(stack: Stack) -> dict:
