@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -109,10 +109,10 @@ class RankingPolicy:
     show_again: ShowAgain = ShowAgain.NONE
 
 
-def diversify(
-    scores: np.ndarray, categories: Sequence[Sequence[str]], k: int, weight: float
-) -> list[int]:
-    """Greedy MMR: positions into ``scores``, best first, ``k`` at most."""
+def diversify(scores: np.ndarray, membership: np.ndarray, k: int, weight: float) -> list[int]:
+    """Greedy MMR: positions into ``scores``, best first, ``k`` at most. ``membership``:
+    which categories each item is in (``Catalog.category_membership``, a row per score);
+    redundancy is the Jaccard similarity of two items' categories."""
     n = len(scores)
     order = np.argsort(-scores, kind="stable")
     if weight <= 0 or n <= 1:
@@ -121,12 +121,7 @@ def diversify(
     s = scores[pool]
     spread = float(s.max() - s.min())
     relevance = (s - s.min()) / spread if spread > 0 else np.ones(len(pool))
-    # which of the pool's categories each pool item is in, set in one indexed assignment
-    column: dict[str, int] = {}
-    held = [set(categories[i]) for i in pool.tolist()]
-    codes = [column.setdefault(c, len(column)) for names in held for c in names]
-    member = np.zeros((len(pool), max(1, len(column))), dtype=np.float32)
-    member[np.repeat(np.arange(len(pool)), [len(names) for names in held]), codes] = 1.0
+    member = np.asarray(membership[pool], dtype=np.float32)
     shared = member @ member.T
     sizes = member.sum(axis=1)
     union = sizes[:, None] + sizes[None, :] - shared
@@ -193,8 +188,8 @@ def rank(
     kept_scores = np.asarray(scores, dtype=np.float64)[kept]
     # only the best 4k can win a slot (``diversify``): their categories alone are read
     pool = np.sort(np.argsort(-kept_scores, kind="stable")[: 4 * k])
-    categories = [catalog.categories_at(row) for row in rows[kept[pool]].tolist()]
-    ranked = [int(pool[i]) for i in diversify(kept_scores[pool], categories, k, policy.diversity)]
+    membership = catalog.category_membership(rows[kept[pool]])
+    ranked = [int(pool[i]) for i in diversify(kept_scores[pool], membership, k, policy.diversity)]
     slots = explore(ranked, len(kept), k, policy.exploration, rng or np.random.default_rng())
     items = []
     for pos, propensity, explored in slots:

@@ -145,10 +145,12 @@ class Recommender:
 
     # --- reads from the online store -----------------------------------------------------
     async def _read(self, read: Awaitable[R]) -> R:
-        """A Feast read (async on Redis, on a thread for SQLite: ``streams/sink.py``),
-        bounded in time: a store that hangs (not only one that refuses) must not hold the
-        page; ``TimeoutError`` leads to the fallback."""
-        return await asyncio.wait_for(read, self.store_timeout_s)
+        """A Feast read (async on Redis, inline for SQLite: ``streams/sink.py``), bounded
+        in time: a store that hangs (not only one that refuses) must not hold the page;
+        ``TimeoutError`` leads to the fallback. ``asyncio.timeout`` bounds it in the
+        request's own task (``wait_for`` would start a task a read)."""
+        async with asyncio.timeout(self.store_timeout_s):
+            return await read
 
     async def profile_of(self, user_id: str) -> UserProfile | None:
         """The user's profile (by pseudonym); a tombstone for a user who opted out; None when
@@ -293,9 +295,8 @@ class Recommender:
         if arm.search is None:
             return None
         try:
-            return await asyncio.wait_for(
-                arm.search(query, self.candidates.n_search), self.score_timeout_s
-            )
+            async with asyncio.timeout(self.score_timeout_s):
+                return await arm.search(query, self.candidates.n_search)
         except Exception as exc:
             log.warning("query search failed (%r): candidates without it", exc)
             return None
@@ -306,7 +307,8 @@ class Recommender:
         """The arm's scores, or None and the reason when the scorer fails or is slower than
         ``score_timeout_s``: a failed or slow replica must not fail the page."""
         try:
-            return await asyncio.wait_for(score_fn(task), self.score_timeout_s), None
+            async with asyncio.timeout(self.score_timeout_s):
+                return await score_fn(task), None
         except TimeoutError:
             problem = f"scorer slower than {self.score_timeout_s:g}s"
         except Exception as exc:

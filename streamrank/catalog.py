@@ -24,6 +24,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from scipy import sparse
 
 from streamrank.datasets import CATALOG_COLUMNS
 from streamrank.item_index import ItemIndex
@@ -100,9 +101,10 @@ class Catalog:
         joined = pc.dictionary_encode(pc.fill_null(joined, ""))
         joined = joined.combine_chunks()
         distinct = [tuple(s.split(SEPARATOR)) if s else () for s in joined.dictionary.to_pylist()]
-        self._categories: list[tuple[str, ...]] = [
-            distinct[i] for i in joined.indices.to_numpy(zero_copy_only=False)
-        ]
+        self.category_sets: np.ndarray = joined.indices.to_numpy(zero_copy_only=False)
+        """Per row, the index of its distinct category set (rows of ``category_members``)."""
+        self._categories: list[tuple[str, ...]] = [distinct[i] for i in self.category_sets]
+        self.category_members = _membership(distinct)
         self._source = source
 
     def __len__(self) -> int:
@@ -118,6 +120,11 @@ class Catalog:
 
     def categories_at(self, row: int) -> Sequence[str]:
         return self._categories[row]
+
+    def category_membership(self, rows: np.ndarray) -> np.ndarray:
+        """Which categories each of ``rows`` is in: a 0/1 matrix, a row per item and a
+        column per category of the catalog (one sparse row look-up, no Python per item)."""
+        return self.category_members[self.category_sets[rows]].toarray()
 
     def embedding_row(self, item_id: str) -> tuple[np.ndarray, int] | None:
         i = self.index.get(item_id)
@@ -280,3 +287,13 @@ def prepare_catalog(
         json.dumps({"fingerprint": fingerprint, "items": len(catalog), "dim": embeddings.shape[1]})
     )
     return Catalog.load(home)
+
+
+def _membership(sets: Sequence[tuple[str, ...]]) -> sparse.csr_matrix:
+    """A 0/1 matrix: a row per distinct category set, a column per category."""
+    column: dict[str, int] = {}
+    unique = [dict.fromkeys(names) for names in sets]
+    codes = [column.setdefault(c, len(column)) for names in unique for c in names]
+    starts = np.cumsum([0, *(len(names) for names in unique)])
+    ones = np.ones(len(codes), dtype=np.float32)
+    return sparse.csr_matrix((ones, codes, starts), shape=(len(sets), max(1, len(column))))

@@ -140,7 +140,8 @@ def test_rank_never_returns_more_than_k(catalog: Catalog, k: int) -> None:
 
 def test_diversity_spreads_categories_and_zero_keeps_score_order() -> None:
     scores = np.array([1.0, 0.99, 0.98, 0.97, 0.5, 0.4])
-    cats = [frozenset({"Drama"})] * 4 + [frozenset({"Comedy"}), frozenset({"Horror"})]
+    # columns Drama, Comedy, Horror: four dramas, a comedy, a horror film
+    cats = np.array([[1, 0, 0]] * 4 + [[0, 1, 0], [0, 0, 1]], dtype=np.float32)
     assert diversify(scores, cats, 4, 0.0) == [0, 1, 2, 3]
     spread = diversify(scores, cats, 4, 0.5)
     assert spread[0] == 0 and {4, 5} <= set(spread)  # one drama, then the other categories
@@ -225,3 +226,14 @@ def test_a_search_is_ranked_by_relevance_alone(catalog: Catalog) -> None:
     assert {i.propensity for i in searched} == {1.0}
     browsed = rank(*args, policy=policy, rng=np.random.default_rng(0))
     assert [i.item_id for i in browsed] != [i.item_id for i in searched]
+
+
+def test_category_membership_gives_the_jaccard_of_the_items_categories(catalog: Catalog) -> None:
+    rows = np.random.default_rng(3).choice(len(catalog), 60, replace=False)
+    member = catalog.category_membership(rows)
+    assert member.shape[0] == len(rows) and set(np.unique(member)) <= {0.0, 1.0}
+    shared = member @ member.T
+    for i, a in enumerate(rows.tolist()):
+        for j, b in enumerate(rows.tolist()):
+            sa, sb = set(catalog.categories_at(a)), set(catalog.categories_at(b))
+            assert shared[i, j] == len(sa & sb)
