@@ -46,6 +46,7 @@ joins under the new count's group, building its table from what the topics hold
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -262,14 +263,15 @@ class PartitionGates:
 
 class PartitionCount:
     """The events topic's partition count for a reader of per-partition rows (serving):
-    the last count read, re-read in a background thread once ``refresh_s`` has passed, so
-    that a call never waits on the broker. Starts from ``settings.events_partitions``."""
+    the last count read, read in a background thread at the first call and again once
+    ``refresh_s`` has passed, so that a call never waits on the broker. Until the first
+    read ends it answers ``settings.events_partitions``."""
 
     def __init__(self, settings: Settings, read: Callable[[], int] | None = None):
         self.count = settings.events_partitions
         self.refresh_s = settings.topic_metadata_refresh_s
         self._read = read or (lambda: partition_counts(settings)[settings.events_topic])
-        self._read_at = time.monotonic()
+        self._read_at = -math.inf  # a replica started after a growth reads it at once
         self._reading = threading.Lock()
 
     def __call__(self) -> int:
