@@ -95,11 +95,11 @@ class ProfileProcessor:
                 result.fences += 1
                 continue
             out = self.limits.decode(msg, now)
-            state.count(msg.partition, len(out.records), len(out.dead))
             result.dead_letters.extend((msg, dead) for dead in out.dead)
             records = out.records
             if self.gates is not None:  # live: moved users' late events go to their partition
                 records = self._stay(msg, records, state.counts[msg.partition].partitions, result)
+            state.count(msg.partition, len(records), len(out.dead))  # a forward counts there
             if records:
                 decoded.append((msg, records))
 

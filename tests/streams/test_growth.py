@@ -143,6 +143,8 @@ def test_past_its_fence_a_moved_users_event_is_forwarded_and_a_staying_users_fol
     assert result.applied == 2
     assert {p: [e.event_id for e in r] for p, r in result.forwards.items()} == {5: [f"{moved}-9"]}
     assert grown_store.read_profiles([moved])[moved].event_count == 0  # not folded here
+    owner.flush()
+    assert grown_store.read_partition_counts([1])[1].events == 2  # counted where it is folded
 
     replay = worker(grown_store, catalog, live=False)  # one reader: folded in place
     replayed = replay.process([RawMessage(1, 0, b"", fence=8), RawMessage(1, 1, late)])
