@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -46,24 +47,36 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def stop_process(process: subprocess.Popen, name: str, timeout: float = 10.0) -> None:  # type: ignore[type-arg]
-    """Stop a child started with ``start_new_session=True`` and everything it spawned."""
-    if process.poll() is not None:
-        return
-    try:
-        pgid = os.getpgid(process.pid)
-    except ProcessLookupError:
-        return
+    """Stop a child started with ``start_new_session=True`` and everything it spawned: its
+    whole process group, SIGTERM, then SIGKILL for whatever is left after ``timeout``.
+    The group is waited for, not only its leader: a supervisor shell dies at once on
+    SIGTERM while the worker it started may still be stopping, or may never stop."""
+    pgid = process.pid  # a session's leader leads its process group
     for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
         try:
             os.killpg(pgid, sig)
         except ProcessLookupError:
+            process.poll()  # reap the leader if it is gone
             return
-        try:
+        deadline = time.monotonic() + wait
+        with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(wait)
+        while _group_alive(pgid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not _group_alive(pgid):
             log.info("%s (pid %d) stopped", name, process.pid)
             return
-        except subprocess.TimeoutExpired:
-            log.warning("%s (pid %d) ignored %s", name, process.pid, sig.name)
+        log.warning("%s (pid %d, or what it started) ignored %s", name, process.pid, sig.name)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # a member we may not signal is still a member
+        return True
+    return True
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
