@@ -127,8 +127,9 @@ class PrivacyRegistry:
         if self._load is not None:
             lineage = self._lineage(missing) if self._lineage is not None else {}
             ancestors = {a for q in lineage for a in lineage[q].ancestors}
-            for state in self._load(sorted(set(missing) | ancestors)):
-                homes = {state.partition} & set(missing)
+            own = set(missing)
+            for state in self._load(sorted(own | ancestors)):
+                homes = {state.partition} & own
                 homes.update(
                     q
                     for q, line in lineage.items()
