@@ -5,8 +5,6 @@ nothing lost or counted twice. On noida-db, which can add partitions (Tansu cann
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
 import sys
 import time
@@ -15,7 +13,6 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import httpx
 import pytest
 
 from feature_repo.namespaces import Namespace
@@ -41,6 +38,7 @@ from tests.integration.checks import (
     item_truth,
     offline_truth,
 )
+from tests.integration.experiment_checks import live_join_reaches, offline_report
 from tests.integration.streaming import PacedSender, make_events, send, wait
 from tests.integration.test_worker import send_keyed
 
@@ -198,8 +196,6 @@ def test_the_experiment_join_starts_again_at_the_grown_count(
     """Its Faust table cannot grow: the join exits (70), and started again by its
     supervisor it joins under the new count's group, built from the topics, and counts
     what the offline report counts."""
-    from streamrank.cli import main
-
     with growable_system(tmp_path, catalog_home) as settings:
         log = worker_log(settings, "experiment-worker")
         log.parent.mkdir(exist_ok=True)
@@ -213,37 +209,16 @@ def test_the_experiment_join_starts_again_at_the_grown_count(
                 start_new_session=True,
             )
 
-        def offline_report() -> dict:
-            capsys.readouterr()
-            os.environ.update(settings.as_env())
-            try:
-                assert main(["experiments", "--json", "--idle-s", "1"]) == 0
-            finally:
-                for name in settings.as_env():
-                    os.environ.pop(name, None)
-            return json.loads(capsys.readouterr().out)["arms"]
-
-        def live_join_reaches(expected: dict, within_s: float) -> None:
-            url = f"http://{settings.worker_web_host}:{settings.experiments_web_port}"
-            deadline, live = time.monotonic() + within_s, {}
-            while live != expected and time.monotonic() < deadline:
-                try:
-                    live = httpx.get(f"{url}/v1/experiments", timeout=5).json()["arms"]
-                except (httpx.HTTPError, ValueError):
-                    live = {}
-                time.sleep(1)
-            assert live == expected
-
         try:
             show_and_click(settings, [f"before{i}" for i in range(40)], catalog)
-            before = offline_report()
+            before = offline_report(settings, capsys)["arms"]
             assert before["main"]["clicked"] == 20
-            live_join_reaches(before, 120)
+            live_join_reaches(settings, before, 120)
             grow_topics(settings, 8, settle_s=0.5)
             show_and_click(settings, [f"after{i}" for i in range(40)], catalog)
-            after = offline_report()
+            after = offline_report(settings, capsys)["arms"]
             assert after["main"]["clicked"] == 40
-            live_join_reaches(after, 120)
+            live_join_reaches(settings, after, 120)
             text = log.read_text(errors="replace")
             assert "grew from 4 to 8 partitions" in text and RESTARTED in text, text[-3000:]
         finally:

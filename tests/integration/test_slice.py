@@ -43,6 +43,12 @@ from streams.sink import FeastProfileStore
 from tests.conftest import isolated_settings, make_home
 from tests.hostile_inputs import nested
 from tests.integration.checks import assert_profiles_equal, offline_truth
+from tests.integration.experiment_checks import (
+    live_arms,
+    live_join_reaches,
+    live_url,
+    offline_report,
+)
 from tests.integration.stack import (
     ADMIN_KEY,
     KEYS,
@@ -353,8 +359,6 @@ def test_raw_user_ids_reach_no_topic_no_state_and_no_store(stack: Stack) -> None
 def test_the_experiment_report_joins_impressions_with_later_clicks(
     stack: Stack, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from streamrank.cli import main
-
     shown = recommend(stack, "it-exp")
     clicked, bought = shown["items"][0]["item_id"], shown["items"][1]["item_id"]
     later = datetime.now(UTC)
@@ -371,18 +375,7 @@ def test_the_experiment_report_joins_impressions_with_later_clicks(
     send_keyed(s, [(key, value) for value in bad_impressions], s.impressions_topic)
     wait(stack, send(stack.settings, events))
 
-    def offline_report() -> dict:
-        """``streamrank experiments --json``: the join recomputed from the topics."""
-        capsys.readouterr()
-        os.environ.update(stack.settings.as_env())
-        try:
-            assert main(["experiments", "--json", "--idle-s", "1"]) == 0
-        finally:
-            for name in stack.settings.as_env():
-                os.environ.pop(name, None)
-        return json.loads(capsys.readouterr().out)
-
-    report = offline_report()
+    report = offline_report(stack.settings, capsys)
     arm = report["arms"][shown["experiment_arm"]]
     # this user's page was clicked and converted; other tests' pages add impressions only
     # (their users bought before being shown anything)
@@ -391,23 +384,8 @@ def test_the_experiment_report_joins_impressions_with_later_clicks(
 
     # the live join (Faust agent, table with changelog) reaches the same numbers, and
     # exposes them as per-arm Prometheus gauges
-    live_url = f"http://{stack.settings.worker_web_host}:{stack.settings.experiments_web_port}"
-
-    def live_join_reaches(expected: dict, within_s: float) -> None:
-        deadline = time.monotonic() + within_s
-        live: dict = {}
-        while time.monotonic() < deadline:
-            try:
-                live = httpx.get(f"{live_url}/v1/experiments", timeout=5).json()["arms"]
-            except (httpx.HTTPError, ValueError):
-                live = {}
-            if live == expected:
-                return
-            time.sleep(1)
-        assert live == expected
-
-    live_join_reaches(report["arms"], 60)
-    metrics = httpx.get(f"{live_url}/metrics", timeout=5).text
+    live_join_reaches(stack.settings, report["arms"], 60)
+    metrics = httpx.get(f"{live_url(stack.settings)}/metrics", timeout=5).text
     assert f'streamrank_experiment_clicked{{arm="{shown["experiment_arm"]}"}} 1.0' in metrics
 
     # Killed without warning and restarted: its table comes back from the changelog. The
@@ -420,7 +398,7 @@ def test_the_experiment_report_joins_impressions_with_later_clicks(
         stack.experiment_worker = start_worker(settings, "experiment-worker")
 
     restart(s.model_copy(update={"experiments_commit_interval_s": 600.0}))
-    live_join_reaches(report["arms"], 120)
+    live_join_reaches(stack.settings, report["arms"], 120)
     again = recommend(stack, "it-exp-tail")
     item = again["items"][0]["item_id"]
     tail = [
@@ -436,15 +414,15 @@ def test_the_experiment_report_joins_impressions_with_later_clicks(
     ]
     delivered = send(s, tail)
     wait(stack, delivered)
-    report = offline_report()
-    live_join_reaches(report["arms"], 60)
+    report = offline_report(stack.settings, capsys)
+    live_join_reaches(stack.settings, report["arms"], 60)
     ((partition, click_offset),) = delivered.items()
     committed = committed_offsets(
         s.bootstrap(), join_group(s, s.events_partitions), s.events_topic, [partition]
     )
     assert committed[partition] <= click_offset  # counted, not committed: it comes again
     restart(s)
-    live_join_reaches(report["arms"], 120)
+    live_join_reaches(stack.settings, report["arms"], 120)
     log = (s.home_dir / "logs" / "experiment-worker.log").read_text(errors="replace")
     assert "Restarting" not in log and "Crashed" not in log, log[-3000:]
     assert log.count("bad impression at offset") >= len(bad_impressions)
@@ -476,12 +454,6 @@ def joined(stack: Stack, topic: str, offsets: dict[int, int]) -> None:
     wait_until_consumed(s.bootstrap(), join_group(s, s.events_partitions), topic, offsets, 120)
 
 
-def live_arms(stack: Stack) -> dict:
-    s = stack.settings
-    url = f"http://{s.worker_web_host}:{s.experiments_web_port}/v1/experiments"
-    return httpx.get(url, timeout=10).json()["arms"]
-
-
 def one_user_per_partition(stack: Stack, prefix: str) -> list[str]:
     """Raw user ids whose pseudonyms cover every partition of the topics."""
     found: dict[int, str] = {}
@@ -507,7 +479,7 @@ def test_a_page_read_after_its_users_opt_out_stays_out_of_the_live_join(stack: S
     joined(
         stack, s.impressions_topic, publish_pages(stack, ["it-late-page", "it-late-other"], "late")
     )
-    assert live_arms(stack)["late"]["impressions"] == 1
+    assert live_arms(stack.settings)["late"]["impressions"] == 1
 
 
 def test_an_opt_out_made_while_another_join_worker_owned_the_partition_holds(
@@ -543,7 +515,7 @@ def test_an_opt_out_made_while_another_join_worker_owned_the_partition_holds(
         stop_process(other, "second experiment worker")
     assert other.returncode == 0
     joined(stack, s.impressions_topic, publish_pages(stack, [*users, "it-moved-other"], "moved"))
-    assert live_arms(stack)["moved"]["impressions"] == 1  # the other user's page alone
+    assert live_arms(stack.settings)["moved"]["impressions"] == 1  # the other user's page alone
     theirs = worker_log(second, "experiment-worker").read_text(errors="replace")
     assert "Traceback" not in theirs, theirs[-3000:]
 

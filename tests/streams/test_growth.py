@@ -26,6 +26,7 @@ from streams.profile import UserProfile, apply_event
 from streams.replay import partition_families
 from streams.sink import FeastProfileStore, PartitionCounts
 from streams.state import ProfileState
+from tests.polling import until
 
 
 def test_the_count_is_read_in_the_background_at_once_then_after_the_refresh_interval(
@@ -47,14 +48,8 @@ def test_the_count_is_read_in_the_background_at_once_then_after_the_refresh_inte
     assert follower() == 4 and len(reads) == 1  # started at once, one at a time
     reading.set()
 
-    def becomes(count: int) -> None:
-        deadline = time.monotonic() + 5
-        while follower() != count:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
-
-    becomes(8)
-    becomes(16)
+    until(lambda: follower() == 8, 5, "the first read's count was not taken", poll_s=0.01)
+    until(lambda: follower() == 16, 5, "the count was not read again", poll_s=0.01)
     assert reads[1] - reads[0] >= 0.5  # the second read waited for the refresh interval
 
 
