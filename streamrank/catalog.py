@@ -24,7 +24,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from scipy import sparse
 
 from streamrank.datasets import CATALOG_COLUMNS
 from streamrank.item_index import ItemIndex
@@ -102,9 +101,9 @@ class Catalog:
         joined = joined.combine_chunks()
         distinct = [tuple(s.split(SEPARATOR)) if s else () for s in joined.dictionary.to_pylist()]
         self.category_sets: np.ndarray = joined.indices.to_numpy(zero_copy_only=False)
-        """Per row, the index of its distinct category set (rows of ``category_members``)."""
+        """Per row, the index of its distinct category set."""
         self._categories: list[tuple[str, ...]] = [distinct[i] for i in self.category_sets]
-        self.category_members = _membership(distinct)
+        self._set_starts, self._set_codes = _category_codes(distinct)
         self._source = source
 
     def __len__(self) -> int:
@@ -123,8 +122,18 @@ class Catalog:
 
     def category_membership(self, rows: np.ndarray) -> np.ndarray:
         """Which categories each of ``rows`` is in: a 0/1 matrix, a row per item and a
-        column per category of the catalog (one sparse row look-up, no Python per item)."""
-        return self.category_members[self.category_sets[rows]].toarray()
+        column per category that any of them is in (a catalog may have thousands). The
+        items' category codes are gathered in a few array operations, no Python per item:
+        scipy's sparse row indexing cost twice as much, most of it its own Python."""
+        sets = self.category_sets[rows]
+        first = self._set_starts[sets]
+        counts = self._set_starts[sets + 1] - first
+        ends = np.cumsum(counts)
+        flat = np.arange(ends[-1] if len(ends) else 0) + np.repeat(first - (ends - counts), counts)
+        columns, column = np.unique(self._set_codes[flat], return_inverse=True)
+        out = np.zeros((len(sets), len(columns)), np.float32)
+        out[np.repeat(np.arange(len(sets)), counts), column] = 1.0
+        return out
 
     def embedding_row(self, item_id: str) -> tuple[np.ndarray, int] | None:
         i = self.index.get(item_id)
@@ -289,11 +298,12 @@ def prepare_catalog(
     return Catalog.load(home)
 
 
-def _membership(sets: Sequence[tuple[str, ...]]) -> sparse.csr_matrix:
-    """A 0/1 matrix: a row per distinct category set, a column per category."""
+def _category_codes(sets: Sequence[tuple[str, ...]]) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct category sets as (starts, codes): set ``i``'s categories, each once,
+    are ``codes[starts[i]:starts[i + 1]]``, a code per category of the catalog."""
     column: dict[str, int] = {}
     unique = [dict.fromkeys(names) for names in sets]
-    codes = [column.setdefault(c, len(column)) for names in unique for c in names]
-    starts = np.cumsum([0, *(len(names) for names in unique)])
-    ones = np.ones(len(codes), dtype=np.float32)
-    return sparse.csr_matrix((ones, codes, starts), shape=(len(sets), max(1, len(column))))
+    codes = np.fromiter(
+        (column.setdefault(c, len(column)) for names in unique for c in names), np.int64
+    )
+    return np.cumsum([0, *(len(names) for names in unique)], dtype=np.int64), codes

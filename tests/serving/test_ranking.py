@@ -63,6 +63,16 @@ def test_an_item_several_sources_bring_keeps_the_first_ones_source_and_anchor() 
     assert len(CandidatesBuilder().build()) == 0
 
 
+def test_requested_items_are_the_known_ones_each_once_in_the_callers_order(
+    catalog: Catalog,
+) -> None:
+    a, b, c = catalog.ids[7], catalog.ids[3], catalog.ids[11]
+    found = CandidateGenerator(catalog).requested([a, "no-such-item", b, a, c, b])
+    assert [catalog.ids[r] for r in found.rows] == [a, b, c]
+    assert [(x.source, x.anchor) for x in found] == [("requested", None)] * 3
+    assert len(CandidateGenerator(catalog).requested(["no-such-item"])) == 0
+
+
 def test_a_new_visitor_still_gets_candidates(catalog: Catalog) -> None:
     candidates = CandidateGenerator(catalog, n_popular=25)
     found = candidates.generate(None, candidates.popularity([]))
