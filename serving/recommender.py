@@ -73,7 +73,7 @@ class Recommender:
         n_interest: int = 200,
         n_model: int = 100,
         popular_refresh_s: float = 2.0,
-        covisit_refresh_s: float = 2.0,
+        covisit_refresh_s: float = 10.0,
         covisit_cache_anchors: int = 20_000,
         policy: RankingPolicy | None = None,
         score_timeout_s: float = 1.0,
@@ -184,9 +184,10 @@ class Recommender:
 
     async def covisits(self, anchors: list[str]) -> dict[str, Neighbours]:
         """Each anchor's co-visited items, summed over the partitions' rows. A merged row
-        is kept ``covisit_refresh_s`` (as long as the worker waits between item-row
-        writes, by default), so the popular anchors that most requests share cost one read
-        of their partitions' rows per refresh instead of one per request."""
+        is kept ``covisit_refresh_s``, so the anchors that requests share cost one read of
+        their partitions' rows per refresh instead of one per request: the fewer requests
+        a replica answers, the more of its anchors have expired since they were last
+        read (``Settings.covisit_refresh_s``)."""
         cache = self._covisits
         found = {a: cache.get(a) for a in anchors} if cache is not None else {}
         missing = [a for a in anchors if found.get(a) is None]

@@ -212,7 +212,9 @@ def test_an_anchors_merged_covisits_are_kept_for_the_refresh_interval(
     keys_read.clear()
     assert neighbours_of_3() == [catalog.index["181"]]  # kept: no read
     assert keys_read == []
-    r._covisits.expire(time.monotonic() + 3.0)  # type: ignore[union-attr]  # 2 s later
+    kept = r._covisits
+    assert kept is not None
+    kept.expire(time.monotonic() + kept.ttl + 1.0)  # a refresh interval later
     assert neighbours_of_3() == [catalog.index[i] for i in ("50", "181")]  # summed, strongest first
     assert {a for _, a in keys_read} == {"3", "1"}
 
