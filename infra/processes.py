@@ -26,24 +26,44 @@ until the child it is meant for binds it: one from the ephemeral range was once 
 one of the Ray processes the demo starts at the same time as its worker."""
 
 
+REUSE_AFTER_S = 60.0
+"""How long ``free_port`` holds back a port it handed out: the caller may ask for several
+before its children bind any (a Redis Cluster node's data and bus ports, six nodes at a
+time), and two random picks from the same range now and then were the same port (one
+node then failed to start, "Address already in use")."""
+_handed_out: dict[int, float] = {}  # port -> when it was handed out (monotonic)
+_handing_out = threading.Lock()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port nothing listens on at ``host`` now, for a child process to bind."""
+    """A port nothing listens on at ``host`` now, for a child process to bind, and not
+    handed out by this process in the last ``REUSE_AFTER_S``."""
     low, high = QUIET_PORTS
     with contextlib.suppress(OSError, ValueError):  # the kernel's range, where it says
         ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
         high = min(high, ephemeral_low)
     rng = random.SystemRandom()
-    for _ in range(100 if high > low else 0):
-        port = rng.randrange(low, high)
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind((host, port))
-            except OSError:
+    with _handing_out:
+        now = time.monotonic()
+        for port, at in list(_handed_out.items()):
+            if now - at >= REUSE_AFTER_S:
+                del _handed_out[port]
+        for _ in range(100 if high > low else 0):
+            port = rng.randrange(low, high)
+            if port in _handed_out:
                 continue
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                try:
+                    sock.bind((host, port))
+                except OSError:
+                    continue
+            _handed_out[port] = now
             return port
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # the kernel's choice
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # the kernel's choice
+            sock.bind((host, 0))
+            port = int(sock.getsockname()[1])
+        _handed_out[port] = now
+        return port
 
 
 def stop_process(process: subprocess.Popen, name: str, timeout: float = 10.0) -> None:  # type: ignore[type-arg]

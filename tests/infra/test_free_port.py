@@ -26,4 +26,18 @@ def test_a_port_in_use_is_not_handed_out(monkeypatch: pytest.MonkeyPatch) -> Non
         held.listen()
         taken = held.getsockname()[1]
         monkeypatch.setattr(processes, "QUIET_PORTS", (taken, taken + 2))  # it and one more
-        assert {free_port() for _ in range(20)} == {taken + 1}
+        handed = []
+        for _ in range(20):  # each as if a minute had passed since the last
+            monkeypatch.setattr(processes, "_handed_out", {})
+            handed.append(free_port())
+        assert set(handed) == {taken + 1}
+
+
+def test_no_port_is_handed_out_twice_before_its_child_can_have_bound_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A caller takes several ports before starting the children that bind them (six
+    Redis Cluster nodes, two ports each): random picks from one range must not repeat."""
+    monkeypatch.setattr(processes, "_handed_out", {})  # this test's own record
+    ports = [free_port() for _ in range(2000)]
+    assert len(set(ports)) == len(ports)
