@@ -134,6 +134,36 @@ def keeping_stop_handlers() -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def stop_signals_held() -> Iterator[list[int]]:
+    """SIGINT and SIGTERM that arrive inside the block wait for its end, then take effect
+    as they would have (the handlers in force before the block run, once, for the first).
+
+    For teardown: an interrupt raised inside one finalizer skips every finalizer after it
+    (pytest, like most teardown code, catches ``Exception``, and ``KeyboardInterrupt`` is
+    not one), so a stop arriving while the first server of a test bed was being stopped
+    left the others, and their network, running. Stopping is bounded (``stop_process``
+    escalates to SIGKILL), so holding a stop for its length costs seconds. Yields the
+    signals held so far. Only the main thread can set handlers; elsewhere nothing is held."""
+    held: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield held
+        return
+    previous = {
+        sig: signal.signal(sig, lambda signum, _: held.append(signum)) for sig in STOP_SIGNALS
+    }
+    try:
+        yield held
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
+        if held:
+            log.warning(
+                "%s arrived during teardown; it takes effect now", signal.Signals(held[0]).name
+            )
+            signal.raise_signal(held[0])
+
+
+@contextlib.contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
     """So that SIGTERM and SIGINT, like Ctrl-C in a terminal, run every ``finally`` and
     leave no orphan."""

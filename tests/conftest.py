@@ -17,7 +17,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from infra.broker import EmbeddedBroker, ensure_topics
-from infra.processes import free_port, interrupt_on_stop_signals
+from infra.processes import free_port, interrupt_on_stop_signals, stop_signals_held
 from infra.redis import RedisClusterServers, RedisServer
 from streamrank.catalog import Catalog, copy_catalog
 from streamrank.datasets import Dataset, load_dataset
@@ -39,6 +39,28 @@ def pytest_configure(config: pytest.Config) -> None:
     their own so that a test can stop each one as a group; a CI runner that stops the run
     signals pytest's group only, so without this they would outlive a stopped run."""
     interrupt_on_stop_signals()
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
+    """A stop that arrives while a test's fixtures are torn down waits until all of them
+    are: an interrupt inside one finalizer would skip the rest (a test bed's network and
+    the servers on it). The run then stops as it would have."""
+    with stop_signals_held():
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session) -> Iterator[None]:
+    """The same for the teardown at the end of the run, which is where a stopped run tears
+    down what its interrupted test was using; a stop held there only marks the run
+    interrupted, as it is ending anyway."""
+    try:
+        with stop_signals_held():
+            return (yield)
+    except KeyboardInterrupt:
+        session.exitstatus = pytest.ExitCode.INTERRUPTED
+        return None
 
 
 def missing_prerequisite(what: str) -> None:

@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 
 import psutil
+import pytest
 
 from infra.processes import stop_process
 from tests.polling import until
@@ -71,3 +72,90 @@ def test_sigterm_to_pytest_tears_the_fixtures_down(tmp_path: Path) -> None:
         stop_process(run, "inner pytest")
         if server is not None and server.is_running():
             server.kill()
+
+
+TWO_SERVERS = """
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from infra.processes import stop_process
+
+
+def started(name):
+    process = subprocess.Popen(["sleep", "600"], start_new_session=True)
+    Path(f"{name}.pid").write_text(str(process.pid))
+    return process
+
+
+@pytest.fixture
+def network():  # set up first, torn down last, as a test bed's network is
+    process = started("network")
+    yield process
+    stop_process(process, "network")
+
+
+@pytest.fixture
+def server(network):
+    process = started("server")
+    yield process
+    Path("tearing-down").write_text("")
+    time.sleep(3)  # a server that takes its time to stop
+    stop_process(process, "server")
+
+
+def test_uses_the_bed(server):
+    time.sleep(float(os.environ["TEST_SECONDS"]))
+
+
+def test_never_reached(server):
+    pass
+"""
+
+
+@pytest.mark.parametrize(
+    ("test_seconds", "stops"),
+    [(600, ("during the test", "during its teardown")), (0, ("during its teardown",))],
+)
+def test_a_stop_during_teardown_waits_until_every_fixture_is_down(
+    tmp_path: Path, test_seconds: int, stops: tuple[str, ...]
+) -> None:
+    """A stop that lands inside one fixture's teardown must not skip the fixtures after
+    it: a test bed's servers stop first, its network last."""
+    (tmp_path / "test_inner.py").write_text(textwrap.dedent(TWO_SERVERS))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TEST_SECONDS": str(test_seconds)}
+    run = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "tests.conftest"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    started: list[psutil.Process] = []
+    try:
+
+        def appeared(name: str) -> bool:
+            assert run.poll() is None, run.stdout.read().decode()  # type: ignore[union-attr]
+            file = tmp_path / name
+            return file.exists() and bool(file.read_text() or name == "tearing-down")
+
+        for name in ("network.pid", "server.pid"):
+            until(lambda name=name: appeared(name), 120, f"no {name}", poll_s=0.05)
+            started.append(psutil.Process(int((tmp_path / name).read_text())))
+        for stop in stops:
+            if stop == "during its teardown":
+                until(lambda: appeared("tearing-down"), 60, "no teardown", poll_s=0.05)
+            run.send_signal(signal.SIGTERM)
+        output = run.communicate(timeout=60)[0].decode()
+        assert run.returncode == 2, output  # interrupted
+        for process in started:
+            process.wait(timeout=10)  # gone: torn down by its fixture, not by this test
+    finally:
+        stop_process(run, "inner pytest")
+        for process in started:
+            if process.is_running():
+                process.kill()
