@@ -127,6 +127,13 @@ class Settings(BaseSettings):
     # how long a consumer fetch may wait for data: bounds the append -> seen delay on brokers
     # that hold fetches to the deadline (the embedded one does; streams/transport.py)
     worker_fetch_max_wait_ms: int = Field(default=100, ge=1, le=10_000)
+    worker_session_timeout_s: float = Field(
+        default=10.0,
+        ge=3.0,
+        le=300.0,
+        description="how long the broker waits for a silent worker before it gives the "
+        "worker's partitions to the others: after a crash, the partitions wait this long",
+    )
     worker_web_host: str = "127.0.0.1"
     worker_web_port: int = 6066
     # streams/sink.py: "direct" writes a profile row for ~1/10 of what "push" costs (SQLite)

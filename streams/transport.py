@@ -52,7 +52,9 @@ def stream_app(settings: Settings, group: str, web_port: int, **options: Any) ->
         producer_metadata_max_age_ms=int(settings.topic_metadata_refresh_s * 1000),
         topic_disable_leader=True,
         consumer_auto_offset_reset="earliest",
-        broker_session_timeout=10.0,
+        # heartbeats go from the event loop, which a batch never blocks (it is written on
+        # a thread); a session of at least 3 s leaves two of them to lose before a kick
+        broker_session_timeout=settings.worker_session_timeout_s,
         broker_heartbeat_interval=1.0,
         producer_acks=-1,
         web_host=settings.worker_web_host,

@@ -110,7 +110,8 @@ def test_crashes_at_five_random_points_lose_and_double_nothing(
     done_before = 0
     delivered: dict[int, int] = {}
     for n in range(5):
-        worker = workers.start(worker_item_flush_s=0.3)  # checkpoints close together
+        # checkpoints close together; a killed worker's partitions free after 3 s, not 10
+        worker = workers.start(worker_item_flush_s=0.3, worker_session_timeout_s=3.0)
         sender = PacedSender(partial(send, stream_settings), slices[n], chunk=500, pause_s=0.05)
         deadline = time.monotonic() + 180
         while (done := checkpointed(store, partitions)) <= done_before:  # progress first
@@ -132,7 +133,7 @@ def test_two_workers_share_partitions_and_survive_one_dying(
 ) -> None:
     s = stream_settings
     events = make_events(catalog, 40_000, users=500, seed=2)
-    first = workers.start()
+    first = workers.start(worker_session_timeout_s=3.0)  # its partitions free 3 s after it dies
     second_port = free_port()
     workers.start(worker_web_port=second_port)
     delivered = send(s, events[:20_000])
