@@ -1,5 +1,7 @@
 """The Feast repository: store configurations, entities, feature views, push sources."""
 
-from infra.private_apis import defer_feast_torch_import
+from infra.private_apis import prepare_feast_import
 
-defer_feast_torch_import()  # before any module here imports Feast: a worker never needs torch
+# before any module here imports Feast: a worker never needs torch, nor Feast's run-time
+# type instrumentation (a second of every process start)
+prepare_feast_import()

@@ -15,6 +15,11 @@ versions, and each use is small enough to re-read on an upgrade:
 - **Feast** imports torch at import time (``feast.torch_wrapper``) for helpers the stream
   never calls: ~185 MB of a worker's memory. A lazy stand-in for that module is registered
   before Feast is imported (``defer_feast_torch_import``).
+- **Feast** decorates its definition classes with typeguard's ``@typechecked``, which
+  re-parses and recompiles the whole module for each of ~240 functions at import: ~1 s of
+  every process that imports Feast (a worker, a Serve replica, each CLI command), to check
+  argument types of objects this project builds in one place (``feature_repo``). Feast is
+  loaded with the decorator standing aside (``import_feast_uninstrumented``).
 
 Each function checks, on first use, that the installed library is a version these uses
 were read against (``TESTED``); an upgrade past it fails loudly at start-up instead of
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import importlib.abc
 import importlib.metadata
 import importlib.util
 import sys
@@ -50,6 +56,7 @@ TESTED: dict[str, SpecifierSet] = {
     "faust-streaming": SpecifierSet(">=0.15.3,<0.16"),
     "aiokafka": SpecifierSet(">=0.10,<0.15"),
     "feast": SpecifierSet("==0.67.0"),
+    "typeguard": SpecifierSet(">=4,<5"),
 }
 
 FAUST_DEFAULT_FETCH_MAX_WAIT_MS = 1500
@@ -128,6 +135,13 @@ def faust_app_class() -> type[faust.App]:
 # --- Feast -----------------------------------------------------------------------------
 
 
+def prepare_feast_import() -> None:
+    """Before Feast is first imported: the lazy torch stand-in, and Feast loaded without
+    its type instrumentation (``import_feast_uninstrumented``)."""
+    defer_feast_torch_import()
+    import_feast_uninstrumented()
+
+
 def defer_feast_torch_import() -> None:
     """Register the lazy ``feast.torch_wrapper``; a no-op once it (or Feast's) is there."""
     if _TORCH_WRAPPER in sys.modules:
@@ -137,6 +151,56 @@ def defer_feast_torch_import() -> None:
     module.TORCH_AVAILABLE = importlib.util.find_spec("torch") is not None  # type: ignore[attr-defined]
     module.get_torch = _get_torch  # type: ignore[attr-defined]
     sys.modules[_TORCH_WRAPPER] = module
+
+
+def import_feast_uninstrumented() -> None:
+    """When Feast is first imported, import it with typeguard's ``@typechecked`` passing
+    functions through unchanged; typeguard is itself again afterwards. Nothing is
+    imported now: a producer that never touches the store never pays for Feast.
+
+    Every Feast module that uses the decorator is imported by ``feast/__init__.py``, so
+    the decorator is bound, uninstrumented, before anything else of Feast is loaded."""
+    if "feast" in sys.modules or any(isinstance(f, _FeastFinder) for f in sys.meta_path):
+        return
+    require("feast")
+    require("typeguard")
+    sys.meta_path.insert(0, _FeastFinder())
+
+
+class _FeastFinder(importlib.abc.MetaPathFinder):
+    """Finds ``feast`` as the other finders do, and loads it uninstrumented (once)."""
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        if name != "feast":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _Uninstrumented(spec.loader)
+        return spec
+
+
+class _Uninstrumented(importlib.abc.Loader):
+    def __init__(self, loader: importlib.abc.Loader):
+        self.loader = loader
+
+    def create_module(self, spec: Any) -> Any:
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        import typeguard
+
+        instrumenting = typeguard.typechecked
+        typeguard.typechecked = _as_written  # type: ignore[assignment]
+        try:
+            self.loader.exec_module(module)
+        finally:
+            typeguard.typechecked = instrumenting
+
+
+def _as_written(target: Any = None, **_: Any) -> Any:
+    """``typechecked``'s signature (bare, or with options), returning what it is given."""
+    return target if target is not None else _as_written
 
 
 def _get_torch() -> Any:

@@ -15,6 +15,8 @@ import importlib
 import importlib.metadata
 import inspect
 import pkgutil
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -200,3 +202,25 @@ def test_no_class_of_ours_overrides_or_uses_a_library_classs_private_member() ->
                     if any(name in vars(base) for base in library_bases)
                 ]
     assert not found, found
+
+
+UNINSTRUMENTED = """
+import sys
+{first}
+from feast import FeatureView, Field
+import typeguard
+checks = "TypeCheckMemo" in FeatureView.__init__.__code__.co_names
+print(checks, typeguard.typechecked.__name__)
+"""
+
+
+@pytest.mark.parametrize(
+    ("first", "instrumented"), [("", True), ("import feature_repo", False)], ids=["plain", "ours"]
+)
+def test_feast_is_imported_without_its_type_instrumentation(first: str, instrumented: bool) -> None:
+    """Plain ``import feast`` recompiles its definition classes with type checks (so the
+    check below can tell); through ``feature_repo`` it does not, and typeguard itself is
+    left as it was."""
+    code = UNINSTRUMENTED.format(first=first)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == [str(instrumented), "typechecked"], out.stderr
