@@ -74,7 +74,8 @@ def stack(
     dataset: Dataset,
 ) -> Iterator[Stack]:
     home = make_home(tmp_path_factory.mktemp("stack") / "home", catalog_home)
-    settings = isolated_settings(home, broker.bootstrap, **KEYS)
+    # the tests below kill workers: their partitions free 3 s after, not 10
+    settings = isolated_settings(home, broker.bootstrap, worker_session_timeout_s=3.0, **KEYS)
     with running_stack(settings, dataset) as running:
         yield running
 
