@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 from cachetools import TTLCache
@@ -48,6 +48,11 @@ SearchFn = Callable[[str, int], Awaitable[np.ndarray]]
 R = TypeVar("R")
 
 
+def _default(setting: str) -> Any:
+    """A setting's default, written once (in ``Settings``), for callers without settings."""
+    return Settings.model_fields[setting].default
+
+
 @dataclass(frozen=True)
 class Arm:
     """One experiment arm: its scorer, its query search, and the model version behind them.
@@ -69,15 +74,15 @@ class Recommender:
         arms: Mapping[str, Arm],
         partitions: int | Callable[[], int],
         experiment: str = "default",
-        n_popular: int = 200,
-        n_interest: int = 200,
-        n_model: int = 100,
-        popular_refresh_s: float = 2.0,
-        covisit_refresh_s: float = 10.0,
-        covisit_cache_anchors: int = 20_000,
+        n_popular: int = _default("candidates_popular"),
+        n_interest: int = _default("candidates_similar"),
+        n_model: int = _default("candidates_model"),
+        popular_refresh_s: float = _default("popular_refresh_s"),
+        covisit_refresh_s: float = _default("covisit_refresh_s"),
+        covisit_cache_anchors: int = _default("covisit_cache_anchors"),
         policy: RankingPolicy | None = None,
-        score_timeout_s: float = 1.0,
-        store_timeout_s: float = 0.5,
+        score_timeout_s: float = _default("scorer_timeout_s"),
+        store_timeout_s: float = _default("store_timeout_s"),
         impressions: Callable[[Impression], None] | None = None,
         pseudonyms: Pseudonymizer = RAW_IDS,
     ):
