@@ -41,18 +41,22 @@ def test_runs_until_stopped(server):
 """
 
 
-def test_sigterm_to_pytest_tears_the_fixtures_down(tmp_path: Path) -> None:
-    (tmp_path / "test_inner.py").write_text(textwrap.dedent(INNER))
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    run = subprocess.Popen(
-        # the suite's own conftest as a plugin: its hooks, nothing else of this repository
+def inner_pytest(tmp_path: Path, source: str, **env: str) -> subprocess.Popen[bytes]:
+    """pytest on ``source`` alone in a session of its own, with the suite's conftest as a
+    plugin: its hooks, nothing else of this repository."""
+    (tmp_path / "test_inner.py").write_text(textwrap.dedent(source))
+    return subprocess.Popen(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "tests.conftest"],
         cwd=tmp_path,
-        env=env,
+        env={**os.environ, "PYTHONPATH": str(REPO), **env},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
+
+
+def test_sigterm_to_pytest_tears_the_fixtures_down(tmp_path: Path) -> None:
+    run = inner_pytest(tmp_path, INNER)
     server = None
     try:
         pid_file = tmp_path / "server.pid"
@@ -125,16 +129,7 @@ def test_a_stop_during_teardown_waits_until_every_fixture_is_down(
 ) -> None:
     """A stop that lands inside one fixture's teardown must not skip the fixtures after
     it: a test bed's servers stop first, its network last."""
-    (tmp_path / "test_inner.py").write_text(textwrap.dedent(TWO_SERVERS))
-    env = {**os.environ, "PYTHONPATH": str(REPO), "TEST_SECONDS": str(test_seconds)}
-    run = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "tests.conftest"],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    run = inner_pytest(tmp_path, TWO_SERVERS, TEST_SECONDS=str(test_seconds))
     started: list[psutil.Process] = []
     try:
 
