@@ -3,5 +3,5 @@
 from infra.private_apis import prepare_feast_import
 
 # before any module here imports Feast: a worker never needs torch, nor Feast's run-time
-# type instrumentation (a second of every process start)
+# type instrumentation (two seconds of every process start that imports it)
 prepare_feast_import()

@@ -16,7 +16,7 @@ versions, and each use is small enough to re-read on an upgrade:
   never calls: ~185 MB of a worker's memory. A lazy stand-in for that module is registered
   before Feast is imported (``defer_feast_torch_import``).
 - **Feast** decorates its definition classes with typeguard's ``@typechecked``, which
-  re-parses and recompiles the whole module for each of ~240 functions at import: ~1 s of
+  re-parses and recompiles the whole module for each of ~240 functions at import: ~2 s of
   every process that imports Feast (a worker, a Serve replica, each CLI command), to check
   argument types of objects this project builds in one place (``feature_repo``). Feast is
   loaded with the decorator standing aside (``import_feast_uninstrumented``).
