@@ -205,7 +205,6 @@ def test_no_class_of_ours_overrides_or_uses_a_library_classs_private_member() ->
 
 
 UNINSTRUMENTED = """
-import sys
 {first}
 from feast import FeatureView, Field
 import typeguard
