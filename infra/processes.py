@@ -134,7 +134,7 @@ def keeping_stop_handlers() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def stop_signals_held() -> Iterator[list[int]]:
+def stop_signals_held() -> Iterator[None]:
     """SIGINT and SIGTERM that arrive inside the block wait for its end, then take effect
     as they would have (the handlers in force before the block run, once, for the first).
 
@@ -142,17 +142,17 @@ def stop_signals_held() -> Iterator[list[int]]:
     (pytest, like most teardown code, catches ``Exception``, and ``KeyboardInterrupt`` is
     not one), so a stop arriving while the first server of a test bed was being stopped
     left the others, and their network, running. Stopping is bounded (``stop_process``
-    escalates to SIGKILL), so holding a stop for its length costs seconds. Yields the
-    signals held so far. Only the main thread can set handlers; elsewhere nothing is held."""
-    held: list[int] = []
+    escalates to SIGKILL), so holding a stop for its length costs seconds. Only the main
+    thread can set handlers; elsewhere nothing is held."""
     if threading.current_thread() is not threading.main_thread():
-        yield held
+        yield
         return
+    held: list[int] = []
     previous = {
         sig: signal.signal(sig, lambda signum, _: held.append(signum)) for sig in STOP_SIGNALS
     }
     try:
-        yield held
+        yield
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)  # type: ignore[arg-type]

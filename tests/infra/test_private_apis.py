@@ -206,7 +206,7 @@ def test_no_class_of_ours_overrides_or_uses_a_library_classs_private_member() ->
 
 UNINSTRUMENTED = """
 {first}
-from feast import FeatureView, Field
+from feast import FeatureView
 import typeguard
 checks = "TypeCheckMemo" in FeatureView.__init__.__code__.co_names
 print(checks, typeguard.typechecked.__name__)
