@@ -45,6 +45,12 @@ USER_SUMMARIES = Counter(
     "User-tower history summaries taken from the scorer's cache (hit) or computed (miss)",
     ["outcome"],
 )
+USER_STATES = Counter(
+    "streamrank_serve_user_states_total",
+    "Requests whose user's features, stream signals and user vector were kept from an "
+    "earlier request on the same profile (hit) or built (miss)",
+    ["outcome"],
+)
 COVISIT_ROWS = Counter(
     "streamrank_serve_covisit_anchors_total",
     "Anchors whose merged co-visitation rows were kept from an earlier request (hit) or "

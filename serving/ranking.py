@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -170,7 +170,7 @@ def rank(
     scores: np.ndarray,
     catalog: Catalog,
     k: int,
-    blocked: set[str],
+    blocked: Collection[str],
     features: ProfileFeatures | None,
     query: str | None = None,
     context_item: str | None = None,

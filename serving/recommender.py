@@ -10,7 +10,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -32,14 +32,15 @@ from serving.experiments import assign_arm
 from serving.ranking import RankingPolicy, ShowAgain, blocked_items, rank
 from serving.scorer import Scored, ScoreTask
 from serving.stream_ranker import Neighbours, StreamSignals
+from serving.user_state import UserState, UserStates
 from streamrank.catalog import Catalog
 from streamrank.settings import Settings
 from streams.covisitation import merge_neighbours
 from streams.impressions import Impression
 from streams.popularity import merge_popularity
-from streams.profile import ProfileFeatures, UserProfile, derive_features
+from streams.profile import ProfileFeatures, UserProfile, derive_features, stored_version
 from streams.pseudonyms import RAW_IDS, Pseudonymizer
-from streams.sink import FeastProfileStore
+from streams.sink import FeastProfileStore, Row
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,8 @@ class Recommender:
         popular_refresh_s: float = _default("popular_refresh_s"),
         covisit_refresh_s: float = _default("covisit_refresh_s"),
         covisit_cache_anchors: int = _default("covisit_cache_anchors"),
+        user_state_cache: int = _default("user_state_cache"),
+        user_state_max_age_s: float = _default("user_state_max_age_s"),
         policy: RankingPolicy | None = None,
         score_timeout_s: float = _default("scorer_timeout_s"),
         store_timeout_s: float = _default("store_timeout_s"),
@@ -106,6 +109,8 @@ class Recommender:
         self._covisits: TTLCache[str, Neighbours] | None = None
         if covisit_refresh_s > 0 and covisit_cache_anchors > 0:
             self._covisits = TTLCache(covisit_cache_anchors, covisit_refresh_s, time.monotonic)
+        # a state's signals hold co-visitation rows: no older than any request may read them
+        self.states = UserStates(user_state_cache, min(user_state_max_age_s, covisit_refresh_s))
 
     @property
     def partitions(self) -> list[int]:
@@ -137,6 +142,8 @@ class Recommender:
             popular_refresh_s=settings.popular_refresh_s,
             covisit_refresh_s=settings.covisit_refresh_s,
             covisit_cache_anchors=settings.covisit_cache_anchors,
+            user_state_cache=settings.user_state_cache,
+            user_state_max_age_s=settings.user_state_max_age_s,
             policy=RankingPolicy(
                 settings.ranking_diversity,
                 settings.ranking_exploration,
@@ -160,11 +167,10 @@ class Recommender:
     async def profile_of(self, user_id: str) -> UserProfile | None:
         """The user's profile (by pseudonym); a tombstone for a user who opted out; None when
         unknown. Bounded by ``store_timeout_s``."""
-        found = await self._read(self.profiles.read_profiles_async([user_id], worker_state=False))
-        profile = found.get(user_id)
-        if profile is None or not (profile.event_count > 0 or profile.opted_out):
-            return None
-        return profile
+        return _known(await self._profile_row(user_id))
+
+    async def _profile_row(self, user_id: str) -> Row:
+        return (await self._read(self.profiles.read_profile_rows_async([user_id])))[0]
 
     async def popular(self) -> Popularity:
         """Stream-kept popularity, refreshed every ``popular_refresh_s`` by one read in the
@@ -214,6 +220,59 @@ class Recommender:
     def arm_of(self, user_id: str) -> str:
         return assign_arm(user_id, self.arm_names, self.experiment)
 
+    async def user_state(self, user: str) -> UserState:
+        """What the request needs of ``user`` that the request itself does not change,
+        kept from an earlier request while the stored profile is the one it was made from
+        (``serving/user_state.py``). Reads the profile's row every time; rebuilds the
+        profile from it only when the version is new."""
+        row = await self._profile_row(user)
+        popular = await self.popular()
+        version = stored_version(row) if row is not None else None
+        state = self.states.get(user, version)
+        if state is None:
+            state = await self._new_state(_known(row), version, popular)
+            self.states.put(user, state)
+        elif state.popular is not popular:  # refreshed since: the signals follow it
+            state.popular = popular
+            state.signals = self._signals(state.anchors, state.covisits, popular)
+        return state
+
+    async def _new_state(
+        self, profile: UserProfile | None, version: Hashable | None, popular: Popularity
+    ) -> UserState:
+        opted_out = profile is not None and profile.opted_out
+        features = None
+        if profile is not None and not opted_out:
+            features = derive_features(profile, time.time())
+        anchors = self.candidates.anchors(features, None)
+        covisits = await self.covisits(anchors)  # candidates, and every arm's scores
+        return UserState(
+            version=version,
+            opted_out=opted_out,
+            features=features,
+            popular=popular,
+            anchors=anchors,
+            covisits=covisits,
+            signals=self._signals(anchors, covisits, popular),
+            blocked=frozenset(blocked_items(features, show_again=self.policy.show_again)),
+            summary=_summary(features, self.catalog) if features else None,
+        )
+
+    def _signals(
+        self, anchors: list[str], covisits: Mapping[str, Neighbours], popular: Popularity
+    ) -> StreamSignals:
+        index = self.catalog.index
+        return StreamSignals.of(
+            [index.get(a) for a in anchors], [covisits.get(a) for a in anchors], popular.by_row
+        )
+
+    def _without_store(self) -> UserState:
+        """The state of a request whose store reads failed: popularity alone."""
+        popular = self._popular
+        return UserState(
+            None, False, None, popular, [], {}, self._signals([], {}, popular), frozenset(), None
+        )
+
     async def recommend(self, request: RecommendationRequest) -> RecommendationResponse:
         request_id = uuid.uuid4().hex
         user = self.pseudonyms(request.user_id)
@@ -223,41 +282,41 @@ class Recommender:
         query = context.query if context and context.query else None
         context_item = context.item_id if context else None
         fallback_reason = None
-        covisits: dict[str, Neighbours] = {}
-        anchors: list[str] = []
-        opted_out = False
         try:
-            profile = await self.profile_of(user)
-            opted_out = profile is not None and profile.opted_out
-            features = derive_features(profile, time.time()) if profile and not opted_out else None
-            popular = await self.popular()
-            anchors = self.candidates.anchors(features, context_item)
-            covisits = await self.covisits(anchors)  # candidates, and every arm's scores
+            state = await self.user_state(user)
+            anchors, covisits, signals = state.anchors, state.covisits, state.signals
+            if context_item:  # the item in view leads the anchors: this request's own
+                anchors = self.candidates.anchors(state.features, context_item)
+                covisits = await self.covisits(anchors)
+                signals = self._signals(anchors, covisits, state.popular)
         except Exception as exc:  # the page must render even when the store is down
             log.warning("online store unavailable (%r): popularity fallback", exc)
-            features, popular, fallback_reason = None, self._popular, "profile store unavailable"
+            state, fallback_reason = self._without_store(), "profile store unavailable"
+            covisits, signals = {}, state.signals
+        features, opted_out = state.features, state.opted_out
 
         if request.candidate_ids is not None:
             found = self.candidates.requested(request.candidate_ids)
         else:
             matches = await self._search(arm, query) if query else None
-            found = self.candidates.generate(features, popular, context_item, covisits, matches)
-        index = self.catalog.index
-        signals = StreamSignals.of(
-            [index.get(a) for a in anchors], [covisits.get(a) for a in anchors], popular.by_row
-        )
+            found = self.candidates.generate(
+                features, state.popular, context_item, covisits, matches
+            )
         retrieve = self.n_model if request.candidate_ids is None else 0  # else: just those
         rows, scores, personalized, scorer_problem = await self._scores(
-            arm, found.rows, features, query, signals, retrieve
+            arm, found.rows, state, query, signals, retrieve
         )
         candidates = found.extended(rows[len(found) :], "model")  # the scorer's own finds
         fallback_reason = fallback_reason or scorer_problem
+        blocked = state.blocked  # the request's own exclusions added, where it has any
+        if request.exclude_ids or context_item:
+            blocked = blocked | blocked_items(None, request.exclude_ids, context_item)
         items = rank(
             candidates,
             scores,
             self.catalog,
             request.k,
-            blocked_items(features, request.exclude_ids, context_item, self.policy.show_again),
+            blocked,
             features,
             query,
             context_item,
@@ -278,7 +337,7 @@ class Recommender:
             experiment_arm=arm_name,
             strategy=strategy,
             fallback_reason=fallback_reason,
-            profile=_summary(features, self.catalog) if features else None,
+            profile=state.summary,
         )
         if self.publish_impression is not None and items and not opted_out:
             self.publish_impression(
@@ -326,7 +385,7 @@ class Recommender:
         self,
         arm: Arm,
         candidates: np.ndarray,
-        features: ProfileFeatures | None,
+        state: UserState,
         query: str | None,
         signals: StreamSignals,
         retrieve: int,
@@ -337,8 +396,9 @@ class Recommender:
         default, which still ranks from the stream's signals without the scorer (failed or
         slower than ``score_timeout_s``); with a query, the arm's relevance; otherwise, or
         when the scorer fails, popularity (the reason returned): the page gets an answer
-        either way."""
+        either way. The arm's user vector is kept in ``state`` for the user's next request."""
         rows = np.asarray(candidates, dtype=np.int64)
+        features = state.features
         problem = None
         if len(rows) and (features is not None or query):
             ranking = features is not None and not query
@@ -348,9 +408,12 @@ class Recommender:
                 query,
                 signals if ranking else None,
                 retrieve if ranking and arm.trained else 0,
+                state.vectors.get(arm.model_version),
             )
             scored, problem = await self._model_scores(arm.score, task)
             if scored is not None:
+                if scored.user_vector is not None:
+                    state.vectors[arm.model_version] = scored.user_vector
                 return scored.rows, np.asarray(scored.scores, dtype=np.float64), True, None
             if ranking and not arm.trained:  # the stream ranks without the encoder's term
                 return rows, signals.scores(rows), True, None
@@ -383,6 +446,15 @@ class Recommender:
             model_version=arm.model_version,
             fallback_reason=problem,
         )
+
+
+def _known(row: Row) -> UserProfile | None:
+    """The profile a stored row holds, as serving reads it; None for a user without one
+    (no row, or no event and no opt-out in it)."""
+    if row is None:
+        return None
+    profile = UserProfile.from_row(row, worker_state=False)
+    return profile if profile.event_count > 0 or profile.opted_out else None
 
 
 def _summary(features: ProfileFeatures, catalog: Catalog) -> ProfileSummary:

@@ -57,15 +57,20 @@ class ScoreTask:
     """How many of the trained model's own nearest items (by the user vector, over the
     whole catalog) to score besides ``item_rows``: the two-tower retrieval that the
     stream's candidate sources cannot stand in for (a profile without a query only)."""
+    user_vector: np.ndarray | None = None
+    """This model's user vector for ``profile``, from an earlier task on the same profile
+    (``Scored.user_vector``): the user tower is then skipped (``serving/user_state.py``)."""
 
 
 @dataclass(frozen=True)
 class Scored:
     """A task's scores: ``rows`` are its ``item_rows``, then the retrieved rows not among
-    them; ``scores`` are aligned with ``rows``."""
+    them; ``scores`` are aligned with ``rows``. ``user_vector``: the profile's user vector
+    these were scored with (None without a profile), for the next task on that profile."""
 
     rows: np.ndarray
     scores: np.ndarray
+    user_vector: np.ndarray | None = None
 
 
 def combine(user_vector: np.ndarray | None, query_vector: np.ndarray | None) -> np.ndarray | None:
@@ -226,14 +231,17 @@ class ScorerModel:
         return self.nearest(self.query_vectors([query])[0], n)
 
     def score_batch(self, tasks: list[ScoreTask]) -> list[Scored | None]:
-        """One user-tower pass and one query-encoder pass for the whole batch."""
-        with_profile = [t.profile for t in tasks if t.profile is not None]
-        users = iter(self.user_vectors(with_profile)) if with_profile else iter(())
+        """One user-tower pass (for the profiles without a user vector yet) and one
+        query-encoder pass for the whole batch."""
+        to_encode = [t.profile for t in tasks if t.profile is not None and t.user_vector is None]
+        users = iter(self.user_vectors(to_encode)) if to_encode else iter(())
         queries = [t.query for t in tasks if t.query]
         encoded = iter(self.query_vectors(queries)) if queries else iter(())
         out: list[Scored | None] = []
         for task in tasks:
-            user = next(users) if task.profile is not None else None
+            user = None
+            if task.profile is not None:
+                user = next(users) if task.user_vector is None else task.user_vector
             if user is not None and not np.any(user):
                 user = None  # untrained scorer, profile without interest vector
             vector = combine(user, next(encoded) if task.query else None)
@@ -247,7 +255,7 @@ class ScorerModel:
             scores = self.item_vectors[rows] @ vector.astype(np.float32)
             if task.signals is not None and task.profile is not None and not task.query:
                 scores = self._served(rows, scores, task.profile, task.signals)
-            out.append(Scored(rows, scores))
+            out.append(Scored(rows, scores, user))
         return out
 
     def nearest(self, vector: np.ndarray, n: int) -> np.ndarray:

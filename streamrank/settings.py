@@ -250,6 +250,12 @@ class Settings(BaseSettings):
     covisit_cache_anchors: int = Field(
         default=20_000, ge=0, description="anchors' merged rows kept (~1 KB each)"
     )
+    # what a request needs of its user beyond the profile itself (features, stream
+    # signals, user vectors: serving/user_state.py), kept per user while the profile is
+    # unchanged, for at most this long (the decayed counts it was built from move with the
+    # clock, by 0.3 % in 10 s); 0: built at every request
+    user_state_max_age_s: float = Field(default=10.0, ge=0, le=300)
+    user_state_cache: int = Field(default=20_000, ge=0, description="users' states kept")
     candidates_popular: int = 200
     candidates_similar: int = 200
     candidates_model: int = Field(

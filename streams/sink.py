@@ -214,8 +214,12 @@ class FeastProfileStore:
         self, user_ids: Sequence[str], worker_state: bool = True
     ) -> dict[str, UserProfile]:
         """``worker_state=False``: as serving reads them (``UserProfile.from_row``)."""
-        rows = await self.profiles.read_async([{"user_id": u} for u in user_ids])
-        return _profiles(user_ids, rows, worker_state)
+        return _profiles(user_ids, await self.read_profile_rows_async(user_ids), worker_state)
+
+    async def read_profile_rows_async(self, user_ids: Sequence[str]) -> list[Row | None]:
+        """The stored rows themselves (None: no row), for a reader that may not need the
+        profile rebuilt (serving, when its state for the row's version is kept)."""
+        return await self.profiles.read_async([{"user_id": u} for u in user_ids])
 
     def write_profiles(self, profiles: Iterable[UserProfile]) -> int:
         return self.profiles.write([p.to_row() for p in profiles])

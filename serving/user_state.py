@@ -1,0 +1,81 @@
+"""What a request needs of its user, made once per stored profile and kept briefly.
+
+Every personalization call reads the user's profile: the stream may have changed it a
+moment ago, and the next page must show that. Most of what follows from the profile is
+then the same for every request until the stream writes it again: its features, the
+co-visited neighbours of the newest items and the stream's score vectors built from them,
+the items the shop's rule blocks, the profile summary of the response, and each model's
+user vector. Rebuilding them, and the profile itself from its row, was over half of a
+request's CPU. A replica keeps them per user (``UserStates``) for the stored profile's
+version (``streams.profile.stored_version``), for at most ``max_age_s``; the stream's
+signals are rebuilt from the kept co-visitation rows when popularity is refreshed.
+
+What the age bounds: the decayed counts a user vector reads move with the clock
+(the shortest time constant is an hour: 10 s moves a count by 0.3 %), and a kept state's
+co-visitation rows are as old as ``covisit_refresh_s`` lets any request's be. A new event,
+an opt-out or an erasure changes the profile's version, so the next request builds the
+state afresh: a kept state never outlives the profile it was made from.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+
+import numpy as np
+from cachetools import TTLCache
+
+from serving import metrics
+from serving.api import ProfileSummary
+from serving.candidates import Popularity
+from serving.stream_ranker import Neighbours, StreamSignals
+from streams.profile import ProfileFeatures
+
+
+@dataclass
+class UserState:
+    """One user's request-independent state. ``version`` is the stored profile's
+    (``stored_version``; None: no row); ``features`` None for a user without
+    history or who opted out; ``anchors`` the newest items whose ``covisits`` make
+    ``signals``; ``blocked`` what the shop's rule never shows this user; ``vectors`` each
+    model's user vector (by model version), filled by the first request that scores."""
+
+    version: Hashable | None
+    opted_out: bool
+    features: ProfileFeatures | None
+    popular: Popularity
+    anchors: list[str]
+    covisits: dict[str, Neighbours]
+    signals: StreamSignals
+    blocked: frozenset[str]
+    summary: ProfileSummary | None
+    vectors: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+class UserStates:
+    """Users' states, the ``size`` most recently used, none older than ``max_age_s``
+    (either 0: none kept, every request builds its own)."""
+
+    def __init__(self, size: int, max_age_s: float):
+        self._kept: TTLCache[str, UserState] | None = None
+        if size > 0 and max_age_s > 0:
+            self._kept = TTLCache(size, max_age_s, time.monotonic)
+
+    def get(self, user: str, version: Hashable | None) -> UserState | None:
+        """The kept state of ``user`` if it was made from this profile version, else None."""
+        if self._kept is None:
+            return None
+        state = self._kept.get(user)
+        if state is not None and state.version == version:
+            metrics.USER_STATES.labels("hit").inc()
+            return state
+        metrics.USER_STATES.labels("miss").inc()
+        return None
+
+    def put(self, user: str, state: UserState) -> None:
+        if self._kept is not None:
+            self._kept[user] = state
+
+    def __len__(self) -> int:
+        return 0 if self._kept is None else len(self._kept)

@@ -1,0 +1,159 @@
+"""What serving keeps per user between requests: the same answers as a request that
+builds everything afresh, until the profile changes or the state is too old."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from feature_repo.store import apply_repo
+from serving.api import RecommendationRequest
+from serving.ranking import RankingPolicy
+from serving.recommender import Arm, Recommender
+from serving.scorer import Scored, ScorerModel, ScoreTask
+from streamrank.catalog import Catalog
+from streamrank.settings import Settings
+from streams.events import Event
+from streams.profile import UserProfile, apply_event, derive_features, stored_version
+from streams.sink import FeastProfileStore
+from tests.serving.test_ranking import profile_of
+
+CANDIDATES = [str(i) for i in range(1, 121)]
+
+
+def _model_dir(trained: Path) -> Path:
+    return trained / "models" / (trained / "models" / "LATEST").read_text().strip()
+
+
+class CountingScorer:
+    """The trained model, scoring each task as the ingress does, with a count of the
+    tasks that came with a user vector (the user tower skipped)."""
+
+    def __init__(self, trained: Path):
+        self.model = ScorerModel(Settings(home=trained), _model_dir(trained), device="cpu")
+        self.tasks: list[ScoreTask] = []
+
+    async def __call__(self, task: ScoreTask) -> Scored | None:
+        self.tasks.append(task)
+        return self.model.score_batch([task])[0]
+
+    @property
+    def given_vectors(self) -> list[bool]:
+        return [t.user_vector is not None for t in self.tasks]
+
+
+def recommender(
+    store: FeastProfileStore, catalog: Catalog, scorer: CountingScorer, **kept: float
+) -> Recommender:
+    return Recommender(
+        catalog,
+        store,
+        {"main": Arm(scorer, scorer.model.version)},
+        partitions=4,
+        policy=RankingPolicy(diversity=0.2, exploration=0.0),  # no random slot
+        **kept,  # type: ignore[arg-type]
+    )
+
+
+def ask(r: Recommender, exclude: list[str] | None = None) -> dict:
+    request = RecommendationRequest(
+        user_id="u", k=10, candidate_ids=CANDIDATES, exclude_ids=exclude or []
+    )
+    return asyncio.run(r.recommend(request)).model_dump()
+
+
+def shown(answer: dict) -> list[tuple[str, float]]:
+    return [(i["item_id"], i["score"]) for i in answer["items"]]
+
+
+def assert_same_items(answer: dict, expected: dict) -> None:
+    """The same items in the same order, their scores equal to float tolerance (the
+    decayed counts the user vector reads moved by the microseconds between the two)."""
+    assert [i for i, _ in shown(answer)] == [i for i, _ in shown(expected)]
+    np.testing.assert_allclose(
+        [s for _, s in shown(answer)], [s for _, s in shown(expected)], rtol=1e-5
+    )
+
+
+def viewed(profile: UserProfile, item: str, catalog: Catalog) -> UserProfile:
+    n = profile.event_count
+    event = Event(event_id=f"e{n}", user_id="u", type="view", item_id=item, ts=datetime.now(UTC))
+    apply_event(profile, event, catalog)
+    return profile
+
+
+def test_a_kept_state_answers_as_a_fresh_one_until_the_profile_changes(
+    trained: Path, catalog: Catalog
+) -> None:
+    store = FeastProfileStore(apply_repo(Settings(home=trained)))
+    profile = profile_of(catalog, ["1", "2", "3"], [])
+    store.write_profiles([profile])
+    scorer, fresh_scorer = CountingScorer(trained), CountingScorer(trained)
+    kept = recommender(store, catalog, scorer)
+    fresh = recommender(store, catalog, fresh_scorer, user_state_cache=0)
+
+    first, second = ask(kept), ask(kept)
+    assert scorer.given_vectors == [False, True]  # the user tower ran once
+    on_demand = ask(fresh)
+    assert fresh_scorer.given_vectors == [False]
+    for answer in (first, second):
+        assert_same_items(answer, on_demand)
+        assert answer["profile"] == on_demand["profile"]
+    # the request's own exclusions apply on top of the kept ones
+    top = shown(second)[0][0]
+    assert top not in [i for i, _ in shown(ask(kept, exclude=[top]))]
+    assert scorer.given_vectors[-1]
+
+    # a new view: the next request builds a new state, which blocks the viewed item
+    store.write_profiles([viewed(profile, top, catalog)])
+    after = ask(kept)
+    assert not scorer.given_vectors[-1]
+    assert top not in [i for i, _ in shown(after)]
+    assert after["profile"]["events"] == 4
+    assert_same_items(after, ask(fresh))
+
+    # an opt-out takes effect at the next request
+    store.write_profiles([UserProfile.tombstone("u")])
+    assert ask(kept)["strategy"] == "opted_out"
+
+
+def test_a_state_is_rebuilt_once_older_than_its_max_age(trained: Path, catalog: Catalog) -> None:
+    store = FeastProfileStore(apply_repo(Settings(home=trained)))
+    store.write_profiles([profile_of(catalog, ["1", "2", "3"], [])])
+    scorer = CountingScorer(trained)
+    kept = recommender(store, catalog, scorer, user_state_max_age_s=0.3)
+    ask(kept), ask(kept)
+    time.sleep(0.4)
+    ask(kept)
+    assert scorer.given_vectors == [False, True, False]
+
+
+def test_a_user_vector_given_with_a_task_is_used_as_it_is(trained: Path, catalog: Catalog) -> None:
+    scorer = CountingScorer(trained).model
+    features = derive_features(profile_of(catalog, ["1", "2", "3"], []), time.time())
+    rows = np.arange(200)
+    computed = scorer.score_batch([ScoreTask(rows, features)])[0]
+    assert computed is not None and computed.user_vector is not None
+
+    def no_tower(profiles: list) -> np.ndarray:  # type: ignore[type-arg]
+        raise AssertionError("the user tower ran")
+
+    scorer.user_vectors = no_tower  # type: ignore[method-assign]
+    again = scorer.score_batch([ScoreTask(rows, features, user_vector=computed.user_vector)])[0]
+    assert again is not None
+    np.testing.assert_array_equal(again.scores, computed.scores)
+
+
+def test_the_stored_version_follows_every_change_of_a_profile(catalog: Catalog) -> None:
+    profile = profile_of(catalog, ["1", "2"], [])
+    before = stored_version(profile.to_row())
+    assert stored_version(UserProfile.from_row(profile.to_row()).to_row()) == before
+    assert stored_version(viewed(profile, "3", catalog).to_row()) != before
+    assert stored_version(UserProfile.tombstone("u").to_row()) != before
+    # the same items again after an erasure, a moment later: another profile
+    again = profile_of(catalog, ["1", "2"], [])
+    assert stored_version(again.to_row()) != before
