@@ -150,10 +150,16 @@ class CandidateGenerator:
         return Popularity.of(ranked, self.catalog, self.n_popular)
 
     def requested(self, item_ids: list[str]) -> Candidates:
+        """The caller's items the catalog holds, each once, in the caller's order: one
+        source, so none of ``CandidatesBuilder``'s merging."""
         index = self.catalog.index
-        found = CandidatesBuilder()
-        found.add([index[i] for i in item_ids if i in index], "requested")
-        return found.build()
+        rows = [index[i] for i in dict.fromkeys(item_ids) if i in index]
+        n = len(rows)
+        return Candidates(
+            np.fromiter(rows, np.int64, n),
+            np.full(n, SOURCES.index("requested"), np.int8),
+            np.full(n, -1, np.int32),
+        )
 
     @staticmethod
     def anchors(features: ProfileFeatures | None, context_item: str | None) -> list[str]:
