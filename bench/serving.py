@@ -31,6 +31,8 @@ import random
 import shutil
 import statistics
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -151,14 +153,34 @@ def run_config(
         asyncio.run(closed_loop(url, bodies, 4, 3.0))  # warm-up: replicas, caches
         rows = []
         for clients in levels:
-            before = replica_cpu_s()
+            before, states = replica_cpu_s(), user_states(url)
             row = asyncio.run(closed_loop(url, bodies, clients, seconds))
             answered = row["requests"] + row["shed"]
             row["replica_cpu_ms"] = 1000 * (replica_cpu_s() - before) / max(1, answered)
+            if states is not None:
+                row["user_state_hit_share"] = hit_share(states, user_states(url) or states)
             rows.append(row)
         return rows
     finally:
         serve_app.stop()
+
+
+def user_states(url: str) -> tuple[float, float] | None:
+    """The replica's (hits, misses) of kept user states (``serving/user_state.py``), from
+    its ``/metrics``; None where the application has none (the no-op)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        with urllib.request.urlopen(f"{url}/metrics", timeout=10) as reply:
+            text = reply.read().decode()
+    except urllib.error.HTTPError:
+        return None
+    counts = {"hit": 0.0, "miss": 0.0}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "streamrank_serve_user_states_total":
+                counts[sample.labels["outcome"]] += sample.value
+    return counts["hit"], counts["miss"]
 
 
 def replica_cpu_s() -> float:
@@ -241,27 +263,29 @@ def in_process(settings: Settings, bodies: list[dict], seconds: float) -> list[d
     arm = Arm(score, model.version, search, model.trained)
     pages = [{k: v for k, v in b.items() if k != "candidate_ids"} for b in bodies]
 
-    def anchors(outcome: str) -> float:
-        name = "streamrank_serve_covisit_anchors_total"
-        return REGISTRY.get_sample_value(name, {"outcome": outcome}) or 0.0
+    def counted(metric: str) -> tuple[float, float]:
+        name = f"streamrank_serve_{metric}_total"
+        return tuple(  # type: ignore[return-value]
+            REGISTRY.get_sample_value(name, {"outcome": o}) or 0.0 for o in ("hit", "miss")
+        )
 
     async def run(requests: list[dict], variant: Settings) -> dict[str, float]:
         recommender = Recommender.from_settings(variant, catalog, {"main": arm})
         for body in requests[:20]:  # warm-up: popularity read, first passes
             await recommender.recommend(RecommendationRequest.model_validate(body))
-        hits, misses = anchors("hit"), anchors("miss")
+        anchors, states = counted("covisit_anchors"), counted("user_states")
         done, cpu, wall = 0, time.process_time(), time.perf_counter()
         while time.perf_counter() - wall < seconds:
             body = requests[done % len(requests)]
             response = await recommender.recommend(RecommendationRequest.model_validate(body))
             response.model_dump_json()
             done += 1
-        hits, misses = anchors("hit") - hits, anchors("miss") - misses
         return {
             "requests": done,
             "cpu_ms_per_request": 1000 * (time.process_time() - cpu) / done,
             "wall_ms_per_request": 1000 * (time.perf_counter() - wall) / done,
-            "covisit_hit_share": hits / max(1.0, hits + misses),
+            "covisit_hit_share": hit_share(anchors, counted("covisit_anchors")),
+            "user_state_hit_share": hit_share(states, counted("user_states")),
         }
 
     uncached = settings.model_copy(update={"covisit_refresh_s": 0.0})
@@ -276,15 +300,22 @@ def in_process(settings: Settings, bodies: list[dict], seconds: float) -> list[d
     return out
 
 
+def hit_share(before: tuple[float, float], after: tuple[float, float]) -> float:
+    """The share of hits between two (hits, misses) readings of a counter."""
+    hits, misses = after[0] - before[0], after[1] - before[1]
+    return hits / max(1.0, hits + misses)
+
+
 def print_in_process(rows: list[dict]) -> None:
     print(
         f"\n{'in process (no Ray, no HTTP)':32} {'CPU ms/req':>10} {'wall ms/req':>11} "
-        f"{'co-visits kept':>14}"
+        f"{'user states kept':>16} {'co-visits kept':>14}"
     )
     for row in rows:
         print(
             f"{row['requests_as']:32} {row['cpu_ms_per_request']:10.2f} "
-            f"{row['wall_ms_per_request']:11.2f} {row.get('covisit_hit_share', 0.0):14.0%}"
+            f"{row['wall_ms_per_request']:11.2f} {row.get('user_state_hit_share', 0.0):16.0%} "
+            f"{row.get('covisit_hit_share', 0.0):14.0%}"
         )
 
 
@@ -293,7 +324,7 @@ def print_tables(results: dict, configs: list[Config]) -> None:
     print(
         f"\n{'configuration':34} {'clients':>7} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} "
         f"{'p99 ms':>8} {'err':>4} {'shed':>5} {'of no-op':>8} {'replica CPU ms/req':>18} "
-        f"{'client CPU':>10}"
+        f"{'client CPU':>10} {'states kept':>11}"
     )
     for config in configs:
         for row in results["runs"][config.name]:
@@ -303,7 +334,8 @@ def print_tables(results: dict, configs: list[Config]) -> None:
                 f"{config.name:34} {row['concurrency']:7d} {row['rps']:8.1f} {row['p50_ms']:8.1f} "
                 f"{row['p95_ms']:8.1f} {row['p99_ms']:8.1f} {row['errors']:4d} "
                 f"{row.get('shed_share', 0.0):5.0%} {share:>8} {row['replica_cpu_ms']:18.2f} "
-                f"{row.get('client_cpu_ms', float('nan')):10.2f}"
+                f"{row.get('client_cpu_ms', float('nan')):10.2f} "
+                + (f"{row['user_state_hit_share']:11.0%}" if "user_state_hit_share" in row else "")
             )
     print(f"\nload sustained with p99 < {P99_TARGET_MS:g} ms (the knee):")
     for name, row in results["knee"].items():
