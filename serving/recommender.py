@@ -32,7 +32,7 @@ from serving.experiments import assign_arm
 from serving.ranking import RankingPolicy, ShowAgain, blocked_items, rank
 from serving.scorer import Scored, ScoreTask
 from serving.stream_ranker import Neighbours, StreamSignals
-from serving.user_state import UserState, UserStates
+from serving.user_state import ScoredCandidates, UserState, UserStates
 from streamrank.catalog import Catalog
 from streamrank.settings import Settings
 from streams.covisitation import merge_neighbours
@@ -295,25 +295,24 @@ class Recommender:
             covisits, signals = {}, state.signals
         features, opted_out = state.features, state.opted_out
 
-        if request.candidate_ids is not None:
-            found = self.candidates.requested(request.candidate_ids)
-        else:
-            matches = await self._search(arm, query) if query else None
-            found = self.candidates.generate(
-                features, state.popular, context_item, covisits, matches
+        # the user's own page (no items given, no query, no item in view) is scored the
+        # same for every request on one state, model and popularity refresh: kept
+        own_page = request.candidate_ids is None and not query and not context_item
+        page = state.pages.get(arm.model_version) if own_page else None
+        if page is None or page.popular is not state.popular:
+            page, scorer_problem = await self._page(
+                request, arm, state, query, context_item, covisits, signals
             )
-        retrieve = self.n_model if request.candidate_ids is None else 0  # else: just those
-        rows, scores, personalized, scorer_problem = await self._scores(
-            arm, found.rows, state, query, signals, retrieve
-        )
-        candidates = found.extended(rows[len(found) :], "model")  # the scorer's own finds
-        fallback_reason = fallback_reason or scorer_problem
+            fallback_reason = fallback_reason or scorer_problem
+            if own_page and fallback_reason is None:
+                state.pages[arm.model_version] = page
+        personalized = page.personalized
         blocked = state.blocked  # the request's own exclusions added, where it has any
         if request.exclude_ids or context_item:
             blocked = blocked | blocked_items(None, request.exclude_ids, context_item)
         items = rank(
-            candidates,
-            scores,
+            page.candidates,
+            page.scores,
             self.catalog,
             request.k,
             blocked,
@@ -353,6 +352,32 @@ class Recommender:
                 )
             )
         return response
+
+    async def _page(
+        self,
+        request: RecommendationRequest,
+        arm: Arm,
+        state: UserState,
+        query: str | None,
+        context_item: str | None,
+        covisits: Mapping[str, Neighbours],
+        signals: StreamSignals,
+    ) -> tuple[ScoredCandidates, str | None]:
+        """The request's candidates (the caller's, else found) and their scores, with the
+        scorer's problem if it failed."""
+        if request.candidate_ids is not None:
+            found = self.candidates.requested(request.candidate_ids)
+        else:
+            matches = await self._search(arm, query) if query else None
+            found = self.candidates.generate(
+                state.features, state.popular, context_item, covisits, matches
+            )
+        retrieve = self.n_model if request.candidate_ids is None else 0  # else: just those
+        rows, scores, personalized, problem = await self._scores(
+            arm, found.rows, state, query, signals, retrieve
+        )
+        candidates = found.extended(rows[len(found) :], "model")  # the scorer's own finds
+        return ScoredCandidates(candidates, scores, personalized, state.popular), problem
 
     async def _search(self, arm: Arm, query: str) -> np.ndarray | None:
         """Items matching the query (model's text path); none if the arm cannot search or

@@ -4,17 +4,21 @@ Every personalization call reads the user's profile: the stream may have changed
 moment ago, and the next page must show that. Most of what follows from the profile is
 then the same for every request until the stream writes it again: its features, the
 co-visited neighbours of the newest items and the stream's score vectors built from them,
-the items the shop's rule blocks, the profile summary of the response, and each model's
-user vector. Rebuilding them, and the profile itself from its row, was over half of a
-request's CPU. A replica keeps them per user (``UserStates``) for the stored profile's
+the items the shop's rule blocks, the profile summary of the response, each model's
+user vector, and, for the user's own page (no items given, no query, no item in view),
+the scored candidates, which only the ranking rules (``k``, the request's exclusions,
+exploration) apply to differently from one request to the next. Rebuilding them, and the
+profile itself from its row, was over half of a request's CPU. A replica keeps them per user (``UserStates``) for the stored profile's
 version (``streams.profile.stored_version``), for at most ``max_age_s``; the stream's
 signals are rebuilt from the kept co-visitation rows when popularity is refreshed.
 
-What the age bounds: the decayed counts a user vector reads move with the clock
-(the shortest time constant is an hour: 10 s moves a count by 0.3 %), and a kept state's
-co-visitation rows are as old as ``covisit_refresh_s`` lets any request's be. A new event,
-an opt-out or an erasure changes the profile's version, so the next request builds the
-state afresh: a kept state never outlives the profile it was made from.
+What the age bounds: the decayed counts a user vector reads move with the clock (the
+shortest time constant is an hour: 10 s moves a count by 0.3 %), and the co-visitation
+rows a state was built from. Those came from the replica's rows kept per anchor (up to
+``covisit_refresh_s`` old), so the recommender caps the age at ``covisit_refresh_s`` too:
+a state's rows are at most twice that old. A new event, an opt-out or an erasure changes
+the profile's version, so the next request builds the state afresh: a kept state never
+outlives the profile it was made from.
 """
 
 from __future__ import annotations
@@ -28,9 +32,20 @@ from cachetools import TTLCache
 
 from serving import metrics
 from serving.api import ProfileSummary
-from serving.candidates import Popularity
+from serving.candidates import Candidates, Popularity
 from serving.stream_ranker import Neighbours, StreamSignals
 from streams.profile import ProfileFeatures
+
+
+@dataclass(frozen=True)
+class ScoredCandidates:
+    """A request's candidates and their scores (``personalized``: by the user's profile,
+    not popularity), and the popularity refresh they were scored with."""
+
+    candidates: Candidates
+    scores: np.ndarray
+    personalized: bool
+    popular: Popularity
 
 
 @dataclass
@@ -39,7 +54,10 @@ class UserState:
     (``stored_version``; None: no row); ``features`` None for a user without
     history or who opted out; ``anchors`` the newest items whose ``covisits`` make
     ``signals``; ``blocked`` what the shop's rule never shows this user; ``vectors`` each
-    model's user vector (by model version), filled by the first request that scores."""
+    model's user vector (by model version), filled by the first request that scores;
+    ``pages`` each model's scored candidates for the user's own page (a request without
+    candidates, query or item in view), which only ranking (``k``, the request's
+    exclusions, exploration) tells apart."""
 
     version: Hashable | None
     opted_out: bool
@@ -51,6 +69,7 @@ class UserState:
     blocked: frozenset[str]
     summary: ProfileSummary | None
     vectors: dict[str, np.ndarray] = field(default_factory=dict)
+    pages: dict[str, ScoredCandidates] = field(default_factory=dict)
 
 
 class UserStates:

@@ -157,3 +157,30 @@ def test_the_stored_version_follows_every_change_of_a_profile(catalog: Catalog) 
     # the same items again after an erasure, a moment later: another profile
     again = profile_of(catalog, ["1", "2"], [])
     assert stored_version(again.to_row()) != before
+
+
+def test_the_users_own_page_is_scored_once_per_state(trained: Path, catalog: Catalog) -> None:
+    store = FeastProfileStore(apply_repo(Settings(home=trained)))
+    store.write_profiles([profile_of(catalog, ["1", "2", "3"], [])])
+    scorer = CountingScorer(trained)
+    kept = recommender(store, catalog, scorer)
+
+    def page(**fields: object) -> dict:
+        request = RecommendationRequest.model_validate({"user_id": "u", "k": 10, **fields})
+        return asyncio.run(kept.recommend(request)).model_dump()
+
+    first, second = page(), page()
+    assert len(scorer.tasks) == 1  # the second page was ranked from the kept scores
+    assert shown(second) == shown(first)
+    top = shown(first)[0][0]
+    fewer = page(k=3, exclude_ids=[top])  # a request's own rules still apply
+    assert len(fewer["items"]) == 3 and top not in [i for i, _ in shown(fewer)]
+    assert len(scorer.tasks) == 1
+    # an item in view or a search query makes the request's own candidates
+    page(context={"item_id": "50"})
+    page(context={"query": "space adventure"})
+    assert len(scorer.tasks) == 3
+    # popularity refreshed: the stream's signals changed, so the page is scored again
+    kept._popular = kept.candidates.popularity([("50", 2.0), ("100", 1.0)])
+    page()
+    assert len(scorer.tasks) == 4 and scorer.tasks[-1].user_vector is not None
