@@ -216,7 +216,7 @@ class FeastProfileStore:
         """``worker_state=False``: as serving reads them (``UserProfile.from_row``)."""
         return _profiles(user_ids, await self.read_profile_rows_async(user_ids), worker_state)
 
-    async def read_profile_rows_async(self, user_ids: Sequence[str]) -> list[Row | None]:
+    async def read_profile_rows_async(self, user_ids: Sequence[str]) -> list[Row]:
         """The stored rows themselves (None: no row), for a reader that may not need the
         profile rebuilt (serving, when its state for the row's version is kept)."""
         return await self.profiles.read_async([{"user_id": u} for u in user_ids])
