@@ -271,13 +271,14 @@ def _types(table: FeatureView) -> dict[str, ValueType]:
 
 
 def _codec(table: FeatureView) -> RowCodec:
-    """The view's row codec, made once per view schema: a read costs less than making
-    one (each feature's Feast type converted). Looked up by the view object first: its
-    schema as a key (a tuple of every feature, hashed) cost a tenth of a profile read."""
+    """The view's row codec, made once per view object: making one (each feature's Feast
+    type converted) costs more than a read, and the callers hold their view objects, so
+    the object's identity is the cheapest key (a tuple of its schema, hashed, cost a tenth
+    of a profile read)."""
     kept = _CODECS.get(id(table))
     if kept is not None and kept[0] is table:
         return kept[1]
-    codec = _codec_of(table.name, tuple((f.name, f.dtype) for f in table.features))
+    codec = RowCodec(_types(table))
     if len(_CODECS) > 64:
         _CODECS.clear()
     _CODECS[id(table)] = (table, codec)
@@ -287,11 +288,6 @@ def _codec(table: FeatureView) -> RowCodec:
 _CODECS: dict[int, tuple[FeatureView, RowCodec]] = {}
 """Codecs by the view object they were made for (kept alive here, so its id is not
 reused while its entry stands)."""
-
-
-@functools.lru_cache(maxsize=64)
-def _codec_of(name: str, features: tuple[tuple[str, Any], ...]) -> RowCodec:
-    return RowCodec({feature: dtype.to_value_type() for feature, dtype in features})
 
 
 def _key(config: RepoConfig, entity_key: EntityKeyProto) -> bytes:

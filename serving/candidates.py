@@ -67,14 +67,25 @@ class Candidates:
             self.anchor_ids[anchor] if anchor >= 0 else None,
         )
 
+    @classmethod
+    def of_source(cls, rows: np.ndarray, source: str) -> Candidates:
+        """``rows`` (each once) all brought in by ``source``, with no anchor."""
+        n = len(rows)
+        return cls(
+            rows.astype(np.int64, copy=False),
+            np.full(n, SOURCES.index(source), np.int8),
+            np.full(n, -1, np.int32),
+        )
+
     def extended(self, rows: np.ndarray, source: str) -> Candidates:
         """These candidates and ``rows`` (not among them) brought in by ``source``."""
         if not len(rows):
             return self
+        more = Candidates.of_source(rows, source)
         return Candidates(
-            np.concatenate([self.rows, rows]),
-            np.concatenate([self.sources, np.full(len(rows), SOURCES.index(source), np.int8)]),
-            np.concatenate([self.anchors, np.full(len(rows), -1, np.int32)]),
+            np.concatenate([self.rows, more.rows]),
+            np.concatenate([self.sources, more.sources]),
+            np.concatenate([self.anchors, more.anchors]),
             self.anchor_ids,
         )
 
@@ -154,12 +165,7 @@ class CandidateGenerator:
         source, so none of ``CandidatesBuilder``'s merging."""
         index = self.catalog.index
         rows = [index[i] for i in dict.fromkeys(item_ids) if i in index]
-        n = len(rows)
-        return Candidates(
-            np.fromiter(rows, np.int64, n),
-            np.full(n, SOURCES.index("requested"), np.int8),
-            np.full(n, -1, np.int32),
-        )
+        return Candidates.of_source(np.fromiter(rows, np.int64, len(rows)), "requested")
 
     @staticmethod
     def anchors(features: ProfileFeatures | None, context_item: str | None) -> list[str]:

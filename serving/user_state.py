@@ -96,6 +96,3 @@ class UserStates:
     def put(self, user: str, state: UserState) -> None:
         if self._kept is not None:
             self._kept[user] = state
-
-    def __len__(self) -> int:
-        return 0 if self._kept is None else len(self._kept)
