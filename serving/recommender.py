@@ -11,7 +11,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Hashable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -103,6 +103,7 @@ class Recommender:
         self.policy = policy or RankingPolicy()
         self.score_timeout_s = score_timeout_s
         self.store_timeout_s = store_timeout_s
+        self._reads_inline = profiles.reads_inline
         self._popular = self.candidates.popularity([])
         self._popular_at = 0.0
         self._refresh: asyncio.Future[None] | None = None
@@ -160,7 +161,10 @@ class Recommender:
         """A Feast read (async on Redis, inline for SQLite: ``streams/sink.py``), bounded
         in time: a store that hangs (not only one that refuses) must not hold the page;
         ``TimeoutError`` leads to the fallback. ``asyncio.timeout`` bounds it in the
-        request's own task (``wait_for`` would start a task a read)."""
+        request's own task (``wait_for`` would start a task a read). An inline read never
+        yields to the loop, so no timeout could end it: it runs without one."""
+        if self._reads_inline:
+            return await read
         async with asyncio.timeout(self.store_timeout_s):
             return await read
 
@@ -234,7 +238,7 @@ class Recommender:
             self.states.put(user, state)
         elif state.popular is not popular:  # refreshed since: the signals follow it
             state.popular = popular
-            state.signals = self._signals(state.anchors, state.covisits, popular)
+            state.signals = replace(state.signals, popular=popular.by_row)
         return state
 
     async def _new_state(
@@ -446,24 +450,31 @@ class Recommender:
 
     async def score(self, request: ScoreRequest) -> ScoreResponse:
         """Model scores for the given items; null where the catalog does not know the item,
-        or for all of them (with the reason) when there is no profile to score from."""
+        or for all of them (with the reason) when there is no profile to score from. Read
+        from the same kept user state as recommendations (its features, its user vector),
+        so the two endpoints agree about a user at any moment."""
         user = self.pseudonyms(request.user_id)
         arm = self.arms[self.arm_of(user)]
         problem = None
+        features = None
         try:
-            profile = await self.profile_of(user)
+            state = await self.user_state(user)
+            features = state.features
+            if state.opted_out:
+                problem = "the user opted out of personalization"
         except Exception as exc:
             log.warning("online store unavailable (%r): no scores", exc)
-            profile, problem = None, "profile store unavailable"
-        if profile is not None and profile.opted_out:
-            profile, problem = None, "the user opted out of personalization"
-        features = derive_features(profile, time.time()) if profile else None
+            problem = "profile store unavailable"
         known = [i for i in request.item_ids if i in self.catalog.index]
         result: dict[str, float] = {}
         if known and features is not None:
             rows = np.array([self.catalog.index[i] for i in known], dtype=np.int64)
-            scored, problem = await self._model_scores(arm.score, ScoreTask(rows, features))
+            vector = state.vectors.get(arm.model_version)
+            task = ScoreTask(rows, features, user_vector=vector)
+            scored, problem = await self._model_scores(arm.score, task)
             if scored is not None:
+                if scored.user_vector is not None:
+                    state.vectors[arm.model_version] = scored.user_vector
                 result = {i: float(s) for i, s in zip(known, scored.scores, strict=True)}
         return ScoreResponse(
             user_id=request.user_id,

@@ -10,8 +10,8 @@ the scored candidates, which only the ranking rules (``k``, the request's exclus
 exploration) apply to differently from one request to the next. Rebuilding them, and the
 profile itself from its row, was over half of a request's CPU. A replica keeps them per
 user (``UserStates``) for the stored profile's version (``streams.profile.stored_version``),
-for at most ``max_age_s``; the stream's signals are rebuilt from the kept co-visitation
-rows when popularity is refreshed.
+for at most ``max_age_s``; when popularity is refreshed, the stream's signals take the new
+popularity vector (the co-visitation and recency vectors are the user's own and stay).
 
 What the age bounds: the decayed counts a user vector reads move with the clock (the
 shortest time constant is an hour: 10 s moves a count by 0.3 %), and the co-visitation

@@ -206,6 +206,12 @@ class FeastProfileStore:
         self.covisits = ViewIO(store, COVISIT_VIEW, path)
         self.checkpoints = ViewIO(store, CHECKPOINT_VIEW, path)
 
+    @property
+    def reads_inline(self) -> bool:
+        """Whether the online store's reads run to the end without waiting on anything but
+        the local disk (``ViewIO.reads_inline``): no timeout can cut one short."""
+        return self.profiles.reads_inline
+
     # --- profiles ---------------------------------------------------------------------------
     def read_profiles(self, user_ids: Sequence[str]) -> dict[str, UserProfile]:
         return _profiles(user_ids, self.profiles.read([{"user_id": u} for u in user_ids]))

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from feature_repo.store import apply_repo
-from serving.api import RecommendationRequest
+from serving.api import RecommendationRequest, ScoreRequest
 from serving.ranking import RankingPolicy
 from serving.recommender import Arm, Recommender
 from serving.scorer import Scored, ScorerModel, ScoreTask
@@ -184,3 +184,39 @@ def test_the_users_own_page_is_scored_once_per_state(trained: Path, catalog: Cat
     kept._popular = kept.candidates.popularity([("50", 2.0), ("100", 1.0)])
     page()
     assert len(scorer.tasks) == 4 and scorer.tasks[-1].user_vector is not None
+    # ... with the new popularity, and the user's own vectors as a fresh build has them
+    state = asyncio.run(kept.user_state("u"))
+    rebuilt = kept._signals(state.anchors, state.covisits, kept._popular)
+    sent = scorer.tasks[-1].signals
+    assert sent is not None and sent.popular is kept._popular.by_row
+    for name in ("covisit_rows", "covisit", "recent_rows", "recency", "popular"):
+        np.testing.assert_array_equal(getattr(sent, name), getattr(rebuilt, name))
+
+
+def test_item_scores_read_the_kept_state_and_equal_fresh_ones(
+    trained: Path, catalog: Catalog
+) -> None:
+    store = FeastProfileStore(apply_repo(Settings(home=trained)))
+    store.write_profiles([profile_of(catalog, ["1", "2", "3"], [])])
+    scorer, fresh_scorer = CountingScorer(trained), CountingScorer(trained)
+    kept = recommender(store, catalog, scorer)
+    fresh = recommender(store, catalog, fresh_scorer, user_state_cache=0)
+    request = ScoreRequest(user_id="u", item_ids=["10", "11", "no-such-item"])
+
+    ask(kept)  # recommendations first: the scores reuse their user vector
+    scores = asyncio.run(kept.score(request)).model_dump()
+    assert scorer.given_vectors == [False, True]
+    expected = asyncio.run(fresh.score(request)).model_dump()
+    assert fresh_scorer.given_vectors == [False]
+    assert [s["item_id"] for s in scores["scores"]] == ["10", "11", "no-such-item"]
+    assert scores["scores"][2]["score"] is None and scores["fallback_reason"] is None
+    np.testing.assert_allclose(
+        [s["score"] for s in scores["scores"][:2]],
+        [s["score"] for s in expected["scores"][:2]],
+        rtol=1e-5,
+    )
+
+    store.write_profiles([UserProfile.tombstone("u")])
+    opted_out = asyncio.run(kept.score(request)).model_dump()
+    assert opted_out["fallback_reason"] == "the user opted out of personalization"
+    assert all(s["score"] is None for s in opted_out["scores"])
