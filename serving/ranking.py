@@ -165,45 +165,109 @@ def explore(
     return out
 
 
+class Shortlist:
+    """A scored page under the shop's rules, ready to rank: the candidates in stock and not
+    blocked for the user, best score first.
+
+    Made once per scored page and ranked for each request on it. A user's own page is
+    ranked again and again from one kept state (``serving/user_state.py``), so what depends
+    on the page alone is kept here: the order, the diversified top for each ``k`` and each
+    item's reason. Reasons depend on the profile, query and item in view the page was
+    scored for, so a shortlist is only ranked for those (the recommender keeps pages of
+    the user's own profile without a query or item in view, and makes the others per
+    request)."""
+
+    def __init__(
+        self, candidates: Candidates, scores: np.ndarray, catalog: Catalog, blocked: Collection[str]
+    ):
+        rows = candidates.rows
+        allowed = catalog.available[rows]
+        if blocked:  # a look-up per candidate: a profile blocks hundreds of items, most not here
+            ids = catalog.ids
+            allowed &= np.fromiter((ids[r] not in blocked for r in rows.tolist()), bool, len(rows))
+        kept = np.flatnonzero(allowed)  # positions in ``candidates``
+        kept_scores = np.asarray(scores, dtype=np.float64)[kept]
+        order = np.argsort(-kept_scores, kind="stable")  # ties: in the candidates' order
+        self.candidates = candidates
+        self.catalog = catalog
+        self.positions = kept[order]
+        self.scores = kept_scores[order]
+        self.rows = rows[self.positions]
+        self._diversified: dict[tuple[int, float], list[int]] = {}
+        self._reasons: dict[int, str] = {}
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def without(self, exclude: Iterable[str]) -> np.ndarray:
+        """Positions in this list, best first, of the items not in ``exclude``."""
+        index = self.catalog.index
+        dropped = [index[i] for i in exclude if i in index]
+        if not dropped:
+            return np.arange(len(self))
+        return np.flatnonzero(~np.isin(self.rows, dropped))
+
+    def diversified(self, order: np.ndarray, k: int, weight: float) -> list[int]:
+        """The best ``k`` of ``order`` (positions in this list, best first) by greedy MMR
+        (``diversify``), as positions in ``order``; kept for the whole list."""
+        whole = len(order) == len(self)
+        if whole and (k, weight) in self._diversified:
+            return self._diversified[k, weight]
+        pool = order[: 4 * k]  # only the best 4k can win a slot: their categories alone
+        membership = self.catalog.category_membership(self.rows[pool])
+        ranked = diversify(self.scores[pool], membership, k, weight)
+        if whole:
+            self._diversified[k, weight] = ranked
+        return ranked
+
+    def reason(
+        self,
+        at: int,
+        features: ProfileFeatures | None,
+        query: str | None,
+        context_item: str | None,
+    ) -> str:
+        """Why the item at position ``at`` is shown (``explain``), given once per item."""
+        reason = self._reasons.get(at)
+        if reason is None:
+            candidate = self.candidates.at(int(self.positions[at]))
+            reason = explain(candidate, self.catalog, features, query, context_item)
+            self._reasons[at] = reason
+        return reason
+
+
 def rank(
-    candidates: Candidates,
-    scores: np.ndarray,
-    catalog: Catalog,
+    shortlist: Shortlist,
     k: int,
-    blocked: Collection[str],
     features: ProfileFeatures | None,
+    exclude: Collection[str] = (),
     query: str | None = None,
     context_item: str | None = None,
     policy: RankingPolicy = RankingPolicy(),
     rng: np.random.Generator | None = None,
 ) -> list[RecommendedItem]:
+    """The ``k`` items to show from ``shortlist``, leaving out the request's own
+    ``exclude``: diversified (``policy.diversity``), with exploration slots."""
     if query:
         policy = RankingPolicy()
-    rows = candidates.rows
-    allowed = catalog.available[rows]
-    if blocked:  # a look-up per candidate: a profile blocks hundreds of items, most not here
-        ids = catalog.ids
-        allowed &= np.fromiter((ids[r] not in blocked for r in rows.tolist()), bool, len(rows))
-    kept = np.flatnonzero(allowed)  # positions in ``candidates``
-    kept_scores = np.asarray(scores, dtype=np.float64)[kept]
-    # only the best 4k can win a slot (``diversify``): their categories alone are read
-    pool = np.sort(np.argsort(-kept_scores, kind="stable")[: 4 * k])
-    membership = catalog.category_membership(rows[kept[pool]])
-    ranked = [int(pool[i]) for i in diversify(kept_scores[pool], membership, k, policy.diversity)]
-    slots = explore(ranked, len(kept), k, policy.exploration, rng or np.random.default_rng())
+    order = shortlist.without(exclude) if exclude else np.arange(len(shortlist))
+    ranked = shortlist.diversified(order, k, policy.diversity)
+    slots = explore(ranked, len(order), k, policy.exploration, rng or np.random.default_rng())
+    catalog = shortlist.catalog
     items = []
     for pos, propensity, explored in slots:
-        candidate = candidates.at(int(kept[pos]))
+        at = int(order[pos])
+        row = int(shortlist.rows[at])
         items.append(
             RecommendedItem(
-                item_id=catalog.ids[candidate.row],
-                title=catalog.titles[candidate.row],
-                categories=list(catalog.categories_at(candidate.row)),
-                score=round(float(kept_scores[pos]), 6),
+                item_id=catalog.ids[row],
+                title=catalog.titles[row],
+                categories=list(catalog.categories_at(row)),
+                score=round(float(shortlist.scores[at]), 6),
                 reason=(
                     "something new to try"
                     if explored
-                    else explain(candidate, catalog, features, query, context_item)
+                    else shortlist.reason(at, features, query, context_item)
                 ),
                 propensity=round(propensity, 6),
             )

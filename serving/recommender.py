@@ -29,7 +29,7 @@ from serving.api import (
 )
 from serving.candidates import CandidateGenerator, Popularity
 from serving.experiments import assign_arm
-from serving.ranking import RankingPolicy, ShowAgain, blocked_items, rank
+from serving.ranking import RankingPolicy, Shortlist, ShowAgain, blocked_items, rank
 from serving.scorer import Scored, ScoreTask
 from serving.stream_ranker import Neighbours, StreamSignals
 from serving.user_state import ScoredCandidates, UserState, UserStates
@@ -311,16 +311,14 @@ class Recommender:
             if own_page and fallback_reason is None:
                 state.pages[arm.model_version] = page
         personalized = page.personalized
-        blocked = state.blocked  # the request's own exclusions added, where it has any
-        if request.exclude_ids or context_item:
-            blocked = blocked | blocked_items(None, request.exclude_ids, context_item)
+        exclude = request.exclude_ids  # the request's own, on top of the user's rules
+        if context_item:
+            exclude = [*exclude, context_item]
         items = rank(
-            page.candidates,
-            page.scores,
-            self.catalog,
+            page.shortlist,
             request.k,
-            blocked,
             features,
+            exclude,
             query,
             context_item,
             self.policy,
@@ -381,7 +379,8 @@ class Recommender:
             arm, found.rows, state, query, signals, retrieve
         )
         candidates = found.extended(rows[len(found) :], "model")  # the scorer's own finds
-        return ScoredCandidates(candidates, scores, personalized, state.popular), problem
+        shortlist = Shortlist(candidates, scores, self.catalog, state.blocked)
+        return ScoredCandidates(shortlist, personalized, state.popular), problem
 
     async def _search(self, arm: Arm, query: str) -> np.ndarray | None:
         """Items matching the query (model's text path); none if the arm cannot search or

@@ -33,18 +33,19 @@ from cachetools import TTLCache
 
 from serving import metrics
 from serving.api import ProfileSummary
-from serving.candidates import Candidates, Popularity
+from serving.candidates import Popularity
+from serving.ranking import Shortlist
 from serving.stream_ranker import Neighbours, StreamSignals
 from streams.profile import ProfileFeatures
 
 
 @dataclass(frozen=True)
 class ScoredCandidates:
-    """A request's candidates and their scores (``personalized``: by the user's profile,
-    not popularity), and the popularity refresh they were scored with."""
+    """A request's scored candidates under the user's rules, ready to rank
+    (``personalized``: scored by the user's profile, not popularity), and the popularity
+    refresh they were scored with."""
 
-    candidates: Candidates
-    scores: np.ndarray
+    shortlist: Shortlist
     personalized: bool
     popular: Popularity
 

@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 
 from serving.candidates import Candidate, CandidateGenerator, CandidatesBuilder, Popularity
-from serving.ranking import RankingPolicy, ShowAgain, blocked_items, diversify, explore, rank
+from serving.ranking import (
+    RankingPolicy,
+    Shortlist,
+    ShowAgain,
+    blocked_items,
+    diversify,
+    explore,
+    rank,
+)
 from serving.scorer import combine
 from streamrank.catalog import Catalog
 from streams.events import Event
@@ -110,10 +118,10 @@ def test_own_items_are_candidates_and_say_why_they_came_back(catalog: Catalog) -
     assert {catalog.ids[c.row] for c in mine} == {"1", "5"}
     scores = np.array([1.0 if c.source == "recent" else 0.0 for c in found])
     blocked = blocked_items(features, show_again=ShowAgain.UNBOUGHT)
-    items = rank(found, scores, catalog, 2, blocked, features)
+    items = rank(Shortlist(found, scores, catalog, blocked), 2, features)
     assert {i.item_id for i in items} == {"1", "5"}
     assert {i.reason for i in items} == {"you looked at this recently"}
-    hidden = rank(found, scores, catalog, 2, blocked_items(features), features)
+    hidden = rank(Shortlist(found, scores, catalog, blocked_items(features)), 2, features)
     assert not {i.item_id for i in hidden} & {"1", "5"}  # the default rule: none come back
 
 
@@ -125,7 +133,7 @@ def test_bought_seen_excluded_and_in_view_items_are_never_ranked(catalog: Catalo
     assert len(set(found.rows.tolist())) == len(found)  # each item once
     assert features.interest is not None
     scores = catalog.vectors(found.rows) @ features.interest
-    items = rank(found, scores, catalog, 10, blocked, features)  # default: score order
+    items = rank(Shortlist(found, scores, catalog, blocked), 10, features)  # score order
     assert len(items) == 10
     assert not {i.item_id for i in items} & blocked
     assert [i.score for i in items] == sorted((i.score for i in items), reverse=True)
@@ -144,7 +152,7 @@ def test_query_and_interest_are_combined_into_one_unit_vector() -> None:
 def test_rank_never_returns_more_than_k(catalog: Catalog, k: int) -> None:
     candidates = CandidateGenerator(catalog, n_popular=50)
     found = candidates.generate(None, candidates.popularity([]))
-    items = rank(found, np.ones(len(found)), catalog, k, set(), None)
+    items = rank(Shortlist(found, np.ones(len(found)), catalog, set()), k, None)
     assert len(items) == min(k, 50)
 
 
@@ -182,11 +190,8 @@ def test_ranked_items_carry_propensities(catalog: Catalog) -> None:
     found = candidates.generate(None, candidates.popularity([]))
     policy = RankingPolicy(diversity=0.3, exploration=0.5)
     items = rank(
-        found,
-        np.linspace(1, 0, len(found)),
-        catalog,
+        Shortlist(found, np.linspace(1, 0, len(found)), catalog, set()),
         10,
-        set(),
         None,
         policy=policy,
         rng=np.random.default_rng(1),
@@ -204,10 +209,11 @@ def test_items_out_of_stock_are_never_ranked(catalog: Catalog) -> None:
     best = int(found.rows[0])  # the top score below
     out_of_stock.available[best] = False
     scores = np.linspace(1.0, 0.0, len(found))
-    shown = {i.item_id for i in rank(found, scores, out_of_stock, 10, set(), None)}
+    shown = {i.item_id for i in rank(Shortlist(found, scores, out_of_stock, ()), 10, None)}
     assert catalog.ids[best] not in shown
     assert len(shown) == 10
-    assert catalog.ids[best] in {i.item_id for i in rank(found, scores, catalog, 10, set(), None)}
+    in_stock = rank(Shortlist(found, scores, catalog, ()), 10, None)
+    assert catalog.ids[best] in {i.item_id for i in in_stock}
 
 
 def test_search_matches_join_the_candidates(catalog: Catalog) -> None:
@@ -230,7 +236,7 @@ def test_a_search_is_ranked_by_relevance_alone(catalog: Catalog) -> None:
     found = candidates.generate(None, candidates.popularity([]))
     scores = np.linspace(1.0, 0.0, len(found))
     policy = RankingPolicy(diversity=0.9, exploration=0.9)
-    args = (found, scores, catalog, 10, set(), None)
+    args = (Shortlist(found, scores, catalog, ()), 10, None)
     searched = rank(*args, query="horror", policy=policy, rng=np.random.default_rng(0))
     assert [i.item_id for i in searched] == [catalog.ids[r] for r in found.rows[:10]]
     assert {i.propensity for i in searched} == {1.0}
@@ -247,3 +253,25 @@ def test_category_membership_gives_the_jaccard_of_the_items_categories(catalog: 
         for j, b in enumerate(rows.tolist()):
             sa, sb = set(catalog.categories_at(a)), set(catalog.categories_at(b))
             assert shared[i, j] == len(sa & sb)
+
+
+def test_a_kept_shortlist_ranks_as_a_fresh_one_for_any_k_and_exclusions(
+    catalog: Catalog,
+) -> None:
+    """A user's own page is ranked again and again from one shortlist, its diversified
+    tops and reasons kept: each answer must equal one from a shortlist made for that
+    request alone, with the request's exclusions blocked from the start."""
+    features = derive_features(profile_of(catalog, ["1", "5", "7"], ["2"]), time.time())
+    found = CandidateGenerator(catalog).generate(features, nothing_streamed(catalog))
+    scores = np.random.default_rng(3).random(len(found))
+    blocked = blocked_items(features)
+    policy = RankingPolicy(diversity=0.4, exploration=0.0)
+    kept = Shortlist(found, scores, catalog, blocked)
+    top = [i.item_id for i in rank(kept, 10, features, policy=policy)]
+    for k, exclude in [(10, []), (3, []), (10, top[:2]), (5, [top[0], "no-such-item"]), (10, [])]:
+        fresh = Shortlist(found, scores, catalog, blocked | set(exclude))
+        expected = rank(fresh, k, features, policy=policy)
+        answer = rank(kept, k, features, exclude, policy=policy)
+        assert [i.model_dump() for i in answer] == [i.model_dump() for i in expected]
+        assert not {i.item_id for i in answer} & set(exclude)
+    assert [i.item_id for i in rank(kept, 10, features, policy=policy)] == top
