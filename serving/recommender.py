@@ -300,10 +300,10 @@ class Recommender:
         features, opted_out = state.features, state.opted_out
 
         # the user's own page (no items given, no query, no item in view) is scored the
-        # same for every request on one state, model and popularity refresh: kept
+        # same for every request on one state and model: kept with the state
         own_page = request.candidate_ids is None and not query and not context_item
         page = state.pages.get(arm.model_version) if own_page else None
-        if page is None or page.popular is not state.popular:
+        if page is None:
             page, scorer_problem = await self._page(
                 request, arm, state, query, context_item, covisits, signals
             )
@@ -380,7 +380,7 @@ class Recommender:
         )
         candidates = found.extended(rows[len(found) :], "model")  # the scorer's own finds
         shortlist = Shortlist(candidates, scores, self.catalog, state.blocked)
-        return ScoredCandidates(shortlist, personalized, state.popular), problem
+        return ScoredCandidates(shortlist, personalized), problem
 
     async def _search(self, arm: Arm, query: str) -> np.ndarray | None:
         """Items matching the query (model's text path); none if the arm cannot search or

@@ -10,8 +10,14 @@ the scored candidates, which only the ranking rules (``k``, the request's exclus
 exploration) apply to differently from one request to the next. Rebuilding them, and the
 profile itself from its row, was over half of a request's CPU. A replica keeps them per
 user (``UserStates``) for the stored profile's version (``streams.profile.stored_version``),
-for at most ``max_age_s``; when popularity is refreshed, the stream's signals take the new
-popularity vector (the co-visitation and recency vectors are the user's own and stay).
+for at most ``max_age_s``.
+
+When popularity is refreshed (every ``popular_refresh_s``), the kept signals take the new
+popularity vector for the requests scored afresh (the co-visitation and recency vectors
+are the user's own and stay). A kept own page keeps the popularity it was scored with
+for the rest of its state's life: popularity is then one more of the stream's aggregates
+a state holds for up to ``max_age_s``, as co-visitation is. Scoring the page again at
+every refresh had been about a quarter of a replica's page requests.
 
 What the age bounds: the decayed counts a user vector reads move with the clock (the
 shortest time constant is an hour: 10 s moves a count by 0.3 %), and the co-visitation
@@ -42,12 +48,10 @@ from streams.profile import ProfileFeatures
 @dataclass(frozen=True)
 class ScoredCandidates:
     """A request's scored candidates under the user's rules, ready to rank
-    (``personalized``: scored by the user's profile, not popularity), and the popularity
-    refresh they were scored with."""
+    (``personalized``: scored by the user's profile, not popularity)."""
 
     shortlist: Shortlist
     personalized: bool
-    popular: Popularity
 
 
 @dataclass

@@ -180,11 +180,12 @@ def test_the_users_own_page_is_scored_once_per_state(trained: Path, catalog: Cat
     page(context={"item_id": "50"})
     page(context={"query": "space adventure"})
     assert len(scorer.tasks) == 3
-    # popularity refreshed: the stream's signals changed, so the page is scored again
+    # popularity refreshed: the kept page stays for its state's life, while candidates
+    # scored afresh read the new popularity, with the user's own vectors as a fresh build
     kept._popular = kept.candidates.popularity([("50", 2.0), ("100", 1.0)])
-    page()
+    assert shown(page()) == shown(first) and len(scorer.tasks) == 3
+    ask(kept)
     assert len(scorer.tasks) == 4 and scorer.tasks[-1].user_vector is not None
-    # ... with the new popularity, and the user's own vectors as a fresh build has them
     state = asyncio.run(kept.user_state("u"))
     rebuilt = kept._signals(state.anchors, state.covisits, kept._popular)
     sent = scorer.tasks[-1].signals
