@@ -4,12 +4,16 @@
 
 Profiles come from folding real MovieLens events into the online store (SQLite) with the
 stream's own processor. Each request asks ``/v1/recommendations`` to rank 100 candidate
-items for a user with a profile. Every configuration runs in this one process, one after
-another, at every concurrency level, so ratios are measured under the same conditions:
+items for a user with a profile, or, in the page-request rows, for the user's own page
+(no candidates given: the recommender finds them). Every configuration runs in this one
+process, one after another, at every concurrency level, so ratios are measured under the
+same conditions:
 
 - the framework's ceiling: a no-op ingress parsing the same request (``bench/noop_app.py``),
-  run first and again last, the better of the two taken (the box's speed drifts);
-- the model inside the ingress replica, ``@serve.batch`` on and off (batch size 1);
+  run first and again last, the better of the two taken (the box's speed drifts); the
+  page requests have their own no-op run;
+- the model inside the ingress replica, ``@serve.batch`` on and off (batch size 1), and
+  the unbatched default asked for pages;
 - the model in its own scorer deployment (the GPU topology), batched;
 - Serve's classic Python HTTP proxy instead of HAProxy + direct ingress;
 - int8 against float32 when the model is a trained one.
@@ -61,6 +65,7 @@ CANDIDATES = 100
 P99_TARGET_MS = 50.0
 NOOP = "no-op ingress (ceiling)"
 NOOP_AGAIN = "no-op ingress, again"
+NOOP_PAGES = "no-op ingress, page requests"
 
 
 def load_profiles(settings: Settings, catalog: Catalog, events: int) -> list[str]:
@@ -139,6 +144,14 @@ class Config:
     name: str
     settings: Settings
     noop: bool = False
+    pages: bool = False
+    """Requests for the user's own page (no candidates given) instead of 100 candidates."""
+
+    @property
+    def ceiling(self) -> str:
+        """The no-op run this configuration's shares are taken against: the one that
+        parses the same requests."""
+        return NOOP_PAGES if self.pages else NOOP
 
 
 def run_config(
@@ -149,6 +162,8 @@ def run_config(
 
     app = noop_app(config.settings.serve_num_cpus) if config.noop else None
     url = serve_app.start(config.settings, app=app)
+    if config.pages:
+        bodies = own_pages(bodies)
     try:
         asyncio.run(closed_loop(url, bodies, 4, 3.0))  # warm-up: replicas, caches
         rows = []
@@ -261,7 +276,7 @@ def in_process(settings: Settings, bodies: list[dict], seconds: float) -> list[d
         return model.search(query, n)
 
     arm = Arm(score, model.version, search, model.trained)
-    pages = [{k: v for k, v in b.items() if k != "candidate_ids"} for b in bodies]
+    pages = own_pages(bodies)
 
     def counted(metric: str) -> tuple[float, float]:
         name = f"streamrank_serve_{metric}_total"
@@ -319,29 +334,70 @@ def print_in_process(rows: list[dict]) -> None:
         )
 
 
+def own_pages(bodies: list[dict]) -> list[dict]:
+    """The same users' requests for their own page: no candidates given."""
+    return [{k: v for k, v in b.items() if k != "candidate_ids"} for b in bodies]
+
+
+def ceiling_rows(results: dict, config: Config) -> list[dict]:
+    """The no-op rows a configuration's shares are taken against, level by level. For page
+    requests, the better of the two no-op runs: the one parsing the same requests, and the
+    one parsing 100 candidates besides (more work, yet often faster on a drifting box): the
+    stricter ceiling."""
+    runs = results["runs"]
+    if not config.pages or NOOP_PAGES not in runs:
+        return runs[NOOP]
+    return [
+        max(a, b, key=lambda r: r["rps"]) for a, b in zip(runs[NOOP_PAGES], runs[NOOP], strict=True)
+    ]
+
+
+def shares(results: dict, configs: list[Config]) -> dict[str, dict[str, float]]:
+    """Each real configuration's req/s as a share of its ceiling's: at every level, and
+    at the knee (its knee against the ceiling's knee)."""
+    out = {}
+    for config in configs:
+        if config.noop:
+            continue
+        ceiling = ceiling_rows(results, config)
+        rows = results["runs"][config.name]
+        by_level = {
+            str(row["concurrency"]): row["rps"] / base["rps"]
+            for row, base in zip(rows, ceiling, strict=True)
+        }
+        mine, theirs = knee(rows), knee(ceiling)
+        if mine and theirs:
+            by_level["knee"] = mine["rps"] / theirs["rps"]
+        out[config.name] = by_level
+    return out
+
+
 def print_tables(results: dict, configs: list[Config]) -> None:
-    noop = {r["concurrency"]: r for r in results["runs"].get(NOOP, [])}
     print(
         f"\n{'configuration':34} {'clients':>7} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} "
         f"{'p99 ms':>8} {'err':>4} {'shed':>5} {'of no-op':>8} {'replica CPU ms/req':>18} "
         f"{'client CPU':>10} {'states kept':>11}"
     )
     for config in configs:
+        of_noop = results["shares"].get(config.name, {})
         for row in results["runs"][config.name]:
-            base = noop.get(row["concurrency"])
-            share = f"{row['rps'] / base['rps']:7.0%}" if base and not config.noop else ""
+            share = of_noop.get(str(row["concurrency"]))
             print(
                 f"{config.name:34} {row['concurrency']:7d} {row['rps']:8.1f} {row['p50_ms']:8.1f} "
                 f"{row['p95_ms']:8.1f} {row['p99_ms']:8.1f} {row['errors']:4d} "
-                f"{row.get('shed_share', 0.0):5.0%} {share:>8} {row['replica_cpu_ms']:18.2f} "
+                f"{row.get('shed_share', 0.0):5.0%} "
+                + (f"{share:8.0%} " if share is not None else f"{'':8} ")
+                + f"{row['replica_cpu_ms']:18.2f} "
                 f"{row.get('client_cpu_ms', float('nan')):10.2f} "
                 + (f"{row['user_state_hit_share']:11.0%}" if "user_state_hit_share" in row else "")
             )
     print(f"\nload sustained with p99 < {P99_TARGET_MS:g} ms (the knee):")
     for name, row in results["knee"].items():
+        share = results["shares"].get(name, {}).get("knee")
         print(
             f"  {name:34} "
             + (f"{row['rps']:.1f} req/s at {row['concurrency']} clients" if row else "none")
+            + (f" ({share:.0%} of its no-op's knee)" if share is not None else "")
         )
     print(f"\n{'scorer alone':12} {'batch':>6} {'tasks/s':>10} {'ms/batch':>9}")
     for row in results["scorer_alone"]:
@@ -400,6 +456,12 @@ def main() -> None:
             f"model in {placement}, unbatched",
             variant(scorer_placement=placement, **{batch_size: 1}),
         ),
+        Config(NOOP_PAGES, base, noop=True, pages=True),
+        Config(
+            f"model in {placement}, page requests",
+            variant(scorer_placement=placement, **{batch_size: 1}),
+            pages=True,
+        ),
     ]
     if not gpus:
         configs.append(Config("scorer deployment, batched", variant(scorer_placement="deployment")))
@@ -430,7 +492,9 @@ def main() -> None:
         )
     )
     if args.only:
-        configs = [c for c in configs if c.name in args.only or c.noop]
+        chosen = [c for c in configs if c.name in args.only]
+        ceilings = {NOOP} | {c.ceiling for c in chosen}
+        configs = [c for c in configs if c in chosen or c.name in ceilings]
     # the ceiling again at the end: the box's speed drifts over a run of minutes, and the
     # shares are taken against the better of the two no-op runs (the stricter ceiling)
     configs.append(Config(NOOP_AGAIN, base, noop=True))
@@ -456,6 +520,7 @@ def main() -> None:
     ]
     configs = [c for c in configs if c.name != NOOP_AGAIN]
     results["knee"] = {name: knee(rows) for name, rows in results["runs"].items()}
+    results["shares"] = shares(results, configs)
     results["scorer_alone"] = scorer_alone(base, users, [1, 32])
     results["in_process"] = in_process(base, bodies, args.seconds)
 
