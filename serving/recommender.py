@@ -455,10 +455,9 @@ class Recommender:
         user = self.pseudonyms(request.user_id)
         arm = self.arms[self.arm_of(user)]
         problem = None
-        features = None
+        state: UserState | None = None
         try:
             state = await self.user_state(user)
-            features = state.features
             if state.opted_out:
                 problem = "the user opted out of personalization"
         except Exception as exc:
@@ -466,10 +465,10 @@ class Recommender:
             problem = "profile store unavailable"
         known = [i for i in request.item_ids if i in self.catalog.index]
         result: dict[str, float] = {}
-        if known and features is not None:
+        if known and state is not None and state.features is not None:
             rows = np.array([self.catalog.index[i] for i in known], dtype=np.int64)
             vector = state.vectors.get(arm.model_version)
-            task = ScoreTask(rows, features, user_vector=vector)
+            task = ScoreTask(rows, state.features, user_vector=vector)
             scored, problem = await self._model_scores(arm.score, task)
             if scored is not None:
                 if scored.user_vector is not None:
