@@ -66,6 +66,9 @@ P99_TARGET_MS = 50.0
 NOOP = "no-op ingress (ceiling)"
 NOOP_AGAIN = "no-op ingress, again"
 NOOP_PAGES = "no-op ingress, page requests"
+NEW_STATE = "found, a new user state each time"
+"""The in-process row of a request whose user state is not kept: the user's first request
+in ``user_state_max_age_s``, or the first after a new event of theirs."""
 
 
 def load_profiles(settings: Settings, catalog: Catalog, events: int) -> list[str]:
@@ -257,8 +260,10 @@ def scorer_alone(settings: Settings, users: list[str], batch_sizes: list[int]) -
 def in_process(settings: Settings, bodies: list[dict], seconds: float) -> list[dict]:
     """CPU time per request of the whole request path without Ray and HTTP: the request
     body validated, profile and stream reads, candidates, the scorer called directly (no
-    batching), ranking and the response's JSON. Once as the HTTP runs ask (100 given
-    candidates) and once as a page asks (the candidates found by the recommender)."""
+    batching), ranking and the response's JSON. As the HTTP runs ask (100 given
+    candidates); as a page asks (the candidates found by the recommender), with the
+    users' states kept and with none kept (``NEW_STATE``); and with co-visitation rows
+    read from the store at every request."""
     from serving.api import RecommendationRequest
     from serving.experiments import arm_model_dir
     from serving.recommender import Arm, Recommender
@@ -304,10 +309,12 @@ def in_process(settings: Settings, bodies: list[dict], seconds: float) -> list[d
         }
 
     uncached = settings.model_copy(update={"covisit_refresh_s": 0.0})
+    stateless = settings.model_copy(update={"user_state_cache": 0})
     out = []
     for name, requests, variant in (
         ("100 given candidates", bodies, settings),
         ("candidates found", pages, settings),
+        (NEW_STATE, pages, stateless),
         ("found, co-visits read each time", pages, uncached),
     ):
         row = asyncio.run(run(requests, variant))
