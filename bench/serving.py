@@ -11,7 +11,8 @@ same conditions:
 
 - the framework's ceiling: a no-op ingress parsing the same request (``bench/noop_app.py``),
   run first and again last, the better of the two taken (the box's speed drifts); the
-  page requests have their own no-op run;
+  page requests have their own no-op run, and their shares are against the better of it
+  and the other;
 - the model inside the ingress replica, ``@serve.batch`` on and off (batch size 1), and
   the unbatched default asked for pages;
 - the model in its own scorer deployment (the GPU topology), batched;
@@ -152,8 +153,8 @@ class Config:
 
     @property
     def ceiling(self) -> str:
-        """The no-op run this configuration's shares are taken against: the one that
-        parses the same requests."""
+        """The no-op run that parses the same requests (the shares are taken against it,
+        or against a faster no-op run: ``ceiling_rows``)."""
         return NOOP_PAGES if self.pages else NOOP
 
 
