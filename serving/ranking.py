@@ -250,7 +250,7 @@ def rank(
     ``exclude``: diversified (``policy.diversity``), with exploration slots."""
     if query:
         policy = RankingPolicy()
-    order = shortlist.without(exclude) if exclude else np.arange(len(shortlist))
+    order = shortlist.without(exclude)
     ranked = shortlist.diversified(order, k, policy.diversity)
     slots = explore(ranked, len(order), k, policy.exploration, rng or np.random.default_rng())
     catalog = shortlist.catalog

@@ -311,9 +311,8 @@ class Recommender:
             if own_page and fallback_reason is None:
                 state.pages[arm.model_version] = page
         personalized = page.personalized
-        exclude = request.exclude_ids  # the request's own, on top of the user's rules
-        if context_item:
-            exclude = [*exclude, context_item]
+        # the request's own, on top of the user's rules kept in the shortlist
+        exclude = blocked_items(None, request.exclude_ids, context_item)
         items = rank(
             page.shortlist,
             request.k,
