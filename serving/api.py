@@ -37,6 +37,10 @@ class RecommendationRequest(BaseModel):
 
 
 class RecommendedItem(BaseModel):
+    """Frozen: the responses of one kept page share them (``serving.ranking.Shortlist``)."""
+
+    model_config = ConfigDict(frozen=True)
+
     item_id: str
     title: str
     categories: list[str]

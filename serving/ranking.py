@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -141,18 +142,22 @@ def diversify(scores: np.ndarray, membership: np.ndarray, k: int, weight: float)
 
 
 def explore(
-    ranked: list[int], n: int, k: int, share: float, rng: np.random.Generator
+    ranked: list[int], n: int, k: int, share: float, rng: random.Random
 ) -> list[tuple[int, float, bool]]:
     """``k`` (position, propensity, explored) triples: each slot keeps the next ranked item
-    with probability 1 - ``share``, else takes a uniformly random unshown candidate."""
+    with probability 1 - ``share``, else takes a uniformly random unshown candidate (drawn
+    from all ``n`` until it is one not shown yet: uniform over the unshown, and no list of
+    hundreds made for one slot). ``rng`` is Python's: a request draws a few numbers, each
+    a tenth of what a numpy generator's scalar draw costs."""
     out: list[tuple[int, float, bool]] = []
     used: set[int] = set()
     queue = iter(ranked)
     while len(out) < min(k, n):
         if share > 0 and len(used) < n and rng.random() < share:
-            rest = [i for i in range(n) if i not in used]
-            pick = rest[int(rng.integers(len(rest)))]
-            out.append((pick, share / len(rest), True))
+            pick = rng.randrange(n)
+            while pick in used:
+                pick = rng.randrange(n)
+            out.append((pick, share / (n - len(used)), True))
             used.add(pick)
             continue
         for pick in queue:
@@ -172,10 +177,10 @@ class Shortlist:
     Made once per scored page and ranked for each request on it. A user's own page is
     ranked again and again from one kept state (``serving/user_state.py``), so what depends
     on the page alone is kept here: the order, the diversified top for each ``k`` and each
-    item's reason. Reasons depend on the profile, query and item in view the page was
-    scored for, so a shortlist is only ranked for those (the recommender keeps pages of
-    the user's own profile without a query or item in view, and makes the others per
-    request)."""
+    item as a ranked slot shows it (``item``). Reasons depend on the profile, query and
+    item in view the page was scored for, so a shortlist is only ranked for those (the
+    recommender keeps pages of the user's own profile without a query or item in view,
+    and makes the others per request)."""
 
     def __init__(
         self, candidates: Candidates, scores: np.ndarray, catalog: Catalog, blocked: Collection[str]
@@ -194,7 +199,7 @@ class Shortlist:
         self.scores = kept_scores[order]
         self.rows = rows[self.positions]
         self._diversified: dict[tuple[int, float], list[int]] = {}
-        self._reasons: dict[int, str] = {}
+        self._items: dict[tuple[int, float], RecommendedItem] = {}
 
     def __len__(self) -> int:
         return len(self.positions)
@@ -220,20 +225,40 @@ class Shortlist:
             self._diversified[k, weight] = ranked
         return ranked
 
-    def reason(
+    def item(
         self,
         at: int,
+        propensity: float,
         features: ProfileFeatures | None,
         query: str | None,
         context_item: str | None,
-    ) -> str:
-        """Why the item at position ``at`` is shown (``explain``), given once per item."""
-        reason = self._reasons.get(at)
-        if reason is None:
+    ) -> RecommendedItem:
+        """The item at position ``at`` as a ranked slot shows it, with its reason
+        (``explain``); made once per position and propensity (items are frozen, so the
+        responses of a kept page share them)."""
+        key = (at, propensity)
+        item = self._items.get(key)
+        if item is None:
             candidate = self.candidates.at(int(self.positions[at]))
             reason = explain(candidate, self.catalog, features, query, context_item)
-            self._reasons[at] = reason
-        return reason
+            item = self._items[key] = self._shown(at, reason, propensity)
+        return item
+
+    def explored(self, at: int, propensity: float) -> RecommendedItem:
+        """The item at position ``at`` in a slot given to exploration."""
+        return self._shown(at, "something new to try", propensity)
+
+    def _shown(self, at: int, reason: str, propensity: float) -> RecommendedItem:
+        row = int(self.rows[at])
+        catalog = self.catalog
+        return RecommendedItem(
+            item_id=catalog.ids[row],
+            title=catalog.titles[row],
+            categories=list(catalog.categories_at(row)),
+            score=round(float(self.scores[at]), 6),
+            reason=reason,
+            propensity=round(propensity, 6),
+        )
 
 
 def rank(
@@ -244,7 +269,7 @@ def rank(
     query: str | None = None,
     context_item: str | None = None,
     policy: RankingPolicy = RankingPolicy(),
-    rng: np.random.Generator | None = None,
+    rng: random.Random | None = None,
 ) -> list[RecommendedItem]:
     """The ``k`` items to show from ``shortlist``, leaving out the request's own
     ``exclude``: diversified (``policy.diversity``), with exploration slots."""
@@ -252,24 +277,10 @@ def rank(
         policy = RankingPolicy()
     order = shortlist.without(exclude)
     ranked = shortlist.diversified(order, k, policy.diversity)
-    slots = explore(ranked, len(order), k, policy.exploration, rng or np.random.default_rng())
-    catalog = shortlist.catalog
-    items = []
-    for pos, propensity, explored in slots:
-        at = int(order[pos])
-        row = int(shortlist.rows[at])
-        items.append(
-            RecommendedItem(
-                item_id=catalog.ids[row],
-                title=catalog.titles[row],
-                categories=list(catalog.categories_at(row)),
-                score=round(float(shortlist.scores[at]), 6),
-                reason=(
-                    "something new to try"
-                    if explored
-                    else shortlist.reason(at, features, query, context_item)
-                ),
-                propensity=round(propensity, 6),
-            )
-        )
-    return items
+    slots = explore(ranked, len(order), k, policy.exploration, rng or random.Random())
+    return [
+        shortlist.explored(int(order[pos]), propensity)
+        if explored
+        else shortlist.item(int(order[pos]), propensity, features, query, context_item)
+        for pos, propensity, explored in slots
+    ]

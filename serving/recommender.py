@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Hashable, Mapping
@@ -321,7 +322,7 @@ class Recommender:
             query,
             context_item,
             self.policy,
-            np.random.default_rng(int(request_id[:16], 16)),  # replayable from the request id
+            random.Random(int(request_id[:16], 16)),  # replayable from the request id
         )
         if fallback_reason:
             strategy = "fallback"

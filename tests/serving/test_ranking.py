@@ -1,6 +1,7 @@
 """Candidates, rules and explanations on the real catalog, without Ray."""
 
 import copy
+import random
 import time
 from datetime import UTC, datetime
 
@@ -167,7 +168,7 @@ def test_diversity_spreads_categories_and_zero_keeps_score_order() -> None:
 
 
 def test_exploration_share_and_propensities() -> None:
-    rng = np.random.default_rng(7)
+    rng = random.Random(7)
     ranked = list(range(100))
     explored = shown = 0
     for _ in range(200):
@@ -194,7 +195,7 @@ def test_ranked_items_carry_propensities(catalog: Catalog) -> None:
         10,
         None,
         policy=policy,
-        rng=np.random.default_rng(1),
+        rng=random.Random(1),
     )
     assert len(items) == 10
     assert {i.reason for i in items if i.propensity < 0.5} == {"something new to try"}
@@ -237,10 +238,10 @@ def test_a_search_is_ranked_by_relevance_alone(catalog: Catalog) -> None:
     scores = np.linspace(1.0, 0.0, len(found))
     policy = RankingPolicy(diversity=0.9, exploration=0.9)
     args = (Shortlist(found, scores, catalog, ()), 10, None)
-    searched = rank(*args, query="horror", policy=policy, rng=np.random.default_rng(0))
+    searched = rank(*args, query="horror", policy=policy, rng=random.Random(0))
     assert [i.item_id for i in searched] == [catalog.ids[r] for r in found.rows[:10]]
     assert {i.propensity for i in searched} == {1.0}
-    browsed = rank(*args, policy=policy, rng=np.random.default_rng(0))
+    browsed = rank(*args, policy=policy, rng=random.Random(0))
     assert [i.item_id for i in browsed] != [i.item_id for i in searched]
 
 
@@ -275,3 +276,12 @@ def test_a_kept_shortlist_ranks_as_a_fresh_one_for_any_k_and_exclusions(
         assert [i.model_dump() for i in answer] == [i.model_dump() for i in expected]
         assert not {i.item_id for i in answer} & set(exclude)
     assert [i.item_id for i in rank(kept, 10, features, policy=policy)] == top
+    exploring = RankingPolicy(diversity=0.4, exploration=0.3)  # slots drawn alike by seed
+    explored = 0
+    for seed, exclude in enumerate([[], top[:3], [], []]):
+        fresh = Shortlist(found, scores, catalog, blocked | set(exclude))
+        expected = rank(fresh, 10, features, policy=exploring, rng=random.Random(seed))
+        answer = rank(kept, 10, features, exclude, policy=exploring, rng=random.Random(seed))
+        assert [i.model_dump() for i in answer] == [i.model_dump() for i in expected]
+        explored += sum(i.reason == "something new to try" for i in answer)
+    assert explored > 0
