@@ -191,6 +191,18 @@ class EntityRowSqliteOnlineStore(OnlineStore):
     ) -> list[tuple[datetime | None, dict[str, Any] | None]]:
         """Entities' features as Python values, with their write time; (None, None) where
         the store has no row (the stream's read path)."""
+        return [
+            (None, None) if row is None else (datetime.fromtimestamp(row[0], UTC), row[1]())
+            for row in self.read_lazy_rows(config, table, entity_keys)
+        ]
+
+    def read_lazy_rows(
+        self, config: RepoConfig, table: FeatureView, entity_keys: Sequence[EntityKeyProto]
+    ) -> list[tuple[float, Callable[[], dict[str, Any]]] | None]:
+        """Entities' rows as (write time in epoch seconds, what decodes the features),
+        None where the store has no row. A reader that keeps what it derived from a row
+        until the row is written again (serving's user states) then decodes only a write
+        it has not seen: a profile's ~5 KB took three times as long to decode as to read."""
         conn = self._get_conn(config)
         name = _table_id(config, table)
         keys = [_key(config, k) for k in entity_keys]
@@ -203,13 +215,10 @@ class EntityRowSqliteOnlineStore(OnlineStore):
             )
             found.update((key, (blob, ts)) for key, blob, ts in conn.execute(query, chunk))
         decode = _codec(table).decode
-        out: list[tuple[datetime | None, dict[str, Any] | None]] = []
+        out: list[tuple[float, Callable[[], dict[str, Any]]] | None] = []
         for key in keys:
             hit = found.get(key)
-            if hit is None:
-                out.append((None, None))
-            else:
-                out.append((datetime.fromtimestamp(hit[1], UTC), decode(hit[0])))
+            out.append(None if hit is None else (hit[1], functools.partial(decode, hit[0])))
         return out
 
     def online_read(

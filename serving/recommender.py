@@ -11,7 +11,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Hashable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -39,9 +39,9 @@ from streamrank.settings import Settings
 from streams.covisitation import merge_neighbours
 from streams.impressions import Impression
 from streams.popularity import merge_popularity
-from streams.profile import ProfileFeatures, UserProfile, derive_features, stored_version
+from streams.profile import ProfileFeatures, UserProfile, derive_features
 from streams.pseudonyms import RAW_IDS, Pseudonymizer
-from streams.sink import FeastProfileStore, Row
+from streams.sink import FeastProfileStore, Row, StoredRow
 
 log = logging.getLogger(__name__)
 
@@ -172,10 +172,11 @@ class Recommender:
     async def profile_of(self, user_id: str) -> UserProfile | None:
         """The user's profile (by pseudonym); a tombstone for a user who opted out; None when
         unknown. Bounded by ``store_timeout_s``."""
-        return _known(await self._profile_row(user_id))
+        stored = await self._stored_profile(user_id)
+        return _known(stored.row() if stored is not None else None)
 
-    async def _profile_row(self, user_id: str) -> Row:
-        return (await self._read(self.profiles.read_profile_rows_async([user_id])))[0]
+    async def _stored_profile(self, user_id: str) -> StoredRow | None:
+        return (await self._read(self.profiles.read_stored_profiles_async([user_id])))[0]
 
     async def popular(self) -> Popularity:
         """Stream-kept popularity, refreshed every ``popular_refresh_s`` by one read in the
@@ -228,14 +229,15 @@ class Recommender:
     async def user_state(self, user: str) -> UserState:
         """What the request needs of ``user`` that the request itself does not change,
         kept from an earlier request while the stored profile is the one it was made from
-        (``serving/user_state.py``). Reads the profile's row every time; rebuilds the
-        profile from it only when the version is new."""
-        row = await self._profile_row(user)
+        (``serving/user_state.py``). Reads the profile's row every time; decodes it and
+        rebuilds the profile from it only when it was written since."""
+        stored = await self._stored_profile(user)
         popular = await self.popular()
-        version = stored_version(row) if row is not None else None
+        version = stored.written_at if stored is not None else None
         state = self.states.get(user, version)
         if state is None:
-            state = await self._new_state(_known(row), version, popular)
+            profile = _known(stored.row() if stored is not None else None)
+            state = await self._new_state(profile, version, popular)
             self.states.put(user, state)
         elif state.popular is not popular:  # refreshed since: the signals follow it
             state.popular = popular
@@ -243,7 +245,7 @@ class Recommender:
         return state
 
     async def _new_state(
-        self, profile: UserProfile | None, version: Hashable | None, popular: Popularity
+        self, profile: UserProfile | None, version: float | None, popular: Popularity
     ) -> UserState:
         opted_out = profile is not None and profile.opted_out
         features = None

@@ -9,8 +9,9 @@ user vector, and, for the user's own page (no items given, no query, no item in 
 the scored candidates, which only the ranking rules (``k``, the request's exclusions,
 exploration) apply to differently from one request to the next. Rebuilding them, and the
 profile itself from its row, was over half of a request's CPU. A replica keeps them per
-user (``UserStates``) for the stored profile's version (``streams.profile.stored_version``),
-for at most ``max_age_s``.
+user (``UserStates``) for the stored row they were made from, told apart from the next
+write of it by its write time (``streams.sink.StoredRow``), for at most ``max_age_s``; a
+request that finds its user's state kept reads the row but never decodes it.
 
 When popularity is refreshed (every ``popular_refresh_s``), the kept signals take the new
 popularity vector for the requests scored afresh (the co-visitation and recency vectors
@@ -23,15 +24,16 @@ What the age bounds: the decayed counts a user vector reads move with the clock 
 shortest time constant is an hour: 10 s moves a count by 0.3 %), and the co-visitation
 rows a state was built from. Those came from the replica's rows kept per anchor (up to
 ``covisit_refresh_s`` old), so the recommender caps the age at ``covisit_refresh_s`` too:
-a state's rows are at most twice that old. A new event, an opt-out or an erasure changes
-the profile's version, so the next request builds the state afresh: a kept state never
-outlives the profile it was made from.
+a state's rows are at most twice that old. A new event, an opt-out or an erasure writes
+or deletes the row, so the next request builds the state afresh: a kept state never
+outlives the profile it was made from. (A row written again unchanged makes a new state
+too; the worker writes a profile when an event changed it, and an opted-out user's
+tombstone again while they browse, whose state holds no profile.)
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Hashable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -56,8 +58,8 @@ class ScoredCandidates:
 
 @dataclass
 class UserState:
-    """One user's request-independent state. ``version`` is the stored profile's
-    (``stored_version``; None: no row); ``features`` None for a user without
+    """One user's request-independent state. ``version`` is the stored profile row's write
+    time (None: no row); ``features`` None for a user without
     history or who opted out; ``anchors`` the newest items whose ``covisits`` make
     ``signals``; ``blocked`` what the shop's rule never shows this user; ``vectors`` each
     model's user vector (by model version), filled by the first request that scores;
@@ -65,7 +67,7 @@ class UserState:
     candidates, query or item in view), which only ranking (``k``, the request's
     exclusions, exploration) tells apart."""
 
-    version: Hashable | None
+    version: float | None
     opted_out: bool
     features: ProfileFeatures | None
     popular: Popularity
@@ -87,8 +89,9 @@ class UserStates:
         if size > 0 and max_age_s > 0:
             self._kept = TTLCache(size, max_age_s, time.monotonic)
 
-    def get(self, user: str, version: Hashable | None) -> UserState | None:
-        """The kept state of ``user`` if it was made from this profile version, else None."""
+    def get(self, user: str, version: float | None) -> UserState | None:
+        """The kept state of ``user`` if it was made from the row written at ``version``,
+        else None."""
         if self._kept is None:
             return None
         state = self._kept.get(user)

@@ -468,22 +468,6 @@ class ProfileFeatures:
         return list(seen)
 
 
-def stored_version(row: Mapping[str, Any]) -> tuple[Any, ...]:
-    """Tells two stored states of one user apart without rebuilding the profile from its
-    row (``UserProfile.from_row``): what serving keeps per user is keyed by it
-    (``serving/user_state.py``). Each folded event adds one to a total (an event is
-    counted once), an opt-out writes a tombstone, and the newest event time, the
-    interest weight and the session follow every event, so a profile folded again after
-    an erasure differs from the erased one unless it holds the same events."""
-    return (
-        row.get("as_of"),
-        tuple(row.get(name) for name in TOTAL_NAMES.values()),
-        row.get("opted_out"),
-        row.get("interest_weight"),
-        row.get("session_id"),
-    )
-
-
 def derive_features(
     profile: UserProfile, now: float, top_k: int = 5, memories: bool = True
 ) -> ProfileFeatures:

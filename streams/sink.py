@@ -19,9 +19,11 @@ produced it are written together, atomically per row.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import math
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
@@ -69,6 +71,36 @@ class RowOnlineStore(Protocol):
     def read_rows(
         self, config: RepoConfig, table: FeatureView, entity_keys: Sequence[EntityKeyProto]
     ) -> list[tuple[datetime | None, dict[str, Any] | None]]: ...
+
+    def read_lazy_rows(
+        self, config: RepoConfig, table: FeatureView, entity_keys: Sequence[EntityKeyProto]
+    ) -> list[tuple[float, Callable[[], dict[str, Any]]] | None]: ...
+
+
+class StoredRow:
+    """One entity's row as read: when it was written (epoch seconds), and the row itself,
+    decoded at the first ``row()``. The write time tells one write of a row from the next,
+    so a reader that keeps what it derived from a row (serving's user states) compares it
+    and decodes only a write it has not seen yet. A row whose store gave no write time has
+    a NaN one, equal to no other: it is never taken for one seen before."""
+
+    __slots__ = ("_decode", "_key", "_row", "written_at")
+
+    def __init__(
+        self, key: Mapping[str, Any], written_at: float, decode: Callable[[], dict[str, Any]]
+    ):
+        self._key = key
+        self.written_at = written_at
+        self._decode = decode
+        self._row: dict[str, Any] | None = None
+
+    def row(self) -> dict[str, Any]:
+        """The entity's key columns and its features."""
+        if self._row is None:
+            row = dict(self._key)
+            row.update(self._decode())
+            self._row = row
+        return self._row
 
 
 class ViewIO:
@@ -137,13 +169,20 @@ class ViewIO:
 
     def read(self, keys: Sequence[Mapping[str, Any]]) -> list[dict[str, Any] | None]:
         """Rows for ``keys`` (None where absent or older than the view's TTL)."""
+        return _decoded(self.read_stored(keys))
+
+    def read_stored(self, keys: Sequence[Mapping[str, Any]]) -> list[StoredRow | None]:
+        """``read``, each row decoded only when asked (``StoredRow``): lazily where the
+        store gives rows undecoded (``RowOnlineStore``), else from the protos it gave."""
         if not keys:
             return []
         entity_keys = [self._entity_key(k) for k in keys]
         if self.rows is not None:
-            return self._rows(keys, self.rows.read_rows(self.store.config, self.view, entity_keys))
+            return self._stored(
+                keys, self.rows.read_lazy_rows(self.store.config, self.view, entity_keys)
+            )
         results = self.provider.online_read(self.store.config, self.view, entity_keys, None)
-        return self._rows(keys, _python_values(results))
+        return self._stored(keys, _from_protos(results))
 
     @property
     def reads_inline(self) -> bool:
@@ -152,48 +191,57 @@ class ViewIO:
         return bool(getattr(self.provider.online_store, "READS_INLINE", False))
 
     async def read_async(self, keys: Sequence[Mapping[str, Any]]) -> list[dict[str, Any] | None]:
-        """``read`` for an event loop: the store's async client where Feast has one; the
-        read itself where it cannot block (the thread hop cost more than the read); else
-        the blocking read on a thread."""
+        return _decoded(await self.read_stored_async(keys))
+
+    async def read_stored_async(self, keys: Sequence[Mapping[str, Any]]) -> list[StoredRow | None]:
+        """``read_stored`` for an event loop: the store's async client where Feast has one;
+        the read itself where it cannot block (the thread hop cost more than the read);
+        else the blocking read on a thread."""
         if not keys:
             return []
         if self.reads_inline:
-            return self.read(keys)
+            return self.read_stored(keys)
         if not self.reads_async:
-            return await asyncio.to_thread(self.read, keys)
+            return await asyncio.to_thread(self.read_stored, keys)
         entity_keys = [self._entity_key(k) for k in keys]
         results = await self.provider.online_read_async(
             self.store.config, self.view, entity_keys, None
         )
-        return self._rows(keys, _python_values(results))
+        return self._stored(keys, _from_protos(results))
 
-    def _rows(
+    def _stored(
         self,
         keys: Sequence[Mapping[str, Any]],
-        results: Sequence[tuple[datetime | None, dict[str, Any] | None]],
-    ) -> list[dict[str, Any] | None]:
-        now = time.time()
-        out: list[dict[str, Any] | None] = []
-        for key, (written_at, values) in zip(keys, results, strict=True):
-            expired = (
-                written_at is not None
-                and self.ttl_s is not None
-                and now - written_at.replace(tzinfo=written_at.tzinfo or UTC).timestamp()
-                > self.ttl_s
-            )
-            if values is None or expired:
-                out.append(None)
-                continue
-            row = dict(key)
-            row.update(values)
-            out.append(row)
-        return out
+        results: Sequence[tuple[float, Callable[[], dict[str, Any]]] | None],
+    ) -> list[StoredRow | None]:
+        """The rows found, none older than the view's TTL."""
+        now, ttl = time.time(), self.ttl_s
+        return [
+            None
+            if found is None or (ttl is not None and now - found[0] > ttl)
+            else StoredRow(key, found[0], found[1])
+            for key, found in zip(keys, results, strict=True)
+        ]
 
 
-def _python_values(
+def _decoded(rows: Sequence[StoredRow | None]) -> list[dict[str, Any] | None]:
+    return [None if row is None else row.row() for row in rows]
+
+
+def _from_protos(
     results: Sequence[tuple[datetime | None, dict[str, ValueProto] | None]],
-) -> list[tuple[datetime | None, dict[str, Any] | None]]:
-    return [(ts, None if protos is None else values_from_protos(protos)) for ts, protos in results]
+) -> list[tuple[float, Callable[[], dict[str, Any]]] | None]:
+    """Feast's read results as ``read_lazy_rows`` gives them (a row without a write time
+    gets NaN: ``StoredRow``)."""
+    return [
+        None
+        if protos is None
+        else (
+            math.nan if ts is None else ts.replace(tzinfo=ts.tzinfo or UTC).timestamp(),
+            functools.partial(values_from_protos, protos),
+        )
+        for ts, protos in results
+    ]
 
 
 class FeastProfileStore:
@@ -220,12 +268,13 @@ class FeastProfileStore:
         self, user_ids: Sequence[str], worker_state: bool = True
     ) -> dict[str, UserProfile]:
         """``worker_state=False``: as serving reads them (``UserProfile.from_row``)."""
-        return _profiles(user_ids, await self.read_profile_rows_async(user_ids), worker_state)
+        rows = _decoded(await self.read_stored_profiles_async(user_ids))
+        return _profiles(user_ids, rows, worker_state)
 
-    async def read_profile_rows_async(self, user_ids: Sequence[str]) -> list[Row]:
-        """The stored rows themselves (None: no row), for a reader that may not need the
-        profile rebuilt (serving, when its state for the row's version is kept)."""
-        return await self.profiles.read_async([{"user_id": u} for u in user_ids])
+    async def read_stored_profiles_async(self, user_ids: Sequence[str]) -> list[StoredRow | None]:
+        """The stored rows themselves (None: no row), decoded only when asked: serving
+        keeps what it derived from a row until the row is written again (``StoredRow``)."""
+        return await self.profiles.read_stored_async([{"user_id": u} for u in user_ids])
 
     def write_profiles(self, profiles: Iterable[UserProfile]) -> int:
         return self.profiles.write([p.to_row() for p in profiles])

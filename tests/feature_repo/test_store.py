@@ -114,11 +114,21 @@ def test_profiles_round_trip_through_each_online_store(each_store: tuple[str, Se
     # serving's reads: Feast's own async client on Redis, a thread on SQLite; same rows
     assert store.profiles.reads_async == backend.startswith("redis")
 
-    async def reads() -> tuple[dict[str, UserProfile], UserProfile]:  # one loop: one client
-        everything = await store.read_profiles_async(["u", "missing"])
-        return everything, (await store.read_profiles_async(["u"], worker_state=False))["u"]
+    async def write_times() -> list[float | None]:
+        stored = await store.read_stored_profiles_async(["u", "missing"])
+        return [None if s is None else s.written_at for s in stored]
 
-    again, served = asyncio.run(reads())
+    async def reads() -> tuple[dict[str, UserProfile], UserProfile, list]:  # one loop: one client
+        everything = await store.read_profiles_async(["u", "missing"])
+        served = (await store.read_profiles_async(["u"], worker_state=False))["u"]
+        # what tells serving one write of a row from the next: its write time
+        times = [await write_times(), await write_times()]
+        store.write_profiles([profile])
+        return everything, served, [*times, await write_times()]
+
+    again, served, (first, same, rewritten) = asyncio.run(reads())
+    assert first[1] is None and first[0] is not None and abs(first[0] - time.time()) < 60
+    assert same == first and rewritten[0] not in (first[0], None)
     assert again["u"].to_row() == back["u"].to_row()
     assert again["missing"].event_count == 0
     assert served.applied_offsets == {} and served.outbox == []  # the fold's own state

@@ -9,7 +9,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+import pytest
 
+from feature_repo.row_codec import RowCodec
 from feature_repo.store import apply_repo
 from serving.api import RecommendationRequest, ScoreRequest
 from serving.ranking import RankingPolicy
@@ -18,7 +20,7 @@ from serving.scorer import Scored, ScorerModel, ScoreTask
 from streamrank.catalog import Catalog
 from streamrank.settings import Settings
 from streams.events import Event
-from streams.profile import UserProfile, apply_event, derive_features, stored_version
+from streams.profile import UserProfile, apply_event, derive_features
 from streams.sink import FeastProfileStore
 from tests.serving.test_ranking import profile_of
 
@@ -148,15 +150,29 @@ def test_a_user_vector_given_with_a_task_is_used_as_it_is(trained: Path, catalog
     np.testing.assert_array_equal(again.scores, computed.scores)
 
 
-def test_the_stored_version_follows_every_change_of_a_profile(catalog: Catalog) -> None:
-    profile = profile_of(catalog, ["1", "2"], [])
-    before = stored_version(profile.to_row())
-    assert stored_version(UserProfile.from_row(profile.to_row()).to_row()) == before
-    assert stored_version(viewed(profile, "3", catalog).to_row()) != before
-    assert stored_version(UserProfile.tombstone("u").to_row()) != before
-    # the same items again after an erasure, a moment later: another profile
-    again = profile_of(catalog, ["1", "2"], [])
-    assert stored_version(again.to_row()) != before
+def test_a_kept_state_reads_its_row_without_decoding_it(
+    trained: Path, catalog: Catalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request whose user's state is kept reads the row's write time alone; a write of
+    the row, even an unchanged one, is decoded and makes a new state."""
+    store = FeastProfileStore(apply_repo(Settings(home=trained)))
+    profile = profile_of(catalog, ["1", "2", "3"], [])
+    store.write_profiles([profile])
+    decoded: list[int] = []
+    decode = RowCodec.decode
+
+    def counted(codec: RowCodec, blob: bytes) -> dict:
+        decoded.append(len(blob))
+        return decode(codec, blob)
+
+    monkeypatch.setattr(RowCodec, "decode", counted)
+    scorer = CountingScorer(trained)
+    kept = recommender(store, catalog, scorer)
+    ask(kept), ask(kept), ask(kept)
+    assert len(decoded) == 1 and scorer.given_vectors == [False, True, True]
+    store.write_profiles([profile])  # the same profile, written again
+    ask(kept)
+    assert len(decoded) == 2 and scorer.given_vectors[-1] is False
 
 
 def test_the_users_own_page_is_scored_once_per_state(trained: Path, catalog: Catalog) -> None:
