@@ -8,6 +8,8 @@ This plug-in stores each entity's features of a view as one row (``row_codec.py`
 
 * ``write_rows`` / ``read_rows`` take and give the features as Python values, so the
   stream (``streams/sink.py``) builds no proto at all. A profile now costs a tenth;
+  ``read_lazy_rows`` gives each row's write time and decodes its features only when
+  asked (serving decodes a profile row only when it was written since its last look);
 * Feast's interface works on the same rows: ``online_write_batch`` (materialization,
   ``push``), ``online_read`` (``get_online_features``), ``update`` (``feast apply``, which
   creates the tables) and ``teardown`` (deletes the file);

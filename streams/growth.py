@@ -84,7 +84,7 @@ def fence_of(headers: Mapping[str, Any] | Iterable[tuple[str, Any]] | None) -> i
 
 def partition_counts(settings: Settings, timeout_s: float = 20.0) -> dict[str, int]:
     """The user-partitioned topics' partition counts, as the broker has them."""
-    admin = AdminClient(settings.kafka_client_config())
+    admin = AdminClient(client_config(settings.kafka_client_config()))
     metadata = admin.list_topics(timeout=timeout_s)
     names = (settings.events_topic, settings.impressions_topic, settings.privacy_topic)
     return {n: len(metadata.topics[n].partitions) for n in names if n in metadata.topics}
@@ -117,7 +117,7 @@ def grow_topics(
         for q in range(old, partitions)
     }
     retry_store(lambda: store.write_checkpoints({q: -1 for q in added}, added), "growth rows")
-    admin = AdminClient(settings.kafka_client_config())
+    admin = AdminClient(client_config(settings.kafka_client_config()))
     futures = admin.create_partitions(
         [NewPartitions(topic, partitions) for topic in before], operation_timeout=timeout_s
     )

@@ -10,6 +10,8 @@ dropped and counted.
 from __future__ import annotations
 
 import logging
+import math
+import time
 from datetime import datetime
 
 from confluent_kafka import KafkaException, Producer
@@ -27,6 +29,8 @@ an impression within a second (the experiment worker joins it with clicks that c
 later), while every produce request costs CPU on both sides: at 220 responses/s, 5 ms
 (about one request per response) cost 0.19 ms of the replica's CPU and 0.28 ms of the
 broker's per impression; 100 ms costs 0.11 and 0.07."""
+
+WARN_EVERY_S = 30.0
 
 DROPPED = Counter(
     "streamrank_impressions_dropped_total", "Impressions the broker could not take", ["reason"]
@@ -61,10 +65,17 @@ def parse_impression(value: bytes | None) -> Impression | str:
 class ImpressionLog:
     """Fire-and-forget publication; delivery is confirmed in the background."""
 
-    def __init__(self, kafka: KafkaTarget, topic: str, partition_refresh_s: float = 10.0):
+    def __init__(
+        self,
+        kafka: KafkaTarget,
+        topic: str,
+        partition_refresh_s: float = 10.0,
+        delivery_timeout_s: float = 30.0,
+    ):
         """Partitioned by the key (the user's pseudonym) with Kafka's default partitioner,
         as the user's events are; the topic's partition count is re-read every
-        ``partition_refresh_s``, so a grown topic is followed (``streams/growth.py``)."""
+        ``partition_refresh_s``, so a grown topic is followed (``streams/growth.py``). An
+        impression the broker has not taken within ``delivery_timeout_s`` is dropped."""
         self.topic = topic
         self._producer = Producer(
             {
@@ -73,9 +84,11 @@ class ImpressionLog:
                 "topic.metadata.refresh.interval.ms": int(partition_refresh_s * 1000),
                 "linger.ms": LINGER_MS,
                 "queue.buffering.max.messages": 100_000,
-                "message.timeout.ms": 30_000,
+                "message.timeout.ms": int(delivery_timeout_s * 1000),
             }
         )
+        self._undelivered = 0  # since the last warning
+        self._warned_at = -math.inf
 
     def publish(self, impression: Impression) -> None:
         try:
@@ -98,8 +111,17 @@ class ImpressionLog:
             log.warning("%d impressions not delivered at shutdown", left)
         return left
 
-    @staticmethod
-    def _delivered(err: object, _msg: object) -> None:
-        if err is not None:
-            DROPPED.labels("delivery").inc()
-            log.warning("impression not delivered: %s", err)
+    def _delivered(self, err: object, _msg: object) -> None:
+        """Counts every impression the broker did not take, and says so in the log at most
+        every ``WARN_EVERY_S``: in a broker outage every response's impression fails, and a
+        line each (a thousand a second per replica) would flood the log from the replica's
+        event loop, where delivery reports are served."""
+        if err is None:
+            return
+        DROPPED.labels("delivery").inc()
+        self._undelivered += 1
+        if time.monotonic() - self._warned_at >= WARN_EVERY_S:
+            log.warning(
+                "impressions not delivered: %d since the last warning (%s)", self._undelivered, err
+            )
+            self._undelivered, self._warned_at = 0, time.monotonic()

@@ -58,8 +58,8 @@ WritePath = Literal["direct", "push"]
 @runtime_checkable
 class RowOnlineStore(Protocol):
     """An online store that also takes and gives features as Python values, so no value
-    proto is built either way (``feature_repo/sqlite_store.py``; Feast's Redis store is
-    used through protos)."""
+    proto is built either way, and gives them undecoded until asked (``read_lazy_rows``:
+    ``feature_repo/sqlite_store.py``; Feast's Redis store is used through protos)."""
 
     def write_rows(
         self,
@@ -67,10 +67,6 @@ class RowOnlineStore(Protocol):
         table: FeatureView,
         rows: Sequence[tuple[EntityKeyProto, Mapping[str, Any], datetime]],
     ) -> None: ...
-
-    def read_rows(
-        self, config: RepoConfig, table: FeatureView, entity_keys: Sequence[EntityKeyProto]
-    ) -> list[tuple[datetime | None, dict[str, Any] | None]]: ...
 
     def read_lazy_rows(
         self, config: RepoConfig, table: FeatureView, entity_keys: Sequence[EntityKeyProto]
