@@ -256,7 +256,7 @@ class Settings(BaseSettings):
     # clock, by 0.3 % in 10 s); 0: built at every request
     user_state_max_age_s: float = Field(default=10.0, ge=0, le=300)
     user_state_cache: int = Field(
-        default=5_000, ge=0, description="users' states kept (~65 KB each with a scored page)"
+        default=5_000, ge=0, description="users' states kept (~83 KB each with a scored page)"
     )
     candidates_popular: int = 200
     candidates_similar: int = 200
