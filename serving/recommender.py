@@ -41,7 +41,7 @@ from streams.impressions import Impression
 from streams.popularity import merge_popularity
 from streams.profile import ProfileFeatures, UserProfile, derive_features
 from streams.pseudonyms import RAW_IDS, Pseudonymizer
-from streams.sink import FeastProfileStore, Row, StoredRow
+from streams.sink import FeastProfileStore, StoredRow
 
 log = logging.getLogger(__name__)
 
@@ -172,8 +172,7 @@ class Recommender:
     async def profile_of(self, user_id: str) -> UserProfile | None:
         """The user's profile (by pseudonym); a tombstone for a user who opted out; None when
         unknown. Bounded by ``store_timeout_s``."""
-        stored = await self._stored_profile(user_id)
-        return _known(stored.row() if stored is not None else None)
+        return _known(await self._stored_profile(user_id))
 
     async def _stored_profile(self, user_id: str) -> StoredRow | None:
         return (await self._read(self.profiles.read_stored_profiles_async([user_id])))[0]
@@ -236,8 +235,7 @@ class Recommender:
         version = stored.written_at if stored is not None else None
         state = self.states.get(user, version)
         if state is None:
-            profile = _known(stored.row() if stored is not None else None)
-            state = await self._new_state(profile, version, popular)
+            state = await self._new_state(_known(stored), version, popular)
             self.states.put(user, state)
         elif state.popular is not popular:  # refreshed since: the signals follow it
             state.popular = popular
@@ -484,12 +482,12 @@ class Recommender:
         )
 
 
-def _known(row: Row) -> UserProfile | None:
-    """The profile a stored row holds, as serving reads it; None for a user without one
-    (no row, or no event and no opt-out in it)."""
-    if row is None:
+def _known(stored: StoredRow | None) -> UserProfile | None:
+    """The profile a stored row holds (decoded here), as serving reads it; None for a user
+    without one (no row, or no event and no opt-out in it)."""
+    if stored is None:
         return None
-    profile = UserProfile.from_row(row, worker_state=False)
+    profile = UserProfile.from_row(stored.row(), worker_state=False)
     return profile if profile.event_count > 0 or profile.opted_out else None
 
 

@@ -75,12 +75,12 @@ class RowOnlineStore(Protocol):
 
 class StoredRow:
     """One entity's row as read: when it was written (epoch seconds), and the row itself,
-    decoded at the first ``row()``. The write time tells one write of a row from the next,
+    decoded when ``row()`` asks for it. The write time tells one write of a row from the next,
     so a reader that keeps what it derived from a row (serving's user states) compares it
     and decodes only a write it has not seen yet. A row whose store gave no write time has
     a NaN one, equal to no other: it is never taken for one seen before."""
 
-    __slots__ = ("_decode", "_key", "_row", "written_at")
+    __slots__ = ("_decode", "_key", "written_at")
 
     def __init__(
         self, key: Mapping[str, Any], written_at: float, decode: Callable[[], dict[str, Any]]
@@ -88,15 +88,13 @@ class StoredRow:
         self._key = key
         self.written_at = written_at
         self._decode = decode
-        self._row: dict[str, Any] | None = None
 
     def row(self) -> dict[str, Any]:
-        """The entity's key columns and its features."""
-        if self._row is None:
-            row = dict(self._key)
-            row.update(self._decode())
-            self._row = row
-        return self._row
+        """The entity's key columns and its features, decoded anew at each call (its
+        readers ask once)."""
+        row = dict(self._key)
+        row.update(self._decode())
+        return row
 
 
 class ViewIO:
