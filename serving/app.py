@@ -21,7 +21,7 @@ from pathlib import Path as FilePath
 from typing import Annotated
 
 import numpy as np
-from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
+from fastapi import FastAPI, HTTPException, Path, Query, Request
 from fastapi.responses import (
     FileResponse,
     HTMLResponse,
@@ -29,7 +29,6 @@ from fastapi.responses import (
     RedirectResponse,
     Response,
 )
-from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import generate_latest
 from pydantic import AfterValidator
 from ray import serve
@@ -52,6 +51,8 @@ from serving.api import (
     ScoreResponse,
 )
 from serving.config import APP_NAME
+from serving.credentials import Credential, credential_of
+from serving.lean_routes import LeanRoute, LeanRoutes, register
 from serving.limits import BodyLimit
 from serving.scorer import (
     Scored,
@@ -86,29 +87,18 @@ UserId = Annotated[
     AfterValidator(_exact_id),
 ]
 
-# Declared as security schemes, so the OpenAPI document (and the fuzzing in the tests) knows
-# which operations need a credential; checked by ``streams.access.AccessPolicy``.
-_bearer = HTTPBearer(auto_error=False, description="a server key or a user token")
-_api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="a server key")
-
-
-async def _credential(
-    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-    api_key: Annotated[str | None, Depends(_api_key)],
-) -> str | None:
-    """Async, like every dependency here: FastAPI runs a plain function on a worker thread,
-    a thread hop (and under Serve a new thread) for every request."""
-    return bearer.credentials if bearer is not None else api_key
-
-
-Credential = Annotated[str | None, Depends(_credential)]
-
 api = FastAPI(
     title="streamrank",
     description="Real-time recommendations from live behaviour profiles",
     version="0.1.0",
 )
+# (the last added runs first): the body limit bounds what the lean routes read too
+api.add_middleware(LeanRoutes)  # the personalization calls' short way (serving/lean_routes.py)
 api.add_middleware(BodyLimit)  # 413 before a huge body is read (serving/limits.py)
+
+
+def _client(http: Request) -> str:
+    return http.client.host if http.client else ""
 
 
 @serve.deployment(name="api")
@@ -192,6 +182,11 @@ class Api:
             current = model_directory(settings)
             self.follower = RegistryFollower(settings, current, switch).start()
         freeze_loaded()
+        register(
+            "/v1/recommendations",
+            LeanRoute("recommendations", RecommendationRequest, self._recommend, credential_of),
+        )
+        register("/v1/score", LeanRoute("score", ScoreRequest, self._score, credential_of))
 
     def __del__(self) -> None:
         """Serve's shutdown hook: impressions still queued reach the topic."""
@@ -202,10 +197,9 @@ class Api:
         if getattr(self, "_privacy_producer", None) is not None:
             self._privacy_producer.close()  # type: ignore[attr-defined]
 
-    def _allow(self, http: Request, credential: str | None, scope: Scope, user_id: str) -> None:
+    def _allow(self, client: str, credential: str | None, scope: Scope, user_id: str) -> None:
         """Who may call this, on whose data (``streams/access.py``): 401/403/429 unless the
-        credential allows ``scope`` on ``user_id``'s data."""
-        client = http.client.host if http.client else ""
+        credential allows ``scope`` on ``user_id``'s data (``client``: the caller's host)."""
         try:
             self.access.authorize(credential, scope, user_id, client=client)
         except Refused as refused:
@@ -219,7 +213,13 @@ class Api:
         self, request: RecommendationRequest, http: Request, credential: Credential = None
     ) -> RecommendationResponse:
         """What this user should see now: a read key, or the user's own token."""
-        self._allow(http, credential, Scope.READ, request.user_id)
+        return await self._recommend(request, credential, _client(http))
+
+    async def _recommend(
+        self, request: RecommendationRequest, credential: str | None, client: str
+    ) -> RecommendationResponse:
+        """``recommendations``, also as the lean route answers it (``serving/lean_routes.py``)."""
+        self._allow(client, credential, Scope.READ, request.user_id)
         with metrics.LATENCY.labels("recommendations").time():
             response = await self.recommender.recommend(request)
         metrics.REQUESTS.labels("recommendations", response.strategy, response.experiment_arm).inc()
@@ -230,7 +230,12 @@ class Api:
         self, request: ScoreRequest, http: Request, credential: Credential = None
     ) -> ScoreResponse:
         """The model's scores of given items for this user: as for recommendations."""
-        self._allow(http, credential, Scope.READ, request.user_id)
+        return await self._score(request, credential, _client(http))
+
+    async def _score(
+        self, request: ScoreRequest, credential: str | None, client: str
+    ) -> ScoreResponse:
+        self._allow(client, credential, Scope.READ, request.user_id)
         with metrics.LATENCY.labels("score").time():
             response = await self.recommender.score(request)
         strategy = "fallback" if response.fallback_reason else "model"
@@ -252,7 +257,7 @@ class Api:
     ) -> PrivacyAccepted:
         """Opt out of personalization (the profile is wiped and none is kept) or back in:
         an events key (the site's backend), or the user's own token."""
-        self._allow(http, credential, Scope.EVENTS, user_id)
+        self._allow(_client(http), credential, Scope.EVENTS, user_id)
         action = PrivacyAction.OPT_IN if body.personalization else PrivacyAction.OPT_OUT
         return await self._privacy(user_id, action)
 
@@ -270,7 +275,7 @@ class Api:
         never a user's token, never the open single host)."""
         if not self.access.keys[Scope.ADMIN].configured:
             raise HTTPException(403, "erasure over HTTP is off: no admin key is configured")
-        self._allow(http, credential, Scope.ADMIN, user_id)
+        self._allow(_client(http), credential, Scope.ADMIN, user_id)
         return await self._privacy(user_id, PrivacyAction.ERASE)
 
     async def _privacy(self, user_id: str, action: PrivacyAction) -> PrivacyAccepted:
@@ -382,7 +387,7 @@ class Api:
         read key, or the user's own token."""
         from serving.storefront import profile_view
 
-        self._allow(http, credential, Scope.READ, user_id)
+        self._allow(_client(http), credential, Scope.READ, user_id)
         user = self.recommender.pseudonyms(user_id)
         try:
             kept = await self.recommender.profile_of(user)

@@ -57,3 +57,9 @@ COVISIT_ROWS = Counter(
     "read from the online store (miss)",
     ["outcome"],
 )
+LEAN = Counter(
+    "streamrank_serve_lean_requests_total",
+    "Personalization calls taken by the lean route (serving/lean_routes.py), by route and "
+    "outcome: answered, refused (401/403/429), or handed on to FastAPI (to answer 422)",
+    ["route", "outcome"],
+)

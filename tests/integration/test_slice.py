@@ -262,7 +262,12 @@ def test_bad_requests_are_4xx_with_reasons(stack: Stack) -> None:
     assert scored["scores"][0]["score"] is not None
     assert scored["scores"][1] == {"item_id": "zzz", "score": None}
     assert httpx.get(f"{stack.url}/healthz", timeout=30).json()["status"] == "ok"
-    assert "streamrank_serve_requests_total" in httpx.get(f"{stack.url}/metrics", timeout=30).text
+    exposed = httpx.get(f"{stack.url}/metrics", timeout=30).text
+    assert "streamrank_serve_requests_total" in exposed
+    # the valid calls took the lean route, the rest went on to FastAPI (serving/lean_routes.py)
+    for outcome in ("answered", "handed_on"):
+        labels = f'outcome="{outcome}",route="recommendations"'
+        assert f"streamrank_serve_lean_requests_total{{{labels}}}" in exposed, outcome
 
 
 def test_a_killed_worker_neither_loses_nor_double_counts(stack: Stack) -> None:
