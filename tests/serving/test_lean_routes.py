@@ -104,6 +104,10 @@ CASES: dict[str, dict] = {
         "content": b'{"user_id": "u\\u00e9", "k": 2}',
         "headers": {"content-type": "Application/JSON; charset=utf-8", "X-API-Key": "k"},
     },
+    "a repeated key: the last one counts": {
+        "content": b'{"user_id": "u1", "user_id": "u2"}',
+        "headers": {**JSON, "X-API-Key": "key"},
+    },
     "k out of range": {"json": {"user_id": "u1", "k": 0}, "headers": {"X-API-Key": "key"}},
     "an unknown field": {"json": {"user_id": "u1", "x": 1}, "headers": {"X-API-Key": "key"}},
     "invalid and no credential": {"json": {"k": 3}},
@@ -153,7 +157,8 @@ def test_every_request_gets_the_answer_the_fastapi_route_gives(client: TestClien
     assert lean["both: the token wins"][1]["model_version"] == "tok"  # type: ignore[index]
     assert statuses["rate-limited"] == 429 and lean["rate-limited"][3] == "2"
     assert statuses["not JSON"] == statuses["k out of range"] == 422
-    assert answered() - before == 6  # the valid, credentialed JSON calls
+    assert lean["a repeated key: the last one counts"][1]["user_id"] == "u2"  # type: ignore[index]
+    assert answered() - before == 7  # the valid, credentialed JSON calls
 
 
 def test_the_body_limit_still_bounds_what_the_lean_route_reads(client: TestClient) -> None:
