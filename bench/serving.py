@@ -15,6 +15,8 @@ same conditions:
   and the other;
 - the model inside the ingress replica, ``@serve.batch`` on and off (batch size 1), and
   the unbatched default asked for pages;
+- the page requests through FastAPI's own path, without the lean route
+  (``serving/lean_routes.py``);
 - the model in its own scorer deployment (the GPU topology), batched;
 - Serve's classic Python HTTP proxy instead of HAProxy + direct ingress;
 - int8 against float32 when the model is a trained one.
@@ -468,6 +470,11 @@ def main() -> None:
         Config(
             f"model in {placement}, page requests",
             variant(scorer_placement=placement, **{batch_size: 1}),
+            pages=True,
+        ),
+        Config(
+            f"model in {placement}, page requests, FastAPI's path",
+            variant(scorer_placement=placement, serve_lean_routes=False, **{batch_size: 1}),
             pages=True,
         ),
     ]

@@ -182,11 +182,12 @@ class Api:
             current = model_directory(settings)
             self.follower = RegistryFollower(settings, current, switch).start()
         freeze_loaded()
-        register(
-            "/v1/recommendations",
-            LeanRoute("recommendations", RecommendationRequest, self._recommend, credential_of),
-        )
-        register("/v1/score", LeanRoute("score", ScoreRequest, self._score, credential_of))
+        if settings.serve_lean_routes:  # off: every call through FastAPI (the bench compares)
+            register(
+                "/v1/recommendations",
+                LeanRoute("recommendations", RecommendationRequest, self._recommend, credential_of),
+            )
+            register("/v1/score", LeanRoute("score", ScoreRequest, self._score, credential_of))
 
     def __del__(self) -> None:
         """Serve's shutdown hook: impressions still queued reach the topic."""

@@ -183,6 +183,10 @@ class Settings(BaseSettings):
     serve_num_cpus: float = 0.5
     serve_access_log: bool = False
     serve_high_throughput: bool = True  # HAProxy + direct ingress (serving/config.ray_env)
+    serve_lean_routes: bool = Field(
+        default=True,
+        description="the personalization calls' short way past FastAPI (serving/lean_routes.py)",
+    )
     serve_drain_s: float = Field(default=5.0, gt=0, description="ingress drain on stop")
     api_replicas: int = Field(default=1, ge=1, description="ingress replicas (the minimum)")
     api_max_replicas: int = Field(default=1, ge=1, description="> api_replicas: autoscaling")
