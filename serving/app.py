@@ -51,7 +51,7 @@ from serving.api import (
     ScoreResponse,
 )
 from serving.config import APP_NAME
-from serving.credentials import Credential, credential_of
+from serving.credentials import Credential
 from serving.lean_routes import LeanRoute, LeanRoutes, register
 from serving.limits import BodyLimit
 from serving.scorer import (
@@ -185,9 +185,9 @@ class Api:
         if settings.serve_lean_routes:  # off: every call through FastAPI (the bench compares)
             register(
                 "/v1/recommendations",
-                LeanRoute("recommendations", RecommendationRequest, self._recommend, credential_of),
+                LeanRoute("recommendations", RecommendationRequest, self._recommend),
             )
-            register("/v1/score", LeanRoute("score", ScoreRequest, self._score, credential_of))
+            register("/v1/score", LeanRoute("score", ScoreRequest, self._score))
 
     def __del__(self) -> None:
         """Serve's shutdown hook: impressions still queued reach the topic."""

@@ -37,8 +37,8 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import HTTPConnection, Request
 
 from serving import metrics
+from serving.credentials import credential_of
 
-Credential = Callable[[HTTPConnection], Awaitable[str | None]]
 Answer = Callable[[Any, str | None, str], Awaitable[BaseModel]]
 """``(body, credential, client host) -> response``; raises ``HTTPException`` to refuse."""
 
@@ -49,8 +49,6 @@ class LeanRoute:
     """The route's name in metrics."""
     body: type[BaseModel]
     answer: Answer
-    credential: Credential
-    """How the FastAPI route reads the caller's credential (``serving/credentials.py``)."""
 
     @functools.cached_property
     def answered(self) -> Counter:
@@ -100,7 +98,7 @@ class LeanRoutes:
             return
         client = scope["client"][0] if scope.get("client") else ""
         try:
-            credential = await route.credential(HTTPConnection(scope))
+            credential = await credential_of(HTTPConnection(scope))  # as the route reads it
             response = await route.answer(request, credential, client)
         except HTTPException as refused:  # as FastAPI's own handler answers it
             metrics.LEAN.labels(route.name, "refused").inc()

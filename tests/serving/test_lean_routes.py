@@ -17,7 +17,7 @@ from serving.api import (
     RecommendationResponse,
     RecommendedItem,
 )
-from serving.credentials import Credential, credential_of
+from serving.credentials import Credential
 from serving.lean_routes import LeanRoute, LeanRoutes, register, unregister
 from serving.limits import BodyLimit
 
@@ -144,7 +144,7 @@ def test_every_request_gets_the_answer_the_fastapi_route_gives(client: TestClien
     through_fastapi = {name: reply(client, case) for name, case in CASES.items()}
     fastapi_calls = list(calls)
     calls.clear()
-    register(PATH, LeanRoute("recommendations", RecommendationRequest, answer, credential_of))
+    register(PATH, LeanRoute("recommendations", RecommendationRequest, answer))
     before = answered()
     lean = {name: reply(client, case) for name, case in CASES.items()}
     for name in CASES:
@@ -162,7 +162,7 @@ def test_every_request_gets_the_answer_the_fastapi_route_gives(client: TestClien
 
 
 def test_the_body_limit_still_bounds_what_the_lean_route_reads(client: TestClient) -> None:
-    register(PATH, LeanRoute("recommendations", RecommendationRequest, answer, credential_of))
+    register(PATH, LeanRoute("recommendations", RecommendationRequest, answer))
     body = b'{"user_id": "u1", "exclude_ids": ["' + b"x" * 20_000 + b'"]}'
     assert client.post(PATH, content=body, headers=JSON).status_code == 413
 
