@@ -16,7 +16,8 @@ same conditions:
 - the model inside the ingress replica, ``@serve.batch`` on and off (batch size 1), and
   the unbatched default asked for pages;
 - the page requests through FastAPI's own path, without the lean route
-  (``serving/lean_routes.py``);
+  (``serving/lean_routes.py``), and with a deeper queue bound (8 ongoing, 8 queued
+  requests, against the default 2 and 2);
 - the model in its own scorer deployment (the GPU topology), batched;
 - Serve's classic Python HTTP proxy instead of HAProxy + direct ingress;
 - int8 against float32 when the model is a trained one.
@@ -174,10 +175,11 @@ def run_config(
         asyncio.run(closed_loop(url, bodies, 4, 3.0))  # warm-up: replicas, caches
         rows = []
         for clients in levels:
-            before, states = replica_cpu_s(), user_states(url)
+            before, states, box = replica_cpu_s(), user_states(url), box_cpu()
             row = asyncio.run(closed_loop(url, bodies, clients, seconds))
             answered = row["requests"] + row["shed"]
             row["replica_cpu_ms"] = 1000 * (replica_cpu_s() - before) / max(1, answered)
+            row["box_idle_share"] = idle_share(box, box_cpu())
             if states is not None:
                 row["user_state_hit_share"] = hit_share(states, user_states(url) or states)
             rows.append(row)
@@ -214,6 +216,21 @@ def replica_cpu_s() -> float:
                 times = process.cpu_times()
                 total += times.user + times.system
     return total
+
+
+def box_cpu() -> tuple[float, float]:
+    """The machine's (idle, total) CPU seconds so far, every core."""
+    times = psutil.cpu_times()
+    return times.idle, sum(times)
+
+
+def idle_share(before: tuple[float, float], after: tuple[float, float]) -> float:
+    """The share of the machine's CPU time left idle between two ``box_cpu`` readings. A
+    replica that sheds sends its clients away for ``Retry-After``: where the accepted rate
+    falls while the box idles, the clients offered less, not that the replica could do
+    less."""
+    total = after[1] - before[1]
+    return (after[0] - before[0]) / total if total > 0 else 0.0
 
 
 def knee(rows: list[dict[str, float]]) -> dict[str, float] | None:
@@ -386,7 +403,7 @@ def print_tables(results: dict, configs: list[Config]) -> None:
     print(
         f"\n{'configuration':34} {'clients':>7} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} "
         f"{'p99 ms':>8} {'err':>4} {'shed':>5} {'of no-op':>8} {'replica CPU ms/req':>18} "
-        f"{'client CPU':>10} {'states kept':>11}"
+        f"{'client CPU':>10} {'box idle':>8} {'states kept':>11}"
     )
     for config in configs:
         of_noop = results["shares"].get(config.name, {})
@@ -399,6 +416,7 @@ def print_tables(results: dict, configs: list[Config]) -> None:
                 + (f"{share:8.0%} " if share is not None else f"{'':8} ")
                 + f"{row['replica_cpu_ms']:18.2f} "
                 f"{row.get('client_cpu_ms', float('nan')):10.2f} "
+                f"{row.get('box_idle_share', float('nan')):8.0%} "
                 + (f"{row['user_state_hit_share']:11.0%}" if "user_state_hit_share" in row else "")
             )
     print(f"\nload sustained with p99 < {P99_TARGET_MS:g} ms (the knee):")
@@ -470,6 +488,16 @@ def main() -> None:
         Config(
             f"model in {placement}, page requests",
             variant(scorer_placement=placement, **{batch_size: 1}),
+            pages=True,
+        ),
+        Config(
+            f"model in {placement}, page requests, queue 8 and 8",
+            variant(
+                scorer_placement=placement,
+                api_max_ongoing_requests=8,
+                api_max_queued_requests=8,
+                **{batch_size: 1},
+            ),
             pages=True,
         ),
         Config(
