@@ -249,13 +249,17 @@ def test_bad_requests_are_4xx_with_reasons(stack: Stack) -> None:
     assert huge.status_code == 413, huge.text  # refused before it is read
     assert "user_id" in post({"k": 3}).text
 
-    ranked = post({"user_id": "it-horror", "candidate_ids": ["1", "2", "unknown-item"], "k": 5})
+    # a user of this test's own, with a profile to score from
+    wait(stack, send(stack.settings, behaviour("it-bad-requests", stack.catalog.ids[10:14], [])))
+    ranked = post(
+        {"user_id": "it-bad-requests", "candidate_ids": ["1", "2", "unknown-item"], "k": 5}
+    )
     assert ranked.status_code == 200
     assert {i["item_id"] for i in ranked.json()["items"]} <= {"1", "2"}
 
     scored = httpx.post(
         f"{stack.url}/v1/score",
-        json={"user_id": "it-horror", "item_ids": ["1", "zzz"]},
+        json={"user_id": "it-bad-requests", "item_ids": ["1", "zzz"]},
         headers=READER,
         timeout=30,
     ).json()
