@@ -199,8 +199,11 @@ class Settings(BaseSettings):
     # clients beside one replica), 2 and 2 kept accepted requests' p99 at 20-23 ms at 32
     # clients and 62-65 ms at 64, against 39-45 and 85-89 ms with 4 and 4, with as many
     # accepted req/s and the same shed share (the fewer requests a replica interleaves, the
-    # less CPU each costs); unbounded, p99 passed half a second. A replica with more cores,
-    # or a GPU scorer deployment that batches across requests, takes more.
+    # less CPU each costs); unbounded, p99 passed half a second. 8 and 8 (the bench's
+    # "queue 8 and 8" row) shed none below 16 clients, where 2 and 2 shed 0.1-0.2 % from 4
+    # on, but gained no accepted req/s at 32 and 64 clients in a full run, with p99 3-5×
+    # there (34 and 71 ms against 11 and 14). A replica with more cores, or a GPU scorer
+    # deployment that batches across requests, takes more.
     api_max_ongoing_requests: int = Field(default=2, ge=1)
     api_max_queued_requests: int = Field(default=2, ge=-1, description="-1: unbounded")
     shed_retry_after_s: float = Field(default=1.0, ge=0, description="Retry-After of a 503")
