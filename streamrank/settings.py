@@ -201,8 +201,8 @@ class Settings(BaseSettings):
     # accepted req/s and the same shed share (the fewer requests a replica interleaves, the
     # less CPU each costs); unbounded, p99 passed half a second. 8 and 8 (the bench's
     # "queue 8 and 8" row) shed none below 16 clients, where 2 and 2 shed 0.1-0.2 % from 4
-    # on, but gained no accepted req/s at 32 and 64 clients in a full run, with p99 3-5×
-    # there (34 and 71 ms against 11 and 14). A replica with more cores, or a GPU scorer
+    # on; of two full runs each bound had the higher knee in one, and 8 and 8's p99 at 32
+    # and 64 clients was 34-71 ms against 11-16. A replica with more cores, or a GPU scorer
     # deployment that batches across requests, takes more.
     api_max_ongoing_requests: int = Field(default=2, ge=1)
     api_max_queued_requests: int = Field(default=2, ge=-1, description="-1: unbounded")
