@@ -474,35 +474,28 @@ def main() -> None:
 
     placement = "deployment" if gpus else "ingress"
     batch_size = "scorer_max_batch_size" if gpus else "api_scorer_max_batch_size"
+
+    def unbatched(**update: object) -> Settings:
+        """The model where this run places it, unbatched, with ``update`` on top."""
+        return variant(scorer_placement=placement, **{batch_size: 1}, **update)
+
     configs = [
         Config(NOOP, base, noop=True),
         Config(
             f"model in {placement}, batched",
             variant(scorer_placement=placement, **{batch_size: 32}),
         ),
-        Config(
-            f"model in {placement}, unbatched",
-            variant(scorer_placement=placement, **{batch_size: 1}),
-        ),
+        Config(f"model in {placement}, unbatched", unbatched()),
         Config(NOOP_PAGES, base, noop=True, pages=True),
-        Config(
-            f"model in {placement}, page requests",
-            variant(scorer_placement=placement, **{batch_size: 1}),
-            pages=True,
-        ),
+        Config(f"model in {placement}, page requests", unbatched(), pages=True),
         Config(
             f"model in {placement}, page requests, queue 8 and 8",
-            variant(
-                scorer_placement=placement,
-                api_max_ongoing_requests=8,
-                api_max_queued_requests=8,
-                **{batch_size: 1},
-            ),
+            unbatched(api_max_ongoing_requests=8, api_max_queued_requests=8),
             pages=True,
         ),
         Config(
             f"model in {placement}, page requests, FastAPI's path",
-            variant(scorer_placement=placement, serve_lean_routes=False, **{batch_size: 1}),
+            unbatched(serve_lean_routes=False),
             pages=True,
         ),
     ]
