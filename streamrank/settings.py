@@ -194,15 +194,16 @@ class Settings(BaseSettings):
         default=2, gt=0, description="autoscaling aims at this many requests per replica"
     )
     # Load shedding: a replica works on at most max_ongoing requests; up to max_queued more
-    # wait for it (per caller); past that a request gets 503 with Retry-After at once,
-    # instead of queueing until every answer is late. On 2 cores (bench/serving.py's
-    # clients beside one replica), 2 and 2 kept accepted requests' p99 at 20-23 ms at 32
-    # clients and 62-65 ms at 64, against 39-45 and 85-89 ms with 4 and 4, with as many
-    # accepted req/s and the same shed share (the fewer requests a replica interleaves, the
-    # less CPU each costs); unbounded, p99 passed half a second. 8 and 8 (the bench's
-    # "queue 8 and 8" row) shed none below 16 clients, where 2 and 2 shed 0.1-0.2 % from 4
-    # on; of two full runs each bound had the higher knee in one, and 8 and 8's p99 at 32
-    # and 64 clients was 34-71 ms against 11-16. A replica with more cores, or a GPU scorer
+    # wait for it (per caller); past that a request gets 503 with Retry-After at once, instead
+    # of queueing until every answer is late. On 2 cores (bench/serving.py's clients beside
+    # one replica), 2 and 2 kept accepted requests' p99 at 20-23 ms at 32 clients and 62-65 ms
+    # at 64, against 39-45 and 85-89 ms with 4 and 4, with as many accepted req/s and the same
+    # shed share (measured before the kept user state, at 2.8-3.4 ms of replica CPU a
+    # request); unbounded, p99 passed half a second. 8 and 8 (the bench's "queue 8 and 8" row)
+    # shed none below 16 clients, where 2 and 2 shed 0.1-0.2 % from 4 on, and its replica,
+    # more requests deep, cost less a request (0.69-0.74 ms at 8 and 16 clients against
+    # ~1.05); yet of two full runs each bound had the higher knee in one, and 8 and 8's p99 at
+    # 32 and 64 clients was 34-71 ms against 11-16. A replica with more cores, or a GPU scorer
     # deployment that batches across requests, takes more.
     api_max_ongoing_requests: int = Field(default=2, ge=1)
     api_max_queued_requests: int = Field(default=2, ge=-1, description="-1: unbounded")
