@@ -20,7 +20,13 @@ same conditions:
   requests, against the default 2 and 2);
 - the model in its own scorer deployment (the GPU topology), batched;
 - Serve's classic Python HTTP proxy instead of HAProxy + direct ingress;
-- int8 against float32 when the model is a trained one.
+- int8 against float32 when the model is a trained one;
+- the queue unbounded (no shedding).
+
+The default configurations, the deeper bound and the unbounded queue are then offered
+requests in an open loop (``open_loop``: Poisson arrivals, as independent shoppers send
+them) at ``OVERLOAD`` times their own knee's rate: what a replica sheds, and what its
+accepted requests wait, when more comes than it can serve.
 
 Next to the end-to-end runs, the scorer alone (no Ray, no HTTP) is timed at batch sizes 1
 and 32 in float32 and int8: the model's own batching gain. The clients share the machine
@@ -146,6 +152,82 @@ async def closed_loop(
     }
 
 
+async def open_loop(url: str, bodies: list[dict], rate: float, seconds: float) -> dict[str, float]:
+    """Requests arriving at ``rate`` a second (Poisson), each sent when it is due whatever
+    became of those before it: many independent shoppers, none of whom waits for another's
+    page. A closed loop offers less as the server slows (and its shed clients wait
+    ``Retry-After``); this one keeps offering, as a shop's traffic does, so it shows what
+    a replica does with more than it can serve: shed the rest and keep the accepted
+    requests' latency, or queue them until every answer is late.
+
+    A shed request (503) is not sent again: its page shows the fallback. Latency runs from
+    when a request was due, not when the client got round to sending it, so a client that
+    falls behind does not hide the server's delays (coordinated omission). Requests still
+    open at the end are awaited, and counted in the rate over the whole time taken. On a
+    machine shared with Serve the client falls behind when the box is saturated: its own
+    lag (``client_lag_p99_ms``: due to sent) tells that apart from the server's delay."""
+    latencies: list[float] = []
+    lags: list[float] = []  # how late the client itself sent each request
+    shed = errors = 0
+    rng = random.Random(11)
+    encoded = [json.dumps(b).encode() for b in bodies]
+    timeout = aiohttp.ClientTimeout(total=60)
+    connector = aiohttp.TCPConnector(limit=512)
+
+    async def send(http: aiohttp.ClientSession, due: float, body: bytes) -> None:
+        nonlocal shed, errors
+        lags.append(time.perf_counter() - due)
+        try:
+            async with http.post("/v1/recommendations", data=body, headers=JSON) as reply:
+                await reply.read()
+        except (aiohttp.ClientError, TimeoutError):
+            errors += 1
+            return
+        if reply.status == 200:
+            latencies.append(time.perf_counter() - due)
+        elif reply.status == 503:
+            shed += 1
+        else:
+            errors += 1
+
+    async with aiohttp.ClientSession(url, timeout=timeout, connector=connector) as http:
+        started, cpu = time.perf_counter(), time.process_time()
+        deadline, due, sent = started + seconds, started, 0
+        pending: set[asyncio.Task[None]] = set()
+        while due < deadline:
+            now = time.perf_counter()
+            while due <= now and due < deadline:  # every request due by now, late ones too
+                task = asyncio.create_task(send(http, due, rng.choice(encoded)))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+                sent += 1
+                due += rng.expovariate(rate)
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+        if pending:
+            await asyncio.wait(pending)
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+    answered = max(1, len(latencies) + shed)
+    return {
+        "rate": rate,
+        "offered_rps": sent / seconds,
+        "requests": len(latencies),
+        "errors": errors,
+        "shed": shed,
+        "shed_share": shed / answered,
+        "rps": len(latencies) / elapsed,
+        "p50_ms": 1000 * statistics.median(latencies) if latencies else float("nan"),
+        "p99_ms": 1000 * percentile(latencies, 0.99) if latencies else float("nan"),
+        "client_lag_p99_ms": 1000 * percentile(lags, 0.99) if lags else float("nan"),
+        "client_cpu_ms": 1000 * cpu / max(1, sent),
+    }
+
+
+OVERLOAD = (0.75, 1.5, 2.0)
+"""Open-loop arrival rates, as multiples of the configuration's own closed-loop knee: below
+it, the bound's false sheds under bursty arrivals; past it, what is shed and what the
+accepted requests wait. (Much past 2x, on a box the clients share, the client falls behind.)"""
+
+
 @dataclass
 class Config:
     name: str
@@ -153,6 +235,8 @@ class Config:
     noop: bool = False
     pages: bool = False
     """Requests for the user's own page (no candidates given) instead of 100 candidates."""
+    overload: bool = False
+    """Also offered ``OVERLOAD`` times its knee's rate in an open loop (``open_loop``)."""
 
     @property
     def ceiling(self) -> str:
@@ -163,7 +247,9 @@ class Config:
 
 def run_config(
     config: Config, bodies: list[dict], levels: list[int], seconds: float
-) -> list[dict[str, float]]:
+) -> tuple[list[dict[str, float]], list[dict[str, float]]]:
+    """The closed-loop rows at each level of clients, and the open-loop rows past the
+    knee they found (none unless ``config.overload``)."""
     from bench.noop_app import noop_app
     from serving import app as serve_app
 
@@ -183,7 +269,17 @@ def run_config(
             if states is not None:
                 row["user_state_hit_share"] = hit_share(states, user_states(url) or states)
             rows.append(row)
-        return rows
+        top = knee(rows)
+        overload = []
+        for multiple in OVERLOAD if config.overload and top else ():
+            before, box = replica_cpu_s(), box_cpu()
+            row = asyncio.run(open_loop(url, bodies, multiple * top["rps"], seconds))
+            row["of_knee"] = multiple
+            answered = row["requests"] + row["shed"]
+            row["replica_cpu_ms"] = 1000 * (replica_cpu_s() - before) / max(1, answered)
+            row["box_idle_share"] = idle_share(box, box_cpu())
+            overload.append(row)
+        return rows, overload
     finally:
         serve_app.stop()
 
@@ -401,7 +497,7 @@ def shares(results: dict, configs: list[Config]) -> dict[str, dict[str, float]]:
 
 def print_tables(results: dict, configs: list[Config]) -> None:
     print(
-        f"\n{'configuration':34} {'clients':>7} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} "
+        f"\n{'configuration':50} {'clients':>7} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} "
         f"{'p99 ms':>8} {'err':>4} {'shed':>5} {'of no-op':>8} {'replica CPU ms/req':>18} "
         f"{'client CPU':>10} {'box idle':>8} {'states kept':>11}"
     )
@@ -410,7 +506,7 @@ def print_tables(results: dict, configs: list[Config]) -> None:
         for row in results["runs"][config.name]:
             share = of_noop.get(str(row["concurrency"]))
             print(
-                f"{config.name:34} {row['concurrency']:7d} {row['rps']:8.1f} {row['p50_ms']:8.1f} "
+                f"{config.name:50} {row['concurrency']:7d} {row['rps']:8.1f} {row['p50_ms']:8.1f} "
                 f"{row['p95_ms']:8.1f} {row['p99_ms']:8.1f} {row['errors']:4d} "
                 f"{row.get('shed_share', 0.0):5.0%} "
                 + (f"{share:8.0%} " if share is not None else f"{'':8} ")
@@ -418,6 +514,21 @@ def print_tables(results: dict, configs: list[Config]) -> None:
                 f"{row.get('client_cpu_ms', float('nan')):10.2f} "
                 f"{row.get('box_idle_share', float('nan')):8.0%} "
                 + (f"{row['user_state_hit_share']:11.0%}" if "user_state_hit_share" in row else "")
+            )
+    if results.get("overload"):
+        print(
+            f"\n{'open loop: arrivals at a rate':50} {'× knee':>7} {'offered':>8} "
+            f"{'req/s':>8} {'of knee':>8} {'p50 ms':>8} {'p99 ms':>8} {'err':>4} {'shed':>5} "
+            f"{'replica CPU ms/req':>18} {'box idle':>8} {'client lag p99':>14}"
+        )
+    for name, rows in results.get("overload", {}).items():
+        top = results["knee"][name]
+        for row in rows:
+            print(
+                f"{name:50} {row['of_knee']:7.1f} {row['offered_rps']:8.1f} {row['rps']:8.1f} "
+                f"{row['rps'] / top['rps']:8.0%} {row['p50_ms']:8.1f} {row['p99_ms']:8.1f} "
+                f"{row['errors']:4d} {row['shed_share']:5.0%} {row['replica_cpu_ms']:18.2f} "
+                f"{row['box_idle_share']:8.0%} {row['client_lag_p99_ms']:14.1f}"
             )
     print(f"\nload sustained with p99 < {P99_TARGET_MS:g} ms (the knee):")
     for name, row in results["knee"].items():
@@ -485,13 +596,14 @@ def main() -> None:
             f"model in {placement}, batched",
             variant(scorer_placement=placement, **{batch_size: 32}),
         ),
-        Config(f"model in {placement}, unbatched", unbatched()),
+        Config(f"model in {placement}, unbatched", unbatched(), overload=True),
         Config(NOOP_PAGES, base, noop=True, pages=True),
-        Config(f"model in {placement}, page requests", unbatched(), pages=True),
+        Config(f"model in {placement}, page requests", unbatched(), pages=True, overload=True),
         Config(
             f"model in {placement}, page requests, queue 8 and 8",
             unbatched(api_max_ongoing_requests=8, api_max_queued_requests=8),
             pages=True,
+            overload=True,
         ),
         Config(
             f"model in {placement}, page requests, FastAPI's path",
@@ -522,9 +634,8 @@ def main() -> None:
     configs.append(
         Config(
             f"model in {placement}, unbounded queue",
-            variant(
-                scorer_placement=placement, api_max_ongoing_requests=256, api_max_queued_requests=-1
-            ),
+            unbatched(api_max_ongoing_requests=256, api_max_queued_requests=-1),
+            overload=True,
         )
     )
     if args.only:
@@ -543,8 +654,12 @@ def main() -> None:
         "seconds_per_level": args.seconds,
         "runs": {},
     }
+    results["overload"] = {}
     for config in configs:
-        results["runs"][config.name] = run_config(config, bodies, args.concurrency, args.seconds)
+        rows, overload = run_config(config, bodies, args.concurrency, args.seconds)
+        results["runs"][config.name] = rows
+        if overload:
+            results["overload"][config.name] = overload
     again = results["runs"].pop(NOOP_AGAIN)
     results["noop_runs_rps"] = {
         "first": [r["rps"] for r in results["runs"][NOOP]],
