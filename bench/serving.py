@@ -15,6 +15,9 @@ same conditions:
   and the other;
 - the model inside the ingress replica, ``@serve.batch`` on and off (batch size 1), and
   the unbatched default asked for pages;
+- requests from a product page (the item in view named) with no user state kept, as
+  when every request follows an event of its user (the new event changes the profile,
+  so its state is built again): the real call's dearest common case;
 - the page requests through FastAPI's own path, without the lean route
   (``serving/lean_routes.py``), and with a deeper queue bound (8 ongoing, 8 queued
   requests, against the default 2 and 2);
@@ -235,6 +238,9 @@ class Config:
     noop: bool = False
     pages: bool = False
     """Requests for the user's own page (no candidates given) instead of 100 candidates."""
+    item_in_view: bool = False
+    """Page requests from a product page: the request names the item in view
+    (``product_pages``), so its page is scored afresh each time."""
     overload: bool = False
     """Also offered ``OVERLOAD`` times its knee's rate in an open loop (``open_loop``)."""
 
@@ -256,7 +262,7 @@ def run_config(
     app = noop_app(config.settings.serve_num_cpus) if config.noop else None
     url = serve_app.start(config.settings, app=app)
     if config.pages:
-        bodies = own_pages(bodies)
+        bodies = product_pages(bodies) if config.item_in_view else own_pages(bodies)
     try:
         asyncio.run(closed_loop(url, bodies, 4, 3.0))  # warm-up: replicas, caches
         rows = []
@@ -378,8 +384,9 @@ def in_process(settings: Settings, bodies: list[dict], seconds: float) -> list[d
     body validated, profile and stream reads, candidates, the scorer called directly (no
     batching), ranking and the response's JSON. As the HTTP runs ask (100 given
     candidates); as a page asks (the candidates found by the recommender), with the
-    users' states kept and with none kept (``NEW_STATE``); and with co-visitation rows
-    read from the store at every request."""
+    users' states kept and with none kept (``NEW_STATE``); as a product page asks (the
+    item in view named), with none kept; and with co-visitation rows read from the store
+    at every request."""
     from serving.api import RecommendationRequest
     from serving.experiments import arm_model_dir
     from serving.recommender import Arm, Recommender
@@ -431,6 +438,7 @@ def in_process(settings: Settings, bodies: list[dict], seconds: float) -> list[d
         ("100 given candidates", bodies, settings),
         ("candidates found", pages, settings),
         (NEW_STATE, pages, stateless),
+        ("a product page, a new user state each time", product_pages(bodies), stateless),
         ("found, co-visits read each time", pages, uncached),
     ):
         row = asyncio.run(run(requests, variant))
@@ -446,12 +454,12 @@ def hit_share(before: tuple[float, float], after: tuple[float, float]) -> float:
 
 def print_in_process(rows: list[dict]) -> None:
     print(
-        f"\n{'in process (no Ray, no HTTP)':32} {'CPU ms/req':>10} {'wall ms/req':>11} "
+        f"\n{'in process (no Ray, no HTTP)':44} {'CPU ms/req':>10} {'wall ms/req':>11} "
         f"{'user states kept':>16} {'co-visits kept':>14}"
     )
     for row in rows:
         print(
-            f"{row['requests_as']:32} {row['cpu_ms_per_request']:10.2f} "
+            f"{row['requests_as']:44} {row['cpu_ms_per_request']:10.2f} "
             f"{row['wall_ms_per_request']:11.2f} {row.get('user_state_hit_share', 0.0):16.0%} "
             f"{row.get('covisit_hit_share', 0.0):14.0%}"
         )
@@ -460,6 +468,15 @@ def print_in_process(rows: list[dict]) -> None:
 def own_pages(bodies: list[dict]) -> list[dict]:
     """The same users' requests for their own page: no candidates given."""
     return [{k: v for k, v in b.items() if k != "candidate_ids"} for b in bodies]
+
+
+def product_pages(bodies: list[dict]) -> list[dict]:
+    """The same users' requests from a product page: no candidates given, one of the
+    request's candidates in view."""
+    return [
+        {"user_id": b["user_id"], "k": b["k"], "context": {"item_id": b["candidate_ids"][0]}}
+        for b in bodies
+    ]
 
 
 def ceiling_rows(results: dict, config: Config) -> list[dict]:
@@ -604,6 +621,12 @@ def main() -> None:
             unbatched(api_max_ongoing_requests=8, api_max_queued_requests=8),
             pages=True,
             overload=True,
+        ),
+        Config(
+            f"model in {placement}, product pages, no state kept",
+            unbatched(user_state_cache=0),
+            pages=True,
+            item_in_view=True,
         ),
         Config(
             f"model in {placement}, page requests, FastAPI's path",
