@@ -19,14 +19,14 @@ same conditions:
   when every request follows an event of its user (the new event changes the profile,
   so its state is built again): the real call's dearest common case;
 - the page requests through FastAPI's own path, without the lean route
-  (``serving/lean_routes.py``), and with a deeper queue bound (8 ongoing, 8 queued
-  requests, against the default 2 and 2);
+  (``serving/lean_routes.py``), and with a shallower queue bound (2 ongoing, 2 queued
+  requests, against the default 8 and 8);
 - the model in its own scorer deployment (the GPU topology), batched;
 - Serve's classic Python HTTP proxy instead of HAProxy + direct ingress;
 - int8 against float32 when the model is a trained one;
 - the queue unbounded (no shedding).
 
-The default configurations, the deeper bound and the unbounded queue are then offered
+The default configurations, the shallower bound and the unbounded queue are then offered
 requests in an open loop (``open_loop``: Poisson arrivals, as independent shoppers send
 them) at ``OVERLOAD`` times their own knee's rate: what a replica sheds, and what its
 accepted requests wait, when more comes than it can serve.
@@ -617,8 +617,8 @@ def main() -> None:
         Config(NOOP_PAGES, base, noop=True, pages=True),
         Config(f"model in {placement}, page requests", unbatched(), pages=True, overload=True),
         Config(
-            f"model in {placement}, page requests, queue 8 and 8",
-            unbatched(api_max_ongoing_requests=8, api_max_queued_requests=8),
+            f"model in {placement}, page requests, queue 2 and 2",
+            unbatched(api_max_ongoing_requests=2, api_max_queued_requests=2),
             pages=True,
             overload=True,
         ),

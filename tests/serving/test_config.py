@@ -67,12 +67,12 @@ def test_arms_are_stable_and_even() -> None:
 
 def test_a_queue_bound_becomes_serves_backpressure_with_retry_after() -> None:
     default = serve_config(Settings())["applications"][0]["deployments"][0]
-    assert (default["max_ongoing_requests"], default["max_queued_requests"]) == (2, 2)
+    assert (default["max_ongoing_requests"], default["max_queued_requests"]) == (8, 8)
     unbounded = Settings(api_max_queued_requests=-1)
     assert "max_queued_requests" not in serve_config(unbounded)["applications"][0]["deployments"][0]
-    settings = Settings(api_max_ongoing_requests=8, api_max_queued_requests=16)
+    settings = Settings(api_max_ongoing_requests=4, api_max_queued_requests=16)
     schema = ServeDeploySchema.model_validate(serve_config(settings))
     api = schema.applications[0].deployments[0]
-    assert (api.max_ongoing_requests, api.max_queued_requests) == (8, 16)
+    assert (api.max_ongoing_requests, api.max_queued_requests) == (4, 16)
     assert api.backpressure_config.status_code == 503
     assert api.backpressure_config.retry_after_s == 1.0
