@@ -197,13 +197,13 @@ class Settings(BaseSettings):
     # wait for it (per caller); past that a request gets 503 with Retry-After at once, instead
     # of queueing until every answer is late. The bound is sized for bursty arrivals: a shop's
     # requests come from independent shoppers (bench/serving.py's open loop, Poisson), and a
-    # bound of 2 and 2 turned 18 % of them away at three quarters of the replica's knee (a
-    # queue of 4 overflows in every burst), where 8 and 8 turned away 6 % and, offered 1.5
-    # times its knee, accepted 784 req/s with p99 64 ms against 633 and 25 ms. Past the
-    # knee the accepted requests wait at most the 16 ahead of them (~1 ms each on a page
-    # request). Closed-loop clients: at 32 and 64 clients p99 26-71 ms across runs (2 and 2:
-    # 10-16), with the replica serving several requests a wake-up (0.75-0.8 ms a page
-    # request against ~0.95). Unbounded, p99 passed seconds.
+    # queue of 4 overflows in every burst: offered three quarters of the replica's knee, 2 and
+    # 2 turned away 15-18 % of page requests, 8 and 8 6-12 % (queueing theory, M/M/1/K at
+    # that load: 10 % against 0.3 %). Past the knee the accepted requests wait behind at most
+    # 16 (~1 ms each on a page request). Closed-loop clients: 8 and 8 reached 52 % of the
+    # no-op's knee against 46-49 % in two runs (the replica serves several requests a
+    # wake-up), p99 at 32 and 64 clients 26-71 ms across runs (2 and 2: 10-16). Unbounded,
+    # p99 passed seconds.
     api_max_ongoing_requests: int = Field(default=8, ge=1)
     api_max_queued_requests: int = Field(default=8, ge=-1, description="-1: unbounded")
     shed_retry_after_s: float = Field(default=1.0, ge=0, description="Retry-After of a 503")
