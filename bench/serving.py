@@ -256,8 +256,8 @@ class Config:
 def run_config(
     config: Config, bodies: list[dict], levels: list[int], seconds: float
 ) -> tuple[list[dict[str, float]], list[dict[str, float]]]:
-    """The closed-loop rows at each level of clients, and the open-loop rows past the
-    knee they found (none unless ``config.overload``)."""
+    """The closed-loop rows at each level of clients, and the open-loop rows at
+    ``OVERLOAD`` times the knee they found (none unless ``config.overload``)."""
     from bench.noop_app import noop_app
     from serving import app as serve_app
 
