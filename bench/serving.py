@@ -269,42 +269,42 @@ def run_config(
         asyncio.run(closed_loop(url, bodies, 4, 3.0))  # warm-up: replicas, caches
         rows = []
         for clients in levels:
-            before, states, box = replica_cpu_s(), user_states(url), box_cpu()
-            row = without_collector(closed_loop(url, bodies, clients, seconds))
-            answered = row["requests"] + row["shed"]
-            row["replica_cpu_ms"] = 1000 * (replica_cpu_s() - before) / max(1, answered)
-            row["box_idle_share"] = idle_share(box, box_cpu())
+            states = user_states(url)
+            row = measured(closed_loop(url, bodies, clients, seconds))
             if states is not None:
                 row["user_state_hit_share"] = hit_share(states, user_states(url) or states)
             rows.append(row)
         top = knee(rows)
         overload = []
         for multiple in OVERLOAD if config.overload and top else ():
-            before, box = replica_cpu_s(), box_cpu()
-            row = without_collector(open_loop(url, bodies, multiple * top["rps"], seconds))
-            row["of_knee"] = multiple
-            answered = row["requests"] + row["shed"]
-            row["replica_cpu_ms"] = 1000 * (replica_cpu_s() - before) / max(1, answered)
-            row["box_idle_share"] = idle_share(box, box_cpu())
-            overload.append(row)
+            row = measured(open_loop(url, bodies, multiple * top["rps"], seconds))
+            overload.append({**row, "of_knee": multiple})
         return rows, overload
     finally:
         serve_app.stop()
 
 
-def without_collector(clients: Coroutine[None, None, dict[str, float]]) -> dict[str, float]:
-    """Run the clients with Python's garbage collector off, and collect after. This process
-    holds the catalog, the profiles and the store's clients besides them: a full collection
-    during a measurement took 60-400 ms, growing with the objects a level makes, and stalled
-    every client at once, which counted as the server's latency (p99, and an open loop's
-    client falling behind)."""
+def measured(clients: Coroutine[None, None, dict[str, float]]) -> dict[str, float]:
+    """The clients' row, with the replica's CPU per answered request and the box's idle
+    share over the same time.
+
+    The clients run with Python's garbage collector off, and it collects after. This
+    process holds the catalog, the profiles and the store's clients besides them: a full
+    collection during a measurement took 60-400 ms, growing with the objects a level
+    makes, and stalled every client at once, which counted as the server's latency (p99,
+    and an open loop's client falling behind)."""
+    before, box = replica_cpu_s(), box_cpu()
     gc.collect()
     gc.disable()
     try:
-        return asyncio.run(clients)
+        row = asyncio.run(clients)
     finally:
         gc.enable()
         gc.collect()
+    answered = row["requests"] + row["shed"]
+    row["replica_cpu_ms"] = 1000 * (replica_cpu_s() - before) / max(1, answered)
+    row["box_idle_share"] = idle_share(box, box_cpu())
+    return row
 
 
 def user_states(url: str) -> tuple[float, float] | None:
@@ -559,7 +559,7 @@ def print_tables(results: dict, configs: list[Config]) -> None:
         top = results["knee"][name]
         for row in rows:
             print(
-                f"{name:50} {row['of_knee']:7.1f} {row['offered_rps']:8.1f} {row['rps']:8.1f} "
+                f"{name:50} {row['of_knee']:7.2f} {row['offered_rps']:8.1f} {row['rps']:8.1f} "
                 f"{row['rps'] / top['rps']:8.0%} {row['p50_ms']:8.1f} {row['p99_ms']:8.1f} "
                 f"{row['errors']:4d} {row['shed_share']:5.0%} {row['replica_cpu_ms']:18.2f} "
                 f"{row['box_idle_share']:8.0%} {row['client_lag_p99_ms']:14.1f}"
@@ -674,7 +674,9 @@ def main() -> None:
     configs.append(
         Config(
             f"model in {placement}, unbounded queue",
-            unbatched(api_max_ongoing_requests=256, api_max_queued_requests=-1),
+            variant(
+                scorer_placement=placement, api_max_ongoing_requests=256, api_max_queued_requests=-1
+            ),
             overload=True,
         )
     )
@@ -693,8 +695,8 @@ def main() -> None:
         "candidates": CANDIDATES,
         "seconds_per_level": args.seconds,
         "runs": {},
+        "overload": {},
     }
-    results["overload"] = {}
     for config in configs:
         rows, overload = run_config(config, bodies, args.concurrency, args.seconds)
         results["runs"][config.name] = rows

@@ -198,12 +198,14 @@ class Settings(BaseSettings):
     # of queueing until every answer is late. The bound is sized for bursty arrivals: a shop's
     # requests come from independent shoppers (bench/serving.py's open loop, Poisson), and a
     # queue of 4 overflows in every burst: offered three quarters of the replica's knee, 2 and
-    # 2 turned away 15-18 % of page requests, 8 and 8 6-12 % (queueing theory, M/M/1/K at
-    # that load: 10 % against 0.3 %). Past the knee the accepted requests wait behind at most
-    # 16 (~1 ms each on a page request). Closed-loop clients: 8 and 8 reached 52 % of the
-    # no-op's knee against 46-49 % in two runs (the replica serves several requests a
-    # wake-up), p99 at 32 and 64 clients 26-71 ms across runs (2 and 2: 10-16). Unbounded,
-    # p99 passed seconds.
+    # 2 turned away 15-23 % of page requests in three runs, 8 and 8 6-12 % (queueing theory,
+    # M/M/1/K at that load: 10 % against 0.3 %). Past the knee the accepted requests wait
+    # behind at most 16 (~1 ms each on a page request). Closed-loop clients: 8 and 8 reached
+    # 52 % of the no-op's knee against 42-49 % in three runs (the replica serves several
+    # requests a wake-up), p99 at 32 and 64 clients 26-71 ms across runs (2 and 2: 10-21).
+    # Offered twice the knee in an open loop, both bounds accept a quarter to a third of it
+    # (Serve answers each 503 in the replica), 8 and 8 with p99 in seconds, 2 and 2 under
+    # 100 ms. Unbounded, p99 passed seconds.
     api_max_ongoing_requests: int = Field(default=8, ge=1)
     api_max_queued_requests: int = Field(default=8, ge=-1, description="-1: unbounded")
     shed_retry_after_s: float = Field(default=1.0, ge=0, description="Retry-After of a 503")
