@@ -4,8 +4,11 @@ the Tansu broker once per session, Faust workers and Ray Serve per module that n
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
+import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +33,9 @@ if TYPE_CHECKING:
 # CI sets it: there a missing prerequisite fails the run instead of skipping (and so
 # passing) every test that needs it.
 REQUIRE_PREREQUISITES = os.environ.get("STREAMRANK_TESTS_REQUIRE_ALL") == "1"
+
+EXIT_STATUS = pytest.StashKey[int]()
+"""The session's exit status, as ``pytest_sessionfinish`` leaves it."""
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -61,6 +67,32 @@ def pytest_sessionfinish(session: pytest.Session) -> Iterator[None]:
     except KeyboardInterrupt:
         session.exitstatus = pytest.ExitCode.INTERRUPTED
         return None
+    finally:
+        session.config.stash[EXIT_STATUS] = session.exitstatus
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """The run ends here, with its exit status, without finalizing the interpreter.
+
+    Every fixture is torn down and every report written by now. What finalization would
+    still do is destroy what the suite's native libraries left in this process (Ray's
+    driver, gRPC's, librdkafka's and torch's threads, the clients' objects), and that
+    crashed now and then (SIGSEGV, exit 139) after every test had passed, failing a green
+    run. ``STREAMRANK_TESTS_FINALIZE=1`` finalizes as Python does, to chase such a crash
+    (``PYTHONFAULTHANDLER=1`` prints each Python thread's stack); it then lists the threads
+    still alive."""
+    status = config.stash.get(EXIT_STATUS, None)
+    if status is None:  # a run that never got to the end of a session (--help, an error)
+        return
+    if os.environ.get("STREAMRANK_TESTS_FINALIZE") == "1":
+        alive = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
+        print(f"threads alive at exit: {alive}", file=sys.stderr)
+        return
+    logging.shutdown()  # the log handlers' last records, as finalization would write them
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(int(status))
 
 
 def missing_prerequisite(what: str) -> None:
