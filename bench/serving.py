@@ -482,6 +482,25 @@ def print_in_process(rows: list[dict]) -> None:
         )
 
 
+def workload(
+    name: str, model: Path | None, gpus: float, events: int
+) -> tuple[Settings, list[str], list[dict]]:
+    """A fresh home ``.streamrank/<name>`` (the model stays outside it) with the catalog
+    prepared and the last ``events`` real events folded into its store: the settings, the
+    users, and one request body for each of up to 500 of them (100 candidates given)."""
+    root = Path(".streamrank") / name
+    shutil.rmtree(root, ignore_errors=True)
+    base = Settings(home=root, serve_port=free_port(), model_dir=model, scorer_num_gpus=gpus)
+    catalog = prepare(base)
+    users = load_profiles(base, catalog, events)
+    rng = random.Random(7)
+    bodies = [
+        {"user_id": u, "k": 10, "candidate_ids": rng.sample(catalog.ids, CANDIDATES)}
+        for u in rng.sample(users, min(500, len(users)))
+    ]
+    return base, users, bodies
+
+
 def own_pages(bodies: list[dict]) -> list[dict]:
     """The same users' requests for their own page: no candidates given."""
     return [{k: v for k, v in b.items() if k != "candidate_ids"} for b in bodies]
@@ -597,17 +616,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS / "serving.json")
     args = parser.parse_args()
 
-    root = Path(".streamrank") / "bench-serving"
-    shutil.rmtree(root, ignore_errors=True)  # fresh store; keep --model outside it
     gpus = 1.0 if args.device == "cuda" else 0.0
-    base = Settings(home=root, serve_port=free_port(), model_dir=args.model, scorer_num_gpus=gpus)
-    catalog = prepare(base)
-    users = load_profiles(base, catalog, args.events)
-    rng = random.Random(7)
-    bodies = [
-        {"user_id": u, "k": 10, "candidate_ids": rng.sample(catalog.ids, CANDIDATES)}
-        for u in rng.sample(users, min(500, len(users)))
-    ]
+    base, users, bodies = workload("bench-serving", args.model, gpus, args.events)
 
     if args.in_process_only:
         rows = in_process(base, bodies, args.seconds)
