@@ -90,6 +90,9 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         print(f"threads alive at exit: {alive}", file=sys.stderr)
         return
     logging.shutdown()  # the log handlers' last records, as finalization would write them
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    if capture is not None:  # what the session's teardown printed, as pytest's cleanup would
+        capture.stop_global_capturing()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(int(status))
