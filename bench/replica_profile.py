@@ -6,7 +6,7 @@ The serving benchmark says how far the real call is from the framework's ceiling
 says why. It starts the application as ``bench.serving`` does (the model in the ingress,
 unbatched, the default queue bound) and sends it closed-loop page requests at the knee's
 number of clients (the no-op ingress first, for what Serve's path costs alone), sampling
-the replica with py-spy (which ``ray[default]`` installs) while they run. The replica
+the replica with py-spy (which ``ray[serve]`` installs) while they run. The replica
 answers on one event-loop thread, which does nearly all of its CPU (each thread's CPU is
 read from ``/proc``), so a job's share of that thread's samples, times the thread's CPU a
 request, is what the job costs a request:
