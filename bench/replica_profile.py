@@ -8,7 +8,7 @@ unbatched, the default queue bound) and sends it closed-loop page requests at th
 number of clients (the no-op ingress first, for what Serve's path costs alone), sampling
 the replica with py-spy (which ``ray[serve]`` installs) while they run. The replica
 answers on one event-loop thread, which does nearly all of its CPU (each thread's CPU is
-read from ``/proc``), so a job's share of that thread's samples, times the thread's CPU a
+read with psutil), so a job's share of that thread's samples, times the thread's CPU a
 request, is what the job costs a request:
 
 - Serve's own path (uvicorn's HTTP, the direct-ingress bookkeeping, Starlette's
@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -53,14 +52,13 @@ import psutil
 from bench.serving import (
     RESULTS,
     closed_loop,
-    hit_share,
+    ingress_replicas,
     measured,
+    measured_closed_loop,
     own_pages,
     product_pages,
-    user_states,
     workload,
 )
-from serving.config import APP_NAME
 
 SERVE = "Serve's path (as the no-op's)"
 """HTTP, Serve's bookkeeping, middleware, the socket writes: every sample of the loop
@@ -87,24 +85,9 @@ def job_of(stack: str) -> str:
     return SERVE
 
 
-def replica_pid() -> int:
-    for process in psutil.process_iter(["cmdline"]):
-        if any(f"ServeReplica:{APP_NAME}:api" in part for part in process.info["cmdline"] or []):
-            return process.pid
-    raise RuntimeError("no ingress replica is running")
-
-
-def thread_cpu_s(pid: int) -> dict[int, float]:
+def thread_cpu_s(process: psutil.Process) -> dict[int, float]:
     """Each thread's CPU seconds so far (user and system), by thread id."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    out = {}
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:  # the thread ended meanwhile
-            continue
-        out[int(tid)] = (int(fields[11]) + int(fields[12])) / ticks
-    return out
+    return {thread.id: thread.user_time + thread.system_time for thread in process.threads()}
 
 
 def read_samples(path: Path) -> dict[int, Counter[str]]:
@@ -129,16 +112,6 @@ def loop_jobs(threads: dict[int, Counter[str]]) -> tuple[int, Counter[str]]:
     return loop, jobs
 
 
-def run(url: str, bodies: list[dict], clients: int, seconds: float) -> dict:
-    """One closed-loop run, as ``bench.serving`` measures it, with the share of requests
-    that found their user's state kept."""
-    states = user_states(url)
-    row = measured(closed_loop(url, bodies, clients, seconds))
-    if states is not None:
-        row["user_state_hit_share"] = hit_share(states, user_states(url) or states)
-    return row
-
-
 def profile(
     url: str, bodies: list[dict], clients: int, seconds: float, rate: int, raw: Path | None
 ) -> dict:
@@ -148,19 +121,19 @@ def profile(
     box, so the second run may answer fewer requests, and then a larger share of them
     build their user's state afresh (states age out with time, not with requests): each
     run's share of states kept is reported."""
-    bare = run(url, bodies, clients, seconds)
-    pid = replica_pid()
+    bare = measured_closed_loop(url, bodies, clients, seconds)
+    replica = ingress_replicas()[0]  # one: the settings ask for one
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "replica.txt"
         command = [py_spy, "record", "--threads", "--nonblocking", "-f", "raw", "-r", str(rate)]
-        command += ["-d", str(round(seconds)), "-p", str(pid), "-o", str(out)]
+        command += ["-d", str(round(seconds)), "-p", str(replica.pid), "-o", str(out)]
         recorder = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             time.sleep(0.5)  # attached before the clients start
-            before = thread_cpu_s(pid)
-            sampled = run(url, bodies, clients, seconds)
-            after = thread_cpu_s(pid)
+            before = thread_cpu_s(replica)
+            sampled = measured_closed_loop(url, bodies, clients, seconds)
+            after = thread_cpu_s(replica)
             _, err = recorder.communicate(timeout=seconds + 60)
         finally:
             if recorder.poll() is None:
@@ -229,9 +202,10 @@ def main() -> None:
     results: dict = {"model": str(args.model) if args.model else "pretrained MiniLM cosine"}
     results["rate_hz"] = args.rate
     url = serve_app.start(base, app=noop_app(base.serve_num_cpus))
+    pages = own_pages(bodies)
     try:  # what Serve's path costs a request with nothing behind it, in the same run
-        asyncio.run(closed_loop(url, own_pages(bodies), 4, 3.0))
-        results["no-op"] = measured(closed_loop(url, own_pages(bodies), args.clients, args.seconds))
+        asyncio.run(closed_loop(url, pages, 4, 3.0))
+        results["no-op"] = measured(closed_loop(url, pages, args.clients, args.seconds))
     finally:
         serve_app.stop()
     noop = results["no-op"]

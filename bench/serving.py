@@ -267,13 +267,7 @@ def run_config(
         bodies = product_pages(bodies) if config.item_in_view else own_pages(bodies)
     try:
         asyncio.run(closed_loop(url, bodies, 4, 3.0))  # warm-up: replicas, caches
-        rows = []
-        for clients in levels:
-            states = user_states(url)
-            row = measured(closed_loop(url, bodies, clients, seconds))
-            if states is not None:
-                row["user_state_hit_share"] = hit_share(states, user_states(url) or states)
-            rows.append(row)
+        rows = [measured_closed_loop(url, bodies, clients, seconds) for clients in levels]
         top = knee(rows)
         overload = []
         for multiple in OVERLOAD if config.overload and top else ():
@@ -307,6 +301,16 @@ def measured(clients: Coroutine[None, None, dict[str, float]]) -> dict[str, floa
     return row
 
 
+def measured_closed_loop(url: str, bodies: list[dict], clients: int, seconds: float) -> dict:
+    """A ``measured`` closed loop, with the share of its requests that found their user's
+    state kept (none for the no-op)."""
+    states = user_states(url)
+    row = measured(closed_loop(url, bodies, clients, seconds))
+    if states is not None:
+        row["user_state_hit_share"] = hit_share(states, user_states(url) or states)
+    return row
+
+
 def user_states(url: str) -> tuple[float, float] | None:
     """The replica's (hits, misses) of kept user states (``serving/user_state.py``), from
     its ``/metrics``; None where the application has none (the no-op)."""
@@ -325,15 +329,23 @@ def user_states(url: str) -> tuple[float, float] | None:
     return counts["hit"], counts["miss"]
 
 
+def ingress_replicas() -> list[psutil.Process]:
+    """The application's ingress replica processes running now."""
+    return [
+        process
+        for process in psutil.process_iter(["cmdline"])
+        if any(f"ServeReplica:{APP_NAME}:api" in part for part in process.info["cmdline"] or [])
+    ]
+
+
 def replica_cpu_s() -> float:
     """CPU seconds used so far by the application's ingress replicas (every thread: the
     event loop, the model's and the store's threads, librdkafka's)."""
     total = 0.0
-    for process in psutil.process_iter(["cmdline"]):
-        if any(f"ServeReplica:{APP_NAME}:api" in part for part in process.info["cmdline"] or []):
-            with contextlib.suppress(psutil.Error):
-                times = process.cpu_times()
-                total += times.user + times.system
+    for process in ingress_replicas():
+        with contextlib.suppress(psutil.Error):
+            times = process.cpu_times()
+            total += times.user + times.system
     return total
 
 
